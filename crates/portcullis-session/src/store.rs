@@ -1,0 +1,137 @@
+//! The storage contract for server-side sessions.
+//!
+//! A [`SessionStore`] keeps [`SessionRecord`]s: opaque, encrypted tickets plus the few
+//! plaintext columns needed to find a session again (partition, `sub`, `sid`, timestamps).
+//! The store never sees a token in the clear and never sees the cookie value: the record key
+//! is a SHA-256 digest of the session id the browser holds.
+//!
+//! Contract (checked by the shared contract test suite for every implementation):
+//! - `get` returns `None` for unknown *and* for expired records (`expires <= now`).
+//! - `create` inserts; a record with the same `partition` + `sub` + `sid` (when `sid` is
+//!   `Some`) replaces the old one instead of duplicating it; an insert of an existing key
+//!   overwrites it. Neither is an error.
+//! - `update` is a compare-and-set on `version`: it writes only if the stored version equals
+//!   `expected_version` and reports [`CasOutcome::Conflict`] otherwise (or `Missing`).
+//! - `find` / `delete_matching` always act inside one partition; `delete_matching` returns
+//!   the deleted records so their refresh tokens can be revoked.
+//! - `cleanup_expired` removes records whose `expires <= now` and returns how many.
+//! - An unreachable backend is an `Err(StoreError::Unavailable)`, never `Ok(None)`: the
+//!   gateway answers 503 and keeps the cookie instead of logging the user out.
+
+use async_trait::async_trait;
+use std::time::Duration;
+
+/// One stored session.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Store key: base64url(SHA-256(session id)). Never the cookie value itself.
+    pub key: String,
+    /// The frontend (application) this session belongs to.
+    pub partition: String,
+    pub sub: String,
+    pub sid: Option<String>,
+    /// Unix seconds.
+    pub created: i64,
+    /// Unix seconds of the last sliding renewal.
+    pub renewed: i64,
+    /// Unix seconds after which the session is dead (min of idle and absolute limit).
+    pub expires: i64,
+    /// Incremented by every successful `update`; starts at 1.
+    pub version: u64,
+    /// AEAD-encrypted ticket (claims and tokens). Opaque to the store.
+    pub ticket: Vec<u8>,
+}
+
+impl std::fmt::Debug for SessionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRecord")
+            .field("partition", &self.partition)
+            .field("sub", &self.sub)
+            .field("sid", &self.sid)
+            .field("created", &self.created)
+            .field("renewed", &self.renewed)
+            .field("expires", &self.expires)
+            .field("version", &self.version)
+            .field("ticket_len", &self.ticket.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which sessions a look-up or delete addresses. At least one of `sub` / `sid` is set
+/// (an empty filter is refused with [`StoreError::InvalidFilter`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionFilter {
+    pub partition: String,
+    pub sub: Option<String>,
+    pub sid: Option<String>,
+}
+
+/// Result of a compare-and-set update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CasOutcome {
+    Updated,
+    /// Someone else wrote first; re-read and retry.
+    Conflict,
+    /// The record is gone (deleted or expired).
+    Missing,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached or answered with an error. Transient: 503.
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+    /// A filter with neither `sub` nor `sid`.
+    #[error("a session filter needs sub or sid")]
+    InvalidFilter,
+    /// Stored data that cannot be read back (schema drift, corruption).
+    #[error("corrupt session record: {0}")]
+    Corrupt(String),
+}
+
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// A short name for logs and metrics ("memory", "sqlite", ...).
+    fn kind(&self) -> &'static str;
+
+    async fn get(&self, key: &str, now: i64) -> Result<Option<SessionRecord>, StoreError>;
+
+    async fn create(&self, record: &SessionRecord) -> Result<(), StoreError>;
+
+    /// Compare-and-set: writes `record` (whose `version` must be `expected_version + 1`)
+    /// only if the stored version equals `expected_version`.
+    async fn update(
+        &self,
+        record: &SessionRecord,
+        expected_version: u64,
+    ) -> Result<CasOutcome, StoreError>;
+
+    /// Deletes one session; `Ok(None)` if it did not exist. Returns the deleted record.
+    async fn delete(&self, key: &str) -> Result<Option<SessionRecord>, StoreError>;
+
+    async fn find(&self, filter: &SessionFilter, now: i64)
+        -> Result<Vec<SessionRecord>, StoreError>;
+
+    async fn delete_matching(
+        &self,
+        filter: &SessionFilter,
+    ) -> Result<Vec<SessionRecord>, StoreError>;
+
+    async fn cleanup_expired(&self, now: i64) -> Result<u64, StoreError>;
+
+    /// Records `id` as seen until `expires` (unix seconds). Returns `true` the first time,
+    /// `false` if it was already recorded and not yet expired. Used for back-channel logout
+    /// `jti` replay detection, shared by every instance on a shared store.
+    async fn claim_once(&self, id: &str, expires: i64) -> Result<bool, StoreError>;
+
+    /// Tries to take a named lease (cross-instance refresh single-flight) for `ttl`.
+    /// Returns `true` if `holder` now owns it (also when it already did: that renews it).
+    async fn try_lease(&self, name: &str, holder: &str, ttl: Duration)
+        -> Result<bool, StoreError>;
+
+    /// Releases a lease if `holder` still owns it.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+
+    /// Cheap reachability check for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
