@@ -1,1 +1,151 @@
-fn main() {}
+//! `portcullis`: the gateway binary. A thin shell over the `portcullis` library: it reads the
+//! configuration file, sets up logging, keys and the session store, and serves.
+
+mod config;
+mod keyfile;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for an invalid configuration (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+/// Exit code when start-up fails for another reason (EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "Backend-for-Frontend security gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long, short, default_value = "portcullis.toml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and list every error.
+    Check {
+        #[arg(long, short, default_value = "portcullis.toml")]
+        config: PathBuf,
+    },
+    /// Create or upgrade the session store's schema (PostgreSQL, SQLite).
+    Migrate {
+        #[arg(long, short, default_value = "portcullis.toml")]
+        config: PathBuf,
+    },
+    /// Session encryption keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new random key as `id:base64` (for `session.keys` or PORTCULLIS_SESSION_KEYS).
+    Generate {
+        /// Key id; defaults to a timestamp.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Add a new current key to a key file, keeping the old keys for decryption.
+    Rotate {
+        #[arg(long)]
+        file: PathBuf,
+        /// Drop keys beyond this many (oldest first). Only after every session sealed with
+        /// them has expired.
+        #[arg(long)]
+        keep: Option<usize>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match config::load(&config) {
+            Ok(c) => {
+                for w in &c.warnings {
+                    eprintln!("warning: {w}");
+                }
+                println!("{}: configuration is valid", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => report_config_errors(&config, &errors),
+        },
+        Command::Serve { config } => {
+            let cfg = match config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => return report_config_errors(&config, &errors),
+            };
+            serve::init_logging(cfg.log_json);
+            match runtime().and_then(|rt| rt.block_on(serve::run(cfg))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "portcullis stopped");
+                    eprintln!("portcullis: {e}");
+                    ExitCode::from(EXIT_UNAVAILABLE)
+                }
+            }
+        }
+        Command::Migrate { config } => {
+            let cfg = match config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => return report_config_errors(&config, &errors),
+            };
+            let result = runtime().and_then(|rt| {
+                rt.block_on(async {
+                    portcullis_session::connect(&cfg.store_url).await.map_err(|e| e.to_string())?;
+                    Ok(())
+                })
+            });
+            match result {
+                Ok(()) => {
+                    println!("session store schema is up to date");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("portcullis migrate: {e}");
+                    ExitCode::from(EXIT_UNAVAILABLE)
+                }
+            }
+        }
+        Command::Keys { command } => match command {
+            KeysCommand::Generate { id } => {
+                let id = id.unwrap_or_else(keyfile::default_key_id);
+                println!("{}", portcullis::session::Key::generate_spec(&id));
+                ExitCode::SUCCESS
+            }
+            KeysCommand::Rotate { file, keep } => match keyfile::rotate(&file, keep) {
+                Ok(id) => {
+                    println!("{}: new current key {id}", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("portcullis keys rotate: {e}");
+                    ExitCode::from(EXIT_UNAVAILABLE)
+                }
+            },
+        },
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+fn report_config_errors(path: &std::path::Path, errors: &[String]) -> ExitCode {
+    eprintln!("{}: invalid configuration ({} error{}):", path.display(), errors.len(), if errors.len() == 1 { "" } else { "s" });
+    for e in errors {
+        eprintln!("  - {e}");
+    }
+    ExitCode::from(EXIT_CONFIG)
+}

@@ -1,0 +1,722 @@
+//! The TOML configuration file: raw schema, then validation into typed settings.
+//!
+//! Every problem is collected (unknown keys, type errors per section, semantic errors) and
+//! reported at once; a typo must never silently disable a security setting, so unknown keys
+//! are errors. Secrets may come from the file, from a file next to it, or from the
+//! environment, and never appear in `Debug` output or logs.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use portcullis::cookie::{CookieSettings, SameSite};
+use portcullis::csrf::AntiForgery;
+use portcullis::settings::{
+    ClientAuthSettings, GatewaySettings, NamedClientSettings, OidcSettings, RouteSettings, SessionSettings,
+    TokenPolicy, TokenSettings,
+};
+use portcullis_token::Secret;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use url::Url;
+
+/// Environment variables the binary reads.
+pub const ENV_CLIENT_SECRET: &str = "PORTCULLIS_OIDC_CLIENT_SECRET";
+pub const ENV_SESSION_KEYS: &str = "PORTCULLIS_SESSION_KEYS";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    public_url: Option<String>,
+    data_dir: Option<PathBuf>,
+    base_path: Option<String>,
+    callback_path: Option<String>,
+    signed_out_callback_path: Option<String>,
+    trust_forwarded_headers: Option<bool>,
+    diagnostics: Option<bool>,
+    log_format: Option<String>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOidc {
+    issuer: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    client_auth: Option<String>,
+    private_key_file: Option<PathBuf>,
+    private_key_alg: Option<String>,
+    private_key_kid: Option<String>,
+    scopes: Option<Vec<String>>,
+    resource: Option<String>,
+    extra_authorize_params: Option<BTreeMap<String, String>>,
+    revoke_refresh_token_on_logout: Option<bool>,
+    clock_skew: Option<String>,
+    fetch_userinfo: Option<bool>,
+    backchannel_logout_all_sessions: Option<bool>,
+    timeout: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSession {
+    store: Option<String>,
+    idle_timeout: Option<String>,
+    absolute_timeout: Option<String>,
+    cookie_name: Option<String>,
+    same_site: Option<String>,
+    anonymous_user: Option<String>,
+    keys: Option<Vec<String>>,
+    keys_file: Option<PathBuf>,
+    cleanup_interval: Option<String>,
+    max_pending_logins: Option<usize>,
+    login_timeout: Option<String>,
+    partition: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAntiForgery {
+    header_name: Option<String>,
+    header_value: Option<String>,
+    websocket_origins: Option<Vec<String>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokens {
+    refresh_before_expiry: Option<String>,
+    client_token_buffer: Option<String>,
+    #[serde(default)]
+    clients: Vec<RawNamedClient>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNamedClient {
+    name: String,
+    client_id: String,
+    client_secret: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    client_auth: Option<String>,
+    token_endpoint: Option<String>,
+    scope: Option<String>,
+    resource: Option<String>,
+    #[serde(default)]
+    extra: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    path: String,
+    upstream: String,
+    token: Option<String>,
+    anti_forgery: Option<bool>,
+    resource: Option<String>,
+    scope: Option<String>,
+    refresh_before_expiry: Option<String>,
+    client: Option<String>,
+    timeout: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpa {
+    dir: Option<PathBuf>,
+}
+
+/// Everything the binary needs besides the library settings.
+#[derive(Debug)]
+pub struct Config {
+    pub gateway: GatewaySettings,
+    pub listen: SocketAddr,
+    pub store_url: String,
+    pub data_dir: PathBuf,
+    pub keys: KeySource,
+    pub spa_dir: Option<PathBuf>,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub log_json: bool,
+    /// Warnings to log at start-up (insecure but allowed choices).
+    pub warnings: Vec<String>,
+}
+
+/// Where the session encryption keys come from.
+#[derive(Debug)]
+pub enum KeySource {
+    /// `id:base64` specs from config or environment, current first.
+    Inline(Vec<Secret>),
+    /// A key file (one `id:base64` per line, current first); generated if missing.
+    File(PathBuf),
+}
+
+/// Reads and validates a configuration file. `Err` lists every problem found.
+pub fn load(path: &Path) -> Result<Config, Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse(&text, &base_dir, &|name| std::env::var(name).ok())
+}
+
+/// Parses configuration text. Relative paths are taken from `base_dir`.
+pub fn parse(text: &str, base_dir: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<String>> {
+    let mut errors = Vec::new();
+    let table: toml::Table = match text.parse() {
+        Ok(t) => t,
+        Err(e) => return Err(vec![format!("not valid TOML: {e}")]),
+    };
+    for key in table.keys() {
+        if !["server", "oidc", "session", "anti_forgery", "tokens", "routes", "spa"].contains(&key.as_str()) {
+            errors.push(format!("unknown key `{key}`"));
+        }
+    }
+    let server: RawServer = section(&table, "server", &mut errors).unwrap_or_default();
+    let oidc: RawOidc = section(&table, "oidc", &mut errors).unwrap_or_default();
+    let session: RawSession = section(&table, "session", &mut errors).unwrap_or_default();
+    let af: RawAntiForgery = section(&table, "anti_forgery", &mut errors).unwrap_or_default();
+    let tokens: RawTokens = section(&table, "tokens", &mut errors).unwrap_or_default();
+    let spa: RawSpa = section(&table, "spa", &mut errors).unwrap_or_default();
+    let mut raw_routes: Vec<RawRoute> = Vec::new();
+    match table.get("routes") {
+        None => {}
+        Some(toml::Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                if let Some(r) = value(item.clone(), &format!("routes[{i}]"), &mut errors) {
+                    raw_routes.push(r);
+                }
+            }
+        }
+        Some(_) => errors.push("`routes` must be an array of tables ([[routes]])".into()),
+    }
+
+    let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) };
+    let mut warnings = Vec::new();
+
+    // [server]
+    let listen = server
+        .listen
+        .as_deref()
+        .unwrap_or("127.0.0.1:8080")
+        .parse::<SocketAddr>()
+        .map_err(|_| errors.push("server.listen must be an address like 127.0.0.1:8080".into()))
+        .ok();
+    let public_url = match server.public_url.as_deref() {
+        None => {
+            errors.push("server.public_url is required (the origin the browser uses)".into());
+            None
+        }
+        Some(u) => match Url::parse(u) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() && url.query().is_none() => Some(url),
+            _ => {
+                errors.push(format!("server.public_url {u:?} must be an http(s) URL without query"));
+                None
+            }
+        },
+    };
+    let base_path = normalize_base(server.base_path.as_deref().unwrap_or("/bff"), "server.base_path", &mut errors);
+    let callback_path = path_setting(server.callback_path.as_deref().unwrap_or("/signin-oidc"), "server.callback_path", &mut errors);
+    let signed_out_callback_path = path_setting(
+        server.signed_out_callback_path.as_deref().unwrap_or("/signout-callback-oidc"),
+        "server.signed_out_callback_path",
+        &mut errors,
+    );
+    let data_dir = resolve(server.data_dir.as_deref().unwrap_or(Path::new("portcullis-data")));
+    let log_json = match server.log_format.as_deref() {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => {
+            errors.push(format!("server.log_format {other:?} must be \"text\" or \"json\""));
+            false
+        }
+    };
+    let tls = server.tls.map(|t| (resolve(&t.cert), resolve(&t.key)));
+    if let (Some(url), Some(_)) = (&public_url, &tls) {
+        if url.scheme() != "https" {
+            warnings.push("server.tls is set but public_url is http://".into());
+        }
+    }
+
+    // [oidc]
+    let issuer = match oidc.issuer.as_deref() {
+        None => {
+            errors.push("oidc.issuer is required".into());
+            None
+        }
+        Some(i) => match Url::parse(i) {
+            Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && portcullis::cookie::is_loopback_url(&u)) => {
+                if u.scheme() == "http" {
+                    warnings.push(format!("oidc.issuer {i} uses plain http (allowed for loopback development only)"));
+                }
+                Some(i.to_owned())
+            }
+            _ => {
+                errors.push(format!("oidc.issuer {i:?} must be an https URL (http only for loopback hosts)"));
+                None
+            }
+        },
+    };
+    let client_id = oidc.client_id.clone().filter(|c| !c.is_empty());
+    if client_id.is_none() {
+        errors.push("oidc.client_id is required".into());
+    }
+    let client_auth = client_auth_settings(
+        "oidc",
+        oidc.client_auth.as_deref(),
+        oidc.client_secret.as_deref(),
+        oidc.client_secret_file.as_deref().map(resolve),
+        env(ENV_CLIENT_SECRET),
+        oidc.private_key_file.as_deref().map(resolve),
+        oidc.private_key_alg.as_deref(),
+        oidc.private_key_kid.clone(),
+        &mut errors,
+    );
+    let scopes = oidc
+        .scopes
+        .clone()
+        .unwrap_or_else(|| vec!["openid".into(), "profile".into(), "offline_access".into()]);
+    if !scopes.iter().any(|s| s == "openid") {
+        errors.push("oidc.scopes must contain \"openid\"".into());
+    }
+    if !scopes.iter().any(|s| s == "offline_access") {
+        warnings.push("oidc.scopes lacks \"offline_access\": most IdPs will not issue refresh tokens, sessions end when the access token expires".into());
+    }
+    let clock_skew = duration(oidc.clock_skew.as_deref(), "oidc.clock_skew", Duration::from_secs(60), &mut errors);
+    let http_timeout = duration(oidc.timeout.as_deref(), "oidc.timeout", Duration::from_secs(10), &mut errors);
+
+    // [session]
+    let store_url = session.store.clone().unwrap_or_else(|| format!("sqlite://{}", data_dir.join("sessions.db").display()));
+    let store_url = match store_url.strip_prefix("sqlite://") {
+        Some(p) if !p.starts_with('/') && !p.starts_with(":memory:") => format!("sqlite://{}", resolve(Path::new(p)).display()),
+        _ => store_url,
+    };
+    let idle_timeout = duration(session.idle_timeout.as_deref(), "session.idle_timeout", Duration::from_secs(8 * 3600), &mut errors);
+    let absolute_timeout = duration(session.absolute_timeout.as_deref(), "session.absolute_timeout", Duration::from_secs(7 * 86400), &mut errors);
+    if idle_timeout > absolute_timeout {
+        warnings.push("session.idle_timeout is longer than session.absolute_timeout; the absolute limit wins".into());
+    }
+    let same_site = match session.same_site.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("strict") => SameSite::Strict,
+        Some("lax") => SameSite::Lax,
+        Some("none") => SameSite::None,
+        Some(other) => {
+            errors.push(format!("session.same_site {other:?} must be strict, lax or none"));
+            SameSite::Strict
+        }
+    };
+    let anonymous_user_is_null = match session.anonymous_user.as_deref() {
+        None | Some("401") | Some("unauthorized") => false,
+        Some("null") => true,
+        Some(other) => {
+            errors.push(format!("session.anonymous_user {other:?} must be \"401\" or \"null\""));
+            false
+        }
+    };
+    let keys = match (env(ENV_SESSION_KEYS), session.keys, session.keys_file) {
+        (Some(v), _, _) => KeySource::Inline(v.split(',').map(|s| Secret::new(s.trim())).filter(|s| !s.expose_secret().is_empty()).collect()),
+        (None, Some(k), None) => KeySource::Inline(k.into_iter().map(Secret::new).collect()),
+        (None, None, Some(f)) => KeySource::File(resolve(&f)),
+        (None, None, None) => KeySource::File(data_dir.join("keys")),
+        (None, Some(_), Some(_)) => {
+            errors.push("session.keys and session.keys_file are mutually exclusive".into());
+            KeySource::File(data_dir.join("keys"))
+        }
+    };
+    if let KeySource::Inline(specs) = &keys {
+        if specs.is_empty() {
+            errors.push("session keys are configured but empty".into());
+        }
+        for spec in specs {
+            if let Err(e) = portcullis::session::Key::parse(spec.expose_secret()) {
+                errors.push(format!("session key: {e}"));
+            }
+        }
+    }
+    let session_settings = SessionSettings {
+        idle_timeout,
+        absolute_timeout,
+        partition: session.partition.clone().unwrap_or_else(|| "default".into()),
+        anonymous_user_is_null,
+        cleanup_interval: duration(session.cleanup_interval.as_deref(), "session.cleanup_interval", Duration::from_secs(300), &mut errors),
+        max_pending_logins: session.max_pending_logins.unwrap_or(5).clamp(1, 20),
+        login_timeout: duration(session.login_timeout.as_deref(), "session.login_timeout", Duration::from_secs(600), &mut errors),
+    };
+    let cookies = public_url.as_ref().and_then(|u| {
+        CookieSettings::for_public_url(u, session.cookie_name.as_deref(), same_site)
+            .map_err(|es| errors.extend(es.into_iter().map(|e| format!("session cookie: {e}"))))
+            .ok()
+    });
+    if let Some(u) = &public_url {
+        if u.scheme() == "http" && portcullis::cookie::is_loopback_url(u) {
+            warnings.push(format!(
+                "public_url {u} is plain http: cookies lose the __Host- prefix and Secure. Use this for local development only"
+            ));
+        }
+    }
+
+    // [anti_forgery]
+    let anti_forgery = AntiForgery::new(
+        af.header_name.as_deref().unwrap_or("X-CSRF"),
+        af.header_value.as_deref().unwrap_or("1"),
+    )
+    .map_err(|e| errors.push(format!("anti_forgery: {e}")))
+    .unwrap_or_default();
+
+    // [tokens]
+    let mut named_clients = Vec::new();
+    for (i, c) in tokens.clients.into_iter().enumerate() {
+        let ctx = format!("tokens.clients[{i}]");
+        let auth = client_auth_settings(
+            &ctx,
+            c.client_auth.as_deref(),
+            c.client_secret.as_deref(),
+            c.client_secret_file.as_deref().map(resolve),
+            None,
+            None,
+            None,
+            None,
+            &mut errors,
+        );
+        let token_endpoint = c.token_endpoint.as_deref().and_then(|u| {
+            Url::parse(u).map_err(|_| errors.push(format!("{ctx}.token_endpoint {u:?} is not a URL"))).ok()
+        });
+        if c.name == portcullis::token::DEFAULT_CLIENT {
+            errors.push(format!("{ctx}.name \"default\" is reserved for the gateway's own client"));
+        }
+        if let Some(auth) = auth {
+            named_clients.push(NamedClientSettings {
+                name: c.name,
+                token_endpoint,
+                client_id: c.client_id,
+                client_auth: auth,
+                scope: c.scope,
+                resource: c.resource,
+                extra: c.extra.into_iter().collect(),
+            });
+        }
+    }
+    let token_settings = TokenSettings {
+        refresh_before_expiry: duration(tokens.refresh_before_expiry.as_deref(), "tokens.refresh_before_expiry", Duration::from_secs(60), &mut errors),
+        client_token_buffer: duration(tokens.client_token_buffer.as_deref(), "tokens.client_token_buffer", Duration::from_secs(60), &mut errors),
+        clients: named_clients,
+    };
+
+    // [[routes]]
+    let mut routes: Vec<RouteSettings> = Vec::new();
+    for (i, r) in raw_routes.into_iter().enumerate() {
+        let ctx = format!("routes[{i}]");
+        let path = path_setting(r.path.trim_end_matches('/'), &format!("{ctx}.path"), &mut errors);
+        if path.is_empty() || path == "/" {
+            errors.push(format!("{ctx}.path must not be the root"));
+        }
+        for reserved in [base_path.as_str(), callback_path.as_str(), signed_out_callback_path.as_str(), "/healthz", "/readyz"] {
+            let reserved = if reserved.is_empty() { continue } else { reserved };
+            if path == reserved || path.starts_with(&format!("{reserved}/")) || reserved.starts_with(&format!("{path}/")) {
+                errors.push(format!("{ctx}.path {path} overlaps the gateway's own endpoint {reserved}"));
+            }
+        }
+        if routes.iter().any(|o| o.path == path) {
+            errors.push(format!("{ctx}.path {path} is defined twice"));
+        }
+        let upstream = match Url::parse(&r.upstream) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.query().is_none() && u.fragment().is_none() => Some(u),
+            _ => {
+                errors.push(format!("{ctx}.upstream {:?} must be an http(s) URL without query or fragment", r.upstream));
+                None
+            }
+        };
+        let token = match TokenPolicy::parse(r.token.as_deref().unwrap_or("user")) {
+            Some(t) => t,
+            None => {
+                errors.push(format!("{ctx}.token must be one of none, user, user_or_none, client, user_or_client"));
+                TokenPolicy::User
+            }
+        };
+        if let Some(client) = &r.client {
+            if client != portcullis::token::DEFAULT_CLIENT && !token_settings.clients.iter().any(|c| &c.name == client) {
+                errors.push(format!("{ctx}.client {client:?} is not defined in [[tokens.clients]]"));
+            }
+        }
+        let anti_forgery = r.anti_forgery.unwrap_or(true);
+        if !anti_forgery {
+            warnings.push(format!(
+                "INSECURE: {ctx} ({path}) has anti_forgery = false: cross-site requests can reach this API with the user's session"
+            ));
+        }
+        let refresh = r.refresh_before_expiry.as_deref().map(|d| duration(Some(d), &format!("{ctx}.refresh_before_expiry"), Duration::ZERO, &mut errors));
+        let timeout = duration(r.timeout.as_deref(), &format!("{ctx}.timeout"), Duration::from_secs(30), &mut errors);
+        if let Some(upstream) = upstream {
+            routes.push(RouteSettings {
+                path,
+                upstream,
+                token,
+                anti_forgery,
+                resource: r.resource,
+                scope: r.scope,
+                refresh_before_expiry: refresh,
+                client: r.client,
+                timeout,
+            });
+        }
+    }
+
+    let spa_dir = spa.dir.map(|d| resolve(&d));
+    if let Some(d) = &spa_dir {
+        if !d.join("index.html").is_file() {
+            errors.push(format!("spa.dir {} has no index.html", d.display()));
+        }
+    }
+
+    let websocket_origins = af.websocket_origins.unwrap_or_default();
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    // All required values are present when no error was recorded.
+    let (Some(public_url), Some(issuer), Some(client_id), Some(client_auth), Some(cookies), Some(listen)) =
+        (public_url, issuer, client_id, client_auth, cookies, listen)
+    else {
+        return Err(vec!["incomplete configuration".into()]);
+    };
+    Ok(Config {
+        gateway: GatewaySettings {
+            public_url,
+            base_path,
+            callback_path,
+            signed_out_callback_path,
+            oidc: OidcSettings {
+                issuer,
+                client_id,
+                client_auth,
+                scopes,
+                extra_authorize_params: oidc.extra_authorize_params.unwrap_or_default().into_iter().collect(),
+                resource: oidc.resource,
+                revoke_refresh_token_on_logout: oidc.revoke_refresh_token_on_logout.unwrap_or(true),
+                clock_skew,
+                fetch_userinfo: oidc.fetch_userinfo.unwrap_or(false),
+                backchannel_logout_all_sessions: oidc.backchannel_logout_all_sessions.unwrap_or(false),
+                http_timeout,
+            },
+            session: session_settings,
+            cookies,
+            anti_forgery,
+            routes,
+            tokens: token_settings,
+            diagnostics: server.diagnostics.unwrap_or(false),
+            trust_forwarded_headers: server.trust_forwarded_headers.unwrap_or(false),
+            websocket_origins,
+        },
+        listen,
+        store_url,
+        data_dir,
+        keys,
+        spa_dir,
+        tls,
+        log_json,
+        warnings,
+    })
+}
+
+/// Deserializes one top-level table, recording unknown keys and type errors.
+fn section<T: DeserializeOwned>(table: &toml::Table, name: &str, errors: &mut Vec<String>) -> Option<T> {
+    let v = table.get(name)?.clone();
+    value(v, name, errors)
+}
+
+fn value<T: DeserializeOwned>(v: toml::Value, ctx: &str, errors: &mut Vec<String>) -> Option<T> {
+    match T::deserialize(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            errors.push(format!("{ctx}: {}", e.message().trim()));
+            None
+        }
+    }
+}
+
+fn duration(v: Option<&str>, name: &str, default: Duration, errors: &mut Vec<String>) -> Duration {
+    match v {
+        None => default,
+        Some(s) => humantime::parse_duration(s).unwrap_or_else(|_| {
+            errors.push(format!("{name} {s:?} is not a duration like \"30s\", \"8h\" or \"7d\""));
+            default
+        }),
+    }
+}
+
+fn path_setting(p: &str, name: &str, errors: &mut Vec<String>) -> String {
+    if !p.starts_with('/') || p.contains("//") || p.contains(['?', '#', '{', '}', '*', ' ']) || p.split('/').any(|s| s == "." || s == "..") {
+        errors.push(format!("{name} {p:?} must be an absolute path like /api"));
+    }
+    p.to_owned()
+}
+
+/// `/bff` stays `/bff`; `/` and `/bff/` are tolerated (→ `` and `/bff`).
+fn normalize_base(p: &str, name: &str, errors: &mut Vec<String>) -> String {
+    let trimmed = p.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return String::new();
+    }
+    path_setting(trimmed, name, errors)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn client_auth_settings(
+    ctx: &str,
+    method: Option<&str>,
+    secret: Option<&str>,
+    secret_file: Option<PathBuf>,
+    secret_env: Option<String>,
+    key_file: Option<PathBuf>,
+    key_alg: Option<&str>,
+    key_kid: Option<String>,
+    errors: &mut Vec<String>,
+) -> Option<ClientAuthSettings> {
+    let method = method.unwrap_or(if key_file.is_some() { "private_key_jwt" } else { "client_secret_basic" });
+    if method == "private_key_jwt" {
+        let Some(file) = key_file else {
+            errors.push(format!("{ctx}.client_auth = private_key_jwt needs {ctx}.private_key_file"));
+            return None;
+        };
+        let pem = match std::fs::read_to_string(&file) {
+            Ok(p) => p,
+            Err(e) => {
+                errors.push(format!("{ctx}.private_key_file {}: {e}", file.display()));
+                return None;
+            }
+        };
+        let alg = key_alg.unwrap_or("RS256");
+        if !["RS256", "PS256", "ES256", "EdDSA"].contains(&alg) {
+            errors.push(format!("{ctx}.private_key_alg {alg:?} must be RS256, PS256, ES256 or EdDSA"));
+            return None;
+        }
+        return Some(ClientAuthSettings::PrivateKeyJwt { key_pem: Secret::new(pem), alg: alg.to_owned(), kid: key_kid });
+    }
+    let secret = match (secret_env, secret_file, secret) {
+        (Some(s), _, _) => Some(s),
+        (None, Some(f), _) => match std::fs::read_to_string(&f) {
+            Ok(s) => Some(s.trim().to_owned()),
+            Err(e) => {
+                errors.push(format!("{ctx}.client_secret_file {}: {e}", f.display()));
+                return None;
+            }
+        },
+        (None, None, Some(s)) => Some(s.to_owned()),
+        (None, None, None) => None,
+    };
+    let Some(secret) = secret.filter(|s| !s.is_empty()) else {
+        errors.push(format!("{ctx}.client_secret (or client_secret_file, or {ENV_CLIENT_SECRET}) is required"));
+        return None;
+    };
+    match method {
+        "client_secret_basic" => Some(ClientAuthSettings::ClientSecretBasic(Secret::new(secret))),
+        "client_secret_post" => Some(ClientAuthSettings::ClientSecretPost(Secret::new(secret))),
+        other => {
+            errors.push(format!("{ctx}.client_auth {other:?} must be client_secret_basic, client_secret_post or private_key_jwt"));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[server]
+public_url = "https://app.example.com"
+[oidc]
+issuer = "https://idp.example.com"
+client_id = "spa-bff"
+client_secret = "s3cret"
+scopes = ["openid", "profile", "offline_access", "api"]
+[[routes]]
+path = "/api"
+upstream = "https://api.internal/v1"
+token = "user"
+"#;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn minimal_config_parses_with_secure_defaults() {
+        let c = parse(MINIMAL, Path::new("/etc/portcullis"), &no_env).unwrap();
+        assert_eq!(c.gateway.cookies.session_name(), "__Host-bff-auth");
+        assert!(c.gateway.cookies.is_secure());
+        assert_eq!(c.gateway.base_path, "/bff");
+        assert!(c.gateway.routes[0].anti_forgery);
+        assert!(c.gateway.oidc.revoke_refresh_token_on_logout);
+        assert_eq!(c.store_url, "sqlite:///etc/portcullis/portcullis-data/sessions.db");
+        assert!(!format!("{:?}", c.gateway).contains("s3cret"));
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let text = r#"
+typo_section = 1
+[server]
+public_url = "http://app.example.com"
+listen = "nope"
+[oidc]
+issuer = "ftp://x"
+client_id = "a"
+scops = ["openid"]
+[session]
+idle_timeout = "forever"
+[[routes]]
+path = "/bff"
+upstream = "not a url"
+token = "admin"
+"#;
+        let errors = parse(text, Path::new("/"), &no_env).unwrap_err();
+        let joined = errors.join("\n");
+        for needle in ["typo_section", "listen", "oidc", "idle_timeout", "upstream", "token must be", "overlaps"] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+        }
+        assert!(errors.len() >= 6, "{errors:#?}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_not_ignored() {
+        let text = MINIMAL.replace("token = \"user\"", "token = \"user\"\nanti_forgrey = false");
+        let errors = parse(&text, Path::new("/"), &no_env).unwrap_err();
+        assert!(errors.iter().any(|e| e.contains("anti_forgrey")), "{errors:?}");
+    }
+
+    #[test]
+    fn secret_from_environment_wins() {
+        let text = MINIMAL.replace("client_secret = \"s3cret\"\n", "");
+        assert!(parse(&text, Path::new("/"), &no_env).is_err());
+        let env = |n: &str| (n == ENV_CLIENT_SECRET).then(|| "from-env".to_owned());
+        let c = parse(&text, Path::new("/"), &env).unwrap();
+        match c.gateway.oidc.client_auth {
+            ClientAuthSettings::ClientSecretBasic(s) => assert_eq!(s.expose_secret(), "from-env"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn base_path_slash_and_trailing_slash_are_tolerated() {
+        for (given, want) in [("/", ""), ("/bff/", "/bff"), ("/auth", "/auth")] {
+            let text = MINIMAL.replace("[oidc]", &format!("base_path = \"{given}\"\n[oidc]"));
+            assert_eq!(parse(&text, Path::new("/"), &no_env).unwrap().gateway.base_path, want);
+        }
+    }
+
+    #[test]
+    fn anti_forgery_opt_out_warns_loudly() {
+        let text = MINIMAL.replace("token = \"user\"", "token = \"user\"\nanti_forgery = false");
+        let c = parse(&text, Path::new("/"), &no_env).unwrap();
+        assert!(!c.gateway.routes[0].anti_forgery);
+        assert!(c.warnings.iter().any(|w| w.starts_with("INSECURE")));
+    }
+}

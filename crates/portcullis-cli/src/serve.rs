@@ -1,0 +1,149 @@
+//! Start-up: logging, keys, store, router, listener, graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use portcullis::Gateway;
+use tower_http::services::{ServeDir, ServeFile};
+
+use crate::config::{Config, KeySource};
+use crate::keyfile;
+
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub async fn run(cfg: Config) -> Result<(), String> {
+    // One TLS provider for every crate in the process (reqwest, sqlx, redis, hyper-rustls).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+    let keys = match &cfg.keys {
+        KeySource::Inline(specs) => portcullis::session::KeyRing::new(
+            specs
+                .iter()
+                .map(|s| portcullis::session::Key::parse(s.expose_secret()))
+                .collect::<Result<Vec<_>, _>>()?,
+        )?,
+        KeySource::File(path) => keyfile::load_or_create(path)?,
+    };
+    if cfg.store_url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
+    }
+    let store = portcullis_session::connect(&cfg.store_url)
+        .await
+        .map_err(|e| format!("session store: {e}"))?;
+    tracing::info!(store = store.kind(), "session store connected");
+    let gateway = Gateway::new(cfg.gateway, store, keys, Arc::new(portcullis_token::SystemClock))?;
+    let cleanup = gateway.sessions().spawn_cleanup();
+    // Warm the discovery cache; failure is not fatal (the IdP may start after us).
+    if let Err(e) = gateway.provider().metadata().await {
+        tracing::warn!(error = %e, "identity provider discovery failed at start-up; will retry on demand");
+    }
+    let fallback = cfg.spa_dir.as_ref().map(|dir| {
+        Router::new().fallback_service(ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html"))))
+    });
+    let app = gateway
+        .router(fallback)
+        .layer(tower_http::trace::TraceLayer::new_for_http());
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%addr, public_url = %gateway.settings().public_url, "portcullis listening");
+    // A line tests and scripts can wait for.
+    println!("READY {{\"listen\":\"{addr}\"}}");
+    if let Some((cert, key)) = &cfg.tls {
+        crate::serve::tls::serve(listener, app, cert, key).await?;
+    } else {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(|e| format!("server error: {e}"))?;
+    }
+    cleanup.abort();
+    tracing::info!("portcullis stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+mod tls {
+    //! TLS termination with rustls.
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use axum::extract::ConnectInfo;
+    use axum::Router;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::service::TowerToHyperService;
+    use tokio_rustls::TlsAcceptor;
+
+    pub async fn serve(listener: tokio::net::TcpListener, app: Router, cert: &Path, key: &Path) -> Result<(), String> {
+        let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
+            std::fs::File::open(cert).map_err(|e| format!("{}: {e}", cert.display()))?,
+        ))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+        let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+            std::fs::File::open(key).map_err(|e| format!("{}: {e}", key.display()))?,
+        ))
+        .map_err(|e| format!("{}: {e}", key.display()))?
+        .ok_or_else(|| format!("{}: no private key found", key.display()))?;
+        let mut config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| format!("TLS configuration: {e}"))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let shutdown = super::shutdown_signal();
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer): (_, SocketAddr) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
+                },
+                _ = &mut shutdown => return Ok(()),
+            };
+            let acceptor = acceptor.clone();
+            let app = app.clone().layer(axum::Extension(ConnectInfo(peer)));
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else { return };
+                let service = TowerToHyperService::new(app);
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The redirect URI: `GET ?code&state&iss` (or `POST` with `response_mode=form_post`).
+//!
+//! Order of checks: parameters well-formed and not duplicated → a pending login for this
+//! `state` bound to this browser (cookie) and not expired → IdP `error` → RFC 9207 `iss` →
+//! code exchange → ID token (signature, `iss`, `aud`, `azp`, `exp`, `iat`, `nonce`). Only
+//! then is a session created. The transaction cookie is removed on every outcome.
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use super::login::open_tx;
+use super::{parse_params, redirect};
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::oidc::id_token::{self, Expectations, PROTOCOL_CLAIMS};
+use crate::session::{Claim, Lookup, Ticket};
+
+const SINGLES: [&str; 6] = ["state", "code", "iss", "error", "error_description", "session_state"];
+
+pub async fn callback_get(
+    State(gw): State<Gateway>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    finish(gw, query.unwrap_or_default().as_bytes(), headers).await
+}
+
+pub async fn callback_post(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes) -> Response {
+    finish(gw, &body, headers).await
+}
+
+async fn finish(gw: Gateway, raw: &[u8], headers: HeaderMap) -> Response {
+    let params = match parse_params(raw, &SINGLES) {
+        Ok(p) => p,
+        Err(_) => return GatewayError::BadNavigation("The sign-in response repeats a parameter.".into()).into_response(),
+    };
+    let Some(state) = params.get("state").filter(|s| !s.is_empty()) else {
+        return GatewayError::BadNavigation("The sign-in response has no state.".into()).into_response();
+    };
+    let cookies = gw.sessions().cookies();
+    let cookie_name = cookies.login_cookie_name(state);
+    let tx = cookies
+        .login_cookies(&headers)
+        .into_iter()
+        .find(|(n, _)| *n == cookie_name)
+        .and_then(|(_, v)| open_tx(&gw, v))
+        .filter(|tx| tx.state == *state && gw.now() - tx.created < gw.login_timeout_secs());
+    let clear_tx = cookies.clear_cookie_named(&cookie_name);
+    let with_clear = |mut r: Response| {
+        r.headers_mut().append(header::SET_COOKIE, clear_tx.clone());
+        r
+    };
+
+    let Some(tx) = tx else {
+        // Unknown, replayed or expired state. Logged in already (e.g. a second tab finished
+        // first, or the back button)? Go home; otherwise a clear page, never a loop.
+        return match gw.sessions().lookup(&headers).await {
+            Ok(Lookup::Active(_)) => with_clear(redirect(gw.home())),
+            Ok(_) => with_clear(
+                GatewayError::BadNavigation(
+                    "This sign-in attempt is unknown or has expired. Please start again from the application.".into(),
+                )
+                .into_response(),
+            ),
+            Err(e) => with_clear(e.into_response()),
+        };
+    };
+    let done = if tx.silent { gw.silent_callback_path().to_owned() } else { tx.return_url.clone() };
+
+    if let Some(error) = params.get("error") {
+        tracing::info!(idp_error = %error, silent = tx.silent, "identity provider returned an error to the callback");
+        return with_clear(redirect(&done));
+    }
+
+    match complete(&gw, &params, &tx.nonce, &tx.pkce_verifier).await {
+        Ok(ticket) => match gw.sessions().create(ticket).await {
+            Ok((id, _record)) => {
+                let mut r = redirect(&done);
+                let max_age = i64::try_from(gw.sessions().settings().absolute_timeout.as_secs()).unwrap_or(i64::MAX);
+                r.headers_mut()
+                    .append(header::SET_COOKIE, cookies.session_cookie(&id, max_age));
+                tracing::info!("login completed; session created");
+                with_clear(r)
+            }
+            Err(e) => with_clear(e.into_response()),
+        },
+        Err(e) => with_clear(e.into_response()),
+    }
+}
+
+async fn complete(
+    gw: &Gateway,
+    params: &std::collections::HashMap<String, String>,
+    nonce: &str,
+    verifier: &str,
+) -> Result<Ticket, GatewayError> {
+    let metadata = gw.provider().metadata().await?;
+    let issuer = gw.provider().issuer();
+    match params.get("iss") {
+        Some(iss) if iss != issuer => {
+            return Err(GatewayError::LoginRejected("The sign-in response came from an unexpected issuer.".into()))
+        }
+        None if metadata.authorization_response_iss_parameter_supported => {
+            return Err(GatewayError::LoginRejected("The sign-in response lacks the issuer parameter.".into()))
+        }
+        _ => {}
+    }
+    let code = params
+        .get("code")
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| GatewayError::BadNavigation("The sign-in response has no code.".into()))?;
+    let response = gw.tokens().exchange_code(code, gw.redirect_uri(), verifier).await?;
+    let id_token = response
+        .id_token
+        .as_ref()
+        .ok_or_else(|| GatewayError::LoginRejected("The identity provider returned no ID token.".into()))?;
+    let settings = gw.settings();
+    let claims = id_token::validate(
+        gw.provider(),
+        id_token.expose_secret(),
+        &metadata.id_token_signing_alg_values_supported,
+        &Expectations {
+            client_id: &settings.oidc.client_id,
+            nonce,
+            now: gw.now(),
+            skew: i64::try_from(settings.oidc.clock_skew.as_secs()).unwrap_or(300),
+        },
+    )
+    .await?;
+    let sub = claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let sid = claims.get("sid").and_then(Value::as_str).map(str::to_owned);
+    let mut session_claims = Vec::new();
+    for (name, value) in &claims {
+        if PROTOCOL_CLAIMS.contains(&name.as_str()) {
+            continue;
+        }
+        push_claim(&mut session_claims, name, value);
+    }
+    if settings.oidc.fetch_userinfo {
+        if let Some(endpoint) = &metadata.userinfo_endpoint {
+            let extra = gw.tokens().userinfo(endpoint, &response.access_token).await?;
+            if extra.get("sub").and_then(Value::as_str) != Some(sub.as_str()) {
+                return Err(GatewayError::LoginRejected("UserInfo belongs to another subject.".into()));
+            }
+            for (name, value) in &extra {
+                if !session_claims.iter().any(|c| c.kind == *name) {
+                    push_claim(&mut session_claims, name, value);
+                }
+            }
+        }
+    }
+    let tokens = gw.tokens().user_tokens_from(response)?;
+    Ok(Ticket {
+        sub,
+        sid,
+        claims: session_claims,
+        session_state: params.get("session_state").cloned(),
+        tokens,
+    })
+}
+
+/// Arrays become repeated claims, as in a .NET `ClaimsPrincipal`.
+fn push_claim(out: &mut Vec<Claim>, name: &str, value: &Value) {
+    match value {
+        Value::Array(items) => {
+            for item in items {
+                out.push(Claim { kind: name.to_owned(), value: item.clone() });
+            }
+        }
+        Value::Null => {}
+        v => out.push(Claim { kind: name.to_owned(), value: v.clone() }),
+    }
+}

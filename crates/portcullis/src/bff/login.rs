@@ -1,0 +1,91 @@
+//! `GET {base}/login?returnUrl=/path&prompt=...`: starts authorization code + PKCE.
+
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap};
+use axum::response::Response;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
+use super::{parse_params, redirect};
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::oidc::authorize::{authorization_url, validate_return_url, AuthorizeRequest, LoginTransaction};
+
+pub(crate) const TX_AAD: &[u8] = b"portcullis.login-tx.v1";
+
+pub async fn login(
+    State(gw): State<Gateway>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, GatewayError> {
+    let params = parse_params(query.as_deref().unwrap_or("").as_bytes(), &["returnUrl", "prompt"])?;
+    let return_url = match params.get("returnUrl") {
+        Some(u) => validate_return_url(u)
+            .map_err(|e| GatewayError::bad_param("returnUrl", e.to_string()))?
+            .to_owned(),
+        None => "/".to_owned(),
+    };
+    let metadata = gw.provider().metadata().await?;
+    let prompt = params.get("prompt").map(String::as_str);
+    if let Some(p) = prompt {
+        let supported = metadata.prompt_values_supported.as_deref().unwrap_or(&[]);
+        if !supported.iter().any(|s| s == p) {
+            return Err(GatewayError::bad_param("prompt", "this prompt value is not supported by the identity provider"));
+        }
+    }
+    let settings = gw.settings();
+    let now = gw.now();
+    let tx = LoginTransaction::new(return_url, prompt == Some("none"), now);
+    let url = authorization_url(
+        &AuthorizeRequest {
+            authorization_endpoint: &metadata.authorization_endpoint,
+            client_id: &settings.oidc.client_id,
+            redirect_uri: gw.redirect_uri(),
+            scopes: &settings.oidc.scopes,
+            prompt,
+            resource: settings.oidc.resource.as_deref(),
+            extra: &settings.oidc.extra_authorize_params,
+        },
+        &tx,
+    )
+    .map_err(GatewayError::IdpUnavailable)?;
+
+    let cookies = gw.sessions().cookies();
+    let mut response = redirect(url.as_str());
+    // Cap pending logins per browser: drop the oldest (and any unreadable or expired ones)
+    // so several tabs work but cookies never pile up.
+    let max = gw.sessions().settings().max_pending_logins.max(1);
+    let timeout = gw.login_timeout_secs();
+    let mut pending: Vec<(i64, &str)> = cookies
+        .login_cookies(&headers)
+        .into_iter()
+        .map(|(name, value)| {
+            let created = open_tx(&gw, value).map(|t| t.created).filter(|c| now - c < timeout);
+            (created.unwrap_or(i64::MIN), name)
+        })
+        .collect();
+    pending.sort();
+    let excess = (pending.len() + 1).saturating_sub(max);
+    for (i, (created, name)) in pending.iter().enumerate() {
+        if i < excess || *created == i64::MIN {
+            response.headers_mut().append(header::SET_COOKIE, cookies.clear_cookie_named(name));
+        }
+    }
+    let sealed = gw.sessions().keys().seal(
+        &serde_json::to_vec(&tx).map_err(|e| GatewayError::Internal(e.to_string()))?,
+        TX_AAD,
+    );
+    let name = cookies.login_cookie_name(&tx.state);
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, cookies.login_cookie(&name, &URL_SAFE_NO_PAD.encode(sealed), timeout));
+    tracing::debug!(silent = tx.silent, "login started");
+    Ok(response)
+}
+
+/// Opens a login-transaction cookie value.
+pub(crate) fn open_tx(gw: &Gateway, value: &str) -> Option<LoginTransaction> {
+    let sealed = URL_SAFE_NO_PAD.decode(value).ok()?;
+    let plain = gw.sessions().keys().open(&sealed, TX_AAD).ok()?;
+    serde_json::from_slice(&plain).ok()
+}

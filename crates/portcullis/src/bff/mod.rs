@@ -1,0 +1,70 @@
+//! The management endpoints, Duende.BFF-compatible (see `shared/guide/behaviour.md`).
+//!
+//! | endpoint | anti-forgery | module |
+//! |---|---|---|
+//! | `GET {base}/login` | no (navigation) | [`login`] |
+//! | `GET/POST {callback}` | no | [`callback`] |
+//! | `GET {base}/user` | **yes** | [`user`] |
+//! | `GET {base}/logout?sid=` | no, `sid` must match | [`logout`] |
+//! | `GET {signed-out callback}` | no | [`logout`] |
+//! | `GET {base}/silent-login-callback` | no | [`silent`] |
+//! | `POST {base}/backchannel` | no (server-to-server) | [`backchannel`] |
+//! | `GET {base}/diagnostics` | no, 404 unless enabled | [`diagnostics`] |
+
+pub mod backchannel;
+pub mod callback;
+pub mod diagnostics;
+pub mod login;
+pub mod logout;
+pub mod silent;
+pub mod user;
+
+use std::collections::HashMap;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::error::GatewayError;
+
+/// A `302 Found` that no cache keeps.
+pub(crate) fn redirect(location: &str) -> Response {
+    let mut r = StatusCode::FOUND.into_response();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// Parses `application/x-www-form-urlencoded` parameters. A parameter listed in `singles`
+/// that appears more than once is refused (no "first wins"/"last wins" ambiguity for
+/// `state`, `code`, `logout_token`, ...).
+pub(crate) fn parse_params(
+    raw: &[u8],
+    singles: &[&'static str],
+) -> Result<HashMap<String, String>, GatewayError> {
+    let mut out: HashMap<String, String> = HashMap::new();
+    for (k, v) in form_urlencoded::parse(raw) {
+        if let Some(name) = singles.iter().find(|s| **s == k) {
+            if out.contains_key(*name) {
+                return Err(GatewayError::bad_param(name, format!("{name} must appear at most once")));
+            }
+        }
+        out.entry(k.into_owned()).or_insert_with(|| v.into_owned());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicated_protocol_parameters_are_refused() {
+        assert!(parse_params(b"state=a&state=b", &["state"]).is_err());
+        assert!(parse_params(b"code=a&code=a", &["code"]).is_err());
+        let p = parse_params(b"state=a&x=1&x=2", &["state"]).unwrap();
+        assert_eq!(p["state"], "a");
+        assert_eq!(p["x"], "1");
+    }
+}

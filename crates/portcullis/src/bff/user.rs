@@ -1,0 +1,61 @@
+//! `GET {base}/user`: the SPA's session check.
+
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use super::parse_params;
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::session::Lookup;
+
+pub async fn user(
+    State(gw): State<Gateway>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, GatewayError> {
+    gw.settings().anti_forgery.check(&headers)?;
+    let params = parse_params(query.as_deref().unwrap_or("").as_bytes(), &["slide"])?;
+    let slide = params.get("slide").map(|s| !s.eq_ignore_ascii_case("false")).unwrap_or(true);
+    let mut session = match gw.sessions().lookup(&headers).await? {
+        Lookup::Active(s) => s,
+        other => {
+            let mut r = if gw.sessions().settings().anonymous_user_is_null {
+                (StatusCode::OK, axum::Json(Value::Null)).into_response()
+            } else {
+                StatusCode::UNAUTHORIZED.into_response()
+            };
+            if matches!(other, Lookup::Stale) {
+                r.headers_mut().append(header::SET_COOKIE, gw.sessions().cookies().clear_session_cookie());
+            }
+            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return Ok(r);
+        }
+    };
+    if slide {
+        gw.sessions().slide(&mut session).await?;
+    }
+    let ticket = &session.ticket;
+    let mut claims: Vec<Value> = ticket
+        .claims
+        .iter()
+        .map(|c| json!({"type": c.kind, "value": c.value}))
+        .collect();
+    let logout_url = match &ticket.sid {
+        Some(sid) => format!(
+            "{}?sid={}",
+            gw.logout_path(),
+            percent_encoding::utf8_percent_encode(sid, percent_encoding::NON_ALPHANUMERIC)
+        ),
+        None => gw.logout_path().to_owned(),
+    };
+    claims.push(json!({"type": "bff:logout_url", "value": logout_url}));
+    claims.push(json!({"type": "bff:session_expires_in", "value": gw.sessions().expires_in(&session.record)}));
+    if let Some(state) = &ticket.session_state {
+        claims.push(json!({"type": "bff:session_state", "value": state}));
+    }
+    let mut r = axum::Json(Value::Array(claims)).into_response();
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}

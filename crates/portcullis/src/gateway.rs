@@ -1,0 +1,305 @@
+//! Assembling the gateway: state shared by all handlers and the request pipeline.
+//!
+//! ```text
+//!                    ┌─────────────── Router ───────────────┐
+//! browser ──HTTP──▶  │ /healthz /readyz                     │
+//!                    │ {base}/login ──▶ IdP (302)           │
+//!                    │ {callback}  ──▶ code exchange, ID token → session + cookie
+//!                    │ {base}/user  [anti-forgery] ─▶ cookie → session → claims
+//!                    │ {base}/logout, signed-out, silent, backchannel, diagnostics
+//!                    │ route prefix [anti-forgery | WS origin]
+//!                    │     └▶ cookie → session → token (policy, refresh) → proxy → upstream
+//!                    │ fallback: the SPA (static files, index.html)
+//!                    └───────────────────────────────────────┘
+//! ```
+//! Every proxied route goes through [`api`], which checks anti-forgery before anything else;
+//! the only way around it is a route whose settings say `anti_forgery: false`, which the
+//! configuration calls out loudly.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use portcullis_session::SessionStore;
+use portcullis_token::{ManagedToken, SharedClock};
+
+use crate::bff;
+use crate::csrf;
+use crate::error::GatewayError;
+use crate::oidc::Provider;
+use crate::proxy::{ForwardContext, Forwarder, Route, RouteTable};
+use crate::session::{KeyRing, Lookup, Sessions};
+use crate::settings::{GatewaySettings, TokenPolicy};
+use crate::token::{TokenFailure, TokenService};
+
+/// The gateway: cheap to clone, shared by every handler.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: Arc<GatewaySettings>,
+    sessions: Sessions,
+    provider: Arc<Provider>,
+    tokens: TokenService,
+    forwarder: Forwarder,
+    routes: RouteTable,
+    clock: SharedClock,
+    redirect_uri: String,
+    signed_out_uri: String,
+    home: String,
+    logout_path: String,
+    silent_callback_path: String,
+    public_host: String,
+    own_cookie_names: Vec<String>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("settings", &self.inner.settings).finish_non_exhaustive()
+    }
+}
+
+/// Joins a base path (`""` or `/bff`) and a path (`/login`).
+pub fn join_path(base: &str, path: &str) -> String {
+    format!("{}{}", base.trim_end_matches('/'), path)
+}
+
+impl Gateway {
+    pub fn new(
+        settings: GatewaySettings,
+        store: Arc<dyn SessionStore>,
+        keys: KeyRing,
+        clock: SharedClock,
+    ) -> Result<Self, String> {
+        let settings = Arc::new(settings);
+        let http = reqwest::Client::builder()
+            .timeout(settings.oidc.http_timeout)
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        let sessions = Sessions::new(
+            store,
+            Arc::new(keys),
+            clock.clone(),
+            settings.session.clone(),
+            settings.cookies.clone(),
+        );
+        let provider = Arc::new(Provider::new(settings.oidc.issuer.clone(), http.clone(), clock.clone()));
+        let tokens = TokenService::new(provider.clone(), settings.clone(), sessions.clone(), http, clock.clone());
+        let public = &settings.public_url;
+        let origin = public.origin().ascii_serialization();
+        let public_host = match public.port() {
+            Some(p) => format!("{}:{p}", public.host_str().unwrap_or_default()),
+            None => public.host_str().unwrap_or_default().to_owned(),
+        };
+        let home = match public.path() {
+            "" => "/".to_owned(),
+            p => p.to_owned(),
+        };
+        let own_cookie_names = vec![settings.cookies.session_name().to_owned()];
+        Ok(Self {
+            inner: Arc::new(Inner {
+                redirect_uri: format!("{origin}{}", settings.callback_path),
+                signed_out_uri: format!("{origin}{}", settings.signed_out_callback_path),
+                logout_path: join_path(&settings.base_path, "/logout"),
+                silent_callback_path: join_path(&settings.base_path, "/silent-login-callback"),
+                home,
+                public_host,
+                own_cookie_names,
+                routes: RouteTable::new(settings.routes.clone()),
+                forwarder: Forwarder::new()?,
+                settings,
+                sessions,
+                provider,
+                tokens,
+                clock,
+            }),
+        })
+    }
+
+    pub fn settings(&self) -> &GatewaySettings {
+        &self.inner.settings
+    }
+    pub fn sessions(&self) -> &Sessions {
+        &self.inner.sessions
+    }
+    pub fn provider(&self) -> &Provider {
+        &self.inner.provider
+    }
+    pub fn tokens(&self) -> &TokenService {
+        &self.inner.tokens
+    }
+    pub fn now(&self) -> i64 {
+        self.inner.clock.now_unix()
+    }
+    pub fn redirect_uri(&self) -> &str {
+        &self.inner.redirect_uri
+    }
+    pub fn signed_out_uri(&self) -> &str {
+        &self.inner.signed_out_uri
+    }
+    pub fn home(&self) -> &str {
+        &self.inner.home
+    }
+    pub fn logout_path(&self) -> &str {
+        &self.inner.logout_path
+    }
+    pub fn silent_callback_path(&self) -> &str {
+        &self.inner.silent_callback_path
+    }
+    pub fn login_timeout_secs(&self) -> i64 {
+        i64::try_from(self.inner.settings.session.login_timeout.as_secs()).unwrap_or(600)
+    }
+
+    /// The full router. `fallback` serves everything that is not a management endpoint or
+    /// an API route (typically the SPA's static files); `None` answers 404.
+    pub fn router(&self, fallback: Option<Router>) -> Router {
+        let s = self.settings();
+        let base = &s.base_path;
+        let mut router = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route(&join_path(base, "/login"), get(bff::login::login))
+            .route(&s.callback_path, get(bff::callback::callback_get).post(bff::callback::callback_post))
+            .route(&join_path(base, "/user"), get(bff::user::user))
+            .route(&join_path(base, "/logout"), get(bff::logout::logout))
+            .route(&s.signed_out_callback_path, get(bff::logout::signed_out))
+            .route(&join_path(base, "/silent-login-callback"), get(bff::silent::silent_login_callback))
+            .route(&join_path(base, "/backchannel"), axum::routing::post(bff::backchannel::backchannel))
+            .route(&join_path(base, "/diagnostics"), get(bff::diagnostics::diagnostics));
+        for route in self.inner.routes.routes() {
+            let path = &route.settings.path;
+            let r1 = route.clone();
+            let r2 = route.clone();
+            router = router
+                .route(path, any(move |state, ci, req| api(state, ci, r1.clone(), req)))
+                .route(&format!("{path}/{{*rest}}"), any(move |state, ci, req| api(state, ci, r2.clone(), req)));
+        }
+        let router = match fallback {
+            Some(f) => router.fallback_service(f),
+            None => router.fallback(|| async { StatusCode::NOT_FOUND }),
+        };
+        router.with_state(self.clone())
+    }
+}
+
+async fn readyz(State(gw): State<Gateway>) -> Response {
+    match gw.sessions().store().ping().await {
+        Ok(()) => "ready".into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check: session store unavailable");
+            (StatusCode::SERVICE_UNAVAILABLE, "session store unavailable").into_response()
+        }
+    }
+}
+
+/// One proxied API call: anti-forgery → session → token → forward.
+async fn api(
+    State(gw): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    route: Arc<Route>,
+    request: Request,
+) -> Response {
+    match api_inner(&gw, peer, &route, request).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn api_inner(gw: &Gateway, peer: SocketAddr, route: &Route, request: Request) -> Result<Response, GatewayError> {
+    let s = gw.settings();
+    let headers = request.headers();
+    if csrf::is_websocket_upgrade(headers) {
+        let allowed = if s.websocket_origins.is_empty() {
+            vec![s.public_url.origin().ascii_serialization()]
+        } else {
+            s.websocket_origins.clone()
+        };
+        csrf::check_websocket_origin(headers, &allowed)?;
+        // Upgrades are not proxied yet: refuse clearly instead of half-working.
+        return Err(GatewayError::bad_param("upgrade", "WebSocket proxying is not supported on this route"));
+    } else if route.settings.anti_forgery {
+        s.anti_forgery.check(headers)?;
+    }
+
+    let policy = route.settings.token;
+    let mut clear_cookie = false;
+    let session_key = if matches!(policy, TokenPolicy::None | TokenPolicy::Client) {
+        None
+    } else {
+        match gw.sessions().lookup(headers).await? {
+            Lookup::Active(session) => Some(session.record.key.clone()),
+            Lookup::Stale => {
+                clear_cookie = true;
+                None
+            }
+            Lookup::Anonymous => None,
+        }
+    };
+
+    let token: Option<ManagedToken> = match (policy, &session_key) {
+        (TokenPolicy::None, _) => None,
+        (TokenPolicy::User, None) => {
+            let r = GatewayError::Unauthorized("no session").into_response();
+            return Ok(with_clear(gw, r, clear_cookie));
+        }
+        (TokenPolicy::User | TokenPolicy::UserOrClient | TokenPolicy::UserOrNone, Some(key)) => {
+            match gw.tokens().user_token(key, &route.settings).await {
+                Ok(t) => Some(t),
+                Err(TokenFailure::SessionEnded(reason)) if policy == TokenPolicy::UserOrNone => {
+                    tracing::info!(%reason, "user token unavailable; forwarding without a token");
+                    None
+                }
+                Err(TokenFailure::SessionEnded(reason)) => {
+                    tracing::info!(%reason, "token refresh failed for good; ending the session");
+                    gw.sessions().end(key).await?;
+                    let r = GatewayError::Unauthorized("session ended").into_response();
+                    return Ok(with_clear(gw, r, true));
+                }
+                Err(TokenFailure::Unavailable(_) | TokenFailure::Rejected(_)) if policy == TokenPolicy::UserOrNone => None,
+                Err(TokenFailure::Unavailable(e)) => return Err(e),
+                Err(TokenFailure::Rejected(reason)) => {
+                    tracing::warn!(%reason, "user token request rejected");
+                    return Err(GatewayError::Unauthorized("token request rejected"));
+                }
+            }
+        }
+        (TokenPolicy::UserOrNone, None) => None,
+        (TokenPolicy::Client, _) | (TokenPolicy::UserOrClient, None) => match gw.tokens().client_token(&route.settings).await {
+            Ok(t) => Some(t),
+            Err(TokenFailure::Unavailable(e)) => return Err(e),
+            Err(TokenFailure::SessionEnded(reason) | TokenFailure::Rejected(reason)) => {
+                tracing::warn!(%reason, "client credentials token request rejected");
+                return Err(GatewayError::Unauthorized("client token unavailable"));
+            }
+        },
+    };
+
+    let ctx = ForwardContext {
+        client_addr: Some(peer),
+        public_proto: s.public_url.scheme(),
+        public_host: &gw.inner.public_host,
+        trust_forwarded: s.trust_forwarded_headers,
+        own_cookie_names: &gw.inner.own_cookie_names,
+    };
+    let (parts, body) = request.into_parts();
+    let request = http::Request::from_parts(parts, Body::new(body));
+    let response = gw.inner.forwarder.forward(route, request, token.as_ref(), &ctx).await?;
+    Ok(with_clear(gw, response, clear_cookie))
+}
+
+fn with_clear(gw: &Gateway, mut r: Response, clear: bool) -> Response {
+    if clear {
+        r.headers_mut().append(header::SET_COOKIE, gw.sessions().cookies().clear_session_cookie());
+    }
+    r
+}

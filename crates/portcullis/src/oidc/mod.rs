@@ -1,0 +1,18 @@
+//! OpenID Connect: the identity provider as the gateway sees it.
+//!
+//! - [`Provider`]: discovery (cached, stale-while-failing) and the JWKS (refetched on an
+//!   unknown `kid`, throttled so a forged token cannot make us hammer the IdP).
+//! - [`jwt`]: signature verification with an algorithm allow-list (asymmetric only: `none`
+//!   and HMAC can never be selected, so an HMAC-with-the-public-key forgery cannot verify).
+//! - [`id_token`] and [`logout_token`]: the claim rules of OIDC Core §3.1.3.7 and OIDC
+//!   Back-Channel Logout §2.6, with time taken from the injected clock.
+//! - [`authorize`]: the login transaction (state, nonce, PKCE S256 verifier, returnUrl) and
+//!   the authorization request URL.
+
+pub mod authorize;
+pub mod id_token;
+pub mod jwt;
+pub mod logout_token;
+mod provider;
+
+pub use provider::{map_reqwest as provider_error, Provider, ProviderMetadata};

@@ -1,0 +1,266 @@
+//! The upstream HTTP client and header hygiene.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use portcullis_token::ManagedToken;
+
+use super::routes::Route;
+use crate::error::GatewayError;
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// A pooled HTTP/1.1 + HTTP/2 client for upstream APIs.
+#[derive(Clone)]
+pub struct Forwarder {
+    client: Client<Connector, Body>,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Forwarder")
+    }
+}
+
+/// Facts about the incoming request that the upstream should know.
+#[derive(Debug, Clone)]
+pub struct ForwardContext<'a> {
+    pub client_addr: Option<SocketAddr>,
+    /// Scheme and host the browser used (from the public URL).
+    pub public_proto: &'a str,
+    pub public_host: &'a str,
+    /// Keep and extend client-supplied `X-Forwarded-*` (a trusted proxy is in front).
+    pub trust_forwarded: bool,
+    /// Cookie names of the gateway: an upstream may not overwrite them.
+    pub own_cookie_names: &'a [String],
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+impl Forwarder {
+    pub fn new() -> Result<Self, String> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .map_err(|e| format!("TLS setup failed: {e}"))?
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .build(https);
+        Ok(Self { client })
+    }
+
+    /// Sends `request` (already stripped of the route prefix's meaning) to the route's
+    /// upstream and streams the answer back.
+    pub async fn forward(
+        &self,
+        route: &Route,
+        request: Request<Body>,
+        token: Option<&ManagedToken>,
+        ctx: &ForwardContext<'_>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let (mut parts, body) = request.into_parts();
+        let uri = route.upstream_uri(parts.uri.path(), parts.uri.query())?;
+        let prefix = route.settings.path.clone();
+        sanitize_request_headers(&mut parts.headers, ctx, &prefix);
+        if let Some(authority) = uri.authority() {
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                parts.headers.insert(header::HOST, host);
+            }
+        }
+        if let Some(token) = token {
+            parts.headers.insert(header::AUTHORIZATION, token.authorization_header());
+        }
+        parts.uri = uri;
+        parts.version = http::Version::HTTP_11;
+        let upstream_request = Request::from_parts(parts, body);
+        let response = match tokio::time::timeout(route.settings.timeout, self.client.request(upstream_request)).await {
+            Err(_) => return Err(GatewayError::UpstreamTimeout),
+            Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(describe(&e))),
+            Ok(Ok(r)) => r,
+        };
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        strip_own_cookies(&mut parts.headers, ctx.own_cookie_names);
+        Ok(Response::from_parts(parts, Body::new(body)))
+    }
+}
+
+fn describe(e: &hyper_util::client::legacy::Error) -> String {
+    use std::error::Error;
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// Removes what must not reach an upstream and sets the `X-Forwarded-*` headers.
+pub fn sanitize_request_headers(headers: &mut HeaderMap, ctx: &ForwardContext<'_>, prefix: &str) {
+    strip_hop_by_hop(headers);
+    headers.remove(header::COOKIE);
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(HeaderName::from_static("dpop"));
+    headers.remove(header::HOST);
+    headers.remove(header::FORWARDED);
+
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let client_ip = ctx.client_addr.map(|a| a.ip().to_string());
+    let forwarded_for = match (ctx.trust_forwarded, headers.get(&xff).and_then(|v| v.to_str().ok()), client_ip) {
+        (true, Some(prev), Some(ip)) => Some(format!("{prev}, {ip}")),
+        (true, Some(prev), None) => Some(prev.to_owned()),
+        (_, _, ip) => ip,
+    };
+    let keep = |headers: &HeaderMap, name: &str| ctx.trust_forwarded && headers.contains_key(name);
+    let set = |headers: &mut HeaderMap, name: &'static str, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    };
+    match forwarded_for {
+        Some(v) => set(headers, "x-forwarded-for", &v),
+        None => {
+            headers.remove(&xff);
+        }
+    }
+    if !keep(headers, "x-forwarded-proto") {
+        set(headers, "x-forwarded-proto", ctx.public_proto);
+    }
+    if !keep(headers, "x-forwarded-host") {
+        set(headers, "x-forwarded-host", ctx.public_host);
+    }
+    if !keep(headers, "x-forwarded-prefix") {
+        set(headers, "x-forwarded-prefix", prefix);
+    }
+}
+
+/// RFC 9110 §7.6.1: the fixed hop-by-hop set plus every header named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// An upstream must not set or clear the gateway's own cookies.
+fn strip_own_cookies(headers: &mut HeaderMap, own: &[String]) {
+    if own.is_empty() || !headers.contains_key(header::SET_COOKIE) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| {
+            let name = v.to_str().ok().and_then(|s| s.split('=').next()).map(str::trim);
+            !matches!(name, Some(n) if own.iter().any(|o| n == o.as_str() || n.starts_with("__Host-bff-login.") || n.starts_with("bff-login.")))
+        })
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for v in kept {
+        headers.append(header::SET_COOKIE, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(trust: bool) -> ForwardContext<'static> {
+        ForwardContext {
+            client_addr: Some("10.1.2.3:5555".parse().unwrap()),
+            public_proto: "https",
+            public_host: "app.example.com",
+            trust_forwarded: trust,
+            own_cookie_names: &[],
+        }
+    }
+
+    fn browser_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("cookie", "__Host-bff-auth=secret; other=1"),
+            ("authorization", "Bearer stolen"),
+            ("dpop", "proof"),
+            ("connection", "keep-alive, x-private"),
+            ("x-private", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-csrf", "1"),
+            ("accept", "application/json"),
+            ("host", "app.example.com"),
+        ] {
+            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn request_hygiene_regression_cookie_and_authorization_never_forwarded() {
+        let mut h = browser_headers();
+        sanitize_request_headers(&mut h, &ctx(false), "/api");
+        for gone in ["cookie", "authorization", "dpop", "connection", "x-private", "keep-alive", "te", "host"] {
+            assert!(!h.contains_key(gone), "{gone} was forwarded");
+        }
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["x-forwarded-host"], "app.example.com");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-prefix"], "/api");
+        assert_eq!(h["x-csrf"], "1");
+        assert_eq!(h["accept"], "application/json");
+    }
+
+    #[test]
+    fn trusted_proxy_keeps_and_extends_forwarded_headers() {
+        let mut h = browser_headers();
+        sanitize_request_headers(&mut h, &ctx(true), "/api");
+        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.1.2.3");
+        assert_eq!(h["x-forwarded-host"], "evil.example");
+    }
+
+    #[test]
+    fn upstream_cannot_set_gateway_cookies() {
+        let mut h = HeaderMap::new();
+        h.append(header::SET_COOKIE, HeaderValue::from_static("__Host-bff-auth=x; Path=/"));
+        h.append(header::SET_COOKIE, HeaderValue::from_static("__Host-bff-login.abc=x; Path=/"));
+        h.append(header::SET_COOKIE, HeaderValue::from_static("pref=dark; Path=/"));
+        strip_own_cookies(&mut h, &["__Host-bff-auth".to_owned()]);
+        let left: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(left, vec![HeaderValue::from_static("pref=dark; Path=/")]);
+    }
+}

@@ -1,0 +1,254 @@
+//! Loading, creating, sliding and ending sessions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use portcullis_session::{CasOutcome, SessionFilter, SessionRecord, SessionStore, StoreError};
+use portcullis_token::SharedClock;
+
+use super::keys::KeyRing;
+use super::ticket::Ticket;
+use crate::cookie::{CookieSettings, SessionId};
+use crate::error::GatewayError;
+use crate::settings::SessionSettings;
+
+/// A session found through the request's cookie.
+#[derive(Debug, Clone)]
+pub struct ActiveSession {
+    pub record: SessionRecord,
+    pub ticket: Ticket,
+}
+
+impl ActiveSession {
+    pub fn key(&self) -> &str {
+        &self.record.key
+    }
+}
+
+/// What the request's cookie resolved to.
+#[derive(Debug)]
+pub enum Lookup {
+    /// No session cookie.
+    Anonymous,
+    /// A cookie whose session is gone, expired, malformed or unreadable: clear it.
+    Stale,
+    Active(Box<ActiveSession>),
+}
+
+/// Session lifecycle over a [`SessionStore`].
+#[derive(Clone)]
+pub struct Sessions {
+    store: Arc<dyn SessionStore>,
+    keys: Arc<KeyRing>,
+    clock: SharedClock,
+    settings: SessionSettings,
+    cookies: CookieSettings,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("store", &self.store.kind())
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+const TICKET_AAD: &[u8] = b"portcullis.ticket.v1:";
+
+impl Sessions {
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        keys: Arc<KeyRing>,
+        clock: SharedClock,
+        settings: SessionSettings,
+        cookies: CookieSettings,
+    ) -> Self {
+        Self {
+            store,
+            keys,
+            clock,
+            settings,
+            cookies,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+    pub fn keys(&self) -> &Arc<KeyRing> {
+        &self.keys
+    }
+    pub fn cookies(&self) -> &CookieSettings {
+        &self.cookies
+    }
+    pub fn settings(&self) -> &SessionSettings {
+        &self.settings
+    }
+    pub fn now(&self) -> i64 {
+        self.clock.now_unix()
+    }
+
+    /// Resolves the request's session cookie. Store failures are errors (503), never
+    /// "anonymous".
+    pub async fn lookup(&self, headers: &HeaderMap) -> Result<Lookup, GatewayError> {
+        let id = match self.cookies.session_id(headers) {
+            None => return Ok(Lookup::Anonymous),
+            Some(Err(())) => {
+                tracing::info!("malformed session cookie; clearing it");
+                return Ok(Lookup::Stale);
+            }
+            Some(Ok(id)) => id,
+        };
+        self.lookup_key(&id.store_key()).await
+    }
+
+    /// Loads a session by store key.
+    pub async fn lookup_key(&self, key: &str) -> Result<Lookup, GatewayError> {
+        let now = self.now();
+        let Some(record) = self.store.get(key, now).await? else {
+            return Ok(Lookup::Stale);
+        };
+        if record.expires <= now {
+            return Ok(Lookup::Stale);
+        }
+        match self.open(&record) {
+            Ok(ticket) => Ok(Lookup::Active(Box::new(ActiveSession { record, ticket }))),
+            Err(e) => {
+                tracing::warn!(error = %e, "session ticket cannot be opened (unknown key or tampered); treating as logged out");
+                Ok(Lookup::Stale)
+            }
+        }
+    }
+
+    pub fn open(&self, record: &SessionRecord) -> Result<Ticket, String> {
+        let plain = self
+            .keys
+            .open(&record.ticket, &aad(&record.key))
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice(&plain).map_err(|e| format!("ticket does not parse: {e}"))
+    }
+
+    pub fn seal(&self, key: &str, ticket: &Ticket) -> Result<Vec<u8>, GatewayError> {
+        let plain = serde_json::to_vec(ticket)
+            .map_err(|e| GatewayError::Internal(format!("ticket serialization: {e}")))?;
+        Ok(self.keys.seal(&plain, &aad(key)))
+    }
+
+    /// Creates a session for a fresh login. An earlier session of the same `sub` + `sid`
+    /// is replaced by the store, not duplicated.
+    pub async fn create(&self, ticket: Ticket) -> Result<(SessionId, SessionRecord), GatewayError> {
+        let id = SessionId::generate();
+        let key = id.store_key();
+        let now = self.now();
+        let record = SessionRecord {
+            ticket: self.seal(&key, &ticket)?,
+            key,
+            partition: self.settings.partition.clone(),
+            sub: ticket.sub.clone(),
+            sid: ticket.sid.clone(),
+            created: now,
+            renewed: now,
+            expires: self.expiry(now, now),
+            version: 1,
+        };
+        self.store.create(&record).await?;
+        Ok((id, record))
+    }
+
+    fn expiry(&self, created: i64, now: i64) -> i64 {
+        let idle = now.saturating_add(secs(self.settings.idle_timeout));
+        let absolute = created.saturating_add(secs(self.settings.absolute_timeout));
+        idle.min(absolute)
+    }
+
+    /// Seconds until the session ends if nothing extends it.
+    pub fn expires_in(&self, record: &SessionRecord) -> i64 {
+        (record.expires - self.now()).max(0)
+    }
+
+    /// Extends the idle timeout (never past the absolute limit). Writes only when enough
+    /// time has passed since the last renewal, to keep the store quiet.
+    pub async fn slide(&self, session: &mut ActiveSession) -> Result<(), GatewayError> {
+        let now = self.now();
+        let min_gap = (secs(self.settings.idle_timeout) / 20).clamp(1, 60);
+        let new_expiry = self.expiry(session.record.created, now);
+        if now - session.record.renewed < min_gap || new_expiry <= session.record.expires {
+            return Ok(());
+        }
+        let mut updated = session.record.clone();
+        updated.renewed = now;
+        updated.expires = new_expiry;
+        updated.version = session.record.version + 1;
+        match self.store.update(&updated, session.record.version).await? {
+            CasOutcome::Updated => session.record = updated,
+            // Someone else wrote (a refresh, another request sliding): their write wins; the
+            // next request slides again if still needed.
+            CasOutcome::Conflict | CasOutcome::Missing => {}
+        }
+        Ok(())
+    }
+
+    /// Replaces the ticket of a session (compare-and-set on the version).
+    pub async fn write_ticket(
+        &self,
+        record: &SessionRecord,
+        ticket: &Ticket,
+    ) -> Result<CasOutcome, StoreError> {
+        let sealed = self
+            .seal(&record.key, ticket)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut updated = record.clone();
+        updated.ticket = sealed;
+        updated.version = record.version + 1;
+        self.store.update(&updated, record.version).await
+    }
+
+    pub async fn end(&self, key: &str) -> Result<Option<SessionRecord>, GatewayError> {
+        Ok(self.store.delete(key).await?)
+    }
+
+    /// Ends every session matching `sub` and/or `sid` in this gateway's partition and
+    /// returns their tickets (for refresh-token revocation).
+    pub async fn end_matching(
+        &self,
+        sub: Option<&str>,
+        sid: Option<&str>,
+    ) -> Result<Vec<Ticket>, GatewayError> {
+        let filter = SessionFilter {
+            partition: self.settings.partition.clone(),
+            sub: sub.map(str::to_owned),
+            sid: sid.map(str::to_owned),
+        };
+        let removed = self.store.delete_matching(&filter).await?;
+        Ok(removed.iter().filter_map(|r| self.open(r).ok()).collect())
+    }
+
+    /// Runs `cleanup_expired` every `cleanup_interval` until the returned task is aborted.
+    pub fn spawn_cleanup(&self) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(this.settings.cleanup_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match this.store.cleanup_expired(this.now()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "expired sessions removed"),
+                    Err(e) => tracing::warn!(error = %e, "session cleanup failed; will retry"),
+                }
+            }
+        })
+    }
+}
+
+fn aad(key: &str) -> Vec<u8> {
+    let mut aad = TICKET_AAD.to_vec();
+    aad.extend_from_slice(key.as_bytes());
+    aad
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,192 @@
+//! Typed gateway settings.
+//!
+//! These are already-validated values ("parse, don't validate"): the binary reads its TOML
+//! file, collects every error at once, and only then builds a [`GatewaySettings`]. Library
+//! users build them in code. Nothing here reads files or the environment.
+
+use std::time::Duration;
+
+use portcullis_token::Secret;
+use url::Url;
+
+use crate::cookie::CookieSettings;
+use crate::csrf::AntiForgery;
+
+/// Everything the gateway needs to run.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// Origin (and optional base path) the browser uses. Redirect URIs derive from it.
+    pub public_url: Url,
+    /// Base path of the management endpoints (`/bff`, or empty for `/`).
+    pub base_path: String,
+    pub callback_path: String,
+    pub signed_out_callback_path: String,
+    pub oidc: OidcSettings,
+    pub session: SessionSettings,
+    pub cookies: CookieSettings,
+    pub anti_forgery: AntiForgery,
+    pub routes: Vec<RouteSettings>,
+    pub tokens: TokenSettings,
+    /// Serve `/bff/diagnostics` (token fingerprints and session metadata, never token values).
+    pub diagnostics: bool,
+    /// Trust `X-Forwarded-*` headers from the peer (only behind a proxy you run).
+    pub trust_forwarded_headers: bool,
+    /// Origins allowed to open WebSocket connections through API routes. Defaults to the
+    /// public origin.
+    pub websocket_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OidcSettings {
+    /// Issuer identifier exactly as the IdP spells it (compared byte for byte with the
+    /// discovery document and the `iss` of every token).
+    pub issuer: String,
+    pub client_id: String,
+    pub client_auth: ClientAuthSettings,
+    pub scopes: Vec<String>,
+    /// Extra parameters sent on the authorization request (e.g. `audience`).
+    pub extra_authorize_params: Vec<(String, String)>,
+    /// RFC 8707 resource sent on the authorization and code-exchange requests.
+    pub resource: Option<String>,
+    /// Revoke the refresh token at logout (RFC 7009). On by default.
+    pub revoke_refresh_token_on_logout: bool,
+    /// Allowed clock skew for ID-token and logout-token time checks.
+    pub clock_skew: Duration,
+    /// Fetch claims from the UserInfo endpoint after login.
+    pub fetch_userinfo: bool,
+    /// Back-channel logout: end every session of the `sub`, not only the one with the `sid`.
+    pub backchannel_logout_all_sessions: bool,
+    /// Timeout of calls to the IdP (discovery, token endpoint).
+    pub http_timeout: Duration,
+}
+
+#[derive(Clone)]
+pub enum ClientAuthSettings {
+    ClientSecretBasic(Secret),
+    ClientSecretPost(Secret),
+    /// PEM or JWK text of the private key, plus the algorithm and key id.
+    PrivateKeyJwt {
+        key_pem: Secret,
+        alg: String,
+        kid: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for ClientAuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ClientSecretBasic(_) => f.write_str("ClientSecretBasic([redacted])"),
+            Self::ClientSecretPost(_) => f.write_str("ClientSecretPost([redacted])"),
+            Self::PrivateKeyJwt { alg, kid, .. } => f
+                .debug_struct("PrivateKeyJwt")
+                .field("alg", alg)
+                .field("kid", kid)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// Sliding (idle) timeout.
+    pub idle_timeout: Duration,
+    /// Hard limit from login; refreshes and activity never extend it.
+    pub absolute_timeout: Duration,
+    /// The frontend this gateway serves; sessions are partitioned by it.
+    pub partition: String,
+    /// `/bff/user` for anonymous users: `false` → 401 (default), `true` → 200 `null`.
+    pub anonymous_user_is_null: bool,
+    /// How often expired sessions are purged from the store.
+    pub cleanup_interval: Duration,
+    /// Maximum pending login transactions (tabs logging in at once) per browser.
+    pub max_pending_logins: usize,
+    /// Lifetime of a pending login.
+    pub login_timeout: Duration,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(8 * 3600),
+            absolute_timeout: Duration::from_secs(7 * 24 * 3600),
+            partition: "default".into(),
+            anonymous_user_is_null: false,
+            cleanup_interval: Duration::from_secs(300),
+            max_pending_logins: 5,
+            login_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The token a proxied route attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenPolicy {
+    None,
+    User,
+    UserOrNone,
+    Client,
+    UserOrClient,
+}
+
+impl TokenPolicy {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "none" => Self::None,
+            "user" => Self::User,
+            "user_or_none" => Self::UserOrNone,
+            "client" => Self::Client,
+            "user_or_client" => Self::UserOrClient,
+            _ => return None,
+        })
+    }
+}
+
+/// One proxied API route: a path prefix mapped to a fixed upstream.
+#[derive(Debug, Clone)]
+pub struct RouteSettings {
+    /// Normalised prefix: starts with `/`, no trailing slash (except `/` itself is refused).
+    pub path: String,
+    pub upstream: Url,
+    pub token: TokenPolicy,
+    /// `false` only through the loudly named opt-out.
+    pub anti_forgery: bool,
+    /// RFC 8707 resource for this route's user/client token.
+    pub resource: Option<String>,
+    pub scope: Option<String>,
+    /// Refresh this route's user token when it expires within this (overrides the global).
+    pub refresh_before_expiry: Option<Duration>,
+    /// Named client-credentials client for `client` / `user_or_client` (default: the gateway's).
+    pub client: Option<String>,
+    /// Time to wait for the upstream's response headers.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    pub refresh_before_expiry: Duration,
+    pub client_token_buffer: Duration,
+    /// Extra named client-credentials clients.
+    pub clients: Vec<NamedClientSettings>,
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        Self {
+            refresh_before_expiry: Duration::from_secs(60),
+            client_token_buffer: Duration::from_secs(60),
+            clients: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NamedClientSettings {
+    pub name: String,
+    /// Token endpoint; `None` = the OIDC issuer's.
+    pub token_endpoint: Option<Url>,
+    pub client_id: String,
+    pub client_auth: ClientAuthSettings,
+    pub scope: Option<String>,
+    pub resource: Option<String>,
+    pub extra: Vec<(String, String)>,
+}
