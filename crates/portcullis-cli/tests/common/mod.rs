@@ -1,0 +1,544 @@
+//! Test harness: real processes on loopback.
+//!
+//! - the identity provider: the npm `oidc-provider` configured by `testing/idp/server.mjs`;
+//! - the upstream API: `examples/api/server.mjs`, which verifies the JWT it receives against
+//!   the IdP's JWKS;
+//! - the gateway: the real `portcullis` binary with a generated TOML file;
+//! - the "browser": a reqwest client with a cookie jar that follows no redirect by itself.
+//!
+//! Every child is killed when its handle drops. Nothing listens beyond 127.0.0.1.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue, LOCATION};
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const CLIENT_ID: &str = "spa-bff";
+pub const CLIENT_SECRET: &str = "secret-for-tests-only-0123456789";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("portcullis-test-{name}-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    t ^ (N.fetch_add(1, Ordering::SeqCst) << 32)
+}
+
+/// A free loopback port (bind, read, release).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn check_node_modules() {
+    let root = repo_root();
+    assert!(
+        root.join("node_modules/oidc-provider").exists(),
+        "node_modules missing: run `bash scripts/install-test-deps.sh` (the test command does this)"
+    );
+}
+
+/// A child process that is killed on drop, with its output forwarded to the test log.
+pub struct Proc {
+    pub child: Child,
+    pub ready: Value,
+    name: String,
+}
+
+impl Proc {
+    pub async fn spawn(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null()).kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<Value>();
+        let label = name.to_owned();
+        tokio::spawn(async move {
+            let mut tx = Some(tx);
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.strip_prefix("READY ") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(serde_json::from_str(rest).unwrap_or(Value::Null));
+                        continue;
+                    }
+                }
+                eprintln!("[{label}] {line}");
+            }
+        });
+        let label = name.to_owned();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[{label}] {line}");
+            }
+        });
+        let ready = tokio::time::timeout(Duration::from_secs(60), rx)
+            .await
+            .unwrap_or_else(|_| panic!("{name} did not become ready within 60 s"))
+            .unwrap_or_else(|_| panic!("{name} exited before it was ready"));
+        Proc { child, ready, name: name.to_owned() }
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+        let _ = self.child.wait().await;
+    }
+
+    /// SIGSTOP / SIGCONT: a hung process (connections accepted by the kernel, never answered).
+    pub fn pause(&self, on: bool) {
+        if let Some(pid) = self.child.id() {
+            let sig = if on { "-STOP" } else { "-CONT" };
+            let _ = std::process::Command::new("kill").arg(sig).arg(pid.to_string()).status();
+        }
+    }
+}
+
+/// Options for the test IdP.
+#[derive(Clone)]
+pub struct IdpOptions {
+    pub access_token_ttl: u64,
+    pub rotate_refresh_token: bool,
+    pub state_file: Option<PathBuf>,
+    pub port: u16,
+}
+
+impl Default for IdpOptions {
+    fn default() -> Self {
+        Self { access_token_ttl: 300, rotate_refresh_token: false, state_file: None, port: 0 }
+    }
+}
+
+pub struct Idp {
+    pub proc: Option<Proc>,
+    pub issuer: String,
+    pub port: u16,
+    config_path: PathBuf,
+    http: Client,
+}
+
+impl Idp {
+    pub async fn start(gateway_origins: &[String], opts: IdpOptions) -> Idp {
+        check_node_modules();
+        let dir = temp_dir("idp");
+        let clients: Vec<Value> = vec![json!({
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "redirect_uris": gateway_origins.iter().map(|o| format!("{o}/signin-oidc")).collect::<Vec<_>>(),
+            "post_logout_redirect_uris": gateway_origins.iter().map(|o| format!("{o}/signout-callback-oidc")).collect::<Vec<_>>(),
+            "backchannel_logout_uri": format!("{}/bff/backchannel", gateway_origins[0]),
+            "backchannel_logout_session_required": true,
+            "token_endpoint_auth_method": "client_secret_basic",
+            "grant_types": ["authorization_code", "refresh_token", "client_credentials"],
+            "scope": "openid profile email offline_access api api.read api.write",
+        })];
+        let mut config = json!({
+            "clients": clients,
+            "access_token_ttl": opts.access_token_ttl,
+            "id_token_ttl": 300,
+            "rotate_refresh_token": opts.rotate_refresh_token,
+        });
+        if let Some(f) = &opts.state_file {
+            config["state_file"] = json!(f);
+        }
+        let config_path = dir.join("idp.json");
+        std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        let proc = Self::spawn(opts.port, &config_path).await;
+        let issuer = proc.ready["issuer"].as_str().expect("issuer in READY").to_owned();
+        let port = proc.ready["port"].as_u64().expect("port in READY") as u16;
+        Idp { proc: Some(proc), issuer, port, config_path, http: Client::new() }
+    }
+
+    async fn spawn(port: u16, config: &Path) -> Proc {
+        let mut cmd = Command::new("node");
+        cmd.current_dir(repo_root())
+            .arg("testing/idp/server.mjs")
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--config")
+            .arg(config);
+        Proc::spawn("idp", cmd).await
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(p) = self.proc.take() {
+            p.stop().await;
+        }
+    }
+
+    /// Restart on the same port with the same configuration.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.proc = Some(Self::spawn(self.port, &self.config_path).await);
+    }
+
+    pub async fn stats(&self) -> Value {
+        self.http.get(format!("{}/__test/stats", self.issuer)).send().await.unwrap().json().await.unwrap()
+    }
+
+    pub async fn token_requests(&self, grant: &str) -> u64 {
+        self.stats().await["token_requests"][grant].as_u64().unwrap_or(0)
+    }
+
+    pub async fn control(&self, path: &str, body: Value) -> Value {
+        let r = self.http.post(format!("{}/__test/{path}", self.issuer)).json(&body).send().await.unwrap();
+        assert!(r.status().is_success(), "IdP control {path} answered {}", r.status());
+        r.json().await.unwrap_or(Value::Null)
+    }
+
+    pub async fn active_refresh_tokens(&self, sub: &str) -> u64 {
+        let v: Value = self
+            .http
+            .get(format!("{}/__test/refresh-tokens?sub={sub}", self.issuer))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["active"].as_u64().unwrap()
+    }
+
+    pub async fn sign(&self, claims: Value, header: Value) -> String {
+        let v = self.control("sign", json!({"claims": claims, "header": header, "alg": "RS256"})).await;
+        v["jwt"].as_str().unwrap().to_owned()
+    }
+}
+
+pub struct Api {
+    pub proc: Proc,
+    pub url: String,
+}
+
+impl Api {
+    pub async fn start(issuer: &str) -> Api {
+        check_node_modules();
+        let mut cmd = Command::new("node");
+        cmd.current_dir(repo_root())
+            .args(["examples/api/server.mjs", "--port", "0", "--issuer", issuer, "--audience", "urn:portcullis:api"]);
+        let proc = Proc::spawn("api", cmd).await;
+        let port = proc.ready["port"].as_u64().expect("port in READY");
+        Api { proc, url: format!("http://127.0.0.1:{port}") }
+    }
+
+    pub async fn requests(&self) -> u64 {
+        let v: Value = Client::new().get(format!("{}/stats", self.url)).send().await.unwrap().json().await.unwrap();
+        v["requests"].as_u64().unwrap()
+    }
+}
+
+/// The gateway binary with a generated configuration.
+pub struct Gateway {
+    pub proc: Option<Proc>,
+    pub origin: String,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+}
+
+pub fn gateway_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_portcullis"))
+}
+
+/// A configuration with `/api` → API (user token), `/api-none`, `/api-optional`, `/api-client`.
+pub fn default_config(port: u16, issuer: &str, api: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+public_url = "http://127.0.0.1:{port}"
+data_dir = "data"
+
+[oidc]
+issuer = "{issuer}"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+scopes = ["openid", "profile", "email", "offline_access", "api"]
+
+[session]
+idle_timeout = "1h"
+absolute_timeout = "1d"
+
+[[routes]]
+path = "/api"
+upstream = "{api}"
+token = "user"
+
+[[routes]]
+path = "/api-none"
+upstream = "{api}"
+token = "none"
+
+[[routes]]
+path = "/api-optional"
+upstream = "{api}"
+token = "user_or_none"
+
+[[routes]]
+path = "/api-client"
+upstream = "{api}"
+token = "client"
+scope = "api.read"
+
+[[routes]]
+path = "/api-either"
+upstream = "{api}"
+token = "user_or_client"
+scope = "api.read"
+{extra}
+"#,
+        extra = extra.replace("API_URL", api)
+    )
+}
+
+impl Gateway {
+    pub async fn start(port: u16, config: &str) -> Gateway {
+        let dir = temp_dir("gw");
+        Self::start_in(dir, port, config).await
+    }
+
+    pub async fn start_in(dir: PathBuf, port: u16, config: &str) -> Gateway {
+        let config_path = dir.join("portcullis.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let proc = Self::spawn(&config_path).await;
+        Gateway { proc: Some(proc), origin: format!("http://127.0.0.1:{port}"), port, dir, config_path }
+    }
+
+    async fn spawn(config_path: &Path) -> Proc {
+        let mut cmd = Command::new(gateway_binary());
+        cmd.arg("serve").arg("--config").arg(config_path).env("RUST_LOG", "info,portcullis=debug");
+        Proc::spawn("gateway", cmd).await
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(p) = self.proc.take() {
+            p.stop().await;
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.proc = Some(Self::spawn(&self.config_path).await);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.origin)
+    }
+}
+
+/// IdP + API + gateway with the default configuration.
+pub struct Stack {
+    pub idp: Idp,
+    pub api: Api,
+    pub gw: Gateway,
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        Self::start_with(IdpOptions::default(), "").await
+    }
+
+    pub async fn start_with(idp_opts: IdpOptions, extra_config: &str) -> Stack {
+        let port = free_port();
+        let origin = format!("http://127.0.0.1:{port}");
+        let idp = Idp::start(&[origin], idp_opts).await;
+        let api = Api::start(&idp.issuer).await;
+        let gw = Gateway::start(port, &default_config(port, &idp.issuer, &api.url, extra_config)).await;
+        Stack { idp, api, gw }
+    }
+}
+
+/// A browser-like HTTP client: a cookie jar, no automatic redirects.
+#[derive(Clone)]
+pub struct Browser {
+    pub http: Client,
+    pub jar: Arc<reqwest::cookie::Jar>,
+}
+
+impl Default for Browser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn csrf() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("x-csrf", HeaderValue::from_static("1"));
+    h
+}
+
+impl Browser {
+    pub fn new() -> Browser {
+        let jar = Arc::new(reqwest::cookie::Jar::default());
+        let http = Client::builder()
+            .cookie_provider(jar.clone())
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        Browser { http, jar }
+    }
+
+    pub async fn get(&self, url: &str) -> Response {
+        self.http.get(url).send().await.unwrap()
+    }
+
+    pub async fn get_csrf(&self, url: &str) -> Response {
+        self.http.get(url).headers(csrf()).send().await.unwrap()
+    }
+
+    /// Follows redirects like a browser (GET after 302/303), at most `max` hops; returns the
+    /// last response and its URL.
+    pub async fn follow(&self, mut url: String, max: usize) -> (Response, String) {
+        for _ in 0..max {
+            let r = self.get(&url).await;
+            if !r.status().is_redirection() {
+                return (r, url);
+            }
+            url = resolve(&url, r.headers().get(LOCATION).unwrap().to_str().unwrap());
+        }
+        panic!("too many redirects from {url}");
+    }
+
+    /// Follows redirects starting from a response.
+    pub async fn follow_from(&self, r: Response, from: &str, max: usize) -> (Response, String) {
+        if !r.status().is_redirection() {
+            return (r, from.to_owned());
+        }
+        let next = resolve(from, r.headers().get(LOCATION).unwrap().to_str().unwrap());
+        self.follow(next, max).await
+    }
+
+    /// Starts a login at the gateway and stops at the gateway's callback URL, without
+    /// calling it: returns that URL (with `code`, `state`, `iss`).
+    pub async fn login_until_callback(&self, gw: &Gateway, user: &str, return_url: &str) -> String {
+        let start = gw.url(&format!("/bff/login?returnUrl={}", urlencode(return_url)));
+        let r = self.get(&start).await;
+        assert_eq!(r.status(), StatusCode::FOUND, "login must redirect to the IdP");
+        let mut url = resolve(&start, r.headers()[LOCATION].to_str().unwrap());
+        let callback_prefix = gw.url("/signin-oidc");
+        for _ in 0..20 {
+            if url.starts_with(&callback_prefix) {
+                return url;
+            }
+            let r = self.get(&url).await;
+            if r.status().is_redirection() {
+                url = resolve(&url, r.headers()[LOCATION].to_str().unwrap());
+                continue;
+            }
+            assert_eq!(r.status(), StatusCode::OK, "unexpected status at {url}");
+            let html = r.text().await.unwrap();
+            let action = form_action(&html).unwrap_or_else(|| panic!("no form at {url}: {html}"));
+            let action = resolve(&url, &action);
+            let r = self
+                .http
+                .post(&action)
+                .form(&[("login", user), ("password", user)])
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_redirection(), "login form POST answered {}", r.status());
+            url = resolve(&action, r.headers()[LOCATION].to_str().unwrap());
+        }
+        panic!("login did not reach the callback");
+    }
+
+    /// Full login; returns the callback's response (302 to the return URL).
+    pub async fn login(&self, gw: &Gateway, user: &str) -> Response {
+        let callback = self.login_until_callback(gw, user, "/").await;
+        let r = self.get(&callback).await;
+        assert_eq!(r.status(), StatusCode::FOUND, "callback must redirect: {:?}", r.headers());
+        r
+    }
+
+    /// `/bff/user` claims as (type, value) pairs.
+    pub async fn user(&self, gw: &Gateway) -> Option<Vec<(String, Value)>> {
+        let r = self.get_csrf(&gw.url("/bff/user")).await;
+        if r.status() == StatusCode::UNAUTHORIZED {
+            return None;
+        }
+        assert_eq!(r.status(), StatusCode::OK);
+        let v: Value = r.json().await.unwrap();
+        Some(
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|c| (c["type"].as_str().unwrap().to_owned(), c["value"].clone()))
+                .collect(),
+        )
+    }
+
+    pub fn cookie_header(&self, url: &str) -> String {
+        use reqwest::cookie::CookieStore;
+        self.jar
+            .cookies(&url.parse().unwrap())
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    }
+}
+
+pub fn claim<'a>(claims: &'a [(String, Value)], name: &str) -> Option<&'a Value> {
+    claims.iter().find(|(t, _)| t == name).map(|(_, v)| v)
+}
+
+pub fn resolve(base: &str, location: &str) -> String {
+    url::Url::parse(base).unwrap().join(location).unwrap().to_string()
+}
+
+pub fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// The `action` of the first form in an HTML page.
+pub fn form_action(html: &str) -> Option<String> {
+    let i = html.find("<form")?;
+    let rest = &html[i..];
+    let a = rest.find("action=\"")? + 8;
+    let end = rest[a..].find('"')?;
+    Some(rest[a..a + end].replace("&amp;", "&"))
+}
+
+/// Hidden inputs of the first form: (name, value).
+pub fn form_inputs(html: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = html;
+    while let Some(i) = rest.find("<input") {
+        rest = &rest[i + 6..];
+        let end = rest.find('>').unwrap_or(rest.len());
+        let tag = &rest[..end];
+        let attr = |name: &str| {
+            let key = format!("{name}=\"");
+            tag.find(&key).map(|p| {
+                let s = &tag[p + key.len()..];
+                s[..s.find('"').unwrap_or(s.len())].to_owned()
+            })
+        };
+        if let Some(n) = attr("name") {
+            out.push((n, attr("value").unwrap_or_default()));
+        }
+    }
+    out
+}
+
+pub fn query_param(url: &str, name: &str) -> Option<String> {
+    url::Url::parse(url).unwrap().query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+pub fn set_cookies(r: &Response) -> Vec<String> {
+    r.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect()
+}

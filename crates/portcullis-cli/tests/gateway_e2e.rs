@@ -1,0 +1,395 @@
+//! End-to-end: the real `portcullis` binary against the real `oidc-provider`, a JWT-checking
+//! upstream API and a cookie-jar HTTP client.
+
+mod common;
+
+use common::*;
+use reqwest::header::LOCATION;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// Completes RP-initiated logout at the IdP starting from the gateway's logout redirect and
+/// returns the final URL the browser lands on.
+async fn logout_via_idp(b: &Browser, gw: &Gateway, logout_url: &str) -> String {
+    let r = b.get(&gw.url(logout_url)).await;
+    assert_eq!(r.status(), StatusCode::FOUND, "logout must redirect to the IdP");
+    let cleared = set_cookies(&r);
+    assert!(cleared.iter().any(|c| c.starts_with("bff-auth=;")), "session cookie cleared: {cleared:?}");
+    let end_session = r.headers()[LOCATION].to_str().unwrap().to_owned();
+    assert!(query_param(&end_session, "id_token_hint").is_some(), "id_token_hint sent");
+    assert_eq!(
+        query_param(&end_session, "post_logout_redirect_uri").as_deref(),
+        Some(gw.url("/signout-callback-oidc").as_str())
+    );
+    let page = b.get(&end_session).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    let action = resolve(&end_session, &form_action(&html).expect("logout form"));
+    let fields = form_inputs(&html);
+    let r = b.http.post(&action).form(&fields).send().await.unwrap();
+    assert!(r.status().is_redirection(), "IdP logout confirm answered {}", r.status());
+    let back = resolve(&action, r.headers()[LOCATION].to_str().unwrap());
+    assert!(back.starts_with(&gw.url("/signout-callback-oidc")), "IdP returns to the signed-out callback: {back}");
+    let r = b.get(&back).await;
+    assert_eq!(r.status(), StatusCode::FOUND);
+    resolve(&back, r.headers()[LOCATION].to_str().unwrap())
+}
+
+#[tokio::test]
+async fn login_user_api_logout_against_a_real_idp() {
+    let stack = Stack::start().await;
+    let (gw, idp) = (&stack.gw, &stack.idp);
+    let b = Browser::new();
+
+    assert!(b.user(gw).await.is_none(), "anonymous before login");
+    let r = b.login(gw, "alice").await;
+    assert_eq!(r.headers()[LOCATION], "/");
+    let cookies = set_cookies(&r);
+    let session_cookie = cookies.iter().find(|c| c.starts_with("bff-auth=")).expect("session cookie set");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(session_cookie.contains(attr), "{session_cookie} lacks {attr}");
+    }
+    assert!(cookies.iter().any(|c| c.starts_with("bff-login.") && c.contains("Max-Age=0")), "login cookie cleaned up");
+
+    let claims = b.user(gw).await.expect("logged in");
+    assert_eq!(claim(&claims, "sub"), Some(&json!("alice")));
+    assert_eq!(claim(&claims, "name"), Some(&json!("Alice Smith")));
+    let sid = claim(&claims, "sid").and_then(Value::as_str).expect("sid claim").to_owned();
+    let logout_url = claim(&claims, "bff:logout_url").and_then(Value::as_str).unwrap().to_owned();
+    assert_eq!(logout_url, format!("/bff/logout?sid={}", urlencode(&sid)).replace('+', "%20"));
+    let expires_in = claim(&claims, "bff:session_expires_in").and_then(Value::as_i64).unwrap();
+    assert!(expires_in > 3500 && expires_in <= 3600, "{expires_in}");
+    for (t, v) in &claims {
+        assert!(!v.to_string().contains("eyJ"), "a token leaked into /bff/user claim {t}");
+    }
+
+    // API call: the upstream verified the JWT against the IdP's keys and saw alice.
+    let r = b.get_csrf(&gw.url("/api/whoami?x=1")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["sub"], "alice");
+    let seen = &body["received_headers"];
+    assert!(seen.get("cookie").is_none(), "browser cookies reached the upstream: {seen}");
+    assert_eq!(seen["x-csrf"], "1");
+    assert_eq!(seen["x-forwarded-prefix"], "/api");
+    assert_eq!(seen["x-forwarded-host"], format!("127.0.0.1:{}", gw.port));
+
+    assert!(idp.active_refresh_tokens("alice").await >= 1);
+    let final_url = logout_via_idp(&b, gw, &logout_url).await;
+    assert_eq!(final_url, gw.url("/"));
+    assert!(b.user(gw).await.is_none(), "logged out");
+    assert_eq!(idp.active_refresh_tokens("alice").await, 0, "refresh token revoked at the IdP");
+    assert!(idp.stats().await["revocations"].as_u64().unwrap() >= 1);
+    let r = b.get_csrf(&gw.url("/api/whoami")).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn anti_forgery_is_enforced_on_user_and_every_api_route() {
+    let stack = Stack::start().await;
+    let gw = &stack.gw;
+    let b = Browser::new();
+    b.login(gw, "alice").await;
+    let before = stack.api.requests().await;
+    for path in ["/bff/user", "/api/whoami", "/api-none/echo", "/api-optional/echo", "/api-client/echo", "/api-either/echo"] {
+        for headers in [vec![], vec![("x-csrf", "0")], vec![("x-csrf", "")]] {
+            let mut req = b.http.get(gw.url(path));
+            for (n, v) in &headers {
+                req = req.header(*n, *v);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path} {headers:?}");
+            assert!(r.text().await.unwrap().is_empty(), "401 body must be empty");
+        }
+        let r = b.http.post(gw.url(path)).body("x").send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "POST {path}");
+    }
+    assert_eq!(stack.api.requests().await, before, "nothing was forwarded");
+}
+
+#[tokio::test]
+async fn bad_return_urls_are_refused_with_a_problem_body() {
+    let stack = Stack::start().await;
+    let gw = &stack.gw;
+    let b = Browser::new();
+    for bad in ["//evil.example", "https://evil.example", "/\\evil.example", "/\t/evil.example", "/%09/x", "/ok\r\nx", "relative"] {
+        for endpoint in ["/bff/login", "/bff/logout"] {
+            let r = b.get(&gw.url(&format!("{endpoint}?returnUrl={}", urlencode(bad)))).await;
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{endpoint} {bad:?}");
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["status"], 400);
+            assert!(body["errors"]["returnUrl"].is_array(), "{body}");
+        }
+    }
+    let r = b.get(&gw.url("/bff/login?returnUrl=/ok&returnUrl=/other")).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "duplicated returnUrl");
+    let r = b.get(&gw.url("/bff/login?prompt=bogus")).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "unsupported prompt");
+    let r = b.get(&gw.url("/bff/login?returnUrl=%2Fapp%3Fx%3D1")).await;
+    assert_eq!(r.status(), StatusCode::FOUND);
+}
+
+#[tokio::test]
+async fn logout_with_a_wrong_sid_keeps_the_user_logged_in() {
+    let stack = Stack::start().await;
+    let gw = &stack.gw;
+    let b = Browser::new();
+    b.login(gw, "alice").await;
+    for q in ["/bff/logout", "/bff/logout?sid=wrong", "/bff/logout?sid="] {
+        let r = b.get(&gw.url(q)).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{q}");
+        let body: Value = r.json().await.unwrap();
+        assert!(body["errors"]["sid"].is_array());
+    }
+    assert!(b.user(gw).await.is_some(), "still logged in");
+    // Without a session, logout still goes to the IdP (logging out twice is fine).
+    let anon = Browser::new();
+    let r = anon.get(&gw.url("/bff/logout")).await;
+    assert_eq!(r.status(), StatusCode::FOUND);
+}
+
+#[tokio::test]
+async fn tampered_or_unknown_session_cookie_is_cleared_and_anonymous() {
+    let stack = Stack::start().await;
+    let gw = &stack.gw;
+    for value in ["garbage", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "../../etc/passwd", &"x".repeat(5000)] {
+        let r = reqwest::Client::new()
+            .get(gw.url("/bff/user"))
+            .header("x-csrf", "1")
+            .header("cookie", format!("bff-auth={value}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{value}");
+        assert!(set_cookies(&r).iter().any(|c| c.starts_with("bff-auth=;") && c.contains("Max-Age=0")), "stale cookie cleared");
+    }
+    // A real session id with one character changed.
+    let b = Browser::new();
+    b.login(gw, "alice").await;
+    let header = b.cookie_header(&gw.origin);
+    let id = header.split("; ").find_map(|c| c.strip_prefix("bff-auth=")).unwrap().to_owned();
+    let mut forged = id.clone().into_bytes();
+    forged[10] = if forged[10] == b'A' { b'B' } else { b'A' };
+    let r = reqwest::Client::new()
+        .get(gw.url("/bff/user"))
+        .header("x-csrf", "1")
+        .header("cookie", format!("bff-auth={}", String::from_utf8(forged).unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn callback_rejects_replayed_unknown_state_wrong_iss_and_tampered_id_token() {
+    let stack = Stack::start().await;
+    let (gw, idp) = (&stack.gw, &stack.idp);
+
+    // Unknown state, no session: a clear 400 page, not a loop.
+    let b = Browser::new();
+    let r = b.get(&gw.url("/signin-oidc?code=x&state=unknown")).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let r = b.get(&gw.url("/signin-oidc?code=x&state=a&state=b")).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "duplicated state");
+
+    // Wrong iss: 400, no session.
+    let b = Browser::new();
+    let callback = b.login_until_callback(gw, "alice", "/").await;
+    let evil = callback.replace(&urlencode(&idp.issuer), &urlencode("http://evil.example"));
+    assert_ne!(evil, callback);
+    let r = b.get(&evil).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(!set_cookies(&r).iter().any(|c| c.starts_with("bff-auth=") && !c.contains("Max-Age=0")));
+    assert!(b.user(gw).await.is_none());
+
+    // Replayed state: the transaction was consumed by the first attempt.
+    let r = b.get(&callback).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "replayed state after a failed attempt");
+
+    // Tampered ID token signature.
+    let b = Browser::new();
+    idp.control("tamper-next-id-token", json!({})).await;
+    let callback = b.login_until_callback(gw, "alice", "/").await;
+    let r = b.get(&callback).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "tampered ID token");
+    assert!(b.user(gw).await.is_none());
+
+    // ID token with a wrong iss (validly signed).
+    let b = Browser::new();
+    idp.control("wrong-iss-next-id-token", json!({})).await;
+    let callback = b.login_until_callback(gw, "alice", "/").await;
+    let r = b.get(&callback).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "ID token from another issuer");
+    assert!(b.user(gw).await.is_none());
+
+    // Success, then a replay of the same callback while logged in: redirect home.
+    let b = Browser::new();
+    let callback = b.login_until_callback(gw, "alice", "/after").await;
+    let r = b.get(&callback).await;
+    assert_eq!(r.status(), StatusCode::FOUND);
+    assert_eq!(r.headers()[LOCATION], "/after");
+    let r = b.get(&callback).await;
+    assert_eq!(r.status(), StatusCode::FOUND);
+    assert_eq!(r.headers()[LOCATION], "/");
+}
+
+#[tokio::test]
+async fn several_tabs_can_log_in_at_once_and_pending_logins_are_capped() {
+    let stack = Stack::start().await;
+    let gw = &stack.gw;
+    let b = Browser::new();
+    // Two tabs start logging in; the second finishes first, then the first.
+    let tab1 = b.login_until_callback(gw, "alice", "/one").await;
+    let tab2 = b.login_until_callback(gw, "alice", "/two").await;
+    let r2 = b.get(&tab2).await;
+    assert_eq!(r2.headers()[LOCATION], "/two");
+    let r1 = b.get(&tab1).await;
+    assert_eq!(r1.headers()[LOCATION], "/one");
+    assert!(b.user(gw).await.is_some());
+
+    // Many abandoned logins: the jar never holds more than the cap (5).
+    let b = Browser::new();
+    for _ in 0..12 {
+        let r = b.get(&gw.url("/bff/login")).await;
+        assert_eq!(r.status(), StatusCode::FOUND);
+    }
+    let pending = b.cookie_header(&gw.origin).split("; ").filter(|c| c.starts_with("bff-login.")).count();
+    assert!(pending <= 5, "{pending} pending login cookies");
+}
+
+#[tokio::test]
+async fn sessions_survive_a_gateway_restart_on_sqlite() {
+    let mut stack = Stack::start().await;
+    let b = Browser::new();
+    b.login(&stack.gw, "alice").await;
+    assert!(b.user(&stack.gw).await.is_some());
+    stack.gw.restart().await;
+    let claims = b.user(&stack.gw).await.expect("session survived the restart");
+    assert_eq!(claim(&claims, "sub"), Some(&json!("alice")));
+    let r = b.get_csrf(&stack.gw.url("/api/whoami")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(stack.gw.dir.join("data/sessions.db").exists());
+    let keyfile = stack.gw.dir.join("data/keys");
+    assert!(keyfile.exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(keyfile).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+}
+
+#[tokio::test]
+async fn token_policies_none_optional_client_and_either() {
+    let stack = Stack::start().await;
+    let gw = &stack.gw;
+    let anon = Browser::new();
+    // none: forwarded without a token, for anyone.
+    let v: Value = anon.get_csrf(&gw.url("/api-none/echo")).await.json().await.unwrap();
+    assert!(v["headers"].get("authorization").is_none());
+    // user: anonymous → 401, not forwarded.
+    assert_eq!(anon.get_csrf(&gw.url("/api/whoami")).await.status(), StatusCode::UNAUTHORIZED);
+    // user_or_none: anonymous → forwarded without token.
+    let v: Value = anon.get_csrf(&gw.url("/api-optional/echo")).await.json().await.unwrap();
+    assert!(v["headers"].get("authorization").is_none());
+    // client: a client-credentials token, verified by the API.
+    let r = anon.get_csrf(&gw.url("/api-client/whoami")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["client_id"], CLIENT_ID);
+    assert!(v["sub"].is_null() || v["sub"] == CLIENT_ID, "client token has no user: {v}");
+    // user_or_client: anonymous → client token; logged in → user token.
+    let v: Value = anon.get_csrf(&gw.url("/api-either/whoami")).await.json().await.unwrap();
+    assert_ne!(v["sub"], "alice");
+    let b = Browser::new();
+    b.login(gw, "alice").await;
+    let v: Value = b.get_csrf(&gw.url("/api-either/whoami")).await.json().await.unwrap();
+    assert_eq!(v["sub"], "alice");
+    let v: Value = b.get_csrf(&gw.url("/api-optional/whoami")).await.json().await.unwrap();
+    assert_eq!(v["sub"], "alice");
+}
+
+#[tokio::test]
+async fn proxy_streams_and_maps_upstream_failures() {
+    let stack = Stack::start_with(
+        IdpOptions::default(),
+        r#"
+[[routes]]
+path = "/api-slow"
+upstream = "API_URL"
+token = "none"
+timeout = "1s"
+
+[[routes]]
+path = "/api-dead"
+upstream = "http://127.0.0.1:1"
+token = "none"
+"#,
+    )
+    .await;
+    let gw = &stack.gw;
+    let b = Browser::new();
+    // Timeout → 504; unreachable → 502.
+    assert_eq!(b.get_csrf(&gw.url("/api-slow/slow?ms=3000")).await.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(b.get_csrf(&gw.url("/api-dead/x")).await.status(), StatusCode::BAD_GATEWAY);
+    // Upstream statuses pass through.
+    for code in [401u16, 403, 404, 418, 500] {
+        let r = b.get_csrf(&gw.url(&format!("/api-none/status/{code}"))).await;
+        assert_eq!(r.status().as_u16(), code);
+    }
+    // Dot segments cannot climb out of the upstream's base path.
+    for path in ["/api-none/../admin", "/api-none/%2e%2e/admin", "/api-none/a/%2E%2E/%2e%2e/x"] {
+        let r = b.http.get(gw.url(path)).header("x-csrf", "1").send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path}");
+    }
+    // Request bodies stream through unchanged.
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let r = b.http.post(gw.url("/api-none/upload")).header("x-csrf", "1").body(body.clone()).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["bytes"], body.len());
+    // Server-sent events arrive frame by frame, not buffered until the end.
+    let started = std::time::Instant::now();
+    let mut r = b.get_csrf(&gw.url("/api-none/sse?count=5&interval_ms=300")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let first = r.chunk().await.unwrap().expect("first event");
+    assert!(String::from_utf8_lossy(&first).contains("data: 0"));
+    assert!(started.elapsed() < std::time::Duration::from_millis(1000), "first SSE frame was held back: {:?}", started.elapsed());
+    let mut rest = Vec::new();
+    while let Some(c) = r.chunk().await.unwrap() {
+        rest.extend_from_slice(&c);
+    }
+    assert!(String::from_utf8_lossy(&rest).contains("data: 4"));
+    // Query strings (including repeated keys) are forwarded as they are.
+    let v: Value = b.get_csrf(&gw.url("/api-none/echo/p?x=1&x=2&y=%20")).await.json().await.unwrap();
+    assert_eq!(v["query"], "x=1&x=2&y=%20");
+    assert_eq!(v["path"], "/echo/p");
+}
+
+#[tokio::test]
+async fn check_lists_every_config_error_and_exits_64() {
+    let dir = temp_dir("check");
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+[server]
+public_url = "http://app.example.com"
+[oidc]
+client_id = "x"
+[[routes]]
+path = "/api"
+upstream = "nope"
+tokn = "user"
+"#,
+    )
+    .unwrap();
+    for cmd in ["check", "serve"] {
+        let out = std::process::Command::new(gateway_binary()).args([cmd, "--config"]).arg(&path).output().unwrap();
+        assert_eq!(out.status.code(), Some(64), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for needle in ["public_url", "oidc.issuer", "tokn"] {
+            assert!(err.contains(needle), "{cmd}: {needle} missing in {err}");
+        }
+    }
+}
