@@ -17,9 +17,24 @@
 //! - `cleanup_expired` removes records whose `expires <= now` and returns how many.
 //! - An unreachable backend is an `Err(StoreError::Unavailable)`, never `Ok(None)`: the
 //!   gateway answers 503 and keeps the cookie instead of logging the user out.
+//!
+//! Details every implementation follows (also pinned by the contract suite):
+//! - `update` writes `renewed`, `expires`, `version` and `ticket`. The identity columns
+//!   (`partition`, `sub`, `sid`, `created`) are fixed at `create`; a different value in the
+//!   record passed to `update` is ignored. `update` has no clock, so it does not look at
+//!   `expires`: the caller read the record with `get` just before. (Redis drops expired
+//!   records by itself, so there an update of an expired record reports `Missing`.)
+//! - `delete_matching` deletes expired records too (they are garbage anyway) and returns them.
+//! - `cleanup_expired` counts removed sessions. Redis expires records by itself; there the
+//!   number is how many stale index entries were pruned, which may be `0`.
+//! - `claim_once` and the leases read the wall clock (leases on PostgreSQL and Redis use the
+//!   server's clock, so instances with skewed clocks agree on them). A claim whose `expires`
+//!   has already passed is not stored and returns `true`: the caller's own expiry check
+//!   refuses such an id anyway.
 
 use async_trait::async_trait;
 use std::time::Duration;
+use tokio::sync::broadcast;
 
 /// One stored session.
 #[derive(Clone, PartialEq, Eq)]
@@ -87,6 +102,20 @@ pub enum StoreError {
     /// Stored data that cannot be read back (schema drift, corruption).
     #[error("corrupt session record: {0}")]
     Corrupt(String),
+    /// The store cannot be set up as asked (unknown URL scheme, malformed URL, a record the
+    /// contract refuses). Not transient: retrying does not help.
+    #[error("session store configuration: {0}")]
+    Config(String),
+}
+
+/// A change another instance (or this one) made to a shared store, for in-process caches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// The record with this key was updated, replaced or deleted: drop it from the cache.
+    Key(String),
+    /// Notifications may have been lost (the subscription was (re)established): drop the
+    /// whole cache. Also sent once when a subscription starts.
+    All,
 }
 
 #[async_trait]
@@ -109,8 +138,11 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Deletes one session; `Ok(None)` if it did not exist. Returns the deleted record.
     async fn delete(&self, key: &str) -> Result<Option<SessionRecord>, StoreError>;
 
-    async fn find(&self, filter: &SessionFilter, now: i64)
-        -> Result<Vec<SessionRecord>, StoreError>;
+    async fn find(
+        &self,
+        filter: &SessionFilter,
+        now: i64,
+    ) -> Result<Vec<SessionRecord>, StoreError>;
 
     async fn delete_matching(
         &self,
@@ -126,12 +158,19 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Tries to take a named lease (cross-instance refresh single-flight) for `ttl`.
     /// Returns `true` if `holder` now owns it (also when it already did: that renews it).
-    async fn try_lease(&self, name: &str, holder: &str, ttl: Duration)
-        -> Result<bool, StoreError>;
+    async fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError>;
 
     /// Releases a lease if `holder` still owns it.
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Changes made through *any* instance sharing this store, for invalidating an
+    /// in-process cache. `None` for stores that live in one process (memory, SQLite), where
+    /// there is nothing to hear about. A receiver that lags (`RecvError::Lagged`) must treat
+    /// it like [`Invalidation::All`].
+    fn subscribe_invalidations(&self) -> Option<broadcast::Receiver<Invalidation>> {
+        None
+    }
 }
