@@ -819,6 +819,21 @@ async function main() {
       }
       return { active };
     },
+    // Revokes (deletes) every refresh token of an account, as an admin or a security tool
+    // would: the next refresh with one of them gets invalid_grant.
+    'POST /__test/revoke-refresh-tokens': async (ctx) => {
+      const body = await readJson(ctx);
+      let revoked = 0;
+      const table = store.table('RefreshToken');
+      for (const [id, entry] of [...table.entries()]) {
+        if (body.sub === undefined || entry.payload.accountId === body.sub) {
+          table.delete(id);
+          revoked += 1;
+        }
+      }
+      store.persist();
+      return { revoked };
+    },
     'GET /__test/sessions': async (ctx) => {
       const sub = ctx.query.sub;
       let active = 0;
