@@ -1,0 +1,470 @@
+//! [`OAuthClient`]: one OAuth 2.0 client talking to one token endpoint.
+//!
+//! Grants: authorization code with PKCE (RFC 6749 §4.1, RFC 7636), refresh (§6), client
+//! credentials (§4.4), token exchange (RFC 8693); plus revocation (RFC 7009).
+//!
+//! Every request is form-encoded with `Accept: application/json`, carries the client
+//! authentication of [`ClientAuth`], and has its own timeout (default 10 s). Nothing is retried
+//! here: a refresh token may be one-time, so resending a refresh whose answer was lost would
+//! burn it. Callers decide (the managers back off instead).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), portcullis_token::TokenError> {
+//! use std::sync::Arc;
+//! use portcullis_token::*;
+//! let config = OAuthClientConfig::new(
+//!     "my-client",
+//!     ClientAuth::ClientSecretBasic(Secret::new("s3cret")),
+//!     url::Url::parse("https://idp.example/oauth/token").map_err(|e| TokenError::InvalidParams(e.to_string()))?,
+//! );
+//! let http = OAuthClient::default_http_client().map_err(|e| TokenError::InvalidParams(e.to_string()))?;
+//! let client = OAuthClient::new(config, http, Arc::new(SystemClock));
+//! let tokens = client.client_credentials(&TokenParams::default().with_scope("api")).await?;
+//! # let _ = tokens; Ok(()) }
+//! ```
+//!
+//! Caveats:
+//! - The `reqwest::Client` should not follow redirects (a token endpoint that redirects is
+//!   misconfigured, and a 302 turns the POST into a GET that drops the form);
+//!   [`OAuthClient::default_http_client`] builds one that does not.
+//! - Plain `http://` endpoints are refused unless the host is a loopback address or
+//!   [`OAuthClientConfig::insecure_allow_http`] is set: credentials and tokens would travel in clear text.
+//! - Responses are read up to 1 MiB.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use http::header::{ACCEPT, AUTHORIZATION};
+use http::HeaderValue;
+use tracing::Instrument as _;
+use url::Url;
+
+use crate::{metrics, ClientAuth, Secret, SharedClock, TokenError, TokenParams, TokenResponse};
+
+/// Largest response body read from a token or revocation endpoint.
+const MAX_BODY: usize = 1024 * 1024;
+
+/// Form fields that the grant and client authentication own; `TokenParams::extra` may not set them.
+const RESERVED: &[&str] = &[
+    "grant_type",
+    "client_id",
+    "client_secret",
+    "client_assertion",
+    "client_assertion_type",
+    "code",
+    "redirect_uri",
+    "code_verifier",
+    "refresh_token",
+    "scope",
+    "resource",
+    "subject_token",
+    "subject_token_type",
+    "token",
+    "token_type_hint",
+];
+
+/// Configuration of an [`OAuthClient`].
+#[derive(Debug, Clone)]
+pub struct OAuthClientConfig {
+    pub client_id: String,
+    pub auth: ClientAuth,
+    pub token_endpoint: Url,
+    pub revocation_endpoint: Option<Url>,
+    /// Per-request timeout (connect + response). Default 10 s.
+    pub timeout: Duration,
+    /// Allow `http://` endpoints on non-loopback hosts. Only for test set-ups.
+    pub insecure_allow_http: bool,
+}
+
+impl OAuthClientConfig {
+    pub fn new(client_id: impl Into<String>, auth: ClientAuth, token_endpoint: Url) -> Self {
+        Self {
+            client_id: client_id.into(),
+            auth,
+            token_endpoint,
+            revocation_endpoint: None,
+            timeout: Duration::from_secs(10),
+            insecure_allow_http: false,
+        }
+    }
+
+    /// Endpoints from discovered provider metadata.
+    pub fn from_metadata(
+        client_id: impl Into<String>,
+        auth: ClientAuth,
+        metadata: &crate::ProviderMetadata,
+    ) -> Self {
+        let mut config = Self::new(client_id, auth, metadata.token_endpoint.clone());
+        config.revocation_endpoint = metadata.revocation_endpoint.clone();
+        config
+    }
+
+    pub fn with_revocation_endpoint(mut self, url: Url) -> Self {
+        self.revocation_endpoint = Some(url);
+        self
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+/// The `token_type_hint` of a revocation request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenTypeHint {
+    RefreshToken,
+    AccessToken,
+}
+
+impl TokenTypeHint {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::RefreshToken => "refresh_token",
+            Self::AccessToken => "access_token",
+        }
+    }
+}
+
+/// An OAuth 2.0 client bound to one token endpoint.
+pub struct OAuthClient {
+    client_id: String,
+    auth: ClientAuth,
+    token_endpoint: Url,
+    revocation_endpoint: Option<Url>,
+    timeout: Duration,
+    insecure_allow_http: bool,
+    http: reqwest::Client,
+    clock: SharedClock,
+}
+
+impl std::fmt::Debug for OAuthClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthClient")
+            .field("client_id", &self.client_id)
+            .field("auth", &self.auth)
+            .field("token_endpoint", &self.token_endpoint.as_str())
+            .field(
+                "revocation_endpoint",
+                &self.revocation_endpoint.as_ref().map(Url::as_str),
+            )
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+type Form = Vec<(String, String)>;
+
+fn field(name: &str, value: impl Into<String>) -> (String, String) {
+    (name.to_owned(), value.into())
+}
+
+impl OAuthClient {
+    pub fn new(config: OAuthClientConfig, http: reqwest::Client, clock: SharedClock) -> Self {
+        Self {
+            client_id: config.client_id,
+            auth: config.auth,
+            token_endpoint: config.token_endpoint,
+            revocation_endpoint: config.revocation_endpoint,
+            timeout: config.timeout,
+            insecure_allow_http: config.insecure_allow_http,
+            http,
+            clock,
+        }
+    }
+
+    /// A `reqwest::Client` suited for token endpoints: rustls, no redirects, 10 s connect timeout.
+    pub fn default_http_client() -> reqwest::Result<reqwest::Client> {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    pub fn token_endpoint(&self) -> &Url {
+        &self.token_endpoint
+    }
+
+    pub fn revocation_endpoint(&self) -> Option<&Url> {
+        self.revocation_endpoint.as_ref()
+    }
+
+    /// Authorization code grant with PKCE.
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        pkce_verifier: &str,
+    ) -> Result<TokenResponse, TokenError> {
+        let form = vec![
+            field("code", code.to_owned()),
+            field("redirect_uri", redirect_uri.to_owned()),
+            field("code_verifier", pkce_verifier.to_owned()),
+        ];
+        self.token_request("authorization_code", form).await
+    }
+
+    /// Refresh token grant; `params` adds `resource`, `scope` and extra fields (for
+    /// per-resource tokens or down-scoping).
+    pub async fn refresh(
+        &self,
+        refresh_token: &Secret,
+        params: &TokenParams,
+    ) -> Result<TokenResponse, TokenError> {
+        let mut form = vec![field(
+            "refresh_token",
+            refresh_token.expose_secret().to_owned(),
+        )];
+        add_params(&mut form, params)?;
+        tracing::debug!(refresh_token = %refresh_token.fingerprint(), "refreshing");
+        self.token_request("refresh_token", form).await
+    }
+
+    /// Client credentials grant.
+    pub async fn client_credentials(
+        &self,
+        params: &TokenParams,
+    ) -> Result<TokenResponse, TokenError> {
+        let mut form = Vec::new();
+        add_params(&mut form, params)?;
+        self.token_request("client_credentials", form).await
+    }
+
+    /// RFC 8693 token exchange with `subject_token` of `subject_token_type`
+    /// (e.g. `urn:ietf:params:oauth:token-type:access_token`).
+    pub async fn token_exchange(
+        &self,
+        subject_token: &Secret,
+        subject_token_type: &str,
+        params: &TokenParams,
+    ) -> Result<TokenResponse, TokenError> {
+        let mut form = vec![
+            field("subject_token", subject_token.expose_secret().to_owned()),
+            field("subject_token_type", subject_token_type.to_owned()),
+        ];
+        add_params(&mut form, params)?;
+        self.token_request("urn:ietf:params:oauth:grant-type:token-exchange", form)
+            .await
+    }
+
+    /// RFC 7009 revocation. `Err(NotSupported)` when no revocation endpoint is configured:
+    /// the caller decides whether that matters.
+    pub async fn revoke(&self, token: &Secret, hint: TokenTypeHint) -> Result<(), TokenError> {
+        let Some(endpoint) = self.revocation_endpoint.clone() else {
+            return Err(TokenError::NotSupported(
+                "no revocation endpoint configured",
+            ));
+        };
+        let form = vec![
+            field("token", token.expose_secret().to_owned()),
+            field("token_type_hint", hint.as_str().to_owned()),
+        ];
+        let span = tracing::debug_span!(
+            "token_revocation",
+            client_id = %self.client_id,
+            endpoint = %endpoint_label(&endpoint),
+            token = %token.fingerprint(),
+            hint = hint.as_str(),
+            status = tracing::field::Empty,
+        );
+        async {
+            metrics::token_request("revocation");
+            let (status, body) = self.post(&endpoint, form).await?;
+            tracing::Span::current().record("status", status);
+            if (200..300).contains(&status) {
+                Ok(())
+            } else {
+                Err(TokenError::from_error_response(status, &body))
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn token_request(
+        &self,
+        grant_type: &'static str,
+        mut form: Form,
+    ) -> Result<TokenResponse, TokenError> {
+        form.insert(0, field("grant_type", grant_type));
+        let span = tracing::debug_span!(
+            "token_request",
+            grant_type,
+            client_id = %self.client_id,
+            endpoint = %endpoint_label(&self.token_endpoint),
+            status = tracing::field::Empty,
+            access_token = tracing::field::Empty,
+        );
+        async {
+            metrics::token_request(grant_label(grant_type));
+            let started = std::time::Instant::now();
+            let result = self
+                .post(&self.token_endpoint, form)
+                .await
+                .and_then(|(status, body)| {
+                    tracing::Span::current().record("status", status);
+                    if (200..300).contains(&status) {
+                        parse_token_response(&body)
+                    } else {
+                        Err(TokenError::from_error_response(status, &body))
+                    }
+                });
+            let elapsed_ms = started.elapsed().as_millis() as u64;
+            match &result {
+                Ok(resp) => {
+                    tracing::Span::current()
+                        .record("access_token", resp.access_token.fingerprint());
+                    tracing::debug!(
+                        elapsed_ms,
+                        expires_in = resp.expires_in,
+                        "token endpoint answered"
+                    );
+                }
+                Err(e) => tracing::debug!(elapsed_ms, error = %e, "token request failed"),
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// POST a form with client authentication; returns status and (bounded) body.
+    async fn post(&self, endpoint: &Url, mut form: Form) -> Result<(u16, Vec<u8>), TokenError> {
+        self.check_transport(endpoint)?;
+        let mut request = self
+            .http
+            .post(endpoint.clone())
+            .timeout(self.timeout)
+            .header(ACCEPT, "application/json");
+        match &self.auth {
+            ClientAuth::ClientSecretBasic(secret) => {
+                // RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
+                let user: String =
+                    url::form_urlencoded::byte_serialize(self.client_id.as_bytes()).collect();
+                let pass: String =
+                    url::form_urlencoded::byte_serialize(secret.expose_secret().as_bytes())
+                        .collect();
+                let mut value = HeaderValue::from_str(&format!(
+                    "Basic {}",
+                    STANDARD.encode(format!("{user}:{pass}"))
+                ))
+                .map_err(|_| {
+                    TokenError::InvalidParams("client credentials are not header-safe".into())
+                })?;
+                value.set_sensitive(true);
+                request = request.header(AUTHORIZATION, value);
+            }
+            ClientAuth::ClientSecretPost(secret) => {
+                form.push(field("client_id", self.client_id.clone()));
+                form.push(field("client_secret", secret.expose_secret().to_owned()));
+            }
+            ClientAuth::PrivateKeyJwt(key) => {
+                let assertion = key.assertion(
+                    &self.client_id,
+                    self.token_endpoint.as_str(),
+                    self.clock.now_unix(),
+                )?;
+                form.push(field("client_id", self.client_id.clone()));
+                form.push(field(
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ));
+                form.push(field(
+                    "client_assertion",
+                    assertion.expose_secret().to_owned(),
+                ));
+            }
+            ClientAuth::None => form.push(field("client_id", self.client_id.clone())),
+        }
+        let mut response = request
+            .form(&form)
+            .send()
+            .await
+            .map_err(TokenError::from_reqwest)?;
+        let status = response.status().as_u16();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(TokenError::from_reqwest)? {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(TokenError::Malformed(
+                    "response body larger than 1 MiB".into(),
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((status, body))
+    }
+
+    fn check_transport(&self, endpoint: &Url) -> Result<(), TokenError> {
+        if endpoint.scheme() == "https" || self.insecure_allow_http || is_loopback(endpoint) {
+            Ok(())
+        } else {
+            Err(TokenError::NotSupported(
+                "plain-http token endpoint on a non-loopback host (set insecure_allow_http for tests)",
+            ))
+        }
+    }
+}
+
+/// Short metric label for a grant type.
+fn grant_label(grant_type: &'static str) -> &'static str {
+    match grant_type {
+        "urn:ietf:params:oauth:grant-type:token-exchange" => "token_exchange",
+        other => other,
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Scheme, host and path of an endpoint for logs (no query: it could carry anything).
+fn endpoint_label(url: &Url) -> String {
+    format!(
+        "{}://{}{}",
+        url.scheme(),
+        url.host_str().unwrap_or(""),
+        url.path()
+    )
+}
+
+fn add_params(form: &mut Form, params: &TokenParams) -> Result<(), TokenError> {
+    if let Some(resource) = &params.resource {
+        form.push(field("resource", resource.clone()));
+    }
+    if let Some(scope) = &params.scope {
+        form.push(field("scope", scope.clone()));
+    }
+    for (name, value) in &params.extra {
+        if RESERVED.contains(&name.as_str()) {
+            return Err(TokenError::InvalidParams(format!(
+                "extra parameter {name:?} is reserved"
+            )));
+        }
+        form.push(field(name, value.clone()));
+    }
+    Ok(())
+}
+
+fn parse_token_response(body: &[u8]) -> Result<TokenResponse, TokenError> {
+    let resp: TokenResponse = serde_json::from_slice(body).map_err(|e| {
+        // serde_json can quote input values in its messages; report only where it failed.
+        TokenError::Malformed(format!(
+            "{:?} error at line {} column {}",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    resp.validate()?;
+    Ok(resp)
+}

@@ -1,0 +1,124 @@
+//! [`ManagedToken`]: proof that an access token went through token management.
+//!
+//! Only this crate can create one (private fields, crate-private constructor), so code that
+//! attaches tokens to outgoing requests and accepts a `ManagedToken` cannot skip the
+//! expiry check and refresh step: it does not compile without them.
+//!
+//! Caveat: a `DPoP` token yields a `DPoP <token>` header, but this crate does not create DPoP
+//! proofs (it never sends one to the token endpoint either, so IdPs should not issue such
+//! tokens to it).
+
+use http::HeaderValue;
+
+use crate::{AccessToken, Secret, TokenError, TokenType};
+
+/// A current access token, ready to be attached to a request.
+#[derive(Clone)]
+pub struct ManagedToken {
+    value: Secret,
+    token_type: TokenType,
+    expires_at: Option<i64>,
+    header: HeaderValue,
+}
+
+impl ManagedToken {
+    pub(crate) fn new(token: &AccessToken) -> Result<Self, TokenError> {
+        let scheme = token.token_type.as_str();
+        let mut header =
+            HeaderValue::from_str(&format!("{scheme} {}", token.value.expose_secret())).map_err(
+                |_| TokenError::Malformed("access token is not a valid header value".into()),
+            )?;
+        header.set_sensitive(true);
+        Ok(Self {
+            value: token.value.clone(),
+            token_type: token.token_type.clone(),
+            expires_at: token.expires_at,
+            header,
+        })
+    }
+
+    /// `Bearer <token>` (or `DPoP <token>`), marked sensitive so HTTP/2 never indexes it and
+    /// header-logging layers that honour the flag redact it.
+    pub fn authorization_header(&self) -> HeaderValue {
+        self.header.clone()
+    }
+
+    /// Unix seconds, `None` if the IdP did not say.
+    pub fn expires_at(&self) -> Option<i64> {
+        self.expires_at
+    }
+
+    pub fn token_type(&self) -> &TokenType {
+        &self.token_type
+    }
+
+    /// The raw token, e.g. as the `subject_token` of a token exchange.
+    pub fn access_token(&self) -> &Secret {
+        &self.value
+    }
+
+    /// Non-reversible fingerprint for log correlation.
+    pub fn fingerprint(&self) -> String {
+        self.value.fingerprint()
+    }
+
+    /// Same token value (used to detect "someone else already renewed this").
+    pub(crate) fn same_token(&self, other: &Secret) -> bool {
+        self.value == *other
+    }
+}
+
+impl std::fmt::Debug for ManagedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagedToken")
+            .field("fingerprint", &self.fingerprint())
+            .field("token_type", &self.token_type)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn token(value: &str, token_type: TokenType) -> AccessToken {
+        AccessToken {
+            value: Secret::new(value),
+            token_type,
+            expires_at: Some(10),
+            scope: None,
+            issued_at: None,
+        }
+    }
+
+    #[test]
+    fn header_uses_the_canonical_scheme_and_is_sensitive() {
+        for (tt, want) in [
+            (TokenType::Bearer, "Bearer abc"),
+            (TokenType::DPoP, "DPoP abc"),
+        ] {
+            let m = ManagedToken::new(&token("abc", tt)).unwrap();
+            let h = m.authorization_header();
+            assert_eq!(h.to_str().unwrap(), want);
+            assert!(h.is_sensitive());
+        }
+    }
+
+    #[test]
+    fn debug_shows_a_fingerprint_not_the_token() {
+        let m = ManagedToken::new(&token("top-secret-token", TokenType::Bearer)).unwrap();
+        let dbg = format!("{m:?}");
+        assert!(!dbg.contains("top-secret"));
+        assert!(dbg.contains(&m.fingerprint()));
+    }
+
+    #[test]
+    fn a_token_that_cannot_be_a_header_is_malformed() {
+        assert!(matches!(
+            ManagedToken::new(&token("a\r\nb", TokenType::Bearer)),
+            Err(TokenError::Malformed(_))
+        ));
+    }
+}

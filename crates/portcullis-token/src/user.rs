@@ -1,0 +1,556 @@
+//! [`UserTokenManager`]: a current access token for a user session, refreshed with the
+//! session's refresh token before it expires, exactly once however many requests need it.
+//!
+//! ```text
+//! get_access_token ──► load ──► fresh? ──yes──► ManagedToken
+//!                                 │no
+//!                                 ▼
+//!                  per-session lock (in process) ──► re-load ──► fresh now? ──► use it
+//!                                 │still stale
+//!                                 ▼
+//!                  store lease (across instances) ──► re-load ──► fresh now? ──► use it
+//!                                 │still stale                 (lease held elsewhere:
+//!                                 ▼                               poll the store, bounded)
+//!                  refresh at the IdP (lease renewed while in flight)
+//!                                 ▼
+//!                  compare_and_set ──► conflict: re-load, re-apply or use the winner's tokens
+//! ```
+//!
+//! Why each step:
+//! - The lock is per session, not per session and params: every per-resource token is
+//!   obtained with the session's single refresh token, and two concurrent refreshes with the
+//!   same one-time refresh token would make a rotating IdP answer `invalid_grant` (or revoke
+//!   the whole token family).
+//! - Re-loading after each wait is what makes late arrivals reuse the result: a caller never
+//!   uses a refresh token it read before waiting.
+//! - The store lease extends single-flight to several gateway instances. It is renewed at a
+//!   third of its TTL while the IdP call runs, so a slow IdP cannot let a second instance in.
+//!   `compare_and_set` fences what is written if a lease is lost anyway.
+//!
+//! Failures: `invalid_grant` and "expired, no refresh token" end the session
+//! ([`TokenError::ends_session`]). Transient failures (IdP down, slow, 5xx) keep the session
+//! and start a short back-off per session and params (`failure_backoff`, measured with the
+//! injected clock, 1 s resolution) during which calls fail fast with the same error; a token
+//! that is within the refresh buffer but not yet expired is still handed out meanwhile.
+//! Failed refreshes never change the stored tokens.
+//!
+//! Caveats: the refreshed ID token is stored as received; validating it (same `iss`/`sub`,
+//! OIDC Core §12.2) is the caller's business. If the store fails right after a successful
+//! refresh, the new tokens are kept in memory (this instance) and written on the next call,
+//! so a rotated refresh token is not lost to a store hiccup.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::Instrument as _;
+
+use crate::flight::FlightMap;
+use crate::{
+    metrics, ManagedToken, OAuthClient, Secret, SharedClock, TokenError, TokenParams,
+    TokenResponse, TokenTypeHint, UserTokenStore, UserTokens,
+};
+
+/// Tuning of the [`UserTokenManager`].
+#[derive(Debug, Clone)]
+pub struct UserTokenOptions {
+    /// Refresh this long before expiry (capped at half the token's lifetime). Default 60 s.
+    pub refresh_before_expiry: Duration,
+    /// After a failed refresh (not ending the session), fail fast for this long. Default 2 s.
+    pub failure_backoff: Duration,
+    /// TTL of the cross-instance refresh lease; renewed while the IdP call runs. Default 15 s.
+    pub lease_ttl: Duration,
+    /// How often to look at the store while another instance holds the lease. Default 50 ms.
+    pub lease_poll_interval: Duration,
+    /// How long to wait for another instance's refresh before answering `Unavailable`.
+    /// Default 15 s (longer than the default token request timeout of 10 s).
+    pub lease_wait: Duration,
+}
+
+impl Default for UserTokenOptions {
+    fn default() -> Self {
+        Self {
+            refresh_before_expiry: Duration::from_secs(60),
+            failure_backoff: Duration::from_secs(2),
+            lease_ttl: Duration::from_secs(15),
+            lease_poll_interval: Duration::from_millis(50),
+            lease_wait: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Hands out current user access tokens, refreshing them with single-flight.
+pub struct UserTokenManager {
+    client: Arc<OAuthClient>,
+    options: UserTokenOptions,
+    clock: SharedClock,
+    flights: FlightMap,
+    /// Recent failures per session+params, for the back-off. Bounded; entries outlive the
+    /// back-off (real time) and are judged by the injected clock.
+    failures: moka::sync::Cache<String, Failure>,
+    /// Refreshed tokens the store failed to accept, per session.
+    unstored: moka::sync::Cache<String, Unstored>,
+    /// Prefix of lease holder ids, unique per manager (= per gateway instance).
+    instance: String,
+}
+
+#[derive(Clone)]
+struct Failure {
+    at: i64,
+    error: TokenError,
+}
+
+#[derive(Clone)]
+struct Unstored {
+    base: UserTokens,
+    updated: UserTokens,
+}
+
+enum Mode<'a> {
+    IfNeeded { buffer: Duration },
+    Renew { stale: &'a ManagedToken },
+}
+
+enum Plan {
+    Use(ManagedToken),
+    /// Refresh with this refresh token; if that fails without ending the session, `fallback`
+    /// (a token inside the refresh buffer but unexpired) is still good enough.
+    Refresh {
+        refresh_token: Secret,
+        fallback: Option<ManagedToken>,
+    },
+}
+
+/// Most compare-and-set attempts after version conflicts that did not change the tokens.
+const MAX_CAS_ATTEMPTS: usize = 3;
+
+impl std::fmt::Debug for UserTokenManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserTokenManager")
+            .field("client", &self.client)
+            .field("options", &self.options)
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UserTokenManager {
+    pub fn new(client: Arc<OAuthClient>, options: UserTokenOptions, clock: SharedClock) -> Self {
+        let failures = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(
+                options
+                    .failure_backoff
+                    .saturating_mul(2)
+                    .max(Duration::from_secs(10)),
+            )
+            .build();
+        let unstored = moka::sync::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(Duration::from_secs(600))
+            .build();
+        Self {
+            client,
+            options,
+            clock,
+            flights: FlightMap::default(),
+            failures,
+            unstored,
+            instance: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
+
+    pub fn options(&self) -> &UserTokenOptions {
+        &self.options
+    }
+
+    pub fn client(&self) -> &Arc<OAuthClient> {
+        &self.client
+    }
+
+    /// Sessions with a refresh in progress or queued (for a gauge; also shows the in-flight map
+    /// is cleaned up).
+    pub fn sessions_in_flight(&self) -> usize {
+        self.flights.len()
+    }
+
+    /// A current access token for the session and params; refreshes if it expires within
+    /// `refresh_before_expiry` (the option's value unless overridden for this call).
+    pub async fn get_access_token(
+        &self,
+        store: &dyn UserTokenStore,
+        session: &str,
+        params: &TokenParams,
+        refresh_before_expiry: Option<Duration>,
+    ) -> Result<ManagedToken, TokenError> {
+        let buffer = refresh_before_expiry.unwrap_or(self.options.refresh_before_expiry);
+        let (tokens, _) = load(store, session).await?;
+        if let Some(token) = tokens.token_for(params) {
+            if !token.needs_refresh(self.clock.now_unix(), buffer) {
+                return ManagedToken::new(token);
+            }
+        }
+        self.obtain(store, session, params, Mode::IfNeeded { buffer })
+            .await
+    }
+
+    /// Force a refresh after an API answered 401 with `stale`. Single-flighted: if another
+    /// caller already replaced `stale`, that token is returned without a new IdP call. No
+    /// waiting: one immediate refresh (a failure back-off still fails fast).
+    pub async fn renew(
+        &self,
+        store: &dyn UserTokenStore,
+        session: &str,
+        params: &TokenParams,
+        stale: &ManagedToken,
+    ) -> Result<ManagedToken, TokenError> {
+        self.obtain(store, session, params, Mode::Renew { stale })
+            .await
+    }
+
+    /// Revoke the session's refresh token (RFC 7009), e.g. at logout. `Ok(())` when the
+    /// session has none; `Err(NotSupported)` when the IdP has no revocation endpoint.
+    pub async fn revoke_refresh_token(&self, tokens: &UserTokens) -> Result<(), TokenError> {
+        match &tokens.refresh_token {
+            Some(rt) => self.client.revoke(rt, TokenTypeHint::RefreshToken).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn obtain(
+        &self,
+        store: &dyn UserTokenStore,
+        session: &str,
+        params: &TokenParams,
+        mode: Mode<'_>,
+    ) -> Result<ManagedToken, TokenError> {
+        let _flight = self.flights.lock(session).await;
+        let holder = format!("{}/{}", self.instance, uuid::Uuid::new_v4().simple());
+        let mut leased = false;
+        let give_up_at = tokio::time::Instant::now() + self.options.lease_wait;
+        let result = loop {
+            let (tokens, version) = match load(store, session).await {
+                Ok(loaded) => loaded,
+                Err(e) => break Err(e),
+            };
+            match self
+                .recover_unstored(store, session, &tokens, version)
+                .await
+            {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => break Err(e),
+            }
+            let (refresh_token, fallback) = match self.plan(session, &tokens, params, &mode) {
+                Ok(Plan::Use(token)) => break Ok(token),
+                Ok(Plan::Refresh {
+                    refresh_token,
+                    fallback,
+                }) => (refresh_token, fallback),
+                Err(e) => break Err(e),
+            };
+            if !leased {
+                match store
+                    .acquire_lease(session, &holder, self.options.lease_ttl)
+                    .await
+                {
+                    // Re-read under the lease: another instance may have refreshed meanwhile.
+                    Ok(true) => {
+                        leased = true;
+                        continue;
+                    }
+                    Ok(false) if tokio::time::Instant::now() < give_up_at => {
+                        tokio::time::sleep(self.options.lease_poll_interval).await;
+                        continue;
+                    }
+                    Ok(false) => {
+                        break Err(TokenError::Unavailable(
+                            "a refresh of this session is in progress on another instance".into(),
+                        ))
+                    }
+                    Err(e) => break Err(e),
+                }
+            }
+            break match self
+                .refresh(
+                    store,
+                    session,
+                    params,
+                    &holder,
+                    tokens,
+                    version,
+                    refresh_token,
+                )
+                .await
+            {
+                Err(e) if !e.ends_session() && fallback.is_some() => {
+                    tracing::debug!("refresh failed; using the unexpired token meanwhile");
+                    fallback.ok_or(e)
+                }
+                result => result,
+            };
+        };
+        if leased {
+            if let Err(e) = store.release_lease(session, &holder).await {
+                tracing::warn!(error = %e, "could not release the refresh lease (it will expire)");
+            }
+        }
+        result
+    }
+
+    fn plan(
+        &self,
+        session: &str,
+        tokens: &UserTokens,
+        params: &TokenParams,
+        mode: &Mode<'_>,
+    ) -> Result<Plan, TokenError> {
+        let now = self.clock.now_unix();
+        let current = tokens.token_for(params);
+        let unexpired = current.filter(|t| !t.is_expired(now));
+        match mode {
+            Mode::IfNeeded { buffer } => {
+                if let Some(t) = current.filter(|t| !t.needs_refresh(now, *buffer)) {
+                    return Ok(Plan::Use(ManagedToken::new(t)?));
+                }
+            }
+            Mode::Renew { stale } => {
+                if let Some(t) = unexpired.filter(|t| !stale.same_token(&t.value)) {
+                    return Ok(Plan::Use(ManagedToken::new(t)?));
+                }
+            }
+        }
+        // A token inside the refresh buffer is still good if no refresh can happen now; a token
+        // an API just rejected is not.
+        let fallback = match mode {
+            Mode::IfNeeded { .. } => unexpired,
+            Mode::Renew { .. } => None,
+        };
+        if let Some(failure) = self.failures.get(&failure_key(session, params)) {
+            if (0..self.backoff_secs()).contains(&(now - failure.at)) {
+                if let Some(t) = fallback {
+                    tracing::debug!(token = %t.value.fingerprint(), "refresh backing off; using the unexpired token");
+                    return Ok(Plan::Use(ManagedToken::new(t)?));
+                }
+                return Err(failure.error);
+            }
+        }
+        match (&tokens.refresh_token, fallback) {
+            (Some(rt), fallback) => Ok(Plan::Refresh {
+                refresh_token: rt.clone(),
+                fallback: fallback.map(ManagedToken::new).transpose()?,
+            }),
+            (None, Some(t)) => Ok(Plan::Use(ManagedToken::new(t)?)),
+            (None, None) => Err(TokenError::NoRefreshToken),
+        }
+    }
+
+    fn backoff_secs(&self) -> i64 {
+        // The clock has 1 s resolution: round up, so a sub-second back-off is not zero.
+        i64::try_from(self.options.failure_backoff.as_millis().div_ceil(1000)).unwrap_or(i64::MAX)
+    }
+
+    #[allow(clippy::too_many_arguments)] // one private call site; a struct would only rename them
+    async fn refresh(
+        &self,
+        store: &dyn UserTokenStore,
+        session: &str,
+        params: &TokenParams,
+        holder: &str,
+        tokens: UserTokens,
+        version: u64,
+        refresh_token: Secret,
+    ) -> Result<ManagedToken, TokenError> {
+        let span = tracing::info_span!(
+            "user_token_refresh",
+            session = %Secret::new(session).fingerprint(),
+            refresh_token = %refresh_token.fingerprint(),
+            resource = params.resource.as_deref(),
+            scope = params.scope.as_deref(),
+        );
+        async {
+            metrics::refresh_attempt();
+            let result = self
+                .call_idp(store, session, holder, &refresh_token, params)
+                .await;
+            let now = self.clock.now_unix();
+            let response = match result {
+                Ok(response) => response,
+                Err(error) => {
+                    return self
+                        .refresh_failed(store, session, params, &refresh_token, error, now)
+                        .await
+                }
+            };
+            self.failures.invalidate(&failure_key(session, params));
+            self.store_result(store, session, params, tokens, version, &response, now)
+                .await
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn refresh_failed(
+        &self,
+        store: &dyn UserTokenStore,
+        session: &str,
+        params: &TokenParams,
+        used: &Secret,
+        error: TokenError,
+        now: i64,
+    ) -> Result<ManagedToken, TokenError> {
+        metrics::refresh_failure(error.kind());
+        if matches!(error, TokenError::InvalidGrant { .. }) {
+            // A writer that ignores the lease may have rotated the refresh token meanwhile:
+            // then the session is fine and the stored token is the answer.
+            if let Ok((latest, _)) = load(store, session).await {
+                if latest.refresh_token.as_ref() != Some(used) {
+                    if let Some(t) = latest.token_for(params).filter(|t| !t.is_expired(now)) {
+                        tracing::info!(
+                            "refresh token was rotated by another writer; using its result"
+                        );
+                        return ManagedToken::new(t);
+                    }
+                }
+            }
+        }
+        if error.ends_session() {
+            tracing::info!(error = %error, "refresh failed; the session cannot get tokens any more");
+        } else {
+            tracing::warn!(error = %error, "refresh failed; backing off");
+            self.failures.insert(
+                failure_key(session, params),
+                Failure {
+                    at: now,
+                    error: error.clone(),
+                },
+            );
+        }
+        Err(error)
+    }
+
+    /// The IdP call, renewing the store lease while it runs.
+    async fn call_idp(
+        &self,
+        store: &dyn UserTokenStore,
+        session: &str,
+        holder: &str,
+        refresh_token: &Secret,
+        params: &TokenParams,
+    ) -> Result<TokenResponse, TokenError> {
+        let request = self.client.refresh(refresh_token, params);
+        tokio::pin!(request);
+        let period = (self.options.lease_ttl / 3).max(Duration::from_millis(100));
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                result = &mut request => return result,
+                _ = renew.tick() => match store.acquire_lease(session, holder, self.options.lease_ttl).await {
+                    Ok(true) => tracing::debug!("refresh lease renewed"),
+                    Ok(false) => tracing::warn!("refresh lease lost during the IdP call; compare-and-set will arbitrate"),
+                    Err(e) => tracing::warn!(error = %e, "could not renew the refresh lease"),
+                },
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // one private call site
+    async fn store_result(
+        &self,
+        store: &dyn UserTokenStore,
+        session: &str,
+        params: &TokenParams,
+        mut base: UserTokens,
+        mut version: u64,
+        response: &TokenResponse,
+        now: i64,
+    ) -> Result<ManagedToken, TokenError> {
+        let mut updated = base.clone();
+        let mut token = ManagedToken::new(&updated.apply_refresh(params, response, now))?;
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            match store.compare_and_set(session, version, &updated).await {
+                Ok(true) => {
+                    tracing::debug!(token = %token.fingerprint(), "refreshed tokens stored");
+                    return Ok(token);
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(error = %error, "refreshed tokens could not be stored; keeping them in memory");
+                    self.unstored
+                        .insert(session.to_owned(), Unstored { base, updated });
+                    return Ok(token);
+                }
+            }
+            // Version conflict: see what changed.
+            let (latest, latest_version) = match load(store, session).await {
+                Ok(loaded) => loaded,
+                Err(TokenError::SessionNotFound) => return Err(TokenError::SessionNotFound),
+                Err(error) => {
+                    tracing::warn!(error = %error, "refreshed tokens could not be stored; keeping them in memory");
+                    self.unstored
+                        .insert(session.to_owned(), Unstored { base, updated });
+                    return Ok(token);
+                }
+            };
+            if latest.refresh_token != base.refresh_token {
+                // Another writer refreshed: its refresh token is the live one. Prefer its access
+                // token too when usable, else ours (valid, just not stored).
+                tracing::info!("another writer refreshed concurrently; keeping its tokens");
+                return match latest.token_for(params).filter(|t| !t.is_expired(now)) {
+                    Some(t) => ManagedToken::new(t),
+                    None => Ok(token),
+                };
+            }
+            // Something unrelated bumped the version (e.g. sliding expiry): apply on top of it.
+            base = latest;
+            version = latest_version;
+            updated = base.clone();
+            token = ManagedToken::new(&updated.apply_refresh(params, response, now))?;
+        }
+        tracing::warn!("gave up storing refreshed tokens after repeated version conflicts");
+        Ok(token)
+    }
+
+    /// Write tokens that a failed store write left in memory, if the store still holds exactly
+    /// the tokens they were derived from. `Ok(true)`: written, re-load.
+    async fn recover_unstored(
+        &self,
+        store: &dyn UserTokenStore,
+        session: &str,
+        tokens: &UserTokens,
+        version: u64,
+    ) -> Result<bool, TokenError> {
+        let Some(pending) = self.unstored.get(session) else {
+            return Ok(false);
+        };
+        self.unstored.invalidate(session);
+        if pending.base != *tokens {
+            return Ok(false);
+        }
+        match store
+            .compare_and_set(session, version, &pending.updated)
+            .await
+        {
+            Ok(written) => {
+                tracing::info!(written, "retried storing refreshed tokens");
+                Ok(written)
+            }
+            Err(e) => {
+                self.unstored.insert(session.to_owned(), pending);
+                Err(e)
+            }
+        }
+    }
+}
+
+async fn load(store: &dyn UserTokenStore, session: &str) -> Result<(UserTokens, u64), TokenError> {
+    store
+        .load(session)
+        .await?
+        .ok_or(TokenError::SessionNotFound)
+}
+
+/// Back-off key: session and every request parameter, length-prefixed.
+fn failure_key(session: &str, params: &TokenParams) -> String {
+    format!("{}:{session}{}", session.len(), params.cache_key())
+}
