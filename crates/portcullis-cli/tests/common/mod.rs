@@ -268,7 +268,7 @@ data_dir = "data"
 issuer = "{issuer}"
 client_id = "{CLIENT_ID}"
 client_secret = "{CLIENT_SECRET}"
-scopes = ["openid", "profile", "email", "offline_access", "api"]
+scopes = ["openid", "profile", "email", "offline_access", "api", "api.read"]
 
 [session]
 idle_timeout = "1h"
@@ -541,4 +541,15 @@ pub fn query_param(url: &str, name: &str) -> Option<String> {
 
 pub fn set_cookies(r: &Response) -> Vec<String> {
     r.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect()
+}
+
+/// Sends raw bytes to the gateway and returns the response head (status line + headers).
+pub async fn raw_request(port: u16, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    text.split("\r\n\r\n").next().unwrap_or_default().to_owned()
 }

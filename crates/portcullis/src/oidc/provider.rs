@@ -1,7 +1,6 @@
 //! Discovery and JWKS cache.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
 use serde::Deserialize;
@@ -163,6 +162,3 @@ pub fn map_reqwest(e: reqwest::Error) -> GatewayError {
         GatewayError::IdpUnavailable(e.without_url().to_string())
     }
 }
-
-/// Default timeout for IdP calls when settings do not say otherwise.
-pub const DEFAULT_IDP_TIMEOUT: Duration = Duration::from_secs(10);

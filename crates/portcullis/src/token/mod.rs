@@ -109,6 +109,7 @@ impl TokenService {
                             .map(|u| parse_url(u, "revocation_endpoint"))
                             .transpose()?,
                         timeout: oidc.http_timeout,
+                        insecure_allow_http: false,
                     },
                     self.http.clone(),
                     self.clock.clone(),
@@ -135,6 +136,7 @@ impl TokenService {
                             token_endpoint: endpoint,
                             revocation_endpoint: None,
                             timeout: oidc.http_timeout,
+                            insecure_allow_http: false,
                         },
                         self.http.clone(),
                         self.clock.clone(),
@@ -228,10 +230,17 @@ fn client_auth(settings: &ClientAuthSettings) -> Result<ClientAuth, GatewayError
     Ok(match settings {
         ClientAuthSettings::ClientSecretBasic(s) => ClientAuth::ClientSecretBasic(s.clone()),
         ClientAuthSettings::ClientSecretPost(s) => ClientAuth::ClientSecretPost(s.clone()),
-        ClientAuthSettings::PrivateKeyJwt { key_pem, alg, kid } => ClientAuth::PrivateKeyJwt(
-            PrivateKeyJwt::from_pem(key_pem.expose_secret(), alg, kid.clone())
-                .map_err(|e| GatewayError::Internal(format!("private_key_jwt key: {e}")))?,
-        ),
+        ClientAuthSettings::PrivateKeyJwt { key_pem, alg, kid } => {
+            let alg = alg
+                .parse()
+                .map_err(|_| GatewayError::Internal(format!("private_key_jwt: unsupported algorithm {alg}")))?;
+            let mut key = PrivateKeyJwt::from_pem(alg, key_pem.expose_secret())
+                .map_err(|e| GatewayError::Internal(format!("private_key_jwt key: {e}")))?;
+            if let Some(kid) = kid {
+                key = key.with_kid(kid.clone());
+            }
+            ClientAuth::PrivateKeyJwt(key)
+        }
     })
 }
 
