@@ -35,7 +35,7 @@ use crate::util::{
 };
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::Row;
+use sqlx::{Executor, Row};
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -169,13 +169,13 @@ impl PostgresStore {
                 "PostgreSQL session schema is newer than this build"
             );
         }
-        for (i, migration) in MIGRATIONS.iter().enumerate().skip(current) {
-            sqlx::raw_sql(migration)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
+        for (version, migration) in (1_i64..).zip(MIGRATIONS.iter().copied()).skip(current) {
+            // A plain `&str` runs as a simple query: several statements at once. (Not
+            // `raw_sql`, whose future is not `Send` for every lifetime, so callers could not
+            // spawn `migrate`.)
+            (&mut *tx).execute(migration).await.map_err(map_err)?;
             sqlx::query("INSERT INTO portcullis_schema_version (version) VALUES ($1)")
-                .bind(i64::try_from(i + 1).unwrap_or(i64::MAX))
+                .bind(version)
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;

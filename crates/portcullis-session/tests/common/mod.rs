@@ -200,3 +200,31 @@ impl Proxy {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `host[:port]` as written in a test URL.
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    rest.split(['/', '?']).next().unwrap_or(rest)
+}
+
+/// `host:port` a test URL points at.
+pub fn target(url: &str, default_port: u16) -> String {
+    let hostport = authority(url);
+    if hostport.contains(':') {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:{default_port}")
+    }
+}
+
+/// The same URL, pointed at a local proxy port.
+pub fn through_proxy(url: &str, port: u16) -> String {
+    let hostport = authority(url);
+    let at = url.find(hostport).unwrap();
+    format!(
+        "{}127.0.0.1:{port}{}",
+        &url[..at],
+        &url[at + hostport.len()..]
+    )
+}
