@@ -13,8 +13,8 @@ use std::time::Duration;
 use portcullis::cookie::{CookieSettings, SameSite};
 use portcullis::csrf::AntiForgery;
 use portcullis::settings::{
-    ClientAuthSettings, GatewaySettings, NamedClientSettings, OidcSettings, RouteSettings, SessionSettings,
-    TokenPolicy, TokenSettings,
+    ClientAuthSettings, GatewaySettings, NamedClientSettings, OidcSettings, RouteSettings,
+    SessionSettings, TokenPolicy, TokenSettings,
 };
 use portcullis_token::Secret;
 use serde::de::DeserializeOwned;
@@ -163,20 +163,35 @@ pub enum KeySource {
 
 /// Reads and validates a configuration file. `Err` lists every problem found.
 pub fn load(path: &Path) -> Result<Config, Vec<String>> {
-    let text = std::fs::read_to_string(path).map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     parse(&text, &base_dir, &|name| std::env::var(name).ok())
 }
 
 /// Parses configuration text. Relative paths are taken from `base_dir`.
-pub fn parse(text: &str, base_dir: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<String>> {
+pub fn parse(
+    text: &str,
+    base_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<String>> {
     let mut errors = Vec::new();
     let table: toml::Table = match text.parse() {
         Ok(t) => t,
         Err(e) => return Err(vec![format!("not valid TOML: {e}")]),
     };
     for key in table.keys() {
-        if !["server", "oidc", "session", "anti_forgery", "tokens", "routes", "spa"].contains(&key.as_str()) {
+        if ![
+            "server",
+            "oidc",
+            "session",
+            "anti_forgery",
+            "tokens",
+            "routes",
+            "spa",
+        ]
+        .contains(&key.as_str())
+        {
             errors.push(format!("unknown key `{key}`"));
         }
     }
@@ -199,7 +214,13 @@ pub fn parse(text: &str, base_dir: &Path, env: &dyn Fn(&str) -> Option<String>) 
         Some(_) => errors.push("`routes` must be an array of tables ([[routes]])".into()),
     }
 
-    let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) };
+    let resolve = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base_dir.join(p)
+        }
+    };
     let mut warnings = Vec::new();
 
     // [server]
@@ -216,26 +237,52 @@ pub fn parse(text: &str, base_dir: &Path, env: &dyn Fn(&str) -> Option<String>) 
             None
         }
         Some(u) => match Url::parse(u) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() && url.query().is_none() => Some(url),
+            Ok(url)
+                if matches!(url.scheme(), "http" | "https")
+                    && url.host().is_some()
+                    && url.query().is_none() =>
+            {
+                Some(url)
+            }
             _ => {
-                errors.push(format!("server.public_url {u:?} must be an http(s) URL without query"));
+                errors.push(format!(
+                    "server.public_url {u:?} must be an http(s) URL without query"
+                ));
                 None
             }
         },
     };
-    let base_path = normalize_base(server.base_path.as_deref().unwrap_or("/bff"), "server.base_path", &mut errors);
-    let callback_path = path_setting(server.callback_path.as_deref().unwrap_or("/signin-oidc"), "server.callback_path", &mut errors);
+    let base_path = normalize_base(
+        server.base_path.as_deref().unwrap_or("/bff"),
+        "server.base_path",
+        &mut errors,
+    );
+    let callback_path = path_setting(
+        server.callback_path.as_deref().unwrap_or("/signin-oidc"),
+        "server.callback_path",
+        &mut errors,
+    );
     let signed_out_callback_path = path_setting(
-        server.signed_out_callback_path.as_deref().unwrap_or("/signout-callback-oidc"),
+        server
+            .signed_out_callback_path
+            .as_deref()
+            .unwrap_or("/signout-callback-oidc"),
         "server.signed_out_callback_path",
         &mut errors,
     );
-    let data_dir = resolve(server.data_dir.as_deref().unwrap_or(Path::new("portcullis-data")));
+    let data_dir = resolve(
+        server
+            .data_dir
+            .as_deref()
+            .unwrap_or(Path::new("portcullis-data")),
+    );
     let log_json = match server.log_format.as_deref() {
         None | Some("text") => false,
         Some("json") => true,
         Some(other) => {
-            errors.push(format!("server.log_format {other:?} must be \"text\" or \"json\""));
+            errors.push(format!(
+                "server.log_format {other:?} must be \"text\" or \"json\""
+            ));
             false
         }
     };
@@ -252,18 +299,25 @@ pub fn parse(text: &str, base_dir: &Path, env: &dyn Fn(&str) -> Option<String>) 
             errors.push("oidc.issuer is required".into());
             None
         }
-        Some(i) => match Url::parse(i) {
-            Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && portcullis::cookie::is_loopback_url(&u)) => {
-                if u.scheme() == "http" {
-                    warnings.push(format!("oidc.issuer {i} uses plain http (allowed for loopback development only)"));
+        Some(i) => {
+            match Url::parse(i) {
+                Ok(u)
+                    if u.scheme() == "https"
+                        || (u.scheme() == "http" && portcullis::cookie::is_loopback_url(&u)) =>
+                {
+                    if u.scheme() == "http" {
+                        warnings.push(format!("oidc.issuer {i} uses plain http (allowed for loopback development only)"));
+                    }
+                    Some(i.to_owned())
                 }
-                Some(i.to_owned())
+                _ => {
+                    errors.push(format!(
+                        "oidc.issuer {i:?} must be an https URL (http only for loopback hosts)"
+                    ));
+                    None
+                }
             }
-            _ => {
-                errors.push(format!("oidc.issuer {i:?} must be an https URL (http only for loopback hosts)"));
-                None
-            }
-        },
+        }
     };
     let client_id = oidc.client_id.clone().filter(|c| !c.is_empty());
     if client_id.is_none() {
@@ -290,26 +344,61 @@ pub fn parse(text: &str, base_dir: &Path, env: &dyn Fn(&str) -> Option<String>) 
     if !scopes.iter().any(|s| s == "offline_access") {
         warnings.push("oidc.scopes lacks \"offline_access\": most IdPs will not issue refresh tokens, sessions end when the access token expires".into());
     }
-    let clock_skew = duration(oidc.clock_skew.as_deref(), "oidc.clock_skew", Duration::from_secs(60), &mut errors);
-    let http_timeout = duration(oidc.timeout.as_deref(), "oidc.timeout", Duration::from_secs(10), &mut errors);
+    let clock_skew = duration(
+        oidc.clock_skew.as_deref(),
+        "oidc.clock_skew",
+        Duration::from_secs(60),
+        &mut errors,
+    );
+    let http_timeout = duration(
+        oidc.timeout.as_deref(),
+        "oidc.timeout",
+        Duration::from_secs(10),
+        &mut errors,
+    );
 
     // [session]
-    let store_url = session.store.clone().unwrap_or_else(|| format!("sqlite://{}", data_dir.join("sessions.db").display()));
+    let store_url = session
+        .store
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("sessions.db").display()));
     let store_url = match store_url.strip_prefix("sqlite://") {
-        Some(p) if !p.starts_with('/') && !p.starts_with(":memory:") => format!("sqlite://{}", resolve(Path::new(p)).display()),
+        Some(p) if !p.starts_with('/') && !p.starts_with(":memory:") => {
+            format!("sqlite://{}", resolve(Path::new(p)).display())
+        }
         _ => store_url,
     };
-    let idle_timeout = duration(session.idle_timeout.as_deref(), "session.idle_timeout", Duration::from_secs(8 * 3600), &mut errors);
-    let absolute_timeout = duration(session.absolute_timeout.as_deref(), "session.absolute_timeout", Duration::from_secs(7 * 86400), &mut errors);
+    let idle_timeout = duration(
+        session.idle_timeout.as_deref(),
+        "session.idle_timeout",
+        Duration::from_secs(8 * 3600),
+        &mut errors,
+    );
+    let absolute_timeout = duration(
+        session.absolute_timeout.as_deref(),
+        "session.absolute_timeout",
+        Duration::from_secs(7 * 86400),
+        &mut errors,
+    );
     if idle_timeout > absolute_timeout {
-        warnings.push("session.idle_timeout is longer than session.absolute_timeout; the absolute limit wins".into());
+        warnings.push(
+            "session.idle_timeout is longer than session.absolute_timeout; the absolute limit wins"
+                .into(),
+        );
     }
-    let same_site = match session.same_site.as_deref().map(str::to_ascii_lowercase).as_deref() {
+    let same_site = match session
+        .same_site
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         None | Some("strict") => SameSite::Strict,
         Some("lax") => SameSite::Lax,
         Some("none") => SameSite::None,
         Some(other) => {
-            errors.push(format!("session.same_site {other:?} must be strict, lax or none"));
+            errors.push(format!(
+                "session.same_site {other:?} must be strict, lax or none"
+            ));
             SameSite::Strict
         }
     };
@@ -317,12 +406,19 @@ pub fn parse(text: &str, base_dir: &Path, env: &dyn Fn(&str) -> Option<String>) 
         None | Some("401") | Some("unauthorized") => false,
         Some("null") => true,
         Some(other) => {
-            errors.push(format!("session.anonymous_user {other:?} must be \"401\" or \"null\""));
+            errors.push(format!(
+                "session.anonymous_user {other:?} must be \"401\" or \"null\""
+            ));
             false
         }
     };
     let keys = match (env(ENV_SESSION_KEYS), session.keys, session.keys_file) {
-        (Some(v), _, _) => KeySource::Inline(v.split(',').map(|s| Secret::new(s.trim())).filter(|s| !s.expose_secret().is_empty()).collect()),
+        (Some(v), _, _) => KeySource::Inline(
+            v.split(',')
+                .map(|s| Secret::new(s.trim()))
+                .filter(|s| !s.expose_secret().is_empty())
+                .collect(),
+        ),
         (None, Some(k), None) => KeySource::Inline(k.into_iter().map(Secret::new).collect()),
         (None, None, Some(f)) => KeySource::File(resolve(&f)),
         (None, None, None) => KeySource::File(data_dir.join("keys")),
@@ -344,11 +440,24 @@ pub fn parse(text: &str, base_dir: &Path, env: &dyn Fn(&str) -> Option<String>) 
     let session_settings = SessionSettings {
         idle_timeout,
         absolute_timeout,
-        partition: session.partition.clone().unwrap_or_else(|| "default".into()),
+        partition: session
+            .partition
+            .clone()
+            .unwrap_or_else(|| "default".into()),
         anonymous_user_is_null,
-        cleanup_interval: duration(session.cleanup_interval.as_deref(), "session.cleanup_interval", Duration::from_secs(300), &mut errors),
+        cleanup_interval: duration(
+            session.cleanup_interval.as_deref(),
+            "session.cleanup_interval",
+            Duration::from_secs(300),
+            &mut errors,
+        ),
         max_pending_logins: session.max_pending_logins.unwrap_or(5).clamp(1, 20),
-        login_timeout: duration(session.login_timeout.as_deref(), "session.login_timeout", Duration::from_secs(600), &mut errors),
+        login_timeout: duration(
+            session.login_timeout.as_deref(),
+            "session.login_timeout",
+            Duration::from_secs(600),
+            &mut errors,
+        ),
     };
     let cookies = public_url.as_ref().and_then(|u| {
         CookieSettings::for_public_url(u, session.cookie_name.as_deref(), same_site)
@@ -387,10 +496,14 @@ pub fn parse(text: &str, base_dir: &Path, env: &dyn Fn(&str) -> Option<String>) 
             &mut errors,
         );
         let token_endpoint = c.token_endpoint.as_deref().and_then(|u| {
-            Url::parse(u).map_err(|_| errors.push(format!("{ctx}.token_endpoint {u:?} is not a URL"))).ok()
+            Url::parse(u)
+                .map_err(|_| errors.push(format!("{ctx}.token_endpoint {u:?} is not a URL")))
+                .ok()
         });
         if c.name == portcullis::token::DEFAULT_CLIENT {
-            errors.push(format!("{ctx}.name \"default\" is reserved for the gateway's own client"));
+            errors.push(format!(
+                "{ctx}.name \"default\" is reserved for the gateway's own client"
+            ));
         }
         if let Some(auth) = auth {
             named_clients.push(NamedClientSettings {
@@ -405,8 +518,18 @@ pub fn parse(text: &str, base_dir: &Path, env: &dyn Fn(&str) -> Option<String>) 
         }
     }
     let token_settings = TokenSettings {
-        refresh_before_expiry: duration(tokens.refresh_before_expiry.as_deref(), "tokens.refresh_before_expiry", Duration::from_secs(60), &mut errors),
-        client_token_buffer: duration(tokens.client_token_buffer.as_deref(), "tokens.client_token_buffer", Duration::from_secs(60), &mut errors),
+        refresh_before_expiry: duration(
+            tokens.refresh_before_expiry.as_deref(),
+            "tokens.refresh_before_expiry",
+            Duration::from_secs(60),
+            &mut errors,
+        ),
+        client_token_buffer: duration(
+            tokens.client_token_buffer.as_deref(),
+            "tokens.client_token_buffer",
+            Duration::from_secs(60),
+            &mut errors,
+        ),
         clients: named_clients,
     };
 
@@ -414,36 +537,71 @@ pub fn parse(text: &str, base_dir: &Path, env: &dyn Fn(&str) -> Option<String>) 
     let mut routes: Vec<RouteSettings> = Vec::new();
     for (i, r) in raw_routes.into_iter().enumerate() {
         let ctx = format!("routes[{i}]");
-        let path = path_setting(r.path.trim_end_matches('/'), &format!("{ctx}.path"), &mut errors);
+        let path = path_setting(
+            r.path.trim_end_matches('/'),
+            &format!("{ctx}.path"),
+            &mut errors,
+        );
         if path.is_empty() || path == "/" {
             errors.push(format!("{ctx}.path must not be the root"));
         }
-        for reserved in [base_path.as_str(), callback_path.as_str(), signed_out_callback_path.as_str(), "/healthz", "/readyz"] {
-            let reserved = if reserved.is_empty() { continue } else { reserved };
-            if path == reserved || path.starts_with(&format!("{reserved}/")) || reserved.starts_with(&format!("{path}/")) {
-                errors.push(format!("{ctx}.path {path} overlaps the gateway's own endpoint {reserved}"));
+        for reserved in [
+            base_path.as_str(),
+            callback_path.as_str(),
+            signed_out_callback_path.as_str(),
+            "/healthz",
+            "/readyz",
+        ] {
+            let reserved = if reserved.is_empty() {
+                continue;
+            } else {
+                reserved
+            };
+            if path == reserved
+                || path.starts_with(&format!("{reserved}/"))
+                || reserved.starts_with(&format!("{path}/"))
+            {
+                errors.push(format!(
+                    "{ctx}.path {path} overlaps the gateway's own endpoint {reserved}"
+                ));
             }
         }
         if routes.iter().any(|o| o.path == path) {
             errors.push(format!("{ctx}.path {path} is defined twice"));
         }
         let upstream = match Url::parse(&r.upstream) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.query().is_none() && u.fragment().is_none() => Some(u),
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.query().is_none()
+                    && u.fragment().is_none() =>
+            {
+                Some(u)
+            }
             _ => {
-                errors.push(format!("{ctx}.upstream {:?} must be an http(s) URL without query or fragment", r.upstream));
+                errors.push(format!(
+                    "{ctx}.upstream {:?} must be an http(s) URL without query or fragment",
+                    r.upstream
+                ));
                 None
             }
         };
         let token = match TokenPolicy::parse(r.token.as_deref().unwrap_or("user")) {
             Some(t) => t,
             None => {
-                errors.push(format!("{ctx}.token must be one of none, user, user_or_none, client, user_or_client"));
+                errors.push(format!(
+                    "{ctx}.token must be one of none, user, user_or_none, client, user_or_client"
+                ));
                 TokenPolicy::User
             }
         };
         if let Some(client) = &r.client {
-            if client != portcullis::token::DEFAULT_CLIENT && !token_settings.clients.iter().any(|c| &c.name == client) {
-                errors.push(format!("{ctx}.client {client:?} is not defined in [[tokens.clients]]"));
+            if client != portcullis::token::DEFAULT_CLIENT
+                && !token_settings.clients.iter().any(|c| &c.name == client)
+            {
+                errors.push(format!(
+                    "{ctx}.client {client:?} is not defined in [[tokens.clients]]"
+                ));
             }
         }
         let anti_forgery = r.anti_forgery.unwrap_or(true);
@@ -452,8 +610,20 @@ pub fn parse(text: &str, base_dir: &Path, env: &dyn Fn(&str) -> Option<String>) 
                 "INSECURE: {ctx} ({path}) has anti_forgery = false: cross-site requests can reach this API with the user's session"
             ));
         }
-        let refresh = r.refresh_before_expiry.as_deref().map(|d| duration(Some(d), &format!("{ctx}.refresh_before_expiry"), Duration::ZERO, &mut errors));
-        let timeout = duration(r.timeout.as_deref(), &format!("{ctx}.timeout"), Duration::from_secs(30), &mut errors);
+        let refresh = r.refresh_before_expiry.as_deref().map(|d| {
+            duration(
+                Some(d),
+                &format!("{ctx}.refresh_before_expiry"),
+                Duration::ZERO,
+                &mut errors,
+            )
+        });
+        let timeout = duration(
+            r.timeout.as_deref(),
+            &format!("{ctx}.timeout"),
+            Duration::from_secs(30),
+            &mut errors,
+        );
         if let Some(upstream) = upstream {
             routes.push(RouteSettings {
                 path,
@@ -481,8 +651,14 @@ pub fn parse(text: &str, base_dir: &Path, env: &dyn Fn(&str) -> Option<String>) 
         return Err(errors);
     }
     // All required values are present when no error was recorded.
-    let (Some(public_url), Some(issuer), Some(client_id), Some(client_auth), Some(cookies), Some(listen)) =
-        (public_url, issuer, client_id, client_auth, cookies, listen)
+    let (
+        Some(public_url),
+        Some(issuer),
+        Some(client_id),
+        Some(client_auth),
+        Some(cookies),
+        Some(listen),
+    ) = (public_url, issuer, client_id, client_auth, cookies, listen)
     else {
         return Err(vec!["incomplete configuration".into()]);
     };
@@ -497,12 +673,18 @@ pub fn parse(text: &str, base_dir: &Path, env: &dyn Fn(&str) -> Option<String>) 
                 client_id,
                 client_auth,
                 scopes,
-                extra_authorize_params: oidc.extra_authorize_params.unwrap_or_default().into_iter().collect(),
+                extra_authorize_params: oidc
+                    .extra_authorize_params
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
                 resource: oidc.resource,
                 revoke_refresh_token_on_logout: oidc.revoke_refresh_token_on_logout.unwrap_or(true),
                 clock_skew,
                 fetch_userinfo: oidc.fetch_userinfo.unwrap_or(false),
-                backchannel_logout_all_sessions: oidc.backchannel_logout_all_sessions.unwrap_or(false),
+                backchannel_logout_all_sessions: oidc
+                    .backchannel_logout_all_sessions
+                    .unwrap_or(false),
                 http_timeout,
             },
             session: session_settings,
@@ -526,7 +708,11 @@ pub fn parse(text: &str, base_dir: &Path, env: &dyn Fn(&str) -> Option<String>) 
 }
 
 /// Deserializes one top-level table, recording unknown keys and type errors.
-fn section<T: DeserializeOwned>(table: &toml::Table, name: &str, errors: &mut Vec<String>) -> Option<T> {
+fn section<T: DeserializeOwned>(
+    table: &toml::Table,
+    name: &str,
+    errors: &mut Vec<String>,
+) -> Option<T> {
     let v = table.get(name)?.clone();
     value(v, name, errors)
 }
@@ -545,14 +731,20 @@ fn duration(v: Option<&str>, name: &str, default: Duration, errors: &mut Vec<Str
     match v {
         None => default,
         Some(s) => humantime::parse_duration(s).unwrap_or_else(|_| {
-            errors.push(format!("{name} {s:?} is not a duration like \"30s\", \"8h\" or \"7d\""));
+            errors.push(format!(
+                "{name} {s:?} is not a duration like \"30s\", \"8h\" or \"7d\""
+            ));
             default
         }),
     }
 }
 
 fn path_setting(p: &str, name: &str, errors: &mut Vec<String>) -> String {
-    if !p.starts_with('/') || p.contains("//") || p.contains(['?', '#', '{', '}', '*', ' ']) || p.split('/').any(|s| s == "." || s == "..") {
+    if !p.starts_with('/')
+        || p.contains("//")
+        || p.contains(['?', '#', '{', '}', '*', ' '])
+        || p.split('/').any(|s| s == "." || s == "..")
+    {
         errors.push(format!("{name} {p:?} must be an absolute path like /api"));
     }
     p.to_owned()
@@ -579,10 +771,16 @@ fn client_auth_settings(
     key_kid: Option<String>,
     errors: &mut Vec<String>,
 ) -> Option<ClientAuthSettings> {
-    let method = method.unwrap_or(if key_file.is_some() { "private_key_jwt" } else { "client_secret_basic" });
+    let method = method.unwrap_or(if key_file.is_some() {
+        "private_key_jwt"
+    } else {
+        "client_secret_basic"
+    });
     if method == "private_key_jwt" {
         let Some(file) = key_file else {
-            errors.push(format!("{ctx}.client_auth = private_key_jwt needs {ctx}.private_key_file"));
+            errors.push(format!(
+                "{ctx}.client_auth = private_key_jwt needs {ctx}.private_key_file"
+            ));
             return None;
         };
         let pem = match std::fs::read_to_string(&file) {
@@ -594,10 +792,16 @@ fn client_auth_settings(
         };
         let alg = key_alg.unwrap_or("RS256");
         if !["RS256", "PS256", "ES256", "EdDSA"].contains(&alg) {
-            errors.push(format!("{ctx}.private_key_alg {alg:?} must be RS256, PS256, ES256 or EdDSA"));
+            errors.push(format!(
+                "{ctx}.private_key_alg {alg:?} must be RS256, PS256, ES256 or EdDSA"
+            ));
             return None;
         }
-        return Some(ClientAuthSettings::PrivateKeyJwt { key_pem: Secret::new(pem), alg: alg.to_owned(), kid: key_kid });
+        return Some(ClientAuthSettings::PrivateKeyJwt {
+            key_pem: Secret::new(pem),
+            alg: alg.to_owned(),
+            kid: key_kid,
+        });
     }
     let secret = match (secret_env, secret_file, secret) {
         (Some(s), _, _) => Some(s),
@@ -612,7 +816,9 @@ fn client_auth_settings(
         (None, None, None) => None,
     };
     let Some(secret) = secret.filter(|s| !s.is_empty()) else {
-        errors.push(format!("{ctx}.client_secret (or client_secret_file, or {ENV_CLIENT_SECRET}) is required"));
+        errors.push(format!(
+            "{ctx}.client_secret (or client_secret_file, or {ENV_CLIENT_SECRET}) is required"
+        ));
         return None;
     };
     match method {
@@ -655,7 +861,10 @@ token = "user"
         assert_eq!(c.gateway.base_path, "/bff");
         assert!(c.gateway.routes[0].anti_forgery);
         assert!(c.gateway.oidc.revoke_refresh_token_on_logout);
-        assert_eq!(c.store_url, "sqlite:///etc/portcullis/portcullis-data/sessions.db");
+        assert_eq!(
+            c.store_url,
+            "sqlite:///etc/portcullis/portcullis-data/sessions.db"
+        );
         assert!(!format!("{:?}", c.gateway).contains("s3cret"));
     }
 
@@ -679,7 +888,15 @@ token = "admin"
 "#;
         let errors = parse(text, Path::new("/"), &no_env).unwrap_err();
         let joined = errors.join("\n");
-        for needle in ["typo_section", "listen", "oidc", "idle_timeout", "upstream", "token must be", "overlaps"] {
+        for needle in [
+            "typo_section",
+            "listen",
+            "oidc",
+            "idle_timeout",
+            "upstream",
+            "token must be",
+            "overlaps",
+        ] {
             assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
         }
         assert!(errors.len() >= 6, "{errors:#?}");
@@ -689,7 +906,10 @@ token = "admin"
     fn unknown_keys_are_errors_not_ignored() {
         let text = MINIMAL.replace("token = \"user\"", "token = \"user\"\nanti_forgrey = false");
         let errors = parse(&text, Path::new("/"), &no_env).unwrap_err();
-        assert!(errors.iter().any(|e| e.contains("anti_forgrey")), "{errors:?}");
+        assert!(
+            errors.iter().any(|e| e.contains("anti_forgrey")),
+            "{errors:?}"
+        );
     }
 
     #[test]
@@ -708,7 +928,13 @@ token = "admin"
     fn base_path_slash_and_trailing_slash_are_tolerated() {
         for (given, want) in [("/", ""), ("/bff/", "/bff"), ("/auth", "/auth")] {
             let text = MINIMAL.replace("[oidc]", &format!("base_path = \"{given}\"\n[oidc]"));
-            assert_eq!(parse(&text, Path::new("/"), &no_env).unwrap().gateway.base_path, want);
+            assert_eq!(
+                parse(&text, Path::new("/"), &no_env)
+                    .unwrap()
+                    .gateway
+                    .base_path,
+                want
+            );
         }
     }
 

@@ -17,16 +17,21 @@ pub fn default_key_id() -> String {
 pub fn load_or_create(path: &Path) -> Result<KeyRing, String> {
     if !path.exists() {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        write_private(path, &format!("{}\n", Key::generate_spec(&default_key_id())))?;
+        write_private(
+            path,
+            &format!("{}\n", Key::generate_spec(&default_key_id())),
+        )?;
         tracing::info!(path = %path.display(), "generated a new session key file");
     }
     read(path)
 }
 
 pub fn read(path: &Path) -> Result<KeyRing, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
     let keys = text
         .lines()
         .map(str::trim)
@@ -45,7 +50,12 @@ pub fn rotate(path: &Path, keep: Option<usize>) -> Result<String, String> {
         id.push('x');
     }
     let mut lines = vec![Key::generate_spec(&id)];
-    lines.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned));
+    lines.extend(
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned),
+    );
     if let Some(k) = keep {
         lines.truncate(k.max(1));
     }
@@ -62,7 +72,9 @@ fn write_private(path: &Path, content: &str) -> Result<(), String> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut f = options.open(&tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    let mut f = options
+        .open(&tmp)
+        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
     f.write_all(content.as_bytes()).map_err(|e| e.to_string())?;
     f.sync_all().map_err(|e| e.to_string())?;
     std::fs::rename(&tmp, path).map_err(|e| format!("cannot replace {}: {e}", path.display()))

@@ -16,7 +16,11 @@ const EXIT_CONFIG: u8 = 64;
 const EXIT_UNAVAILABLE: u8 = 69;
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "Backend-for-Frontend security gateway")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Backend-for-Frontend security gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -100,7 +104,9 @@ fn main() -> ExitCode {
             };
             let result = runtime().and_then(|rt| {
                 rt.block_on(async {
-                    portcullis_session::connect(&cfg.store_url).await.map_err(|e| e.to_string())?;
+                    portcullis_session::connect(&cfg.store_url)
+                        .await
+                        .map_err(|e| e.to_string())?;
                     Ok(())
                 })
             });
@@ -143,7 +149,12 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 fn report_config_errors(path: &std::path::Path, errors: &[String]) -> ExitCode {
-    eprintln!("{}: invalid configuration ({} error{}):", path.display(), errors.len(), if errors.len() == 1 { "" } else { "s" });
+    eprintln!(
+        "{}: invalid configuration ({} error{}):",
+        path.display(),
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    );
     for e in errors {
         eprintln!("  - {e}");
     }

@@ -13,7 +13,9 @@ use crate::keyfile;
 pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -37,20 +39,27 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         KeySource::File(path) => keyfile::load_or_create(path)?,
     };
     if cfg.store_url.starts_with("sqlite:") {
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
     }
     let store = portcullis_session::connect(&cfg.store_url)
         .await
         .map_err(|e| format!("session store: {e}"))?;
     tracing::info!(store = store.kind(), "session store connected");
-    let gateway = Gateway::new(cfg.gateway, store, keys, Arc::new(portcullis_token::SystemClock))?;
+    let gateway = Gateway::new(
+        cfg.gateway,
+        store,
+        keys,
+        Arc::new(portcullis_token::SystemClock),
+    )?;
     let cleanup = gateway.sessions().spawn_cleanup();
     // Warm the discovery cache; failure is not fatal (the IdP may start after us).
     if let Err(e) = gateway.provider().metadata().await {
         tracing::warn!(error = %e, "identity provider discovery failed at start-up; will retry on demand");
     }
     let fallback = cfg.spa_dir.as_ref().map(|dir| {
-        Router::new().fallback_service(ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html"))))
+        Router::new()
+            .fallback_service(ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html"))))
     });
     let app = gateway
         .router(fallback)
@@ -65,10 +74,13 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     if let Some((cert, key)) = &cfg.tls {
         crate::serve::tls::serve(listener, app, cert, key).await?;
     } else {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(|e| format!("server error: {e}"))?;
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
     }
     cleanup.abort();
     tracing::info!("portcullis stopped");
@@ -108,7 +120,12 @@ mod tls {
     use hyper_util::service::TowerToHyperService;
     use tokio_rustls::TlsAcceptor;
 
-    pub async fn serve(listener: tokio::net::TcpListener, app: Router, cert: &Path, key: &Path) -> Result<(), String> {
+    pub async fn serve(
+        listener: tokio::net::TcpListener,
+        app: Router,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<(), String> {
         let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
             std::fs::File::open(cert).map_err(|e| format!("{}: {e}", cert.display()))?,
         ))
@@ -138,7 +155,9 @@ mod tls {
             let acceptor = acceptor.clone();
             let app = app.clone().layer(axum::Extension(ConnectInfo(peer)));
             tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(tcp).await else { return };
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let service = TowerToHyperService::new(app);
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)

@@ -2,6 +2,8 @@
 //! SPA served by the gateway, login through the IdP's form, the user's name from
 //! `/bff/user`, an API result, and logout. Also checks that no token reaches the page.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
 mod common;
 
 use common::*;
@@ -13,7 +15,12 @@ async fn browser_logs_in_calls_the_api_and_logs_out() {
     let idp = Idp::start(&[origin], IdpOptions::default()).await;
     let api = Api::start(&idp.issuer).await;
     let spa = repo_root().join("examples/spa");
-    let config = default_config(port, &idp.issuer, &api.url, &format!("[spa]\ndir = \"{}\"\n", spa.display()));
+    let config = default_config(
+        port,
+        &idp.issuer,
+        &api.url,
+        &format!("[spa]\ndir = \"{}\"\n", spa.display()),
+    );
     let gw = Gateway::start(port, &config).await;
     let shot = gw.dir.join("failure.png");
     let out = tokio::time::timeout(
@@ -34,7 +41,14 @@ async fn browser_logs_in_calls_the_api_and_logs_out() {
     .expect("node runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "browser e2e failed (screenshot: {})", shot.display());
-    assert!(stdout.contains("ok - "), "the browser script reported its steps");
+    assert!(
+        out.status.success(),
+        "browser e2e failed (screenshot: {})",
+        shot.display()
+    );
+    assert!(
+        stdout.contains("ok - "),
+        "the browser script reported its steps"
+    );
     assert!(!stdout.contains("not ok"));
 }

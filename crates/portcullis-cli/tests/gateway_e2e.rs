@@ -1,6 +1,8 @@
 //! End-to-end: the real `portcullis` binary against the real `oidc-provider`, a JWT-checking
 //! upstream API and a cookie-jar HTTP client.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
 mod common;
 
 use common::*;
@@ -12,11 +14,21 @@ use serde_json::{json, Value};
 /// returns the final URL the browser lands on.
 async fn logout_via_idp(b: &Browser, gw: &Gateway, logout_url: &str) -> String {
     let r = b.get(&gw.url(logout_url)).await;
-    assert_eq!(r.status(), StatusCode::FOUND, "logout must redirect to the IdP");
+    assert_eq!(
+        r.status(),
+        StatusCode::FOUND,
+        "logout must redirect to the IdP"
+    );
     let cleared = set_cookies(&r);
-    assert!(cleared.iter().any(|c| c.starts_with("bff-auth=;")), "session cookie cleared: {cleared:?}");
+    assert!(
+        cleared.iter().any(|c| c.starts_with("bff-auth=;")),
+        "session cookie cleared: {cleared:?}"
+    );
     let end_session = r.headers()[LOCATION].to_str().unwrap().to_owned();
-    assert!(query_param(&end_session, "id_token_hint").is_some(), "id_token_hint sent");
+    assert!(
+        query_param(&end_session, "id_token_hint").is_some(),
+        "id_token_hint sent"
+    );
     assert_eq!(
         query_param(&end_session, "post_logout_redirect_uri").as_deref(),
         Some(gw.url("/signout-callback-oidc").as_str())
@@ -27,9 +39,16 @@ async fn logout_via_idp(b: &Browser, gw: &Gateway, logout_url: &str) -> String {
     let action = resolve(&end_session, &form_action(&html).expect("logout form"));
     let fields = form_inputs(&html);
     let r = b.http.post(&action).form(&fields).send().await.unwrap();
-    assert!(r.status().is_redirection(), "IdP logout confirm answered {}", r.status());
+    assert!(
+        r.status().is_redirection(),
+        "IdP logout confirm answered {}",
+        r.status()
+    );
     let back = resolve(&action, r.headers()[LOCATION].to_str().unwrap());
-    assert!(back.starts_with(&gw.url("/signout-callback-oidc")), "IdP returns to the signed-out callback: {back}");
+    assert!(
+        back.starts_with(&gw.url("/signout-callback-oidc")),
+        "IdP returns to the signed-out callback: {back}"
+    );
     let r = b.get(&back).await;
     assert_eq!(r.status(), StatusCode::FOUND);
     resolve(&back, r.headers()[LOCATION].to_str().unwrap())
@@ -45,22 +64,47 @@ async fn login_user_api_logout_against_a_real_idp() {
     let r = b.login(gw, "alice").await;
     assert_eq!(r.headers()[LOCATION], "/");
     let cookies = set_cookies(&r);
-    let session_cookie = cookies.iter().find(|c| c.starts_with("bff-auth=")).expect("session cookie set");
+    let session_cookie = cookies
+        .iter()
+        .find(|c| c.starts_with("bff-auth="))
+        .expect("session cookie set");
     for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
-        assert!(session_cookie.contains(attr), "{session_cookie} lacks {attr}");
+        assert!(
+            session_cookie.contains(attr),
+            "{session_cookie} lacks {attr}"
+        );
     }
-    assert!(cookies.iter().any(|c| c.starts_with("bff-login.") && c.contains("Max-Age=0")), "login cookie cleaned up");
+    assert!(
+        cookies
+            .iter()
+            .any(|c| c.starts_with("bff-login.") && c.contains("Max-Age=0")),
+        "login cookie cleaned up"
+    );
 
     let claims = b.user(gw).await.expect("logged in");
     assert_eq!(claim(&claims, "sub"), Some(&json!("alice")));
     assert_eq!(claim(&claims, "name"), Some(&json!("Alice Smith")));
-    let sid = claim(&claims, "sid").and_then(Value::as_str).expect("sid claim").to_owned();
-    let logout_url = claim(&claims, "bff:logout_url").and_then(Value::as_str).unwrap().to_owned();
-    assert_eq!(logout_url, format!("/bff/logout?sid={}", urlencode(&sid)).replace('+', "%20"));
-    let expires_in = claim(&claims, "bff:session_expires_in").and_then(Value::as_i64).unwrap();
+    let sid = claim(&claims, "sid")
+        .and_then(Value::as_str)
+        .expect("sid claim")
+        .to_owned();
+    let logout_url = claim(&claims, "bff:logout_url")
+        .and_then(Value::as_str)
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        logout_url,
+        format!("/bff/logout?sid={}", urlencode(&sid)).replace('+', "%20")
+    );
+    let expires_in = claim(&claims, "bff:session_expires_in")
+        .and_then(Value::as_i64)
+        .unwrap();
     assert!(expires_in > 3500 && expires_in <= 3600, "{expires_in}");
     for (t, v) in &claims {
-        assert!(!v.to_string().contains("eyJ"), "a token leaked into /bff/user claim {t}");
+        assert!(
+            !v.to_string().contains("eyJ"),
+            "a token leaked into /bff/user claim {t}"
+        );
     }
 
     // API call: the upstream verified the JWT against the IdP's keys and saw alice.
@@ -69,7 +113,10 @@ async fn login_user_api_logout_against_a_real_idp() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["sub"], "alice");
     let seen = &body["received_headers"];
-    assert!(seen.get("cookie").is_none(), "browser cookies reached the upstream: {seen}");
+    assert!(
+        seen.get("cookie").is_none(),
+        "browser cookies reached the upstream: {seen}"
+    );
     assert_eq!(seen["x-csrf"], "1");
     assert_eq!(seen["x-forwarded-prefix"], "/api");
     assert_eq!(seen["x-forwarded-host"], format!("127.0.0.1:{}", gw.port));
@@ -78,7 +125,11 @@ async fn login_user_api_logout_against_a_real_idp() {
     let final_url = logout_via_idp(&b, gw, &logout_url).await;
     assert_eq!(final_url, gw.url("/"));
     assert!(b.user(gw).await.is_none(), "logged out");
-    assert_eq!(idp.active_refresh_tokens("alice").await, 0, "refresh token revoked at the IdP");
+    assert_eq!(
+        idp.active_refresh_tokens("alice").await,
+        0,
+        "refresh token revoked at the IdP"
+    );
     assert!(idp.stats().await["revocations"].as_u64().unwrap() >= 1);
     let r = b.get_csrf(&gw.url("/api/whoami")).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
@@ -91,7 +142,14 @@ async fn anti_forgery_is_enforced_on_user_and_every_api_route() {
     let b = Browser::new();
     b.login(gw, "alice").await;
     let before = stack.api.requests().await;
-    for path in ["/bff/user", "/api/whoami", "/api-none/echo", "/api-optional/echo", "/api-client/echo", "/api-either/echo"] {
+    for path in [
+        "/bff/user",
+        "/api/whoami",
+        "/api-none/echo",
+        "/api-optional/echo",
+        "/api-client/echo",
+        "/api-either/echo",
+    ] {
         for headers in [vec![], vec![("x-csrf", "0")], vec![("x-csrf", "")]] {
             let mut req = b.http.get(gw.url(path));
             for (n, v) in &headers {
@@ -107,7 +165,11 @@ async fn anti_forgery_is_enforced_on_user_and_every_api_route() {
         }
     }
     // +1: the API counts the /stats request itself.
-    assert_eq!(stack.api.requests().await, before + 1, "nothing was forwarded");
+    assert_eq!(
+        stack.api.requests().await,
+        before + 1,
+        "nothing was forwarded"
+    );
 }
 
 #[tokio::test]
@@ -115,16 +177,28 @@ async fn bad_return_urls_are_refused_with_a_problem_body() {
     let stack = Stack::start().await;
     let gw = &stack.gw;
     let b = Browser::new();
-    for bad in ["//evil.example", "https://evil.example", "/\\evil.example", "/\t/evil.example", "/%09/x", "/ok\r\nx", "relative"] {
+    for bad in [
+        "//evil.example",
+        "https://evil.example",
+        "/\\evil.example",
+        "/\t/evil.example",
+        "/%09/x",
+        "/ok\r\nx",
+        "relative",
+    ] {
         for endpoint in ["/bff/login", "/bff/logout"] {
-            let r = b.get(&gw.url(&format!("{endpoint}?returnUrl={}", urlencode(bad)))).await;
+            let r = b
+                .get(&gw.url(&format!("{endpoint}?returnUrl={}", urlencode(bad))))
+                .await;
             assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{endpoint} {bad:?}");
             let body: Value = r.json().await.unwrap();
             assert_eq!(body["status"], 400);
             assert!(body["errors"]["returnUrl"].is_array(), "{body}");
         }
     }
-    let r = b.get(&gw.url("/bff/login?returnUrl=/ok&returnUrl=/other")).await;
+    let r = b
+        .get(&gw.url("/bff/login?returnUrl=/ok&returnUrl=/other"))
+        .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST, "duplicated returnUrl");
     let r = b.get(&gw.url("/bff/login?prompt=bogus")).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST, "unsupported prompt");
@@ -155,7 +229,12 @@ async fn logout_with_a_wrong_sid_keeps_the_user_logged_in() {
 async fn tampered_or_unknown_session_cookie_is_cleared_and_anonymous() {
     let stack = Stack::start().await;
     let gw = &stack.gw;
-    for value in ["garbage", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "../../etc/passwd", &"x".repeat(5000)] {
+    for value in [
+        "garbage",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "../../etc/passwd",
+        &"x".repeat(5000),
+    ] {
         let r = reqwest::Client::new()
             .get(gw.url("/bff/user"))
             .header("x-csrf", "1")
@@ -164,19 +243,31 @@ async fn tampered_or_unknown_session_cookie_is_cleared_and_anonymous() {
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{value}");
-        assert!(set_cookies(&r).iter().any(|c| c.starts_with("bff-auth=;") && c.contains("Max-Age=0")), "stale cookie cleared");
+        assert!(
+            set_cookies(&r)
+                .iter()
+                .any(|c| c.starts_with("bff-auth=;") && c.contains("Max-Age=0")),
+            "stale cookie cleared"
+        );
     }
     // A real session id with one character changed.
     let b = Browser::new();
     b.login(gw, "alice").await;
     let header = b.cookie_header(&gw.origin);
-    let id = header.split("; ").find_map(|c| c.strip_prefix("bff-auth=")).unwrap().to_owned();
+    let id = header
+        .split("; ")
+        .find_map(|c| c.strip_prefix("bff-auth="))
+        .unwrap()
+        .to_owned();
     let mut forged = id.clone().into_bytes();
     forged[10] = if forged[10] == b'A' { b'B' } else { b'A' };
     let r = reqwest::Client::new()
         .get(gw.url("/bff/user"))
         .header("x-csrf", "1")
-        .header("cookie", format!("bff-auth={}", String::from_utf8(forged).unwrap()))
+        .header(
+            "cookie",
+            format!("bff-auth={}", String::from_utf8(forged).unwrap()),
+        )
         .send()
         .await
         .unwrap();
@@ -192,7 +283,10 @@ async fn callback_rejects_replayed_unknown_state_wrong_iss_and_tampered_id_token
     let b = Browser::new();
     let r = b.get(&gw.url("/signin-oidc?code=x&state=unknown")).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
     let r = b.get(&gw.url("/signin-oidc?code=x&state=a&state=b")).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST, "duplicated state");
 
@@ -203,12 +297,18 @@ async fn callback_rejects_replayed_unknown_state_wrong_iss_and_tampered_id_token
     assert_ne!(evil, callback);
     let r = b.get(&evil).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    assert!(!set_cookies(&r).iter().any(|c| c.starts_with("bff-auth=") && !c.contains("Max-Age=0")));
+    assert!(!set_cookies(&r)
+        .iter()
+        .any(|c| c.starts_with("bff-auth=") && !c.contains("Max-Age=0")));
     assert!(b.user(gw).await.is_none());
 
     // Replayed state: the transaction was consumed by the first attempt.
     let r = b.get(&callback).await;
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "replayed state after a failed attempt");
+    assert_eq!(
+        r.status(),
+        StatusCode::BAD_REQUEST,
+        "replayed state after a failed attempt"
+    );
 
     // Tampered ID token signature.
     let b = Browser::new();
@@ -223,7 +323,11 @@ async fn callback_rejects_replayed_unknown_state_wrong_iss_and_tampered_id_token
     idp.control("wrong-iss-next-id-token", json!({})).await;
     let callback = b.login_until_callback(gw, "alice", "/").await;
     let r = b.get(&callback).await;
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "ID token from another issuer");
+    assert_eq!(
+        r.status(),
+        StatusCode::BAD_REQUEST,
+        "ID token from another issuer"
+    );
     assert!(b.user(gw).await.is_none());
 
     // Success, then a replay of the same callback while logged in: redirect home.
@@ -257,7 +361,11 @@ async fn several_tabs_can_log_in_at_once_and_pending_logins_are_capped() {
         let r = b.get(&gw.url("/bff/login")).await;
         assert_eq!(r.status(), StatusCode::FOUND);
     }
-    let pending = b.cookie_header(&gw.origin).split("; ").filter(|c| c.starts_with("bff-login.")).count();
+    let pending = b
+        .cookie_header(&gw.origin)
+        .split("; ")
+        .filter(|c| c.starts_with("bff-login."))
+        .count();
     assert!(pending <= 5, "{pending} pending login cookies");
 }
 
@@ -268,7 +376,10 @@ async fn sessions_survive_a_gateway_restart_on_sqlite() {
     b.login(&stack.gw, "alice").await;
     assert!(b.user(&stack.gw).await.is_some());
     stack.gw.restart().await;
-    let claims = b.user(&stack.gw).await.expect("session survived the restart");
+    let claims = b
+        .user(&stack.gw)
+        .await
+        .expect("session survived the restart");
     assert_eq!(claim(&claims, "sub"), Some(&json!("alice")));
     let r = b.get_csrf(&stack.gw.url("/api/whoami")).await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -278,7 +389,10 @@ async fn sessions_survive_a_gateway_restart_on_sqlite() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(keyfile).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(keyfile).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 }
 
@@ -288,27 +402,58 @@ async fn token_policies_none_optional_client_and_either() {
     let gw = &stack.gw;
     let anon = Browser::new();
     // none: forwarded without a token, for anyone.
-    let v: Value = anon.get_csrf(&gw.url("/api-none/echo")).await.json().await.unwrap();
+    let v: Value = anon
+        .get_csrf(&gw.url("/api-none/echo"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert!(v["headers"].get("authorization").is_none());
     // user: anonymous → 401, not forwarded.
-    assert_eq!(anon.get_csrf(&gw.url("/api/whoami")).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        anon.get_csrf(&gw.url("/api/whoami")).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
     // user_or_none: anonymous → forwarded without token.
-    let v: Value = anon.get_csrf(&gw.url("/api-optional/echo")).await.json().await.unwrap();
+    let v: Value = anon
+        .get_csrf(&gw.url("/api-optional/echo"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert!(v["headers"].get("authorization").is_none());
     // client: a client-credentials token, verified by the API.
     let r = anon.get_csrf(&gw.url("/api-client/whoami")).await;
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["client_id"], CLIENT_ID);
-    assert!(v["sub"].is_null() || v["sub"] == CLIENT_ID, "client token has no user: {v}");
+    assert!(
+        v["sub"].is_null() || v["sub"] == CLIENT_ID,
+        "client token has no user: {v}"
+    );
     // user_or_client: anonymous → client token; logged in → user token.
-    let v: Value = anon.get_csrf(&gw.url("/api-either/whoami")).await.json().await.unwrap();
+    let v: Value = anon
+        .get_csrf(&gw.url("/api-either/whoami"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_ne!(v["sub"], "alice");
     let b = Browser::new();
     b.login(gw, "alice").await;
-    let v: Value = b.get_csrf(&gw.url("/api-either/whoami")).await.json().await.unwrap();
+    let v: Value = b
+        .get_csrf(&gw.url("/api-either/whoami"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["sub"], "alice");
-    let v: Value = b.get_csrf(&gw.url("/api-optional/whoami")).await.json().await.unwrap();
+    let v: Value = b
+        .get_csrf(&gw.url("/api-optional/whoami"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["sub"], "alice");
 }
 
@@ -333,39 +478,76 @@ token = "none"
     let gw = &stack.gw;
     let b = Browser::new();
     // Timeout → 504; unreachable → 502.
-    assert_eq!(b.get_csrf(&gw.url("/api-slow/slow?ms=3000")).await.status(), StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(b.get_csrf(&gw.url("/api-dead/x")).await.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        b.get_csrf(&gw.url("/api-slow/slow?ms=3000")).await.status(),
+        StatusCode::GATEWAY_TIMEOUT
+    );
+    assert_eq!(
+        b.get_csrf(&gw.url("/api-dead/x")).await.status(),
+        StatusCode::BAD_GATEWAY
+    );
     // Upstream statuses pass through.
     for code in [401u16, 403, 404, 418, 500] {
-        let r = b.get_csrf(&gw.url(&format!("/api-none/status/{code}"))).await;
+        let r = b
+            .get_csrf(&gw.url(&format!("/api-none/status/{code}")))
+            .await;
         assert_eq!(r.status().as_u16(), code);
     }
     // Dot segments cannot climb out of the upstream's base path.
     // (Raw requests: an HTTP client library would normalise these paths itself.)
-    for path in ["/api-none/../admin", "/api-none/%2e%2e/admin", "/api-none/a/%2E%2E/%2e%2e/x", "/api-none/..%5cadmin"] {
-        let head = raw_request(gw.port, &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-CSRF: 1\r\nConnection: close\r\n\r\n")).await;
+    for path in [
+        "/api-none/../admin",
+        "/api-none/%2e%2e/admin",
+        "/api-none/a/%2E%2E/%2e%2e/x",
+        "/api-none/..%5cadmin",
+    ] {
+        let head = raw_request(
+            gw.port,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-CSRF: 1\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .await;
         assert!(head.starts_with("HTTP/1.1 400"), "{path}: {head}");
     }
     // Request bodies stream through unchanged.
     let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-    let r = b.http.post(gw.url("/api-none/upload")).header("x-csrf", "1").body(body.clone()).send().await.unwrap();
+    let r = b
+        .http
+        .post(gw.url("/api-none/upload"))
+        .header("x-csrf", "1")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["bytes"], body.len());
     // Server-sent events arrive frame by frame, not buffered until the end.
     let started = std::time::Instant::now();
-    let mut r = b.get_csrf(&gw.url("/api-none/sse?count=5&interval_ms=300")).await;
+    let mut r = b
+        .get_csrf(&gw.url("/api-none/sse?count=5&interval_ms=300"))
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     let first = r.chunk().await.unwrap().expect("first event");
     assert!(String::from_utf8_lossy(&first).contains("data: 0"));
-    assert!(started.elapsed() < std::time::Duration::from_millis(1000), "first SSE frame was held back: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(1000),
+        "first SSE frame was held back: {:?}",
+        started.elapsed()
+    );
     let mut rest = Vec::new();
     while let Some(c) = r.chunk().await.unwrap() {
         rest.extend_from_slice(&c);
     }
     assert!(String::from_utf8_lossy(&rest).contains("data: 4"));
     // Query strings (including repeated keys) are forwarded as they are.
-    let v: Value = b.get_csrf(&gw.url("/api-none/echo/p?x=1&x=2&y=%20")).await.json().await.unwrap();
+    let v: Value = b
+        .get_csrf(&gw.url("/api-none/echo/p?x=1&x=2&y=%20"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["query"], "x=1&x=2&y=%20");
     assert_eq!(v["path"], "/echo/p");
 }
@@ -389,7 +571,11 @@ tokn = "user"
     )
     .unwrap();
     for cmd in ["check", "serve"] {
-        let out = std::process::Command::new(gateway_binary()).args([cmd, "--config"]).arg(&path).output().unwrap();
+        let out = std::process::Command::new(gateway_binary())
+            .args([cmd, "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(64), "{cmd}");
         let err = String::from_utf8_lossy(&out.stderr);
         for needle in ["public_url", "oidc.issuer", "tokn"] {

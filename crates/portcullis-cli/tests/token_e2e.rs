@@ -4,6 +4,8 @@
 //! Access tokens here live 2–3 s, so these tests wait real seconds for expiry (the
 //! unit tests in `portcullis-token` use an injected clock instead).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
 mod common;
 
 use std::time::Duration;
@@ -20,7 +22,14 @@ async fn whoami(b: &Browser, gw: &Gateway) -> (StatusCode, Value) {
 
 #[tokio::test]
 async fn session_keeps_working_across_several_access_token_expiries() {
-    let stack = Stack::start_with(IdpOptions { access_token_ttl: 3, ..Default::default() }, "").await;
+    let stack = Stack::start_with(
+        IdpOptions {
+            access_token_ttl: 3,
+            ..Default::default()
+        },
+        "",
+    )
+    .await;
     let b = Browser::new();
     b.login(&stack.gw, "alice").await;
     let mut jtis = Vec::new();
@@ -34,12 +43,24 @@ async fn session_keeps_working_across_several_access_token_expiries() {
     jtis.dedup();
     assert_eq!(jtis.len(), 3, "a fresh access token after each expiry");
     assert!(stack.idp.token_requests("refresh_token").await >= 2);
-    assert_eq!(stack.idp.token_requests("authorization_code").await, 1, "no re-login");
+    assert_eq!(
+        stack.idp.token_requests("authorization_code").await,
+        1,
+        "no re-login"
+    );
 }
 
 #[tokio::test]
 async fn two_hundred_concurrent_calls_on_an_expired_session_refresh_once_with_rotation() {
-    let stack = Stack::start_with(IdpOptions { access_token_ttl: 2, rotate_refresh_token: true, ..Default::default() }, "").await;
+    let stack = Stack::start_with(
+        IdpOptions {
+            access_token_ttl: 2,
+            rotate_refresh_token: true,
+            ..Default::default()
+        },
+        "",
+    )
+    .await;
     let b = Browser::new();
     b.login(&stack.gw, "alice").await;
     tokio::time::sleep(Duration::from_millis(2200)).await;
@@ -47,20 +68,38 @@ async fn two_hundred_concurrent_calls_on_an_expired_session_refresh_once_with_ro
     let calls = (0..200).map(|_| {
         let b = b.clone();
         let url = stack.gw.url("/api/whoami");
-        tokio::spawn(async move { b.http.get(url).header("x-csrf", "1").send().await.map(|r| r.status()) })
+        tokio::spawn(async move {
+            b.http
+                .get(url)
+                .header("x-csrf", "1")
+                .send()
+                .await
+                .map(|r| r.status())
+        })
     });
     let results = futures_util_join(calls.collect()).await;
     let ok = results.iter().filter(|s| **s == StatusCode::OK).count();
     assert_eq!(ok, 200, "statuses: {results:?}");
-    assert_eq!(stack.idp.token_requests("refresh_token").await - before, 1, "exactly one refresh at the IdP");
-    assert_eq!(stack.idp.stats().await["token_errors"]["invalid_grant"].as_u64().unwrap_or(0), 0);
+    assert_eq!(
+        stack.idp.token_requests("refresh_token").await - before,
+        1,
+        "exactly one refresh at the IdP"
+    );
+    assert_eq!(
+        stack.idp.stats().await["token_errors"]["invalid_grant"]
+            .as_u64()
+            .unwrap_or(0),
+        0
+    );
     // Late arrivals after the flight reuse the stored result.
     let (status, _) = whoami(&b, &stack.gw).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(stack.idp.token_requests("refresh_token").await - before, 1);
 }
 
-async fn futures_util_join(handles: Vec<tokio::task::JoinHandle<reqwest::Result<StatusCode>>>) -> Vec<StatusCode> {
+async fn futures_util_join(
+    handles: Vec<tokio::task::JoinHandle<reqwest::Result<StatusCode>>>,
+) -> Vec<StatusCode> {
     let mut out = Vec::with_capacity(handles.len());
     for h in handles {
         out.push(h.await.unwrap().unwrap_or(StatusCode::IM_A_TEAPOT));
@@ -70,15 +109,30 @@ async fn futures_util_join(handles: Vec<tokio::task::JoinHandle<reqwest::Result<
 
 #[tokio::test]
 async fn invalid_grant_ends_the_session_and_clears_the_cookie() {
-    let stack = Stack::start_with(IdpOptions { access_token_ttl: 2, ..Default::default() }, "").await;
+    let stack = Stack::start_with(
+        IdpOptions {
+            access_token_ttl: 2,
+            ..Default::default()
+        },
+        "",
+    )
+    .await;
     let b = Browser::new();
     b.login(&stack.gw, "alice").await;
     assert_eq!(whoami(&b, &stack.gw).await.0, StatusCode::OK);
-    stack.idp.control("revoke-refresh-tokens", serde_json::json!({"sub": "alice"})).await;
+    stack
+        .idp
+        .control("revoke-refresh-tokens", serde_json::json!({"sub": "alice"}))
+        .await;
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let r = b.get_csrf(&stack.gw.url("/api/whoami")).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert!(set_cookies(&r).iter().any(|c| c.starts_with("bff-auth=;") && c.contains("Max-Age=0")), "cookie cleared");
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .any(|c| c.starts_with("bff-auth=;") && c.contains("Max-Age=0")),
+        "cookie cleared"
+    );
     assert!(b.user(&stack.gw).await.is_none(), "session ended");
     // The dead refresh token is not retried on every call.
     let refreshes = stack.idp.token_requests("refresh_token").await;
@@ -90,7 +144,11 @@ async fn invalid_grant_ends_the_session_and_clears_the_cookie() {
 async fn idp_outage_answers_503_keeps_the_session_and_recovers() {
     let dir = temp_dir("idp-state");
     let mut stack = Stack::start_with(
-        IdpOptions { access_token_ttl: 2, state_file: Some(dir.join("state.json")), ..Default::default() },
+        IdpOptions {
+            access_token_ttl: 2,
+            state_file: Some(dir.join("state.json")),
+            ..Default::default()
+        },
         "",
     )
     .await;
@@ -99,7 +157,11 @@ async fn idp_outage_answers_503_keeps_the_session_and_recovers() {
     stack.idp.stop().await;
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let (status, _) = whoami(&b, &stack.gw).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "IdP down is not a logout");
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "IdP down is not a logout"
+    );
     assert!(b.user(&stack.gw).await.is_some(), "session kept");
     stack.idp.restart().await;
     // The gateway backs off briefly after a failure; the call succeeds within a few seconds
@@ -147,10 +209,20 @@ scope = "api.write"
         .map(|_| {
             let b = b.clone();
             let url = gw.url("/api-client/whoami");
-            tokio::spawn(async move { b.http.get(url).header("x-csrf", "1").send().await.map(|r| r.status()) })
+            tokio::spawn(async move {
+                b.http
+                    .get(url)
+                    .header("x-csrf", "1")
+                    .send()
+                    .await
+                    .map(|r| r.status())
+            })
         })
         .collect();
     let statuses = futures_util_join(calls).await;
-    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
     assert_eq!(stack.idp.token_requests("client_credentials").await, 2);
 }

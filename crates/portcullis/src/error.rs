@@ -97,11 +97,21 @@ impl GatewayError {
 
     fn log(&self) {
         match self.origin() {
-            Origin::Browser => tracing::info!(origin = "browser", error = %self, "request rejected"),
-            Origin::Idp => tracing::warn!(origin = "idp", error = %self, "identity provider failure"),
-            Origin::Upstream => tracing::warn!(origin = "upstream", error = %self, "upstream failure"),
-            Origin::Store => tracing::warn!(origin = "store", error = %self, "session store failure"),
-            Origin::Internal => tracing::error!(origin = "internal", error = %self, "internal error"),
+            Origin::Browser => {
+                tracing::info!(origin = "browser", error = %self, "request rejected")
+            }
+            Origin::Idp => {
+                tracing::warn!(origin = "idp", error = %self, "identity provider failure")
+            }
+            Origin::Upstream => {
+                tracing::warn!(origin = "upstream", error = %self, "upstream failure")
+            }
+            Origin::Store => {
+                tracing::warn!(origin = "store", error = %self, "session store failure")
+            }
+            Origin::Internal => {
+                tracing::error!(origin = "internal", error = %self, "internal error")
+            }
         }
     }
 }
@@ -207,6 +217,9 @@ mod tests {
 
     #[test]
     fn escapes_html() {
-        assert_eq!(escape_html("<a href='x'>&"), "&lt;a href=&#39;x&#39;&gt;&amp;");
+        assert_eq!(
+            escape_html("<a href='x'>&"),
+            "&lt;a href=&#39;x&#39;&gt;&amp;"
+        );
     }
 }

@@ -62,7 +62,9 @@ struct Inner {
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway").field("settings", &self.inner.settings).finish_non_exhaustive()
+        f.debug_struct("Gateway")
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
     }
 }
 
@@ -93,8 +95,18 @@ impl Gateway {
             settings.session.clone(),
             settings.cookies.clone(),
         );
-        let provider = Arc::new(Provider::new(settings.oidc.issuer.clone(), http.clone(), clock.clone()));
-        let tokens = TokenService::new(provider.clone(), settings.clone(), sessions.clone(), http, clock.clone());
+        let provider = Arc::new(Provider::new(
+            settings.oidc.issuer.clone(),
+            http.clone(),
+            clock.clone(),
+        ));
+        let tokens = TokenService::new(
+            provider.clone(),
+            settings.clone(),
+            sessions.clone(),
+            http,
+            clock.clone(),
+        );
         let public = &settings.public_url;
         let origin = public.origin().ascii_serialization();
         let public_host = match public.port() {
@@ -169,20 +181,38 @@ impl Gateway {
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .route(&join_path(base, "/login"), get(bff::login::login))
-            .route(&s.callback_path, get(bff::callback::callback_get).post(bff::callback::callback_post))
+            .route(
+                &s.callback_path,
+                get(bff::callback::callback_get).post(bff::callback::callback_post),
+            )
             .route(&join_path(base, "/user"), get(bff::user::user))
             .route(&join_path(base, "/logout"), get(bff::logout::logout))
             .route(&s.signed_out_callback_path, get(bff::logout::signed_out))
-            .route(&join_path(base, "/silent-login-callback"), get(bff::silent::silent_login_callback))
-            .route(&join_path(base, "/backchannel"), axum::routing::post(bff::backchannel::backchannel))
-            .route(&join_path(base, "/diagnostics"), get(bff::diagnostics::diagnostics));
+            .route(
+                &join_path(base, "/silent-login-callback"),
+                get(bff::silent::silent_login_callback),
+            )
+            .route(
+                &join_path(base, "/backchannel"),
+                axum::routing::post(bff::backchannel::backchannel),
+            )
+            .route(
+                &join_path(base, "/diagnostics"),
+                get(bff::diagnostics::diagnostics),
+            );
         for route in self.inner.routes.routes() {
             let path = &route.settings.path;
             let r1 = route.clone();
             let r2 = route.clone();
             router = router
-                .route(path, any(move |state, ci, req| api(state, ci, r1.clone(), req)))
-                .route(&format!("{path}/{{*rest}}"), any(move |state, ci, req| api(state, ci, r2.clone(), req)));
+                .route(
+                    path,
+                    any(move |state, ci, req| api(state, ci, r1.clone(), req)),
+                )
+                .route(
+                    &format!("{path}/{{*rest}}"),
+                    any(move |state, ci, req| api(state, ci, r2.clone(), req)),
+                );
         }
         let router = match fallback {
             Some(f) => router.fallback_service(f),
@@ -215,7 +245,12 @@ async fn api(
     }
 }
 
-async fn api_inner(gw: &Gateway, peer: SocketAddr, route: &Route, request: Request) -> Result<Response, GatewayError> {
+async fn api_inner(
+    gw: &Gateway,
+    peer: SocketAddr,
+    route: &Route,
+    request: Request,
+) -> Result<Response, GatewayError> {
     let s = gw.settings();
     let headers = request.headers();
     if csrf::is_websocket_upgrade(headers) {
@@ -226,7 +261,10 @@ async fn api_inner(gw: &Gateway, peer: SocketAddr, route: &Route, request: Reque
         };
         csrf::check_websocket_origin(headers, &allowed)?;
         // Upgrades are not proxied yet: refuse clearly instead of half-working.
-        return Err(GatewayError::bad_param("upgrade", "WebSocket proxying is not supported on this route"));
+        return Err(GatewayError::bad_param(
+            "upgrade",
+            "WebSocket proxying is not supported on this route",
+        ));
     } else if route.settings.anti_forgery {
         s.anti_forgery.check(headers)?;
     }
@@ -265,7 +303,11 @@ async fn api_inner(gw: &Gateway, peer: SocketAddr, route: &Route, request: Reque
                     let r = GatewayError::Unauthorized("session ended").into_response();
                     return Ok(with_clear(gw, r, true));
                 }
-                Err(TokenFailure::Unavailable(_) | TokenFailure::Rejected(_)) if policy == TokenPolicy::UserOrNone => None,
+                Err(TokenFailure::Unavailable(_) | TokenFailure::Rejected(_))
+                    if policy == TokenPolicy::UserOrNone =>
+                {
+                    None
+                }
                 Err(TokenFailure::Unavailable(e)) => return Err(e),
                 Err(TokenFailure::Rejected(reason)) => {
                     tracing::warn!(%reason, "user token request rejected");
@@ -274,14 +316,16 @@ async fn api_inner(gw: &Gateway, peer: SocketAddr, route: &Route, request: Reque
             }
         }
         (TokenPolicy::UserOrNone, None) => None,
-        (TokenPolicy::Client, _) | (TokenPolicy::UserOrClient, None) => match gw.tokens().client_token(&route.settings).await {
-            Ok(t) => Some(t),
-            Err(TokenFailure::Unavailable(e)) => return Err(e),
-            Err(TokenFailure::SessionEnded(reason) | TokenFailure::Rejected(reason)) => {
-                tracing::warn!(%reason, "client credentials token request rejected");
-                return Err(GatewayError::Unauthorized("client token unavailable"));
+        (TokenPolicy::Client, _) | (TokenPolicy::UserOrClient, None) => {
+            match gw.tokens().client_token(&route.settings).await {
+                Ok(t) => Some(t),
+                Err(TokenFailure::Unavailable(e)) => return Err(e),
+                Err(TokenFailure::SessionEnded(reason) | TokenFailure::Rejected(reason)) => {
+                    tracing::warn!(%reason, "client credentials token request rejected");
+                    return Err(GatewayError::Unauthorized("client token unavailable"));
+                }
             }
-        },
+        }
     };
 
     let ctx = ForwardContext {
@@ -293,13 +337,20 @@ async fn api_inner(gw: &Gateway, peer: SocketAddr, route: &Route, request: Reque
     };
     let (parts, body) = request.into_parts();
     let request = http::Request::from_parts(parts, Body::new(body));
-    let response = gw.inner.forwarder.forward(route, request, token.as_ref(), &ctx).await?;
+    let response = gw
+        .inner
+        .forwarder
+        .forward(route, request, token.as_ref(), &ctx)
+        .await?;
     Ok(with_clear(gw, response, clear_cookie))
 }
 
 fn with_clear(gw: &Gateway, mut r: Response, clear: bool) -> Response {
     if clear {
-        r.headers_mut().append(header::SET_COOKIE, gw.sessions().cookies().clear_session_cookie());
+        r.headers_mut().append(
+            header::SET_COOKIE,
+            gw.sessions().cookies().clear_session_cookie(),
+        );
     }
     r
 }

@@ -24,11 +24,18 @@ pub const CLIENT_ID: &str = "spa-bff";
 pub const CLIENT_SECRET: &str = "secret-for-tests-only-0123456789";
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
 }
 
 pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("portcullis-test-{name}-{}-{}", std::process::id(), rand_suffix()));
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-test-{name}-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
@@ -36,13 +43,20 @@ pub fn temp_dir(name: &str) -> PathBuf {
 fn rand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
     t ^ (N.fetch_add(1, Ordering::SeqCst) << 32)
 }
 
 /// A free loopback port (bind, read, release).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn check_node_modules() {
@@ -62,8 +76,13 @@ pub struct Proc {
 
 impl Proc {
     pub async fn spawn(name: &str, mut cmd: Command) -> Proc {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null()).kill_on_drop(true);
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<Value>();
@@ -92,7 +111,11 @@ impl Proc {
             .await
             .unwrap_or_else(|_| panic!("{name} did not become ready within 60 s"))
             .unwrap_or_else(|_| panic!("{name} exited before it was ready"));
-        Proc { child, ready, name: name.to_owned() }
+        Proc {
+            child,
+            ready,
+            name: name.to_owned(),
+        }
     }
 
     pub async fn stop(mut self) {
@@ -104,7 +127,10 @@ impl Proc {
     pub fn pause(&self, on: bool) {
         if let Some(pid) = self.child.id() {
             let sig = if on { "-STOP" } else { "-CONT" };
-            let _ = std::process::Command::new("kill").arg(sig).arg(pid.to_string()).status();
+            let _ = std::process::Command::new("kill")
+                .arg(sig)
+                .arg(pid.to_string())
+                .status();
         }
     }
 }
@@ -120,7 +146,12 @@ pub struct IdpOptions {
 
 impl Default for IdpOptions {
     fn default() -> Self {
-        Self { access_token_ttl: 300, rotate_refresh_token: false, state_file: None, port: 0 }
+        Self {
+            access_token_ttl: 300,
+            rotate_refresh_token: false,
+            state_file: None,
+            port: 0,
+        }
     }
 }
 
@@ -159,9 +190,18 @@ impl Idp {
         let config_path = dir.join("idp.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
         let proc = Self::spawn(opts.port, &config_path).await;
-        let issuer = proc.ready["issuer"].as_str().expect("issuer in READY").to_owned();
+        let issuer = proc.ready["issuer"]
+            .as_str()
+            .expect("issuer in READY")
+            .to_owned();
         let port = proc.ready["port"].as_u64().expect("port in READY") as u16;
-        Idp { proc: Some(proc), issuer, port, config_path, http: Client::new() }
+        Idp {
+            proc: Some(proc),
+            issuer,
+            port,
+            config_path,
+            http: Client::new(),
+        }
     }
 
     async fn spawn(port: u16, config: &Path) -> Proc {
@@ -188,16 +228,35 @@ impl Idp {
     }
 
     pub async fn stats(&self) -> Value {
-        self.http.get(format!("{}/__test/stats", self.issuer)).send().await.unwrap().json().await.unwrap()
+        self.http
+            .get(format!("{}/__test/stats", self.issuer))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     pub async fn token_requests(&self, grant: &str) -> u64 {
-        self.stats().await["token_requests"][grant].as_u64().unwrap_or(0)
+        self.stats().await["token_requests"][grant]
+            .as_u64()
+            .unwrap_or(0)
     }
 
     pub async fn control(&self, path: &str, body: Value) -> Value {
-        let r = self.http.post(format!("{}/__test/{path}", self.issuer)).json(&body).send().await.unwrap();
-        assert!(r.status().is_success(), "IdP control {path} answered {}", r.status());
+        let r = self
+            .http
+            .post(format!("{}/__test/{path}", self.issuer))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "IdP control {path} answered {}",
+            r.status()
+        );
         r.json().await.unwrap_or(Value::Null)
     }
 
@@ -215,7 +274,12 @@ impl Idp {
     }
 
     pub async fn sign(&self, claims: Value, header: Value) -> String {
-        let v = self.control("sign", json!({"claims": claims, "header": header, "alg": "RS256"})).await;
+        let v = self
+            .control(
+                "sign",
+                json!({"claims": claims, "header": header, "alg": "RS256"}),
+            )
+            .await;
         v["jwt"].as_str().unwrap().to_owned()
     }
 }
@@ -229,15 +293,32 @@ impl Api {
     pub async fn start(issuer: &str) -> Api {
         check_node_modules();
         let mut cmd = Command::new("node");
-        cmd.current_dir(repo_root())
-            .args(["examples/api/server.mjs", "--port", "0", "--issuer", issuer, "--audience", "urn:portcullis:api"]);
+        cmd.current_dir(repo_root()).args([
+            "examples/api/server.mjs",
+            "--port",
+            "0",
+            "--issuer",
+            issuer,
+            "--audience",
+            "urn:portcullis:api",
+        ]);
         let proc = Proc::spawn("api", cmd).await;
         let port = proc.ready["port"].as_u64().expect("port in READY");
-        Api { proc, url: format!("http://127.0.0.1:{port}") }
+        Api {
+            proc,
+            url: format!("http://127.0.0.1:{port}"),
+        }
     }
 
     pub async fn requests(&self) -> u64 {
-        let v: Value = Client::new().get(format!("{}/stats", self.url)).send().await.unwrap().json().await.unwrap();
+        let v: Value = Client::new()
+            .get(format!("{}/stats", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         v["requests"].as_u64().unwrap()
     }
 }
@@ -316,12 +397,21 @@ impl Gateway {
         let config_path = dir.join("portcullis.toml");
         std::fs::write(&config_path, config).unwrap();
         let proc = Self::spawn(&config_path).await;
-        Gateway { proc: Some(proc), origin: format!("http://127.0.0.1:{port}"), port, dir, config_path }
+        Gateway {
+            proc: Some(proc),
+            origin: format!("http://127.0.0.1:{port}"),
+            port,
+            dir,
+            config_path,
+        }
     }
 
     async fn spawn(config_path: &Path) -> Proc {
         let mut cmd = Command::new(gateway_binary());
-        cmd.arg("serve").arg("--config").arg(config_path).env("RUST_LOG", "info,portcullis=debug");
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(config_path)
+            .env("RUST_LOG", "info,portcullis=debug");
         Proc::spawn("gateway", cmd).await
     }
 
@@ -358,7 +448,11 @@ impl Stack {
         let origin = format!("http://127.0.0.1:{port}");
         let idp = Idp::start(&[origin], idp_opts).await;
         let api = Api::start(&idp.issuer).await;
-        let gw = Gateway::start(port, &default_config(port, &idp.issuer, &api.url, extra_config)).await;
+        let gw = Gateway::start(
+            port,
+            &default_config(port, &idp.issuer, &api.url, extra_config),
+        )
+        .await;
         Stack { idp, api, gw }
     }
 }
@@ -429,7 +523,11 @@ impl Browser {
     pub async fn login_until_callback(&self, gw: &Gateway, user: &str, return_url: &str) -> String {
         let start = gw.url(&format!("/bff/login?returnUrl={}", urlencode(return_url)));
         let r = self.get(&start).await;
-        assert_eq!(r.status(), StatusCode::FOUND, "login must redirect to the IdP");
+        assert_eq!(
+            r.status(),
+            StatusCode::FOUND,
+            "login must redirect to the IdP"
+        );
         let mut url = resolve(&start, r.headers()[LOCATION].to_str().unwrap());
         let callback_prefix = gw.url("/signin-oidc");
         for _ in 0..20 {
@@ -452,7 +550,11 @@ impl Browser {
                 .send()
                 .await
                 .unwrap();
-            assert!(r.status().is_redirection(), "login form POST answered {}", r.status());
+            assert!(
+                r.status().is_redirection(),
+                "login form POST answered {}",
+                r.status()
+            );
             url = resolve(&action, r.headers()[LOCATION].to_str().unwrap());
         }
         panic!("login did not reach the callback");
@@ -462,7 +564,12 @@ impl Browser {
     pub async fn login(&self, gw: &Gateway, user: &str) -> Response {
         let callback = self.login_until_callback(gw, user, "/").await;
         let r = self.get(&callback).await;
-        assert_eq!(r.status(), StatusCode::FOUND, "callback must redirect: {:?}", r.headers());
+        assert_eq!(
+            r.status(),
+            StatusCode::FOUND,
+            "callback must redirect: {:?}",
+            r.headers()
+        );
         r
     }
 
@@ -497,7 +604,11 @@ pub fn claim<'a>(claims: &'a [(String, Value)], name: &str) -> Option<&'a Value>
 }
 
 pub fn resolve(base: &str, location: &str) -> String {
-    url::Url::parse(base).unwrap().join(location).unwrap().to_string()
+    url::Url::parse(base)
+        .unwrap()
+        .join(location)
+        .unwrap()
+        .to_string()
 }
 
 pub fn urlencode(s: &str) -> String {
@@ -536,17 +647,27 @@ pub fn form_inputs(html: &str) -> Vec<(String, String)> {
 }
 
 pub fn query_param(url: &str, name: &str) -> Option<String> {
-    url::Url::parse(url).unwrap().query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    url::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 pub fn set_cookies(r: &Response) -> Vec<String> {
-    r.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect()
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
 }
 
 /// Sends raw bytes to the gateway and returns the response head (status line + headers).
 pub async fn raw_request(port: u16, request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     s.write_all(request.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;

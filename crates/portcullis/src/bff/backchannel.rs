@@ -25,8 +25,12 @@ pub async fn backchannel(State(gw): State<Gateway>, headers: HeaderMap, body: By
         }
         Err(e) => e.into_response(),
     };
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
-    r.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store"),
+    );
+    r.headers_mut()
+        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     r
 }
 
@@ -34,9 +38,15 @@ async fn handle(gw: &Gateway, headers: &HeaderMap, body: &[u8]) -> Result<(), Ga
     let is_form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+        .is_some_and(|v| {
+            v.to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
     if !is_form {
-        return Err(GatewayError::bad_param("logout_token", "expected a form post"));
+        return Err(GatewayError::bad_param(
+            "logout_token",
+            "expected a form post",
+        ));
     }
     let params = parse_params(body, &["logout_token"])?;
     let token = params
@@ -64,7 +74,10 @@ async fn handle(gw: &Gateway, headers: &HeaderMap, body: &[u8]) -> Result<(), Ga
     let first = gw
         .sessions()
         .store()
-        .claim_once(&format!("bcl:{}:{}", gw.provider().issuer(), claims.jti), replay_until)
+        .claim_once(
+            &format!("bcl:{}:{}", gw.provider().issuer(), claims.jti),
+            replay_until,
+        )
         .await?;
     if !first {
         return Err(GatewayError::bad_param("logout_token", "replayed jti"));
@@ -75,7 +88,10 @@ async fn handle(gw: &Gateway, headers: &HeaderMap, body: &[u8]) -> Result<(), Ga
         (true, Some(_)) => None,
         _ => claims.sid.as_deref(),
     };
-    let ended = gw.sessions().end_matching(claims.sub.as_deref(), sid).await?;
+    let ended = gw
+        .sessions()
+        .end_matching(claims.sub.as_deref(), sid)
+        .await?;
     tracing::info!(sessions = ended.len(), "back-channel logout ended sessions");
     for ticket in ended {
         let gw = gw.clone();

@@ -18,7 +18,14 @@ use crate::gateway::Gateway;
 use crate::oidc::id_token::{self, Expectations, PROTOCOL_CLAIMS};
 use crate::session::{Claim, Lookup, Ticket};
 
-const SINGLES: [&str; 6] = ["state", "code", "iss", "error", "error_description", "session_state"];
+const SINGLES: [&str; 6] = [
+    "state",
+    "code",
+    "iss",
+    "error",
+    "error_description",
+    "session_state",
+];
 
 pub async fn callback_get(
     State(gw): State<Gateway>,
@@ -35,10 +42,14 @@ pub async fn callback_post(State(gw): State<Gateway>, headers: HeaderMap, body: 
 async fn finish(gw: Gateway, raw: &[u8], headers: HeaderMap) -> Response {
     let params = match parse_params(raw, &SINGLES) {
         Ok(p) => p,
-        Err(_) => return GatewayError::BadNavigation("The sign-in response repeats a parameter.".into()).into_response(),
+        Err(_) => {
+            return GatewayError::BadNavigation("The sign-in response repeats a parameter.".into())
+                .into_response()
+        }
     };
     let Some(state) = params.get("state").filter(|s| !s.is_empty()) else {
-        return GatewayError::BadNavigation("The sign-in response has no state.".into()).into_response();
+        return GatewayError::BadNavigation("The sign-in response has no state.".into())
+            .into_response();
     };
     let cookies = gw.sessions().cookies();
     let cookie_name = cookies.login_cookie_name(state);
@@ -68,7 +79,11 @@ async fn finish(gw: Gateway, raw: &[u8], headers: HeaderMap) -> Response {
             Err(e) => with_clear(e.into_response()),
         };
     };
-    let done = if tx.silent { gw.silent_callback_path().to_owned() } else { tx.return_url.clone() };
+    let done = if tx.silent {
+        gw.silent_callback_path().to_owned()
+    } else {
+        tx.return_url.clone()
+    };
 
     if let Some(error) = params.get("error") {
         tracing::info!(idp_error = %error, silent = tx.silent, "identity provider returned an error to the callback");
@@ -79,7 +94,8 @@ async fn finish(gw: Gateway, raw: &[u8], headers: HeaderMap) -> Response {
         Ok(ticket) => match gw.sessions().create(ticket).await {
             Ok((id, _record)) => {
                 let mut r = redirect(&done);
-                let max_age = i64::try_from(gw.sessions().settings().absolute_timeout.as_secs()).unwrap_or(i64::MAX);
+                let max_age = i64::try_from(gw.sessions().settings().absolute_timeout.as_secs())
+                    .unwrap_or(i64::MAX);
                 r.headers_mut()
                     .append(header::SET_COOKIE, cookies.session_cookie(&id, max_age));
                 tracing::info!("login completed; session created");
@@ -101,10 +117,14 @@ async fn complete(
     let issuer = gw.provider().issuer();
     match params.get("iss") {
         Some(iss) if iss != issuer => {
-            return Err(GatewayError::LoginRejected("The sign-in response came from an unexpected issuer.".into()))
+            return Err(GatewayError::LoginRejected(
+                "The sign-in response came from an unexpected issuer.".into(),
+            ))
         }
         None if metadata.authorization_response_iss_parameter_supported => {
-            return Err(GatewayError::LoginRejected("The sign-in response lacks the issuer parameter.".into()))
+            return Err(GatewayError::LoginRejected(
+                "The sign-in response lacks the issuer parameter.".into(),
+            ))
         }
         _ => {}
     }
@@ -112,11 +132,13 @@ async fn complete(
         .get("code")
         .filter(|c| !c.is_empty())
         .ok_or_else(|| GatewayError::BadNavigation("The sign-in response has no code.".into()))?;
-    let response = gw.tokens().exchange_code(code, gw.redirect_uri(), verifier).await?;
-    let id_token = response
-        .id_token
-        .as_ref()
-        .ok_or_else(|| GatewayError::LoginRejected("The identity provider returned no ID token.".into()))?;
+    let response = gw
+        .tokens()
+        .exchange_code(code, gw.redirect_uri(), verifier)
+        .await?;
+    let id_token = response.id_token.as_ref().ok_or_else(|| {
+        GatewayError::LoginRejected("The identity provider returned no ID token.".into())
+    })?;
     let settings = gw.settings();
     let claims = id_token::validate(
         gw.provider(),
@@ -130,7 +152,11 @@ async fn complete(
         },
     )
     .await?;
-    let sub = claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let sub = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     let sid = claims.get("sid").and_then(Value::as_str).map(str::to_owned);
     let mut session_claims = Vec::new();
     for (name, value) in &claims {
@@ -141,9 +167,14 @@ async fn complete(
     }
     if settings.oidc.fetch_userinfo {
         if let Some(endpoint) = &metadata.userinfo_endpoint {
-            let extra = gw.tokens().userinfo(endpoint, &response.access_token).await?;
+            let extra = gw
+                .tokens()
+                .userinfo(endpoint, &response.access_token)
+                .await?;
             if extra.get("sub").and_then(Value::as_str) != Some(sub.as_str()) {
-                return Err(GatewayError::LoginRejected("UserInfo belongs to another subject.".into()));
+                return Err(GatewayError::LoginRejected(
+                    "UserInfo belongs to another subject.".into(),
+                ));
             }
             for (name, value) in &extra {
                 if !session_claims.iter().any(|c| c.kind == *name) {
@@ -167,10 +198,16 @@ fn push_claim(out: &mut Vec<Claim>, name: &str, value: &Value) {
     match value {
         Value::Array(items) => {
             for item in items {
-                out.push(Claim { kind: name.to_owned(), value: item.clone() });
+                out.push(Claim {
+                    kind: name.to_owned(),
+                    value: item.clone(),
+                });
             }
         }
         Value::Null => {}
-        v => out.push(Claim { kind: name.to_owned(), value: v.clone() }),
+        v => out.push(Claim {
+            kind: name.to_owned(),
+            value: v.clone(),
+        }),
     }
 }

@@ -10,7 +10,10 @@ use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::session::Lookup;
 
-pub async fn diagnostics(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Response, GatewayError> {
+pub async fn diagnostics(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+) -> Result<Response, GatewayError> {
     if !gw.settings().diagnostics {
         return Err(GatewayError::NotFound);
     }

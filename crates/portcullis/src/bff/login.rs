@@ -9,7 +9,9 @@ use base64::Engine;
 use super::{parse_params, redirect};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::oidc::authorize::{authorization_url, validate_return_url, AuthorizeRequest, LoginTransaction};
+use crate::oidc::authorize::{
+    authorization_url, validate_return_url, AuthorizeRequest, LoginTransaction,
+};
 
 pub(crate) const TX_AAD: &[u8] = b"portcullis.login-tx.v1";
 
@@ -18,7 +20,10 @@ pub async fn login(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, GatewayError> {
-    let params = parse_params(query.as_deref().unwrap_or("").as_bytes(), &["returnUrl", "prompt"])?;
+    let params = parse_params(
+        query.as_deref().unwrap_or("").as_bytes(),
+        &["returnUrl", "prompt"],
+    )?;
     let return_url = match params.get("returnUrl") {
         Some(u) => validate_return_url(u)
             .map_err(|e| GatewayError::bad_param("returnUrl", e.to_string()))?
@@ -30,7 +35,10 @@ pub async fn login(
     if let Some(p) = prompt {
         let supported = metadata.prompt_values_supported.as_deref().unwrap_or(&[]);
         if !supported.iter().any(|s| s == p) {
-            return Err(GatewayError::bad_param("prompt", "this prompt value is not supported by the identity provider"));
+            return Err(GatewayError::bad_param(
+                "prompt",
+                "this prompt value is not supported by the identity provider",
+            ));
         }
     }
     let settings = gw.settings();
@@ -60,7 +68,9 @@ pub async fn login(
         .login_cookies(&headers)
         .into_iter()
         .map(|(name, value)| {
-            let created = open_tx(&gw, value).map(|t| t.created).filter(|c| now - c < timeout);
+            let created = open_tx(&gw, value)
+                .map(|t| t.created)
+                .filter(|c| now - c < timeout);
             (created.unwrap_or(i64::MIN), name)
         })
         .collect();
@@ -68,7 +78,9 @@ pub async fn login(
     let excess = (pending.len() + 1).saturating_sub(max);
     for (i, (created, name)) in pending.iter().enumerate() {
         if i < excess || *created == i64::MIN {
-            response.headers_mut().append(header::SET_COOKIE, cookies.clear_cookie_named(name));
+            response
+                .headers_mut()
+                .append(header::SET_COOKIE, cookies.clear_cookie_named(name));
         }
     }
     let sealed = gw.sessions().keys().seal(
@@ -76,9 +88,10 @@ pub async fn login(
         TX_AAD,
     );
     let name = cookies.login_cookie_name(&tx.state);
-    response
-        .headers_mut()
-        .append(header::SET_COOKIE, cookies.login_cookie(&name, &URL_SAFE_NO_PAD.encode(sealed), timeout));
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        cookies.login_cookie(&name, &URL_SAFE_NO_PAD.encode(sealed), timeout),
+    );
     tracing::debug!(silent = tx.silent, "login started");
     Ok(response)
 }

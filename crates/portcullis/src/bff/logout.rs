@@ -32,7 +32,10 @@ pub async fn logout(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, GatewayError> {
-    let params = parse_params(query.as_deref().unwrap_or("").as_bytes(), &["sid", "returnUrl"])?;
+    let params = parse_params(
+        query.as_deref().unwrap_or("").as_bytes(),
+        &["sid", "returnUrl"],
+    )?;
     let return_url = match params.get("returnUrl") {
         Some(u) => validate_return_url(u)
             .map_err(|e| GatewayError::bad_param("returnUrl", e.to_string()))?
@@ -44,7 +47,10 @@ pub async fn logout(
     if let Lookup::Active(session) = &lookup {
         if let Some(sid) = &session.ticket.sid {
             if params.get("sid") != Some(sid) {
-                return Err(GatewayError::bad_param("sid", "sid does not match the current session"));
+                return Err(GatewayError::bad_param(
+                    "sid",
+                    "sid does not match the current session",
+                ));
             }
         }
         if gw.settings().oidc.revoke_refresh_token_on_logout {
@@ -64,9 +70,13 @@ pub async fn logout(
     };
     let location = match destination {
         Some(endpoint) => {
-            let mut url = url::Url::parse(&endpoint)
-                .map_err(|_| GatewayError::IdpUnavailable("end_session_endpoint is not a URL".into()))?;
-            let state = LogoutState { return_url, exp: gw.now() + gw.login_timeout_secs() };
+            let mut url = url::Url::parse(&endpoint).map_err(|_| {
+                GatewayError::IdpUnavailable("end_session_endpoint is not a URL".into())
+            })?;
+            let state = LogoutState {
+                return_url,
+                exp: gw.now() + gw.login_timeout_secs(),
+            };
             let sealed = gw.sessions().keys().seal(
                 &serde_json::to_vec(&state).map_err(|e| GatewayError::Internal(e.to_string()))?,
                 LOGOUT_AAD,
@@ -86,14 +96,18 @@ pub async fn logout(
     };
     let mut r = redirect(&location);
     if !matches!(lookup, Lookup::Anonymous) {
-        r.headers_mut().append(header::SET_COOKIE, gw.sessions().cookies().clear_session_cookie());
+        r.headers_mut().append(
+            header::SET_COOKIE,
+            gw.sessions().cookies().clear_session_cookie(),
+        );
     }
     Ok(r)
 }
 
 /// The IdP comes back here after ending its session; continue to the sealed return URL.
 pub async fn signed_out(State(gw): State<Gateway>, RawQuery(query): RawQuery) -> Response {
-    let params = parse_params(query.as_deref().unwrap_or("").as_bytes(), &["state"]).unwrap_or_default();
+    let params =
+        parse_params(query.as_deref().unwrap_or("").as_bytes(), &["state"]).unwrap_or_default();
     let target = params
         .get("state")
         .and_then(|s| URL_SAFE_NO_PAD.decode(s).ok())

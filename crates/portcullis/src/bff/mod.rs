@@ -32,7 +32,8 @@ pub(crate) fn redirect(location: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(location) {
         r.headers_mut().insert(header::LOCATION, v);
     }
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
@@ -47,7 +48,10 @@ pub(crate) fn parse_params(
     for (k, v) in form_urlencoded::parse(raw) {
         if let Some(name) = singles.iter().find(|s| **s == k) {
             if out.contains_key(*name) {
-                return Err(GatewayError::bad_param(name, format!("{name} must appear at most once")));
+                return Err(GatewayError::bad_param(
+                    name,
+                    format!("{name} must appear at most once"),
+                ));
             }
         }
         out.entry(k.into_owned()).or_insert_with(|| v.into_owned());

@@ -12,7 +12,10 @@ use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::session::Lookup;
 
-pub async fn silent_login_callback(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Response, GatewayError> {
+pub async fn silent_login_callback(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+) -> Result<Response, GatewayError> {
     let logged_in = matches!(gw.sessions().lookup(&headers).await?, Lookup::Active(_));
     let script = format!(
         "window.parent.postMessage({{source:'bff-silent-login',isLoggedIn:{logged_in}}},window.location.origin);"
@@ -21,7 +24,10 @@ pub async fn silent_login_callback(State(gw): State<Gateway>, headers: HeaderMap
     let body = format!("<!doctype html><html><body><script>{script}</script></body></html>");
     let mut r = body.into_response();
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(csp) = HeaderValue::from_str(&format!(
         "default-src 'none'; script-src 'sha256-{hash}'; frame-ancestors 'self'"

@@ -17,7 +17,10 @@ pub async fn user(
 ) -> Result<Response, GatewayError> {
     gw.settings().anti_forgery.check(&headers)?;
     let params = parse_params(query.as_deref().unwrap_or("").as_bytes(), &["slide"])?;
-    let slide = params.get("slide").map(|s| !s.eq_ignore_ascii_case("false")).unwrap_or(true);
+    let slide = params
+        .get("slide")
+        .map(|s| !s.eq_ignore_ascii_case("false"))
+        .unwrap_or(true);
     let mut session = match gw.sessions().lookup(&headers).await? {
         Lookup::Active(s) => s,
         other => {
@@ -27,9 +30,13 @@ pub async fn user(
                 StatusCode::UNAUTHORIZED.into_response()
             };
             if matches!(other, Lookup::Stale) {
-                r.headers_mut().append(header::SET_COOKIE, gw.sessions().cookies().clear_session_cookie());
+                r.headers_mut().append(
+                    header::SET_COOKIE,
+                    gw.sessions().cookies().clear_session_cookie(),
+                );
             }
-            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             return Ok(r);
         }
     };
@@ -56,6 +63,7 @@ pub async fn user(
         claims.push(json!({"type": "bff:session_state", "value": state}));
     }
     let mut r = axum::Json(Value::Array(claims)).into_response();
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(r)
 }

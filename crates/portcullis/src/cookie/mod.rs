@@ -62,7 +62,9 @@ impl CookieSettings {
         }
         let requested = name.unwrap_or("__Host-bff-auth");
         if requested.is_empty() || !requested.bytes().all(is_cookie_name_byte) {
-            errors.push(format!("cookie name {requested:?} has characters a cookie name cannot have"));
+            errors.push(format!(
+                "cookie name {requested:?} has characters a cookie name cannot have"
+            ));
         }
         let session_name = if https {
             requested.to_owned()
@@ -75,7 +77,12 @@ impl CookieSettings {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let login_prefix = if https { "__Host-bff-login." } else { "bff-login." }.to_owned();
+        let login_prefix = if https {
+            "__Host-bff-login."
+        } else {
+            "bff-login."
+        }
+        .to_owned();
         Ok(Self {
             session_name,
             login_prefix,
@@ -94,7 +101,12 @@ impl CookieSettings {
     /// `Set-Cookie` for a session id, persistent for `max_age_secs` (the remaining absolute
     /// lifetime). Validity is decided server-side; the cookie only carries the id.
     pub fn session_cookie(&self, session_id: &SessionId, max_age_secs: i64) -> HeaderValue {
-        self.build(&self.session_name, session_id.as_str(), self.same_site, Some(max_age_secs))
+        self.build(
+            &self.session_name,
+            session_id.as_str(),
+            self.same_site,
+            Some(max_age_secs),
+        )
     }
 
     pub fn clear_session_cookie(&self) -> HeaderValue {
@@ -104,7 +116,11 @@ impl CookieSettings {
     /// Name of the transaction cookie for a login `state`.
     pub fn login_cookie_name(&self, state: &str) -> String {
         let digest = Sha256::digest(state.as_bytes());
-        format!("{}{}", self.login_prefix, &URL_SAFE_NO_PAD.encode(digest)[..16])
+        format!(
+            "{}{}",
+            self.login_prefix,
+            &URL_SAFE_NO_PAD.encode(digest)[..16]
+        )
     }
 
     pub fn login_cookie(&self, name: &str, value: &str, max_age_secs: i64) -> HeaderValue {
@@ -129,8 +145,17 @@ impl CookieSettings {
         Some(SessionId::parse(value).ok_or(()))
     }
 
-    fn build(&self, name: &str, value: &str, same_site: SameSite, max_age: Option<i64>) -> HeaderValue {
-        let mut s = format!("{name}={value}; Path=/; HttpOnly; SameSite={}", same_site.as_str());
+    fn build(
+        &self,
+        name: &str,
+        value: &str,
+        same_site: SameSite,
+        max_age: Option<i64>,
+    ) -> HeaderValue {
+        let mut s = format!(
+            "{name}={value}; Path=/; HttpOnly; SameSite={}",
+            same_site.as_str()
+        );
         if self.secure {
             s.push_str("; Secure");
         }
@@ -139,7 +164,8 @@ impl CookieSettings {
         }
         // Names and values are validated or base64url, so this cannot fail; fall back to an
         // expiring empty cookie rather than panic.
-        HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("invalid=; Max-Age=0"))
+        HeaderValue::from_str(&s)
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid=; Max-Age=0"))
     }
 }
 
@@ -221,7 +247,9 @@ mod tests {
 
     #[test]
     fn https_keeps_host_prefix_and_secure() {
-        let c = CookieSettings::for_public_url(&url("https://app.example.com"), None, SameSite::Strict).unwrap();
+        let c =
+            CookieSettings::for_public_url(&url("https://app.example.com"), None, SameSite::Strict)
+                .unwrap();
         assert_eq!(c.session_name(), "__Host-bff-auth");
         let v = c.session_cookie(&SessionId::generate(), 60);
         let v = v.to_str().unwrap();
@@ -233,30 +261,53 @@ mod tests {
 
     #[test]
     fn loopback_http_drops_prefix_and_secure() {
-        let c = CookieSettings::for_public_url(&url("http://127.0.0.1:8080"), None, SameSite::Strict).unwrap();
+        let c =
+            CookieSettings::for_public_url(&url("http://127.0.0.1:8080"), None, SameSite::Strict)
+                .unwrap();
         assert_eq!(c.session_name(), "bff-auth");
-        assert!(!c.clear_session_cookie().to_str().unwrap().contains("Secure"));
+        assert!(!c
+            .clear_session_cookie()
+            .to_str()
+            .unwrap()
+            .contains("Secure"));
     }
 
     #[test]
     fn http_for_a_public_host_is_refused() {
-        assert!(CookieSettings::for_public_url(&url("http://app.example.com"), None, SameSite::Strict).is_err());
+        assert!(CookieSettings::for_public_url(
+            &url("http://app.example.com"),
+            None,
+            SameSite::Strict
+        )
+        .is_err());
     }
 
     #[test]
     fn login_cookies_are_lax_and_keyed_by_state() {
-        let c = CookieSettings::for_public_url(&url("https://app.example.com"), None, SameSite::Strict).unwrap();
+        let c =
+            CookieSettings::for_public_url(&url("https://app.example.com"), None, SameSite::Strict)
+                .unwrap();
         let a = c.login_cookie_name("state-a");
         assert_ne!(a, c.login_cookie_name("state-b"));
         assert!(a.starts_with("__Host-bff-login."));
-        assert!(c.login_cookie(&a, "v", 600).to_str().unwrap().contains("SameSite=Lax"));
+        assert!(c
+            .login_cookie(&a, "v", 600)
+            .to_str()
+            .unwrap()
+            .contains("SameSite=Lax"));
     }
 
     #[test]
     fn session_id_parse_accepts_only_our_shape() {
         let id = SessionId::generate();
         assert!(SessionId::parse(id.as_str()).is_some());
-        for bad in ["", "short", "../../etc/passwd", &"a".repeat(44), &format!("{}=", &id.as_str()[..42])] {
+        for bad in [
+            "",
+            "short",
+            "../../etc/passwd",
+            &"a".repeat(44),
+            &format!("{}=", &id.as_str()[..42]),
+        ] {
             assert!(SessionId::parse(bad).is_none(), "{bad}");
         }
         assert_ne!(id.store_key(), id.as_str());

@@ -37,7 +37,13 @@ impl AntiForgery {
     pub fn new(name: &str, value: &str) -> Result<Self, String> {
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| format!("anti-forgery header name {name:?} is not a valid header name"))?;
-        const SAFELISTED: [&str; 5] = ["accept", "accept-language", "content-language", "content-type", "range"];
+        const SAFELISTED: [&str; 5] = [
+            "accept",
+            "accept-language",
+            "content-language",
+            "content-type",
+            "range",
+        ];
         if SAFELISTED.contains(&name.as_str()) {
             return Err(format!(
                 "anti-forgery header {name} is CORS-safelisted and would not force a preflight"
@@ -46,8 +52,9 @@ impl AntiForgery {
         if value.is_empty() {
             return Err("anti-forgery header value must not be empty".into());
         }
-        let value = HeaderValue::from_str(value)
-            .map_err(|_| format!("anti-forgery header value {value:?} is not a valid header value"))?;
+        let value = HeaderValue::from_str(value).map_err(|_| {
+            format!("anti-forgery header value {value:?} is not a valid header value")
+        })?;
         Ok(Self { name, value })
     }
 
@@ -60,7 +67,9 @@ impl AntiForgery {
         let mut values = headers.get_all(&self.name).iter();
         match (values.next(), values.next()) {
             (Some(v), None) if bool::from(v.as_bytes().ct_eq(self.value.as_bytes())) => Ok(()),
-            _ => Err(GatewayError::Unauthorized("anti-forgery header missing or wrong")),
+            _ => Err(GatewayError::Unauthorized(
+                "anti-forgery header missing or wrong",
+            )),
         }
     }
 }
@@ -96,7 +105,10 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (n, v) in pairs {
-            h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -124,13 +136,18 @@ mod tests {
         assert!(AntiForgery::new("content-type", "x").is_err());
         assert!(AntiForgery::new("x-requested-with", "").is_err());
         let af = AntiForgery::new("X-Requested-With", "XMLHttpRequest").unwrap();
-        assert!(af.check(&headers(&[("x-requested-with", "XMLHttpRequest")])).is_ok());
+        assert!(af
+            .check(&headers(&[("x-requested-with", "XMLHttpRequest")]))
+            .is_ok());
     }
 
     #[test]
     fn websocket_origin_allow_list() {
         let allowed = vec!["https://app.example.com".to_owned()];
-        let up = [("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")];
+        let up = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ];
         assert!(is_websocket_upgrade(&headers(&up)));
         let mut ok = up.to_vec();
         ok.push(("origin", "https://app.example.com"));

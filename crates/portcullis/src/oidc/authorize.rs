@@ -64,7 +64,10 @@ pub struct AuthorizeRequest<'a> {
 }
 
 /// Builds the authorization URL (code flow, PKCE S256, state, nonce).
-pub fn authorization_url(req: &AuthorizeRequest<'_>, tx: &LoginTransaction) -> Result<url::Url, String> {
+pub fn authorization_url(
+    req: &AuthorizeRequest<'_>,
+    tx: &LoginTransaction,
+) -> Result<url::Url, String> {
     let mut url = url::Url::parse(req.authorization_endpoint)
         .map_err(|e| format!("authorization_endpoint is not a URL: {e}"))?;
     {
@@ -147,7 +150,10 @@ mod tests {
         for (url, ok) in cases {
             assert_eq!(validate_return_url(url).is_ok(), ok, "{url:?}");
         }
-        assert_eq!(validate_return_url(&format!("/{}", "a".repeat(3000))), Err(ReturnUrlError::TooLong));
+        assert_eq!(
+            validate_return_url(&format!("/{}", "a".repeat(3000))),
+            Err(ReturnUrlError::TooLong)
+        );
     }
 
     #[test]

@@ -22,17 +22,23 @@ pub async fn validate(
     allowed_algs: &[String],
     expect: &Expectations<'_>,
 ) -> Result<Map<String, Value>, GatewayError> {
-    let verified = jwt::verify(provider, token, allowed_algs).await.map_err(|e| match e {
-        Ok(jwt_error) => GatewayError::LoginRejected(format!("ID token rejected: {jwt_error}")),
-        Err(gateway_error) => gateway_error,
-    })?;
+    let verified = jwt::verify(provider, token, allowed_algs)
+        .await
+        .map_err(|e| match e {
+            Ok(jwt_error) => GatewayError::LoginRejected(format!("ID token rejected: {jwt_error}")),
+            Err(gateway_error) => gateway_error,
+        })?;
     check_claims(&verified.claims, provider.issuer(), expect)
         .map_err(|e| GatewayError::LoginRejected(format!("ID token rejected: {e}")))?;
     Ok(verified.claims)
 }
 
 /// The claim rules, separate from the signature so they can be tested as a table.
-pub fn check_claims(claims: &Map<String, Value>, issuer: &str, expect: &Expectations<'_>) -> Result<(), JwtError> {
+pub fn check_claims(
+    claims: &Map<String, Value>,
+    issuer: &str,
+    expect: &Expectations<'_>,
+) -> Result<(), JwtError> {
     let fail = |m: &str| Err(JwtError::Claim(m.to_owned()));
     if jwt::string(claims, "iss") != Some(issuer) {
         return fail("iss does not match the issuer");
@@ -89,28 +95,116 @@ mod tests {
 
     #[test]
     fn claim_rules() {
-        let expect = Expectations { client_id: "spa", nonce: "n1", now: 1000, skew: 30 };
+        let expect = Expectations {
+            client_id: "spa",
+            nonce: "n1",
+            now: 1000,
+            skew: 30,
+        };
         type Edit = fn(&mut Map<String, Value>);
         let cases: Vec<(&str, Edit, bool)> = vec![
             ("valid", |_| {}, true),
-            ("wrong iss", |c| { c.insert("iss".into(), json!("https://evil")); }, false),
-            ("wrong aud", |c| { c.insert("aud".into(), json!("other")); }, false),
-            ("aud array with azp", |c| { c.insert("aud".into(), json!(["spa", "x"])); c.insert("azp".into(), json!("spa")); }, true),
-            ("aud array without azp", |c| { c.insert("aud".into(), json!(["spa", "x"])); }, false),
-            ("foreign azp", |c| { c.insert("azp".into(), json!("other")); }, false),
-            ("expired", |c| { c.insert("exp".into(), json!(900)); }, false),
-            ("expired within skew", |c| { c.insert("exp".into(), json!(990)); }, true),
-            ("no exp", |c| { c.remove("exp"); }, false),
-            ("iat in future", |c| { c.insert("iat".into(), json!(2000)); }, false),
-            ("no iat", |c| { c.remove("iat"); }, false),
-            ("wrong nonce", |c| { c.insert("nonce".into(), json!("n2")); }, false),
-            ("no nonce", |c| { c.remove("nonce"); }, false),
-            ("no sub", |c| { c.remove("sub"); }, false),
+            (
+                "wrong iss",
+                |c| {
+                    c.insert("iss".into(), json!("https://evil"));
+                },
+                false,
+            ),
+            (
+                "wrong aud",
+                |c| {
+                    c.insert("aud".into(), json!("other"));
+                },
+                false,
+            ),
+            (
+                "aud array with azp",
+                |c| {
+                    c.insert("aud".into(), json!(["spa", "x"]));
+                    c.insert("azp".into(), json!("spa"));
+                },
+                true,
+            ),
+            (
+                "aud array without azp",
+                |c| {
+                    c.insert("aud".into(), json!(["spa", "x"]));
+                },
+                false,
+            ),
+            (
+                "foreign azp",
+                |c| {
+                    c.insert("azp".into(), json!("other"));
+                },
+                false,
+            ),
+            (
+                "expired",
+                |c| {
+                    c.insert("exp".into(), json!(900));
+                },
+                false,
+            ),
+            (
+                "expired within skew",
+                |c| {
+                    c.insert("exp".into(), json!(990));
+                },
+                true,
+            ),
+            (
+                "no exp",
+                |c| {
+                    c.remove("exp");
+                },
+                false,
+            ),
+            (
+                "iat in future",
+                |c| {
+                    c.insert("iat".into(), json!(2000));
+                },
+                false,
+            ),
+            (
+                "no iat",
+                |c| {
+                    c.remove("iat");
+                },
+                false,
+            ),
+            (
+                "wrong nonce",
+                |c| {
+                    c.insert("nonce".into(), json!("n2"));
+                },
+                false,
+            ),
+            (
+                "no nonce",
+                |c| {
+                    c.remove("nonce");
+                },
+                false,
+            ),
+            (
+                "no sub",
+                |c| {
+                    c.remove("sub");
+                },
+                false,
+            ),
         ];
         for (name, edit, ok) in cases {
             let mut c = base();
             edit(&mut c);
-            assert_eq!(check_claims(&c, "https://idp", &expect).is_ok(), ok, "{name}");
+            assert_eq!(
+                check_claims(&c, "https://idp", &expect).is_ok(),
+                ok,
+                "{name}"
+            );
         }
     }
 }

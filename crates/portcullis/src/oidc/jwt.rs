@@ -56,7 +56,10 @@ pub async fn verify(
     if !ALLOWED.contains(&alg) || (!allowed_algs.is_empty() && !allowed_algs.contains(&alg_name)) {
         return Err(Ok(JwtError::Algorithm(alg_name)));
     }
-    let jwks = provider.jwks_for(header.kid.as_deref()).await.map_err(Err)?;
+    let jwks = provider
+        .jwks_for(header.kid.as_deref())
+        .await
+        .map_err(Err)?;
     let candidates: Vec<&Jwk> = match header.kid.as_deref() {
         Some(kid) => jwks.find(kid).into_iter().collect(),
         None => jwks.keys.iter().collect(),
@@ -66,7 +69,9 @@ pub async fn verify(
         if !key_fits(jwk, alg) {
             continue;
         }
-        let Ok(key) = DecodingKey::from_jwk(jwk) else { continue };
+        let Ok(key) = DecodingKey::from_jwk(jwk) else {
+            continue;
+        };
         let mut validation = Validation::new(alg);
         validation.validate_exp = false;
         validation.validate_nbf = false;
@@ -82,7 +87,9 @@ pub async fn verify(
             Err(e) => {
                 last = match e.kind() {
                     jsonwebtoken::errors::ErrorKind::InvalidSignature => JwtError::Signature,
-                    jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => JwtError::Algorithm(format!("{alg:?}")),
+                    jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
+                        JwtError::Algorithm(format!("{alg:?}"))
+                    }
                     _ => JwtError::Malformed,
                 }
             }
@@ -97,7 +104,9 @@ fn key_fits(jwk: &Jwk, alg: Algorithm) -> bool {
         return false;
     }
     if let Some(declared) = jwk.common.key_algorithm {
-        if format!("{declared:?}") != format!("{alg:?}") && !matches!(declared, KeyAlgorithm::EdDSA if alg == Algorithm::EdDSA) {
+        if format!("{declared:?}") != format!("{alg:?}")
+            && !matches!(declared, KeyAlgorithm::EdDSA if alg == Algorithm::EdDSA)
+        {
             return false;
         }
     }
@@ -105,15 +114,24 @@ fn key_fits(jwk: &Jwk, alg: Algorithm) -> bool {
         (&jwk.algorithm, alg),
         (
             AlgorithmParameters::RSA(_),
-            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512
-        ) | (AlgorithmParameters::EllipticCurve(_), Algorithm::ES256 | Algorithm::ES384)
-            | (AlgorithmParameters::OctetKeyPair(_), Algorithm::EdDSA)
+            Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512
+        ) | (
+            AlgorithmParameters::EllipticCurve(_),
+            Algorithm::ES256 | Algorithm::ES384
+        ) | (AlgorithmParameters::OctetKeyPair(_), Algorithm::EdDSA)
     )
 }
 
 /// Reads a numeric claim (seconds).
 pub fn num(claims: &Map<String, Value>, name: &str) -> Option<i64> {
-    claims.get(name).and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
+    claims
+        .get(name)
+        .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
 }
 
 pub fn string<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a str> {

@@ -58,16 +58,21 @@ pub fn check_claims(
     if !jwt::audiences(claims).contains(&expect.client_id) {
         return fail("aud does not contain our client id");
     }
-    let Some(iat) = jwt::num(claims, "iat") else { return fail("iat missing") };
+    let Some(iat) = jwt::num(claims, "iat") else {
+        return fail("iat missing");
+    };
     if iat > expect.now + expect.skew || iat < expect.now - expect.max_age - expect.skew {
         return fail("iat outside the accepted window");
     }
-    let Some(exp) = jwt::num(claims, "exp") else { return fail("exp missing") };
+    let Some(exp) = jwt::num(claims, "exp") else {
+        return fail("exp missing");
+    };
     if exp + expect.skew <= expect.now {
         return fail("expired");
     }
     match claims.get("events") {
-        Some(Value::Object(events)) if matches!(events.get(BACKCHANNEL_EVENT), Some(Value::Object(_))) => {}
+        Some(Value::Object(events))
+            if matches!(events.get(BACKCHANNEL_EVENT), Some(Value::Object(_))) => {}
         _ => return fail("events does not contain the back-channel logout event"),
     }
     if claims.contains_key("nonce") {
@@ -81,7 +86,12 @@ pub fn check_claims(
     let Some(jti) = jwt::string(claims, "jti").filter(|j| !j.is_empty()) else {
         return fail("jti missing");
     };
-    Ok(LogoutClaims { sub, sid, jti: jti.to_owned(), exp })
+    Ok(LogoutClaims {
+        sub,
+        sid,
+        jti: jti.to_owned(),
+        exp,
+    })
 }
 
 #[cfg(test)]
@@ -99,27 +109,109 @@ mod tests {
 
     #[test]
     fn claim_rules() {
-        let expect = Expectations { client_id: "spa", now: 1000, skew: 30, max_age: 300 };
+        let expect = Expectations {
+            client_id: "spa",
+            now: 1000,
+            skew: 30,
+            max_age: 300,
+        };
         type Edit = fn(&mut Map<String, Value>);
         let cases: Vec<(&str, Edit, bool)> = vec![
             ("valid sid only", |_| {}, true),
-            ("sub only", |c| { c.remove("sid"); c.insert("sub".into(), json!("alice")); }, true),
-            ("neither sub nor sid", |c| { c.remove("sid"); }, false),
-            ("wrong iss", |c| { c.insert("iss".into(), json!("https://evil")); }, false),
-            ("wrong aud", |c| { c.insert("aud".into(), json!(["x"])); }, false),
-            ("nonce present", |c| { c.insert("nonce".into(), json!("n")); }, false),
-            ("events missing", |c| { c.remove("events"); }, false),
-            ("events wrong", |c| { c.insert("events".into(), json!({"x": {}})); }, false),
-            ("event not an object", |c| { c.insert("events".into(), json!({BACKCHANNEL_EVENT: "x"})); }, false),
-            ("expired", |c| { c.insert("exp".into(), json!(900)); }, false),
-            ("iat far past", |c| { c.insert("iat".into(), json!(100)); }, false),
-            ("iat future", |c| { c.insert("iat".into(), json!(5000)); }, false),
-            ("no jti", |c| { c.remove("jti"); }, false),
+            (
+                "sub only",
+                |c| {
+                    c.remove("sid");
+                    c.insert("sub".into(), json!("alice"));
+                },
+                true,
+            ),
+            (
+                "neither sub nor sid",
+                |c| {
+                    c.remove("sid");
+                },
+                false,
+            ),
+            (
+                "wrong iss",
+                |c| {
+                    c.insert("iss".into(), json!("https://evil"));
+                },
+                false,
+            ),
+            (
+                "wrong aud",
+                |c| {
+                    c.insert("aud".into(), json!(["x"]));
+                },
+                false,
+            ),
+            (
+                "nonce present",
+                |c| {
+                    c.insert("nonce".into(), json!("n"));
+                },
+                false,
+            ),
+            (
+                "events missing",
+                |c| {
+                    c.remove("events");
+                },
+                false,
+            ),
+            (
+                "events wrong",
+                |c| {
+                    c.insert("events".into(), json!({"x": {}}));
+                },
+                false,
+            ),
+            (
+                "event not an object",
+                |c| {
+                    c.insert("events".into(), json!({BACKCHANNEL_EVENT: "x"}));
+                },
+                false,
+            ),
+            (
+                "expired",
+                |c| {
+                    c.insert("exp".into(), json!(900));
+                },
+                false,
+            ),
+            (
+                "iat far past",
+                |c| {
+                    c.insert("iat".into(), json!(100));
+                },
+                false,
+            ),
+            (
+                "iat future",
+                |c| {
+                    c.insert("iat".into(), json!(5000));
+                },
+                false,
+            ),
+            (
+                "no jti",
+                |c| {
+                    c.remove("jti");
+                },
+                false,
+            ),
         ];
         for (name, edit, ok) in cases {
             let mut c = base();
             edit(&mut c);
-            assert_eq!(check_claims(&c, "https://idp", &expect).is_ok(), ok, "{name}");
+            assert_eq!(
+                check_claims(&c, "https://idp", &expect).is_ok(),
+                ok,
+                "{name}"
+            );
         }
     }
 }

@@ -54,7 +54,9 @@ pub struct Provider {
 
 impl std::fmt::Debug for Provider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Provider").field("issuer", &self.issuer).finish_non_exhaustive()
+        f.debug_struct("Provider")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -94,7 +96,10 @@ impl Provider {
         match self.fetch_metadata().await {
             Ok(m) => {
                 let value = Arc::new(m);
-                *guard = Some(Cached { value: value.clone(), fetched_at: now });
+                *guard = Some(Cached {
+                    value: value.clone(),
+                    fetched_at: now,
+                });
                 Ok(value)
             }
             Err(e) => match guard.as_ref() {
@@ -108,7 +113,10 @@ impl Provider {
     }
 
     async fn fetch_metadata(&self) -> Result<ProviderMetadata, GatewayError> {
-        let url = format!("{}/.well-known/openid-configuration", self.issuer.trim_end_matches('/'));
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            self.issuer.trim_end_matches('/')
+        );
         let m: ProviderMetadata = self.get_json(&url).await?;
         if m.issuer != self.issuer {
             return Err(GatewayError::IdpUnavailable(format!(
@@ -122,7 +130,10 @@ impl Provider {
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, GatewayError> {
         let resp = self.http.get(url).send().await.map_err(map_reqwest)?;
         if !resp.status().is_success() {
-            return Err(GatewayError::IdpUnavailable(format!("{url} answered {}", resp.status())));
+            return Err(GatewayError::IdpUnavailable(format!(
+                "{url} answered {}",
+                resp.status()
+            )));
         }
         resp.json::<T>()
             .await
@@ -150,7 +161,10 @@ impl Provider {
         let metadata = self.metadata().await?;
         let set: JwkSet = self.get_json(&metadata.jwks_uri).await?;
         let value = Arc::new(set);
-        *self.jwks.write().await = Some(Cached { value: value.clone(), fetched_at: now });
+        *self.jwks.write().await = Some(Cached {
+            value: value.clone(),
+            fetched_at: now,
+        });
         Ok(value)
     }
 }

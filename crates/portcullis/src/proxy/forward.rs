@@ -90,12 +90,19 @@ impl Forwarder {
             }
         }
         if let Some(token) = token {
-            parts.headers.insert(header::AUTHORIZATION, token.authorization_header());
+            parts
+                .headers
+                .insert(header::AUTHORIZATION, token.authorization_header());
         }
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
         let upstream_request = Request::from_parts(parts, body);
-        let response = match tokio::time::timeout(route.settings.timeout, self.client.request(upstream_request)).await {
+        let response = match tokio::time::timeout(
+            route.settings.timeout,
+            self.client.request(upstream_request),
+        )
+        .await
+        {
             Err(_) => return Err(GatewayError::UpstreamTimeout),
             Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(describe(&e))),
             Ok(Ok(r)) => r,
@@ -130,7 +137,11 @@ pub fn sanitize_request_headers(headers: &mut HeaderMap, ctx: &ForwardContext<'_
 
     let xff = HeaderName::from_static("x-forwarded-for");
     let client_ip = ctx.client_addr.map(|a| a.ip().to_string());
-    let forwarded_for = match (ctx.trust_forwarded, headers.get(&xff).and_then(|v| v.to_str().ok()), client_ip) {
+    let forwarded_for = match (
+        ctx.trust_forwarded,
+        headers.get(&xff).and_then(|v| v.to_str().ok()),
+        client_ip,
+    ) {
         (true, Some(prev), Some(ip)) => Some(format!("{prev}, {ip}")),
         (true, Some(prev), None) => Some(prev.to_owned()),
         (_, _, ip) => ip,
@@ -234,7 +245,16 @@ mod tests {
     fn request_hygiene_regression_cookie_and_authorization_never_forwarded() {
         let mut h = browser_headers();
         sanitize_request_headers(&mut h, &ctx(false), "/api");
-        for gone in ["cookie", "authorization", "dpop", "connection", "x-private", "keep-alive", "te", "host"] {
+        for gone in [
+            "cookie",
+            "authorization",
+            "dpop",
+            "connection",
+            "x-private",
+            "keep-alive",
+            "te",
+            "host",
+        ] {
             assert!(!h.contains_key(gone), "{gone} was forwarded");
         }
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
@@ -256,9 +276,18 @@ mod tests {
     #[test]
     fn upstream_cannot_set_gateway_cookies() {
         let mut h = HeaderMap::new();
-        h.append(header::SET_COOKIE, HeaderValue::from_static("__Host-bff-auth=x; Path=/"));
-        h.append(header::SET_COOKIE, HeaderValue::from_static("__Host-bff-login.abc=x; Path=/"));
-        h.append(header::SET_COOKIE, HeaderValue::from_static("pref=dark; Path=/"));
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("__Host-bff-auth=x; Path=/"),
+        );
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("__Host-bff-login.abc=x; Path=/"),
+        );
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("pref=dark; Path=/"),
+        );
         strip_own_cookies(&mut h, &["__Host-bff-auth".to_owned()]);
         let left: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
         assert_eq!(left, vec![HeaderValue::from_static("pref=dark; Path=/")]);

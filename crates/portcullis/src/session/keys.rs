@@ -27,7 +27,9 @@ pub struct Key {
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Key").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Key")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -36,16 +38,26 @@ impl Key {
     pub fn new(id: &str, material: &[u8]) -> Result<Self, String> {
         if id.is_empty()
             || id.len() > 64
-            || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         {
-            return Err(format!("key id {id:?} must be 1-64 characters of A-Z a-z 0-9 . _ -"));
+            return Err(format!(
+                "key id {id:?} must be 1-64 characters of A-Z a-z 0-9 . _ -"
+            ));
         }
         if material.len() != 32 {
-            return Err(format!("key {id:?} must be 32 bytes, got {}", material.len()));
+            return Err(format!(
+                "key {id:?} must be 32 bytes, got {}",
+                material.len()
+            ));
         }
         let cipher = XChaCha20Poly1305::new_from_slice(material)
             .map_err(|_| format!("key {id:?} must be 32 bytes"))?;
-        Ok(Self { id: id.to_owned(), cipher })
+        Ok(Self {
+            id: id.to_owned(),
+            cipher,
+        })
     }
 
     /// Parses `id:base64(32 bytes)`.
@@ -111,7 +123,13 @@ impl KeyRing {
         // Encryption with a valid key and nonce length only fails for inputs over ~256 GiB.
         let ciphertext = key
             .cipher
-            .encrypt(nonce, Payload { msg: plaintext, aad })
+            .encrypt(
+                nonce,
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .unwrap_or_default();
         let mut out = Vec::with_capacity(2 + key.id.len() + NONCE_LEN + ciphertext.len());
         out.push(FORMAT_V1);
@@ -141,7 +159,13 @@ impl KeyRing {
             .find(|k| k.id == id)
             .ok_or_else(|| SealError::UnknownKey(id.to_owned()))?;
         key.cipher
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: ciphertext, aad })
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad,
+                },
+            )
             .map_err(|_| SealError::Forged)
     }
 }
@@ -151,7 +175,12 @@ mod tests {
     use super::*;
 
     fn ring(ids: &[&str]) -> KeyRing {
-        KeyRing::new(ids.iter().map(|id| Key::parse(&Key::generate_spec(id)).unwrap()).collect()).unwrap()
+        KeyRing::new(
+            ids.iter()
+                .map(|id| Key::parse(&Key::generate_spec(id)).unwrap())
+                .collect(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -183,7 +212,10 @@ mod tests {
         assert_eq!(rotated.open(&sealed, b"").unwrap(), b"t");
         assert_eq!(rotated.current_id(), "k2");
         let other = ring(&["k3"]);
-        assert!(matches!(other.open(&sealed, b""), Err(SealError::UnknownKey(_))));
+        assert!(matches!(
+            other.open(&sealed, b""),
+            Err(SealError::UnknownKey(_))
+        ));
     }
 
     #[test]

@@ -19,9 +19,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use portcullis_session::CasOutcome;
 use portcullis_token::{
-    ClientAuth, ClientCredentialsManager, ManagedToken, OAuthClient, OAuthClientConfig, PrivateKeyJwt, Secret,
-    SharedClock, TokenError, TokenParams, TokenResponse, TokenTypeHint, UserTokenManager, UserTokenOptions,
-    UserTokenStore, UserTokens,
+    ClientAuth, ClientCredentialsManager, ManagedToken, OAuthClient, OAuthClientConfig,
+    PrivateKeyJwt, Secret, SharedClock, TokenError, TokenParams, TokenResponse, TokenTypeHint,
+    UserTokenManager, UserTokenOptions, UserTokenStore, UserTokens,
 };
 use serde_json::{Map, Value};
 use tokio::sync::OnceCell;
@@ -90,7 +90,14 @@ impl TokenService {
         http: reqwest::Client,
         clock: SharedClock,
     ) -> Self {
-        Self { provider, settings, sessions, http, clock, clients: OnceCell::new() }
+        Self {
+            provider,
+            settings,
+            sessions,
+            http,
+            clock,
+            clients: OnceCell::new(),
+        }
     }
 
     async fn clients(&self) -> Result<&Clients, GatewayError> {
@@ -122,7 +129,10 @@ impl TokenService {
                     },
                     self.clock.clone(),
                 );
-                let mut machines = ClientCredentialsManager::new(self.clock.clone(), self.settings.tokens.client_token_buffer);
+                let mut machines = ClientCredentialsManager::new(
+                    self.clock.clone(),
+                    self.settings.tokens.client_token_buffer,
+                );
                 machines.add_client(DEFAULT_CLIENT, oauth.clone(), TokenParams::default());
                 for named in &self.settings.tokens.clients {
                     let endpoint = match &named.token_endpoint {
@@ -148,28 +158,48 @@ impl TokenService {
                     };
                     machines.add_client(&named.name, client, defaults);
                 }
-                Ok::<_, GatewayError>(Clients { oauth, users, machines })
+                Ok::<_, GatewayError>(Clients {
+                    oauth,
+                    users,
+                    machines,
+                })
             })
             .await
     }
 
-    pub async fn exchange_code(&self, code: &str, redirect_uri: &str, verifier: &str) -> Result<TokenResponse, GatewayError> {
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        verifier: &str,
+    ) -> Result<TokenResponse, GatewayError> {
         let clients = self.clients().await?;
-        clients.oauth.exchange_code(code, redirect_uri, verifier).await.map_err(|e| match TokenFailure::from_error(e) {
-            TokenFailure::Unavailable(g) => g,
-            TokenFailure::SessionEnded(m) | TokenFailure::Rejected(m) => {
-                GatewayError::LoginRejected(format!("The identity provider refused the authorization code: {m}"))
-            }
-        })
+        clients
+            .oauth
+            .exchange_code(code, redirect_uri, verifier)
+            .await
+            .map_err(|e| match TokenFailure::from_error(e) {
+                TokenFailure::Unavailable(g) => g,
+                TokenFailure::SessionEnded(m) | TokenFailure::Rejected(m) => {
+                    GatewayError::LoginRejected(format!(
+                        "The identity provider refused the authorization code: {m}"
+                    ))
+                }
+            })
     }
 
     pub fn user_tokens_from(&self, response: TokenResponse) -> Result<UserTokens, GatewayError> {
-        UserTokens::from_response(response, self.clock.now_unix())
-            .map_err(|e| GatewayError::LoginRejected(format!("The token response is unusable: {e}")))
+        UserTokens::from_response(response, self.clock.now_unix()).map_err(|e| {
+            GatewayError::LoginRejected(format!("The token response is unusable: {e}"))
+        })
     }
 
     /// Claims from the UserInfo endpoint.
-    pub async fn userinfo(&self, endpoint: &str, access_token: &Secret) -> Result<Map<String, Value>, GatewayError> {
+    pub async fn userinfo(
+        &self,
+        endpoint: &str,
+        access_token: &Secret,
+    ) -> Result<Map<String, Value>, GatewayError> {
         let resp = self
             .http
             .get(endpoint)
@@ -179,16 +209,27 @@ impl TokenService {
             .await
             .map_err(crate::oidc::provider_error)?;
         if !resp.status().is_success() {
-            return Err(GatewayError::IdpUnavailable(format!("userinfo answered {}", resp.status())));
+            return Err(GatewayError::IdpUnavailable(format!(
+                "userinfo answered {}",
+                resp.status()
+            )));
         }
-        resp.json().await.map_err(|e| GatewayError::IdpUnavailable(format!("userinfo: {e}")))
+        resp.json()
+            .await
+            .map_err(|e| GatewayError::IdpUnavailable(format!("userinfo: {e}")))
     }
 
     /// A current user access token for a route; refreshes (single-flight) when needed.
-    pub async fn user_token(&self, session_key: &str, route: &RouteSettings) -> Result<ManagedToken, TokenFailure> {
+    pub async fn user_token(
+        &self,
+        session_key: &str,
+        route: &RouteSettings,
+    ) -> Result<ManagedToken, TokenFailure> {
         let clients = self.clients().await.map_err(TokenFailure::Unavailable)?;
         let params = route_params(route);
-        let store = SessionTokenStore { sessions: &self.sessions };
+        let store = SessionTokenStore {
+            sessions: &self.sessions,
+        };
         clients
             .users
             .get_access_token(&store, session_key, &params, route.refresh_before_expiry)
@@ -200,30 +241,45 @@ impl TokenService {
     pub async fn client_token(&self, route: &RouteSettings) -> Result<ManagedToken, TokenFailure> {
         let clients = self.clients().await.map_err(TokenFailure::Unavailable)?;
         let name = route.client.as_deref().unwrap_or(DEFAULT_CLIENT);
-        clients.machines.get_token(name, &route_params(route)).await.map_err(TokenFailure::from_error)
+        clients
+            .machines
+            .get_token(name, &route_params(route))
+            .await
+            .map_err(TokenFailure::from_error)
     }
 
     /// Best-effort refresh-token revocation (logout paths). Failures are logged, not fatal:
     /// the session is deleted either way.
     pub async fn revoke_user_tokens(&self, tokens: &UserTokens) {
-        let Some(refresh) = &tokens.refresh_token else { return };
+        let Some(refresh) = &tokens.refresh_token else {
+            return;
+        };
         match self.clients().await {
             Ok(c) => match c.oauth.revoke(refresh, TokenTypeHint::RefreshToken).await {
                 Ok(()) => tracing::debug!(token = %refresh.fingerprint(), "refresh token revoked"),
                 Err(TokenError::NotSupported(_)) => {}
-                Err(e) => tracing::warn!(error = %e, token = %refresh.fingerprint(), "refresh token revocation failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, token = %refresh.fingerprint(), "refresh token revocation failed")
+                }
             },
-            Err(e) => tracing::warn!(error = %e, "refresh token not revoked: identity provider unavailable"),
+            Err(e) => {
+                tracing::warn!(error = %e, "refresh token not revoked: identity provider unavailable")
+            }
         }
     }
 }
 
 fn route_params(route: &RouteSettings) -> TokenParams {
-    TokenParams { resource: route.resource.clone(), scope: route.scope.clone(), ..TokenParams::default() }
+    TokenParams {
+        resource: route.resource.clone(),
+        scope: route.scope.clone(),
+        ..TokenParams::default()
+    }
 }
 
 fn parse_url(s: &str, what: &str) -> Result<url::Url, GatewayError> {
-    url::Url::parse(s).map_err(|_| GatewayError::IdpUnavailable(format!("{what} in discovery is not a URL")))
+    url::Url::parse(s)
+        .map_err(|_| GatewayError::IdpUnavailable(format!("{what} in discovery is not a URL")))
 }
 
 fn client_auth(settings: &ClientAuthSettings) -> Result<ClientAuth, GatewayError> {
@@ -231,9 +287,9 @@ fn client_auth(settings: &ClientAuthSettings) -> Result<ClientAuth, GatewayError
         ClientAuthSettings::ClientSecretBasic(s) => ClientAuth::ClientSecretBasic(s.clone()),
         ClientAuthSettings::ClientSecretPost(s) => ClientAuth::ClientSecretPost(s.clone()),
         ClientAuthSettings::PrivateKeyJwt { key_pem, alg, kid } => {
-            let alg = alg
-                .parse()
-                .map_err(|_| GatewayError::Internal(format!("private_key_jwt: unsupported algorithm {alg}")))?;
+            let alg = alg.parse().map_err(|_| {
+                GatewayError::Internal(format!("private_key_jwt: unsupported algorithm {alg}"))
+            })?;
             let mut key = PrivateKeyJwt::from_pem(alg, key_pem.expose_secret())
                 .map_err(|e| GatewayError::Internal(format!("private_key_jwt key: {e}")))?;
             if let Some(kid) = kid {
@@ -260,7 +316,12 @@ impl UserTokenStore for SessionTokenStore<'_> {
         }
     }
 
-    async fn compare_and_set(&self, session: &str, expected_version: u64, tokens: &UserTokens) -> Result<bool, TokenError> {
+    async fn compare_and_set(
+        &self,
+        session: &str,
+        expected_version: u64,
+        tokens: &UserTokens,
+    ) -> Result<bool, TokenError> {
         let current = match self.sessions.lookup_key(session).await {
             Ok(Lookup::Active(s)) => s,
             Ok(_) => return Ok(false),
@@ -278,7 +339,12 @@ impl UserTokenStore for SessionTokenStore<'_> {
         }
     }
 
-    async fn acquire_lease(&self, session: &str, holder: &str, ttl: Duration) -> Result<bool, TokenError> {
+    async fn acquire_lease(
+        &self,
+        session: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, TokenError> {
         self.sessions
             .store()
             .try_lease(&format!("refresh:{session}"), holder, ttl)
