@@ -83,6 +83,8 @@ struct RawSession {
     max_pending_logins: Option<usize>,
     login_timeout: Option<String>,
     partition: Option<String>,
+    cache_ttl: Option<String>,
+    cache_capacity: Option<u64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -458,6 +460,13 @@ pub fn parse(
             Duration::from_secs(600),
             &mut errors,
         ),
+        cache_ttl: duration(
+            session.cache_ttl.as_deref(),
+            "session.cache_ttl",
+            Duration::from_secs(10),
+            &mut errors,
+        ),
+        cache_capacity: session.cache_capacity.unwrap_or(100_000),
     };
     let cookies = public_url.as_ref().and_then(|u| {
         CookieSettings::for_public_url(u, session.cookie_name.as_deref(), same_site)

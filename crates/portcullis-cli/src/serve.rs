@@ -52,7 +52,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         keys,
         Arc::new(portcullis_token::SystemClock),
     )?;
-    let cleanup = gateway.sessions().spawn_cleanup();
+    let background = gateway.spawn_background_tasks();
     // Warm the discovery cache; failure is not fatal (the IdP may start after us).
     if let Err(e) = gateway.provider().metadata().await {
         tracing::warn!(error = %e, "identity provider discovery failed at start-up; will retry on demand");
@@ -82,7 +82,9 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("server error: {e}"))?;
     }
-    cleanup.abort();
+    for task in background {
+        task.abort();
+    }
     tracing::info!("portcullis stopped");
     Ok(())
 }

@@ -172,6 +172,15 @@ impl Gateway {
         i64::try_from(self.inner.settings.session.login_timeout.as_secs()).unwrap_or(600)
     }
 
+    /// Starts the background work a running gateway needs: periodic cleanup of expired
+    /// sessions and, for shared stores, the listener that keeps the session cache coherent
+    /// across instances. Abort the handles to stop them.
+    pub fn spawn_background_tasks(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = vec![self.sessions().spawn_cleanup()];
+        tasks.extend(self.sessions().spawn_invalidation_listener());
+        tasks
+    }
+
     /// The full router. `fallback` serves everything that is not a management endpoint or
     /// an API route (typically the SPA's static files); `None` answers 404.
     pub fn router(&self, fallback: Option<Router>) -> Router {
@@ -275,7 +284,11 @@ async fn api_inner(
         None
     } else {
         match gw.sessions().lookup(headers).await? {
-            Lookup::Active(session) => Some(session.record.key.clone()),
+            Lookup::Active(mut session) => {
+                // API activity counts as activity: extend the idle timeout (rate-limited).
+                gw.sessions().slide(&mut session).await?;
+                Some(session.record.key.clone())
+            }
             Lookup::Stale => {
                 clear_cookie = true;
                 None

@@ -102,6 +102,11 @@ pub struct SessionSettings {
     pub max_pending_logins: usize,
     /// Lifetime of a pending login.
     pub login_timeout: Duration,
+    /// How long a session may be served from the in-process cache without asking the store
+    /// (the staleness bound when invalidations are lost). Zero disables the cache.
+    pub cache_ttl: Duration,
+    /// Most sessions kept in the in-process cache.
+    pub cache_capacity: u64,
 }
 
 impl Default for SessionSettings {
@@ -114,6 +119,8 @@ impl Default for SessionSettings {
             cleanup_interval: Duration::from_secs(300),
             max_pending_logins: 5,
             login_timeout: Duration::from_secs(600),
+            cache_ttl: Duration::from_secs(10),
+            cache_capacity: 100_000,
         }
     }
 }

@@ -10,6 +10,13 @@ use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::session::Lookup;
 
+/// Everything but RFC 3986 unreserved characters is encoded.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 pub async fn user(
     State(gw): State<Gateway>,
     RawQuery(query): RawQuery,
@@ -53,7 +60,7 @@ pub async fn user(
         Some(sid) => format!(
             "{}?sid={}",
             gw.logout_path(),
-            percent_encoding::utf8_percent_encode(sid, percent_encoding::NON_ALPHANUMERIC)
+            percent_encoding::utf8_percent_encode(sid, UNRESERVED)
         ),
         None => gw.logout_path().to_owned(),
     };

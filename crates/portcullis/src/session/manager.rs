@@ -4,7 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::HeaderMap;
-use portcullis_session::{CasOutcome, SessionFilter, SessionRecord, SessionStore, StoreError};
+use moka::future::Cache;
+use portcullis_session::{
+    CasOutcome, Invalidation, SessionFilter, SessionRecord, SessionStore, StoreError,
+};
 use portcullis_token::SharedClock;
 
 use super::keys::KeyRing;
@@ -44,6 +47,10 @@ pub struct Sessions {
     clock: SharedClock,
     settings: SessionSettings,
     cookies: CookieSettings,
+    /// Recently used sessions, so the hot path needs no store round-trip. Entries live at
+    /// most `cache_ttl` (the staleness bound when no invalidation reaches us) and are dropped
+    /// at once on every local write and on every invalidation the store announces.
+    cache: Option<Cache<String, ActiveSession>>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -65,13 +72,54 @@ impl Sessions {
         settings: SessionSettings,
         cookies: CookieSettings,
     ) -> Self {
+        let cache = (!settings.cache_ttl.is_zero()).then(|| {
+            Cache::builder()
+                .max_capacity(settings.cache_capacity)
+                .time_to_live(settings.cache_ttl)
+                .build()
+        });
         Self {
             store,
             keys,
             clock,
             settings,
             cookies,
+            cache,
         }
+    }
+
+    /// Listens to the store's change announcements (Redis pub/sub, PostgreSQL NOTIFY) and
+    /// drops changed sessions from the cache. `None` when there is no cache or the store
+    /// lives in this process only.
+    pub fn spawn_invalidation_listener(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let cache = self.cache.clone()?;
+        let mut rx = self.store.subscribe_invalidations()?;
+        Some(tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match rx.recv().await {
+                    Ok(Invalidation::Key(key)) => cache.invalidate(&key).await,
+                    Ok(Invalidation::All) | Err(RecvError::Lagged(_)) => cache.invalidate_all(),
+                    Err(RecvError::Closed) => {
+                        // No more announcements: stop trusting the cache.
+                        cache.invalidate_all();
+                        tracing::warn!("session invalidation channel closed; cache entries now live at most cache_ttl");
+                        break;
+                    }
+                }
+            }
+        }))
+    }
+
+    async fn forget(&self, key: &str) {
+        if let Some(c) = &self.cache {
+            c.invalidate(key).await;
+        }
+    }
+
+    /// Drops a session from this instance's cache, so the next read goes to the store.
+    pub async fn forget_cached(&self, key: &str) {
+        self.forget(key).await;
     }
 
     pub fn store(&self) -> &Arc<dyn SessionStore> {
@@ -104,17 +152,37 @@ impl Sessions {
         self.lookup_key(&id.store_key()).await
     }
 
-    /// Loads a session by store key.
+    /// Loads a session by store key, from the cache when possible.
     pub async fn lookup_key(&self, key: &str) -> Result<Lookup, GatewayError> {
+        if let Some(cache) = &self.cache {
+            if let Some(hit) = cache.get(key).await {
+                if hit.record.expires > self.now() {
+                    return Ok(Lookup::Active(Box::new(hit)));
+                }
+                cache.invalidate(key).await;
+            }
+        }
+        self.lookup_key_fresh(key).await
+    }
+
+    /// Loads a session from the store, bypassing (and refreshing) the cache.
+    pub async fn lookup_key_fresh(&self, key: &str) -> Result<Lookup, GatewayError> {
         let now = self.now();
         let Some(record) = self.store.get(key, now).await? else {
+            self.forget(key).await;
             return Ok(Lookup::Stale);
         };
         if record.expires <= now {
             return Ok(Lookup::Stale);
         }
         match self.open(&record) {
-            Ok(ticket) => Ok(Lookup::Active(Box::new(ActiveSession { record, ticket }))),
+            Ok(ticket) => {
+                let active = ActiveSession { record, ticket };
+                if let Some(c) = &self.cache {
+                    c.insert(active.record.key.clone(), active.clone()).await;
+                }
+                Ok(Lookup::Active(Box::new(active)))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "session ticket cannot be opened (unknown key or tampered); treating as logged out");
                 Ok(Lookup::Stale)
@@ -182,10 +250,15 @@ impl Sessions {
         updated.expires = new_expiry;
         updated.version = session.record.version + 1;
         match self.store.update(&updated, session.record.version).await? {
-            CasOutcome::Updated => session.record = updated,
+            CasOutcome::Updated => {
+                session.record = updated;
+                if let Some(c) = &self.cache {
+                    c.insert(session.record.key.clone(), session.clone()).await;
+                }
+            }
             // Someone else wrote (a refresh, another request sliding): their write wins; the
             // next request slides again if still needed.
-            CasOutcome::Conflict | CasOutcome::Missing => {}
+            CasOutcome::Conflict | CasOutcome::Missing => self.forget(&session.record.key).await,
         }
         Ok(())
     }
@@ -202,11 +275,15 @@ impl Sessions {
         let mut updated = record.clone();
         updated.ticket = sealed;
         updated.version = record.version + 1;
-        self.store.update(&updated, record.version).await
+        let outcome = self.store.update(&updated, record.version).await;
+        self.forget(&record.key).await;
+        outcome
     }
 
     pub async fn end(&self, key: &str) -> Result<Option<SessionRecord>, GatewayError> {
-        Ok(self.store.delete(key).await?)
+        let deleted = self.store.delete(key).await;
+        self.forget(key).await;
+        Ok(deleted?)
     }
 
     /// Ends every session matching `sub` and/or `sid` in this gateway's partition and
@@ -222,6 +299,9 @@ impl Sessions {
             sid: sid.map(str::to_owned),
         };
         let removed = self.store.delete_matching(&filter).await?;
+        for r in &removed {
+            self.forget(&r.key).await;
+        }
         Ok(removed.iter().filter_map(|r| self.open(r).ok()).collect())
     }
 

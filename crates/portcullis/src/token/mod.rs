@@ -322,7 +322,7 @@ impl UserTokenStore for SessionTokenStore<'_> {
         expected_version: u64,
         tokens: &UserTokens,
     ) -> Result<bool, TokenError> {
-        let current = match self.sessions.lookup_key(session).await {
+        let current = match self.sessions.lookup_key_fresh(session).await {
             Ok(Lookup::Active(s)) => s,
             Ok(_) => return Ok(false),
             Err(e) => return Err(TokenError::Store(e.to_string())),
