@@ -10,6 +10,7 @@
 //! | `sqlite://path/sessions.db` | [`SqliteStore`] | one instance, sessions survive restarts |
 //! | `postgres://...`, `postgresql://...` | [`PostgresStore`] | several instances |
 //! | `redis://...`, `rediss://...` | [`RedisStore`] | several instances |
+//! | `redis+cluster://h1:p1,h2:p2`, `rediss+cluster://...` | [`RedisStore`] on Redis Cluster | several instances |
 //!
 //! Why a contract with several backends: the gateway must behave the same whatever the
 //! deployment, and the hard parts (a repeated login replacing the old session instead of
@@ -38,8 +39,8 @@
 //!   hang requests.
 //! - [`PostgresStore`] and [`RedisStore`] publish invalidations for in-process caches
 //!   ([`SessionStore::subscribe_invalidations`]); memory and SQLite do not need to.
-//! - Redis: single server (or a managed primary with replicas) only for now; the key layout is
-//!   ready for Redis Cluster, see [`redis`](crate::redis).
+//! - Redis Cluster works (every atomic step stays in one hash slot), with caveats listed in
+//!   [`redis`](crate::redis).
 
 pub mod memory;
 pub mod postgres;
@@ -59,7 +60,8 @@ pub use crate::store::{
 use std::sync::Arc;
 
 /// Opens the store a URL names, by scheme: `memory`, `sqlite:`, `postgres:` /
-/// `postgresql:`, `redis:` / `rediss:`. Schema creation and migration happen here.
+/// `postgresql:`, `redis:` / `rediss:` / `redis+cluster:` / `rediss+cluster:`. Schema
+/// creation and migration happen here.
 ///
 /// Errors: [`StoreError::Config`] for an unknown scheme or a malformed URL,
 /// [`StoreError::Unavailable`] if the backend cannot be reached.
@@ -74,7 +76,9 @@ pub async fn connect(url: &str) -> Result<Arc<dyn SessionStore>, StoreError> {
         "memory" => Arc::new(MemoryStore::new()),
         "sqlite" => Arc::new(SqliteStore::connect(url).await?),
         "postgres" | "postgresql" => Arc::new(PostgresStore::connect(url).await?),
-        "redis" | "rediss" => Arc::new(RedisStore::connect(url).await?),
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
+            Arc::new(RedisStore::connect(url).await?)
+        }
         other => {
             // Echo the scheme only if it looks like one: the rest may hold a password.
             let shown = if !other.is_empty()
@@ -89,7 +93,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn SessionStore>, StoreError> {
             };
             return Err(StoreError::Config(format!(
                 "unknown session store scheme {shown} (expected memory, sqlite, postgres, \
-                 postgresql, redis or rediss)"
+                 postgresql, redis, rediss, redis+cluster or rediss+cluster)"
             )));
         }
     })

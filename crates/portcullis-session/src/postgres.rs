@@ -279,6 +279,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 /// Forwards `NOTIFY portcullis_invalidate` to `tx` until aborted, reconnecting with backoff.
+/// Sends `All` when listening starts and whenever notifications may have been lost.
 async fn listen_loop(pool: PgPool, tx: broadcast::Sender<Invalidation>) {
     const MAX_BACKOFF: Duration = Duration::from_secs(5);
     let mut backoff = Duration::from_millis(100);
@@ -307,11 +308,11 @@ async fn listen_loop(pool: PgPool, tx: broadcast::Sender<Invalidation>) {
                             }
                         }
                     }
+                    let _ = tx.send(Invalidation::All);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "session invalidation listener cannot connect"),
         }
-        let _ = tx.send(Invalidation::All);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }

@@ -2,7 +2,8 @@
 //!
 //! Redis enforces expiry itself: every key gets `PEXPIREAT` at the record's `expires`, so
 //! `cleanup_expired` only prunes stale index entries. Connections go through redis-rs's
-//! `ConnectionManager`, which reconnects on its own: while Redis is down every operation fails
+//! `ConnectionManager` (or its cluster client), which reconnects on its own: while Redis is
+//! down every operation fails
 //! with [`StoreError::Unavailable`] (bounded by the connect and response timeouts), and the
 //! first operation after Redis is back works again, without a restart.
 //!
@@ -29,17 +30,25 @@
 //! only keys of one slot: creating with replacement of the same sub + sid, the CAS update and
 //! the deletes are atomic there. The scripts read and delete some keys they find at run time
 //! (the replaced session, the sessions of a sub) instead of receiving them in `KEYS`; those are
-//! always in the slot of `KEYS[1]`, which Redis Cluster serves correctly (a proxy that
+//! always in the slot of `KEYS[1]`, which Redis Cluster executes correctly (a server that
 //! insists on declared keys, e.g. Dragonfly by default, needs undeclared-key access allowed).
 //!
-//! Two keys live in other slots and are maintained in separate steps, ordered so that a live
-//! record is always reachable: the `pc:k:<key>` pointer and the sid index are written *before*
-//! the record and cleaned *after* it is removed. A stale pointer or index entry (a crash
-//! between steps) leads to a missing hash and is ignored on read; it expires with its TTL.
+//! Two keys live in other slots and are maintained in separate commands, ordered so that a
+//! live record is always reachable: the `pc:k:<key>` pointer and the sid index are written
+//! *before* the record and cleaned *after* it is removed. A stale pointer or index entry (a
+//! crash between steps) points at a missing hash and is ignored on read; it expires with its
+//! TTL. No command spans slots (no multi-key pipelines), so the same code runs on a single
+//! server and on a cluster:
 //!
-//! This store connects to a single Redis server (`redis://`, `rediss://` with TLS); a
-//! cluster client is not wired in yet. `cleanup_expired` walks index keys with `SCAN`, which
-//! on a cluster would have to run on every primary. Requires Redis 6.2 or newer (`PXAT`).
+//! - `redis://` / `rediss://`: one server through a `ConnectionManager`.
+//! - `redis+cluster://[user:password@]h1:p1,h2:p2` / `rediss+cluster://...`: Redis Cluster
+//!   through redis-rs's cluster client (follows `MOVED`/`ASK`, reconnects). Invalidations
+//!   are subscribed on one node at a time (cluster `PUBLISH` reaches every node; the
+//!   subscriber moves to the next seed node when its node fails). `cleanup_expired` runs
+//!   `SCAN` on every primary.
+//!
+//! Requires Redis 6.2 or newer (`PXAT`, `SCAN ... TYPE`). Costs per operation: `get` 2 round
+//! trips, `update` 3, `create` 3-4, `delete` 3.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), portcullis_session::StoreError> {
@@ -55,9 +64,13 @@ use crate::util::{
     bounded, check_next_version, now_secs, ttl_ms, AbortOnDrop, CONNECT_TIMEOUT, OP_TIMEOUT,
 };
 use async_trait::async_trait;
+use futures_util::future::try_join_all;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError, Script, Value};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{Client, Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
@@ -71,8 +84,43 @@ const SCAN_BATCH: usize = 500;
 /// Session store on Redis.
 #[derive(Clone)]
 pub struct RedisStore {
-    con: ConnectionManager,
+    con: Conn,
     shared: Arc<Shared>,
+}
+
+/// A single server or a cluster; both reconnect by themselves.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -83,7 +131,9 @@ impl std::fmt::Debug for RedisStore {
 }
 
 struct Shared {
-    client: Client,
+    /// Subscriber connections: the server, or every cluster node to try in turn (`PUBLISH`
+    /// reaches every node of a cluster).
+    pubsub_clients: Vec<Client>,
     runtime: tokio::runtime::Handle,
     invalidations: broadcast::Sender<Invalidation>,
     subscriber: OnceLock<AbortOnDrop>,
@@ -346,6 +396,16 @@ return loc
     )
 });
 
+/// KEYS: pointer. ARGV: session hash name. Deletes the pointer if it still points there.
+static POINTER_DEL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+",
+    )
+});
+
 /// KEYS: lease. ARGV: holder, ttl_ms. Returns 1 if `holder` holds the lease now.
 static LEASE_TAKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -471,29 +531,54 @@ fn parse_records(v: Value) -> Result<Vec<SessionRecord>, StoreError> {
 // ---------------------------------------------------------------------------------------
 
 impl RedisStore {
-    /// Connects to `redis://[user:password@]host[:port][/db]` or `rediss://...` (TLS).
+    /// Connects to `redis://[user:password@]host[:port][/db]` or `rediss://...` (TLS), or to
+    /// a Redis Cluster with `redis+cluster://[user:password@]host1:port1,host2:port2` (or
+    /// `rediss+cluster://`; the nodes are seeds, the rest is discovered).
     /// An unreachable server is [`StoreError::Unavailable`] after at most a few seconds.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let client =
-            Client::open(url).map_err(|e| StoreError::Config(format!("invalid Redis URL: {e}")))?;
-        // No retries inside the manager: an operation during an outage fails within the
-        // connect timeout, and the next one tries again.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_response_timeout(RESPONSE_TIMEOUT)
-            .set_number_of_retries(0);
-        let con = tokio::time::timeout(
-            OP_TIMEOUT,
-            ConnectionManager::new_with_config(client.clone(), config),
-        )
-        .await
-        .map_err(|_| StoreError::Unavailable("Redis connect timed out".into()))?
-        .map_err(map_err)?;
+        let invalid = |e: RedisError| StoreError::Config(format!("invalid Redis URL: {e}"));
+        let (con, pubsub_clients) = if let Some(nodes) = cluster_nodes(url) {
+            let nodes = nodes?;
+            let clients = nodes
+                .iter()
+                .map(|n| Client::open(n.as_str()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(invalid)?;
+            let cluster = ClusterClient::builder(nodes)
+                .connection_timeout(CONNECT_TIMEOUT)
+                .response_timeout(RESPONSE_TIMEOUT)
+                // Redirects (MOVED/ASK while resharding) count as retries; the operation
+                // timeout bounds the total anyway.
+                .retries(3)
+                .build()
+                .map_err(invalid)?;
+            let con = tokio::time::timeout(OP_TIMEOUT, cluster.get_async_connection())
+                .await
+                .map_err(|_| StoreError::Unavailable("Redis Cluster connect timed out".into()))?
+                .map_err(map_err)?;
+            (Conn::Cluster(con), clients)
+        } else {
+            let client = Client::open(url).map_err(invalid)?;
+            // No retries inside the manager: an operation during an outage fails within the
+            // connect timeout, and the next one tries again.
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(CONNECT_TIMEOUT)
+                .set_response_timeout(RESPONSE_TIMEOUT)
+                .set_number_of_retries(0);
+            let con = tokio::time::timeout(
+                OP_TIMEOUT,
+                ConnectionManager::new_with_config(client.clone(), config),
+            )
+            .await
+            .map_err(|_| StoreError::Unavailable("Redis connect timed out".into()))?
+            .map_err(map_err)?;
+            (Conn::Single(con), vec![client])
+        };
         let (invalidations, _) = broadcast::channel(1024);
         Ok(Self {
             con,
             shared: Arc::new(Shared {
-                client,
+                pubsub_clients,
                 runtime: tokio::runtime::Handle::current(),
                 invalidations,
                 subscriber: OnceLock::new(),
@@ -501,7 +586,7 @@ impl RedisStore {
         })
     }
 
-    fn con(&self) -> ConnectionManager {
+    fn con(&self) -> Conn {
         self.con.clone()
     }
 
@@ -540,25 +625,31 @@ impl RedisStore {
         Ok(record)
     }
 
-    /// Second step after a record is gone: its pointer and sid index entry.
+    /// Second step after a record is gone: its pointer and sid index entry (two other
+    /// slots, hence two commands rather than one script).
     async fn forget(&self, record: &SessionRecord, hash: &str) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        // Only if it still points here: the key may have been created again elsewhere.
-        pipe.cmd("EVAL")
-            .arg("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 1")
-            .arg(1)
-            .arg(pointer(&record.key))
-            .arg(hash)
-            .ignore();
-        if let Some(sid) = &record.sid {
-            pipe.cmd("ZREM")
-                .arg(sid_index(&record.partition, sid))
+        let pointer_gone = async {
+            // Only if it still points here: the key may have been created again elsewhere.
+            POINTER_DEL
+                .key(pointer(&record.key))
                 .arg(hash)
-                .ignore();
-        }
-        pipe.query_async::<()>(&mut self.con())
-            .await
-            .map_err(map_err)
+                .invoke_async::<i64>(&mut self.con())
+                .await
+                .map_err(map_err)
+        };
+        let index_gone = async {
+            match &record.sid {
+                Some(sid) => redis::cmd("ZREM")
+                    .arg(sid_index(&record.partition, sid))
+                    .arg(hash)
+                    .query_async::<i64>(&mut self.con())
+                    .await
+                    .map_err(map_err),
+                None => Ok(0),
+            }
+        };
+        tokio::try_join!(pointer_gone, index_gone)?;
+        Ok(())
     }
 
     async fn index_add(&self, index: &str, hash: &str, expires: i64) -> Result<(), StoreError> {
@@ -629,17 +720,18 @@ impl RedisStore {
         // 4. Pointers and sid index entries of the sessions it replaced.
         for pair in replaced.chunks(2) {
             if let [old_hash, old_key] = pair {
-                let mut pipe = redis::pipe();
-                pipe.cmd("DEL").arg(pointer(old_key)).ignore();
-                if let Some(sid) = &record.sid {
-                    pipe.cmd("ZREM")
-                        .arg(sid_index(&record.partition, sid))
-                        .arg(old_hash)
-                        .ignore();
-                }
-                pipe.query_async::<()>(&mut self.con())
-                    .await
-                    .map_err(map_err)?;
+                let old = SessionRecord {
+                    key: old_key.clone(),
+                    partition: record.partition.clone(),
+                    sub: record.sub.clone(),
+                    sid: record.sid.clone(),
+                    created: 0,
+                    renewed: 0,
+                    expires: 0,
+                    version: 0,
+                    ticket: Vec::new(),
+                };
+                self.forget(&old, old_hash).await?;
             }
         }
         Ok(())
@@ -734,19 +826,10 @@ impl RedisStore {
                 if hashes.is_empty() {
                     return Ok(Vec::new());
                 }
-                let mut pipe = redis::pipe();
-                for h in &hashes {
-                    pipe.cmd("HGETALL").arg(h);
-                }
-                let values: Vec<Value> =
-                    pipe.query_async(&mut self.con()).await.map_err(map_err)?;
-                let mut out = Vec::with_capacity(values.len());
-                for v in values {
-                    if let Some(r) = parse_record(v)? {
-                        out.push(r);
-                    }
-                }
-                out
+                // One command per hash (each may live in another slot); the multiplexed
+                // connection pipelines them anyway.
+                let found = try_join_all(hashes.iter().map(|h| self.hgetall(h))).await?;
+                found.into_iter().flatten().collect()
             }
         };
         Ok(records
@@ -813,26 +896,46 @@ impl RedisStore {
         }
     }
 
-    /// One `SCAN` step over index keys; returns the next cursor and the number of sub index
-    /// entries pruned.
-    async fn prune_step(&self, cursor: u64, now: i64) -> Result<(u64, u64), StoreError> {
-        let (next, names): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
+    /// One `SCAN` step over index keys (on `node`, for a cluster); returns the next cursor
+    /// and the number of sub index entries pruned.
+    async fn prune_step(
+        &self,
+        node: Option<&(String, u16)>,
+        cursor: u64,
+        now: i64,
+    ) -> Result<(u64, u64), StoreError> {
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
             .arg("MATCH")
             .arg("pc:{*}:idx")
             .arg("COUNT")
             .arg(SCAN_BATCH)
-            .query_async(&mut self.con())
-            .await
-            .map_err(map_err)?;
-        if names.is_empty() {
-            return Ok((next, 0));
-        }
-        let mut pipe = redis::pipe();
-        for name in &names {
-            pipe.cmd("ZREMRANGEBYSCORE").arg(name).arg("-inf").arg(now);
-        }
-        let counts: Vec<u64> = pipe.query_async(&mut self.con()).await.map_err(map_err)?;
+            .arg("TYPE")
+            .arg("zset");
+        let reply = match (&mut self.con(), node) {
+            (Conn::Cluster(c), Some((host, port))) => c
+                .route_command(
+                    &scan,
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port: *port,
+                    }),
+                )
+                .await
+                .map_err(map_err)?,
+            (con, _) => scan.query_async(con).await.map_err(map_err)?,
+        };
+        let (next, names): (u64, Vec<String>) = redis::from_redis_value(&reply).map_err(map_err)?;
+        let counts = try_join_all(names.iter().map(|name| async move {
+            redis::cmd("ZREMRANGEBYSCORE")
+                .arg(name)
+                .arg("-inf")
+                .arg(now)
+                .query_async::<u64>(&mut self.con())
+                .await
+                .map_err(map_err)
+        }))
+        .await?;
         let pruned = names
             .iter()
             .zip(counts)
@@ -841,14 +944,73 @@ impl RedisStore {
             .sum();
         Ok((next, pruned))
     }
+
+    /// The primaries of a cluster (`None` for a single server).
+    async fn primaries(&self) -> Result<Option<Vec<(String, u16)>>, StoreError> {
+        let Conn::Cluster(mut c) = self.con() else {
+            return Ok(None);
+        };
+        let reply = c
+            .route_command(
+                &redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await
+            .map_err(map_err)?;
+        // [[start, end, [host, port, id, ...], replica...], ...]
+        let ranges: Vec<Vec<Value>> = redis::from_redis_value(&reply).map_err(map_err)?;
+        let mut nodes = Vec::new();
+        for range in ranges {
+            if let Some(primary) = range.get(2) {
+                let (host, port): (String, u16) = match primary {
+                    Value::Array(parts) if parts.len() >= 2 => (
+                        redis::from_redis_value(&parts[0]).map_err(map_err)?,
+                        redis::from_redis_value(&parts[1]).map_err(map_err)?,
+                    ),
+                    _ => return Err(corrupt("CLUSTER SLOTS reply")),
+                };
+                if !nodes.contains(&(host.clone(), port)) {
+                    nodes.push((host, port));
+                }
+            }
+        }
+        Ok(Some(nodes))
+    }
+}
+
+/// The node URLs of a `redis+cluster://` / `rediss+cluster://` URL; `None` for other URLs.
+fn cluster_nodes(url: &str) -> Option<Result<Vec<String>, StoreError>> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = match scheme.to_ascii_lowercase().as_str() {
+        "redis+cluster" => "redis",
+        "rediss+cluster" => "rediss",
+        _ => return None,
+    };
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(split);
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), authority),
+    };
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("{scheme}://{userinfo}{h}{tail}"))
+        .collect();
+    Some(if nodes.is_empty() {
+        Err(StoreError::Config("Redis Cluster URL without nodes".into()))
+    } else {
+        Ok(nodes)
+    })
 }
 
 /// Forwards `pc:invalidate` messages to `tx` until aborted, reconnecting with backoff.
-async fn subscribe_loop(client: Client, tx: broadcast::Sender<Invalidation>) {
+/// Sends `All` once when a subscription is established and once when it is lost.
+async fn subscribe_loop(clients: Vec<Client>, tx: broadcast::Sender<Invalidation>) {
     const MAX_BACKOFF: Duration = Duration::from_secs(5);
     const PING_EVERY: Duration = Duration::from_secs(15);
     let mut backoff = Duration::from_millis(100);
-    loop {
+    for client in clients.iter().cycle() {
         let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub()).await;
         match pubsub {
             Ok(Ok(mut pubsub)) => match pubsub.subscribe(INVALIDATION_CHANNEL).await {
@@ -883,6 +1045,7 @@ async fn subscribe_loop(client: Client, tx: broadcast::Sender<Invalidation>) {
                         }
                     }
                     tracing::warn!("session invalidation subscription lost");
+                    let _ = tx.send(Invalidation::All);
                 }
                 Err(e) => tracing::warn!(error = %e, "session invalidation SUBSCRIBE failed"),
             },
@@ -891,7 +1054,6 @@ async fn subscribe_loop(client: Client, tx: broadcast::Sender<Invalidation>) {
             }
             Err(_) => tracing::warn!("session invalidation subscriber connect timed out"),
         }
-        let _ = tx.send(Invalidation::All);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
@@ -954,16 +1116,24 @@ impl SessionStore for RedisStore {
     }
 
     async fn cleanup_expired(&self, now: i64) -> Result<u64, StoreError> {
-        let mut cursor = 0;
+        // Records expire by their TTL; only index entries are left to prune.
+        let nodes = match bounded(self.primaries()).await? {
+            Some(primaries) => primaries.into_iter().map(Some).collect(),
+            None => vec![None],
+        };
         let mut total = 0;
-        loop {
-            let (next, pruned) = bounded(self.prune_step(cursor, now)).await?;
-            total += pruned;
-            if next == 0 {
-                return Ok(total);
+        for node in &nodes {
+            let mut cursor = 0;
+            loop {
+                let (next, pruned) = bounded(self.prune_step(node.as_ref(), cursor, now)).await?;
+                total += pruned;
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            cursor = next;
         }
+        Ok(total)
     }
 
     async fn claim_once(&self, id: &str, expires: i64) -> Result<bool, StoreError> {
@@ -1028,7 +1198,7 @@ impl SessionStore for RedisStore {
         let rx = self.shared.invalidations.subscribe();
         self.shared.subscriber.get_or_init(|| {
             let task = self.shared.runtime.spawn(subscribe_loop(
-                self.shared.client.clone(),
+                self.shared.pubsub_clients.clone(),
                 self.shared.invalidations.clone(),
             ));
             AbortOnDrop(task.abort_handle())

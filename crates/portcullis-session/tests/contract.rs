@@ -56,7 +56,7 @@ macro_rules! contract {
     };
 }
 
-contract!(memory, sqlite, postgres, redis);
+contract!(memory, sqlite, postgres, redis, redis_cluster);
 
 fn filter(partition: &str, sub: Option<&str>, sid: Option<&str>) -> SessionFilter {
     SessionFilter {

@@ -72,6 +72,14 @@ async fn redis_second_instance_hears_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_second_instance_hears_changes() {
+    let (Some(a), Some(b)) = (common::redis_cluster().await, common::redis_cluster().await) else {
+        return;
+    };
+    second_instance_hears_changes(&*a.store, &*b.store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_second_instance_hears_changes() {
     let (Some(a), Some(b)) = (
         common::postgres_store().await,

@@ -97,6 +97,27 @@ async fn redis_unreachable_at_connect_is_unavailable_quickly() {
 }
 
 #[tokio::test]
+async fn redis_cluster_unreachable_at_connect_is_unavailable_quickly() {
+    let started = Instant::now();
+    let r = RedisStore::connect("redis+cluster://127.0.0.1:1,127.0.0.1:2").await;
+    assert_unavailable("connect", r.map(|_| ()));
+    assert!(started.elapsed() < QUICK, "took {:?}", started.elapsed());
+}
+
+/// TLS set-up (crypto provider, roots) must not panic; a plain server is just unreachable.
+#[tokio::test]
+async fn rediss_against_a_plain_server_is_unavailable() {
+    if skip_external() {
+        return;
+    }
+    let url = common::redis_url().replacen("redis://", "rediss://", 1);
+    let started = Instant::now();
+    let r = RedisStore::connect(&url).await;
+    assert_unavailable("connect", r.map(|_| ()));
+    assert!(started.elapsed() < QUICK, "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
 async fn unknown_scheme_is_a_config_error() {
     for url in ["ftp://x", "mongodb://u:secret@h", "hunter2"] {
         match portcullis_session::connect(url).await {

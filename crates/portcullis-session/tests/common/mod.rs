@@ -105,6 +105,22 @@ pub async fn redis() -> Option<Backend> {
     })
 }
 
+/// Redis Cluster is opt-in: `PORTCULLIS_TEST_REDIS_CLUSTER_URL=redis+cluster://h1:p1,h2:p2`.
+pub async fn redis_cluster() -> Option<Backend> {
+    let Ok(url) = std::env::var("PORTCULLIS_TEST_REDIS_CLUSTER_URL") else {
+        eprintln!("PORTCULLIS_TEST_REDIS_CLUSTER_URL not set: skipping Redis Cluster");
+        return None;
+    };
+    match RedisStore::connect(&url).await {
+        Ok(s) => Some(Backend {
+            store: Arc::new(s),
+            native_ttl: true,
+            exclusive: false,
+        }),
+        Err(e) => panic!("Redis Cluster not reachable at {url}: {e}"),
+    }
+}
+
 pub fn uid() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
