@@ -40,7 +40,7 @@
 //! - [`PostgresStore`] and [`RedisStore`] publish invalidations for in-process caches
 //!   ([`SessionStore::subscribe_invalidations`]); memory and SQLite do not need to.
 //! - Redis Cluster works (every atomic step stays in one hash slot), with caveats listed in
-//!   [`redis`](crate::redis).
+//!   [`redis`].
 
 pub mod memory;
 pub mod postgres;

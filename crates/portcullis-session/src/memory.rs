@@ -17,16 +17,25 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// In-process session store.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Counts only: keys identify sessions.
+        f.debug_struct("MemoryStore")
+            .field("sessions", &self.lock().records.len())
+            .finish_non_exhaustive()
+    }
 }
 
 type PartSub = (String, String);
 type PartSid = (String, String);
 type PartSubSid = (String, String, String);
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Inner {
     records: HashMap<String, SessionRecord>,
     by_sub: HashMap<PartSub, HashSet<String>>,

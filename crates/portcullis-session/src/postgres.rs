@@ -98,13 +98,21 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// Session store on PostgreSQL.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
     shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not derived: the connect options hold the password.
+        f.debug_struct("PostgresStore")
+            .field("pool_size", &self.pool.size())
+            .finish_non_exhaustive()
+    }
+}
+
 struct Shared {
     options: PgConnectOptions,
     runtime: tokio::runtime::Handle,

@@ -24,6 +24,8 @@
 //!   record passed to `update` is ignored. `update` has no clock, so it does not look at
 //!   `expires`: the caller read the record with `get` just before. (Redis drops expired
 //!   records by itself, so there an update of an expired record reports `Missing`.)
+//!   A record that does not carry `expected_version + 1` is refused with
+//!   [`StoreError::Config`] before the store is asked.
 //! - `delete_matching` deletes expired records too (they are garbage anyway) and returns them.
 //! - `cleanup_expired` counts removed sessions. Redis expires records by itself; there the
 //!   number is how many stale index entries were pruned, which may be `0`.
