@@ -20,7 +20,7 @@ async fn connect_picks_the_store_by_scheme() {
             .kind(),
         "memory"
     );
-    let url = common::temp_sqlite_url();
+    let (url, _dir) = common::temp_sqlite();
     assert_eq!(
         portcullis_session::connect(&url).await.unwrap().kind(),
         "sqlite"
@@ -46,7 +46,7 @@ async fn connect_picks_the_store_by_scheme() {
 
 #[tokio::test]
 async fn sqlite_creates_directory_and_keeps_sessions_across_restarts() {
-    let url = common::temp_sqlite_url();
+    let (url, _dir) = common::temp_sqlite();
     let path = url.trim_start_matches("sqlite://").to_owned();
     let r = record(&uid(), "alice", Some("sid-1"));
     {
@@ -69,12 +69,6 @@ async fn sqlite_creates_directory_and_keeps_sessions_across_restarts() {
         .await
         .unwrap();
     assert_eq!(mode, "wal");
-    let _ = std::fs::remove_dir_all(
-        std::path::Path::new(&path)
-            .parent()
-            .and_then(|p| p.parent())
-            .unwrap(),
-    );
 }
 
 #[tokio::test]

@@ -93,9 +93,8 @@ async fn postgres_second_instance_hears_changes() {
 #[tokio::test]
 async fn single_process_stores_do_not_publish() {
     assert!(MemoryStore::new().subscribe_invalidations().is_none());
-    let sqlite = SqliteStore::connect(&common::temp_sqlite_url())
-        .await
-        .unwrap();
+    let (url, _dir) = common::temp_sqlite();
+    let sqlite = SqliteStore::connect(&url).await.unwrap();
     assert!(sqlite.subscribe_invalidations().is_none());
 }
 

@@ -31,6 +31,17 @@ pub struct Backend {
     pub native_ttl: bool,
     /// The store is this test's alone (not a shared server other tests clean up).
     pub exclusive: bool,
+    /// Dropped after `store`: removes a SQLite test directory.
+    pub _dir: Option<TempDir>,
+}
+
+/// Removes a test directory when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 pub async fn memory() -> Option<Backend> {
@@ -38,24 +49,25 @@ pub async fn memory() -> Option<Backend> {
         store: Arc::new(MemoryStore::new()),
         native_ttl: false,
         exclusive: true,
+        _dir: None,
     })
 }
 
-pub fn temp_sqlite_url() -> String {
-    let dir = std::env::temp_dir()
-        .join(format!("portcullis-session-test-{}", uid()))
-        .join("nested");
-    format!("sqlite://{}", dir.join("sessions.db").display())
+/// A SQLite URL in a fresh temp directory (with a missing `nested` level, to be created).
+pub fn temp_sqlite() -> (String, TempDir) {
+    let root = std::env::temp_dir().join(format!("portcullis-session-test-{}", uid()));
+    let file = root.join("nested").join("sessions.db");
+    (format!("sqlite://{}", file.display()), TempDir(root))
 }
 
 pub async fn sqlite() -> Option<Backend> {
-    let store = SqliteStore::connect(&temp_sqlite_url())
-        .await
-        .expect("SQLite store");
+    let (url, dir) = temp_sqlite();
+    let store = SqliteStore::connect(&url).await.expect("SQLite store");
     Some(Backend {
         store: Arc::new(store),
         native_ttl: false,
         exclusive: true,
+        _dir: Some(dir),
     })
 }
 
@@ -79,6 +91,7 @@ pub async fn postgres() -> Option<Backend> {
         store: Arc::new(postgres_store().await?),
         native_ttl: false,
         exclusive: false,
+        _dir: None,
     })
 }
 
@@ -102,6 +115,7 @@ pub async fn redis() -> Option<Backend> {
         store: Arc::new(redis_store().await?),
         native_ttl: true,
         exclusive: false,
+        _dir: None,
     })
 }
 
@@ -116,6 +130,7 @@ pub async fn redis_cluster() -> Option<Backend> {
             store: Arc::new(s),
             native_ttl: true,
             exclusive: false,
+            _dir: None,
         }),
         Err(e) => panic!("Redis Cluster not reachable at {url}: {e}"),
     }
