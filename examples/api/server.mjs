@@ -210,6 +210,27 @@ const server = http.createServer((req, res) => {
 });
 server.on('clientError', (err, socket) => socket.destroy());
 
+// WebSocket test endpoint (any path ending in /ws): completes the RFC 6455 handshake, sends
+// one text line saying whether an Authorization header arrived, then echoes raw bytes. The
+// gateway tunnels bytes after the 101 and never parses frames, so raw echo proves the tunnel.
+server.on('upgrade', (req, socket) => {
+  requests += 1;
+  const path = req.url.split('?')[0];
+  const key = req.headers['sec-websocket-key'];
+  if (!path.endsWith('/ws') || !key || (req.headers.upgrade ?? '').toLowerCase() !== 'websocket') {
+    socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+    return;
+  }
+  const accept = crypto.createHash('sha1').update(`${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
+  socket.write(
+    'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n'
+    + `Sec-WebSocket-Accept: ${accept}\r\n\r\n`,
+  );
+  socket.write(`${JSON.stringify({ authorization: Boolean(req.headers.authorization), cookie: Boolean(req.headers.cookie) })}\n`);
+  socket.on('data', (chunk) => socket.write(chunk));
+  socket.on('error', () => socket.destroy());
+});
+
 server.listen(Number(args.port), '127.0.0.1', () => {
   process.stdout.write(`READY ${JSON.stringify({ port: server.address().port })}\n`);
 });

@@ -583,3 +583,66 @@ tokn = "user"
         }
     }
 }
+
+#[tokio::test]
+async fn websocket_upgrades_pass_an_origin_allow_list_instead_of_the_header() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let stack = Stack::start().await;
+    let gw = &stack.gw;
+    let b = Browser::new();
+    b.login(gw, "alice").await;
+    let cookie = b.cookie_header(&gw.origin);
+    let handshake = |origin: Option<&str>| {
+        format!(
+            "GET /api/ws HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: {cookie}\r\n{}\r\n",
+            gw.port,
+            origin.map(|o| format!("Origin: {o}\r\n")).unwrap_or_default()
+        )
+    };
+    // Wrong or missing Origin: 401, nothing forwarded.
+    for origin in [None, Some("http://evil.example")] {
+        let head = raw_request(gw.port, &handshake(origin)).await;
+        assert!(head.starts_with("HTTP/1.1 401"), "{origin:?}: {head}");
+    }
+    // Our own origin: 101, the upstream got the user's token but no cookie, bytes flow.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    s.write_all(handshake(Some(&gw.origin)).as_bytes())
+        .await
+        .unwrap();
+    let mut reader = BufReader::new(s);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        head.push_str(&line);
+    }
+    if !head.starts_with("HTTP/1.1 101") {
+        let mut body = vec![0u8; 199];
+        let _ = reader.read(&mut body).await;
+        panic!("{head}{}", String::from_utf8_lossy(&body));
+    }
+    let mut hello = String::new();
+    reader.read_line(&mut hello).await.unwrap();
+    let hello: Value = serde_json::from_str(&hello).unwrap();
+    assert_eq!(hello, json!({"authorization": true, "cookie": false}));
+    reader
+        .get_mut()
+        .write_all(b"ping-through-the-tunnel")
+        .await
+        .unwrap();
+    let mut echo = vec![0u8; 23];
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        reader.read_exact(&mut echo),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(echo, b"ping-through-the-tunnel");
+}

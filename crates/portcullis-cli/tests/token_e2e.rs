@@ -54,16 +54,18 @@ async fn session_keeps_working_across_several_access_token_expiries() {
 async fn two_hundred_concurrent_calls_on_an_expired_session_refresh_once_with_rotation() {
     let stack = Stack::start_with(
         IdpOptions {
-            access_token_ttl: 2,
+            access_token_ttl: 6,
             rotate_refresh_token: true,
             ..Default::default()
         },
-        "",
+        "[tokens]\nrefresh_before_expiry = \"1s\"\n",
     )
     .await;
     let b = Browser::new();
     b.login(&stack.gw, "alice").await;
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    // Access tokens live 6 s and are refreshed 1 s before expiry: after 5.2 s the token is
+    // due, and the refreshed one stays fresh for the whole burst.
+    tokio::time::sleep(Duration::from_millis(5200)).await;
     let before = stack.idp.token_requests("refresh_token").await;
     let calls = (0..200).map(|_| {
         let b = b.clone();

@@ -262,32 +262,29 @@ async fn api_inner(
 ) -> Result<Response, GatewayError> {
     let s = gw.settings();
     let headers = request.headers();
-    if csrf::is_websocket_upgrade(headers) {
-        let allowed = if s.websocket_origins.is_empty() {
-            vec![s.public_url.origin().ascii_serialization()]
+    // Browsers cannot add headers to a WebSocket handshake, so upgrades prove their origin
+    // with `Origin` instead of the anti-forgery header. Every other request needs the header.
+    let upgrade = csrf::is_websocket_upgrade(headers);
+    if upgrade && route.settings.anti_forgery {
+        if s.websocket_origins.is_empty() {
+            csrf::check_websocket_origin(headers, &[s.public_url.origin().ascii_serialization()])?;
         } else {
-            s.websocket_origins.clone()
-        };
-        csrf::check_websocket_origin(headers, &allowed)?;
-        // Upgrades are not proxied yet: refuse clearly instead of half-working.
-        return Err(GatewayError::bad_param(
-            "upgrade",
-            "WebSocket proxying is not supported on this route",
-        ));
+            csrf::check_websocket_origin(headers, &s.websocket_origins)?;
+        }
     } else if route.settings.anti_forgery {
         s.anti_forgery.check(headers)?;
     }
 
     let policy = route.settings.token;
     let mut clear_cookie = false;
-    let session_key = if matches!(policy, TokenPolicy::None | TokenPolicy::Client) {
+    let session = if matches!(policy, TokenPolicy::None | TokenPolicy::Client) {
         None
     } else {
         match gw.sessions().lookup(headers).await? {
             Lookup::Active(mut session) => {
                 // API activity counts as activity: extend the idle timeout (rate-limited).
                 gw.sessions().slide(&mut session).await?;
-                Some(session.record.key.clone())
+                Some(session)
             }
             Lookup::Stale => {
                 clear_cookie = true;
@@ -297,37 +294,38 @@ async fn api_inner(
         }
     };
 
-    let token: Option<ManagedToken> = match (policy, &session_key) {
+    let token: Option<ManagedToken> = match (policy, &session) {
         (TokenPolicy::None, _) => None,
         (TokenPolicy::User, None) => {
             let r = GatewayError::Unauthorized("no session").into_response();
             return Ok(with_clear(gw, r, clear_cookie));
         }
-        (TokenPolicy::User | TokenPolicy::UserOrClient | TokenPolicy::UserOrNone, Some(key)) => {
-            match gw.tokens().user_token(key, &route.settings).await {
-                Ok(t) => Some(t),
-                Err(TokenFailure::SessionEnded(reason)) if policy == TokenPolicy::UserOrNone => {
-                    tracing::info!(%reason, "user token unavailable; forwarding without a token");
-                    None
-                }
-                Err(TokenFailure::SessionEnded(reason)) => {
-                    tracing::info!(%reason, "token refresh failed for good; ending the session");
-                    gw.sessions().end(key).await?;
-                    let r = GatewayError::Unauthorized("session ended").into_response();
-                    return Ok(with_clear(gw, r, true));
-                }
-                Err(TokenFailure::Unavailable(_) | TokenFailure::Rejected(_))
-                    if policy == TokenPolicy::UserOrNone =>
-                {
-                    None
-                }
-                Err(TokenFailure::Unavailable(e)) => return Err(e),
-                Err(TokenFailure::Rejected(reason)) => {
-                    tracing::warn!(%reason, "user token request rejected");
-                    return Err(GatewayError::Unauthorized("token request rejected"));
-                }
+        (
+            TokenPolicy::User | TokenPolicy::UserOrClient | TokenPolicy::UserOrNone,
+            Some(session),
+        ) => match gw.tokens().user_token(session, &route.settings).await {
+            Ok(t) => Some(t),
+            Err(TokenFailure::SessionEnded(reason)) if policy == TokenPolicy::UserOrNone => {
+                tracing::info!(%reason, "user token unavailable; forwarding without a token");
+                None
             }
-        }
+            Err(TokenFailure::SessionEnded(reason)) => {
+                tracing::info!(%reason, "token refresh failed for good; ending the session");
+                gw.sessions().end(session.key()).await?;
+                let r = GatewayError::Unauthorized("session ended").into_response();
+                return Ok(with_clear(gw, r, true));
+            }
+            Err(TokenFailure::Unavailable(_) | TokenFailure::Rejected(_))
+                if policy == TokenPolicy::UserOrNone =>
+            {
+                None
+            }
+            Err(TokenFailure::Unavailable(e)) => return Err(e),
+            Err(TokenFailure::Rejected(reason)) => {
+                tracing::warn!(%reason, "user token request rejected");
+                return Err(GatewayError::Unauthorized("token request rejected"));
+            }
+        },
         (TokenPolicy::UserOrNone, None) => None,
         (TokenPolicy::Client, _) | (TokenPolicy::UserOrClient, None) => {
             match gw.tokens().client_token(&route.settings).await {
@@ -350,11 +348,16 @@ async fn api_inner(
     };
     let (parts, body) = request.into_parts();
     let request = http::Request::from_parts(parts, Body::new(body));
-    let response = gw
-        .inner
-        .forwarder
-        .forward(route, request, token.as_ref(), &ctx)
-        .await?;
+    let forwarder = &gw.inner.forwarder;
+    let response = if upgrade {
+        forwarder
+            .forward_upgrade(route, request, token.as_ref(), &ctx)
+            .await?
+    } else {
+        forwarder
+            .forward(route, request, token.as_ref(), &ctx)
+            .await?
+    };
     Ok(with_clear(gw, response, clear_cookie))
 }
 

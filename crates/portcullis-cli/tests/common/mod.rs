@@ -670,7 +670,16 @@ pub async fn raw_request(port: u16, request: &str) -> String {
         .unwrap();
     s.write_all(request.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    let mut chunk = [0u8; 4096];
+    let read_head = async {
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), read_head).await;
     let text = String::from_utf8_lossy(&buf).into_owned();
     text.split("\r\n\r\n").next().unwrap_or_default().to_owned()
 }

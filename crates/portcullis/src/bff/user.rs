@@ -28,7 +28,7 @@ pub async fn user(
         .get("slide")
         .map(|s| !s.eq_ignore_ascii_case("false"))
         .unwrap_or(true);
-    let mut session = match gw.sessions().lookup(&headers).await? {
+    let mut session = match gw.sessions().lookup_uncached(&headers).await? {
         Lookup::Active(s) => s,
         other => {
             let mut r = if gw.sessions().settings().anonymous_user_is_null {

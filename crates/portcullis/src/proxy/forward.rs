@@ -114,6 +114,77 @@ impl Forwarder {
     }
 }
 
+impl Forwarder {
+    /// Forwards a WebSocket upgrade (the caller has checked the `Origin` allow-list). On a
+    /// `101` from the upstream, both connections are upgraded and bytes are copied both ways
+    /// until either side closes; frames are not parsed. Any other answer is passed back as
+    /// an ordinary response.
+    pub async fn forward_upgrade(
+        &self,
+        route: &Route,
+        mut request: Request<Body>,
+        token: Option<&ManagedToken>,
+        ctx: &ForwardContext<'_>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let client_side = hyper::upgrade::on(&mut request);
+        let (mut parts, _body) = request.into_parts();
+        let uri = route.upstream_uri(parts.uri.path(), parts.uri.query())?;
+        sanitize_request_headers(&mut parts.headers, ctx, &route.settings.path);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if let Some(authority) = uri.authority() {
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                parts.headers.insert(header::HOST, host);
+            }
+        }
+        if let Some(token) = token {
+            parts
+                .headers
+                .insert(header::AUTHORIZATION, token.authorization_header());
+        }
+        parts.uri = uri;
+        parts.version = http::Version::HTTP_11;
+        let upstream_request = Request::from_parts(parts, Body::empty());
+        let mut response = match tokio::time::timeout(
+            route.settings.timeout,
+            self.client.request(upstream_request),
+        )
+        .await
+        {
+            Err(_) => return Err(GatewayError::UpstreamTimeout),
+            Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(describe(&e))),
+            Ok(Ok(r)) => r,
+        };
+        if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            strip_own_cookies(&mut parts.headers, ctx.own_cookie_names);
+            return Ok(Response::from_parts(parts, Body::new(body)));
+        }
+        let upstream_side = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            match tokio::join!(client_side, upstream_side) {
+                (Ok(client), Ok(upstream)) => {
+                    let mut client = hyper_util::rt::TokioIo::new(client);
+                    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                    {
+                        tracing::debug!(error = %e, "websocket tunnel closed with an error");
+                    }
+                }
+                (Err(e), _) | (_, Err(e)) => tracing::info!(error = %e, "websocket upgrade failed"),
+            }
+        });
+        let (mut parts, _) = response.into_parts();
+        strip_own_cookies(&mut parts.headers, ctx.own_cookie_names);
+        Ok(Response::from_parts(parts, Body::empty()))
+    }
+}
+
 fn describe(e: &hyper_util::client::legacy::Error) -> String {
     use std::error::Error;
     let mut s = e.to_string();

@@ -4,12 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::HeaderMap;
-use moka::future::Cache;
 use portcullis_session::{
     CasOutcome, Invalidation, SessionFilter, SessionRecord, SessionStore, StoreError,
 };
 use portcullis_token::SharedClock;
 
+use super::cache::SessionCache;
 use super::keys::KeyRing;
 use super::ticket::Ticket;
 use crate::cookie::{CookieSettings, SessionId};
@@ -50,7 +50,7 @@ pub struct Sessions {
     /// Recently used sessions, so the hot path needs no store round-trip. Entries live at
     /// most `cache_ttl` (the staleness bound when no invalidation reaches us) and are dropped
     /// at once on every local write and on every invalidation the store announces.
-    cache: Option<Cache<String, ActiveSession>>,
+    cache: Option<SessionCache>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -72,12 +72,8 @@ impl Sessions {
         settings: SessionSettings,
         cookies: CookieSettings,
     ) -> Self {
-        let cache = (!settings.cache_ttl.is_zero()).then(|| {
-            Cache::builder()
-                .max_capacity(settings.cache_capacity)
-                .time_to_live(settings.cache_ttl)
-                .build()
-        });
+        let cache = (!settings.cache_ttl.is_zero())
+            .then(|| SessionCache::new(settings.cache_ttl, settings.cache_capacity));
         Self {
             store,
             keys,
@@ -117,11 +113,6 @@ impl Sessions {
         }
     }
 
-    /// Drops a session from this instance's cache, so the next read goes to the store.
-    pub async fn forget_cached(&self, key: &str) {
-        self.forget(key).await;
-    }
-
     pub fn store(&self) -> &Arc<dyn SessionStore> {
         &self.store
     }
@@ -152,6 +143,16 @@ impl Sessions {
         self.lookup_key(&id.store_key()).await
     }
 
+    /// Like [`Sessions::lookup`], but always asks the store (for the SPA's session check,
+    /// which must reflect a logout on another instance at once).
+    pub async fn lookup_uncached(&self, headers: &HeaderMap) -> Result<Lookup, GatewayError> {
+        match self.cookies.session_id(headers) {
+            None => Ok(Lookup::Anonymous),
+            Some(Err(())) => Ok(Lookup::Stale),
+            Some(Ok(id)) => self.lookup_key_fresh(&id.store_key()).await,
+        }
+    }
+
     /// Loads a session by store key, from the cache when possible.
     pub async fn lookup_key(&self, key: &str) -> Result<Lookup, GatewayError> {
         if let Some(cache) = &self.cache {
@@ -167,6 +168,7 @@ impl Sessions {
 
     /// Loads a session from the store, bypassing (and refreshing) the cache.
     pub async fn lookup_key_fresh(&self, key: &str) -> Result<Lookup, GatewayError> {
+        let before = self.cache.as_ref().map(SessionCache::epoch);
         let now = self.now();
         let Some(record) = self.store.get(key, now).await? else {
             self.forget(key).await;
@@ -178,8 +180,8 @@ impl Sessions {
         match self.open(&record) {
             Ok(ticket) => {
                 let active = ActiveSession { record, ticket };
-                if let Some(c) = &self.cache {
-                    c.insert(active.record.key.clone(), active.clone()).await;
+                if let (Some(c), Some(before)) = (&self.cache, before) {
+                    c.fill(&active, before).await;
                 }
                 Ok(Lookup::Active(Box::new(active)))
             }
@@ -252,9 +254,8 @@ impl Sessions {
         match self.store.update(&updated, session.record.version).await? {
             CasOutcome::Updated => {
                 session.record = updated;
-                if let Some(c) = &self.cache {
-                    c.insert(session.record.key.clone(), session.clone()).await;
-                }
+                // The next read refills the cache from the store.
+                self.forget(&session.record.key).await;
             }
             // Someone else wrote (a refresh, another request sliding): their write wins; the
             // next request slides again if still needed.

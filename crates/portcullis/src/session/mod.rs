@@ -12,6 +12,7 @@
 //! - cookie present but its session is gone, expired or unreadable → anonymous, clear cookie;
 //! - store unreachable → 503, the cookie is kept (a hiccup must not log anyone out).
 
+mod cache;
 mod keys;
 mod manager;
 mod ticket;

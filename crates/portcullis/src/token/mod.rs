@@ -28,7 +28,7 @@ use tokio::sync::OnceCell;
 
 use crate::error::GatewayError;
 use crate::oidc::Provider;
-use crate::session::{Lookup, Sessions};
+use crate::session::{ActiveSession, Lookup, Sessions};
 use crate::settings::{ClientAuthSettings, GatewaySettings, RouteSettings};
 
 /// The default client-credentials client: the gateway's own OIDC client.
@@ -220,19 +220,25 @@ impl TokenService {
     }
 
     /// A current user access token for a route; refreshes (single-flight) when needed.
+    /// `session` is the session the request resolved to (possibly from the cache): its tokens
+    /// answer the first read, every later read inside a refresh goes to the store.
     pub async fn user_token(
         &self,
-        session_key: &str,
+        session: &ActiveSession,
         route: &RouteSettings,
     ) -> Result<ManagedToken, TokenFailure> {
         let clients = self.clients().await.map_err(TokenFailure::Unavailable)?;
         let params = route_params(route);
         let store = SessionTokenStore {
             sessions: &self.sessions,
+            prefetched: std::sync::Mutex::new(Some((
+                session.ticket.tokens.clone(),
+                session.record.version,
+            ))),
         };
         clients
             .users
-            .get_access_token(&store, session_key, &params, route.refresh_before_expiry)
+            .get_access_token(&store, session.key(), &params, route.refresh_before_expiry)
             .await
             .map_err(TokenFailure::from_error)
     }
@@ -302,14 +308,29 @@ fn client_auth(settings: &ClientAuthSettings) -> Result<ClientAuth, GatewayError
 
 /// Sessions as a token store: tokens live in the sealed ticket; writes are CAS on the
 /// record version; leases go to the session store (shared by every instance).
+///
+/// The first `load` returns the tokens of the session the request already holds (no store
+/// round-trip on the hot path). Every later `load` — the ones the token manager makes under
+/// its single-flight lock and lease, to see another request's or instance's refresh — reads
+/// the store directly, never the cache, so a refresh never starts from a stale refresh token.
 struct SessionTokenStore<'a> {
     sessions: &'a Sessions,
+    prefetched: std::sync::Mutex<Option<(UserTokens, u64)>>,
 }
 
 #[async_trait]
 impl UserTokenStore for SessionTokenStore<'_> {
     async fn load(&self, session: &str) -> Result<Option<(UserTokens, u64)>, TokenError> {
-        match self.sessions.lookup_key(session).await {
+        // A poisoned lock only means another load panicked; the value is still usable.
+        let first = self
+            .prefetched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(first) = first {
+            return Ok(Some(first));
+        }
+        match self.sessions.lookup_key_fresh(session).await {
             Ok(Lookup::Active(s)) => Ok(Some((s.ticket.tokens, s.record.version))),
             Ok(_) => Ok(None),
             Err(e) => Err(TokenError::Store(e.to_string())),
