@@ -24,6 +24,7 @@ use url::Url;
 /// Environment variables the binary reads.
 pub const ENV_CLIENT_SECRET: &str = "PORTCULLIS_OIDC_CLIENT_SECRET";
 pub const ENV_SESSION_KEYS: &str = "PORTCULLIS_SESSION_KEYS";
+pub const ENV_ADMIN_TOKEN: &str = "PORTCULLIS_ADMIN_TOKEN";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,6 +136,14 @@ struct RawRoute {
 
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawSpa {
     dir: Option<PathBuf>,
 }
@@ -150,8 +159,17 @@ pub struct Config {
     pub spa_dir: Option<PathBuf>,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub log_json: bool,
+    /// The operators' listener: session administration and metrics.
+    pub admin: Option<AdminConfig>,
     /// Warnings to log at start-up (insecure but allowed choices).
     pub warnings: Vec<String>,
+}
+
+/// The admin listener.
+#[derive(Debug)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token: Secret,
 }
 
 /// Where the session encryption keys come from.
@@ -191,6 +209,7 @@ pub fn parse(
             "tokens",
             "routes",
             "spa",
+            "admin",
         ]
         .contains(&key.as_str())
         {
@@ -203,6 +222,7 @@ pub fn parse(
     let af: RawAntiForgery = section(&table, "anti_forgery", &mut errors).unwrap_or_default();
     let tokens: RawTokens = section(&table, "tokens", &mut errors).unwrap_or_default();
     let spa: RawSpa = section(&table, "spa", &mut errors).unwrap_or_default();
+    let raw_admin: Option<RawAdmin> = section(&table, "admin", &mut errors);
     let mut raw_routes: Vec<RawRoute> = Vec::new();
     match table.get("routes") {
         None => {}
@@ -655,6 +675,33 @@ pub fn parse(
         }
     }
 
+    let admin = raw_admin.and_then(|a| {
+        let admin_listen = a
+            .listen
+            .as_deref()
+            .unwrap_or("127.0.0.1:9090")
+            .parse::<SocketAddr>()
+            .map_err(|_| errors.push("admin.listen must be an address like 127.0.0.1:9090".into()))
+            .ok()?;
+        if Some(admin_listen) == listen {
+            errors.push("admin.listen must differ from server.listen".into());
+        }
+        let token = match (env(ENV_ADMIN_TOKEN), a.token_file, a.token) {
+            (Some(t), _, _) => t,
+            (None, Some(f), _) => std::fs::read_to_string(resolve(&f))
+                .map(|t| t.trim().to_owned())
+                .map_err(|e| errors.push(format!("admin.token_file: {e}")))
+                .ok()?,
+            (None, None, Some(t)) => t,
+            (None, None, None) => String::new(),
+        };
+        if token.len() < 16 {
+            errors.push(format!("admin needs a token of at least 16 characters (admin.token, admin.token_file or {ENV_ADMIN_TOKEN})"));
+            return None;
+        }
+        Some(AdminConfig { listen: admin_listen, token: Secret::new(token) })
+    });
+
     let websocket_origins = af.websocket_origins.unwrap_or_default();
     if !errors.is_empty() {
         return Err(errors);
@@ -712,6 +759,7 @@ pub fn parse(
         spa_dir,
         tls,
         log_json,
+        admin,
         warnings,
     })
 }

@@ -48,6 +48,35 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Session administration: list or end a user's sessions (refresh tokens are revoked).
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// List sessions of a user (metadata only).
+    List {
+        #[arg(long, short, default_value = "portcullis.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        sub: Option<String>,
+        #[arg(long)]
+        sid: Option<String>,
+    },
+    /// End sessions of a user (all, or the one with `--sid`), or one by `--key`.
+    End {
+        #[arg(long, short, default_value = "portcullis.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        sub: Option<String>,
+        #[arg(long)]
+        sid: Option<String>,
+        #[arg(long)]
+        key: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -121,6 +150,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Sessions { command } => sessions(command),
         Command::Keys { command } => match command {
             KeysCommand::Generate { id } => {
                 let id = id.unwrap_or_else(keyfile::default_key_id);
@@ -138,6 +168,67 @@ fn main() -> ExitCode {
                 }
             },
         },
+    }
+}
+
+fn sessions(command: SessionsCommand) -> ExitCode {
+    let (config, sub, sid, key, end) = match command {
+        SessionsCommand::List { config, sub, sid } => (config, sub, sid, None, false),
+        SessionsCommand::End {
+            config,
+            sub,
+            sid,
+            key,
+        } => (config, sub, sid, key, true),
+    };
+    if sub.is_none() && sid.is_none() && key.is_none() {
+        eprintln!("portcullis sessions: give --sub and/or --sid (or --key to end one session)");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let cfg = match config::load(&config) {
+        Ok(c) => c,
+        Err(errors) => return report_config_errors(&config, &errors),
+    };
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async {
+            let gw = serve::build_gateway(cfg.gateway, &cfg.keys, &cfg.store_url, &cfg.data_dir).await?;
+            let sessions = gw.sessions();
+            if let Some(key) = key {
+                let ended = sessions.end(&key).await.map_err(|e| e.to_string())?;
+                if let Some(ticket) = ended.as_ref().and_then(|r| sessions.open(r).ok()) {
+                    gw.tokens().revoke_user_tokens(&ticket.tokens).await;
+                }
+                return Ok(serde_json::json!({ "ended": usize::from(ended.is_some()) }));
+            }
+            if end {
+                let ended = sessions.end_matching(sub.as_deref(), sid.as_deref()).await.map_err(|e| e.to_string())?;
+                for ticket in &ended {
+                    gw.tokens().revoke_user_tokens(&ticket.tokens).await;
+                }
+                return Ok(serde_json::json!({ "ended": ended.len() }));
+            }
+            let filter = portcullis_session::SessionFilter {
+                partition: sessions.settings().partition.clone(),
+                sub,
+                sid,
+            };
+            let found = sessions.store().find(&filter, gw.now()).await.map_err(|e| e.to_string())?;
+            let list: Vec<_> = found
+                .iter()
+                .map(|r| serde_json::json!({"key": r.key, "sub": r.sub, "sid": r.sid, "created": r.created, "renewed": r.renewed, "expires": r.expires}))
+                .collect();
+            Ok(serde_json::json!({ "sessions": list }))
+        })
+    });
+    match result {
+        Ok(v) => {
+            println!("{v:#}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portcullis sessions: {e}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
     }
 }
 

@@ -23,13 +23,17 @@ pub fn init_logging(json: bool) {
     }
 }
 
-pub async fn run(cfg: Config) -> Result<(), String> {
+/// Keys, store and gateway from a validated configuration (shared by `serve` and
+/// `sessions`).
+pub async fn build_gateway(
+    settings: portcullis::settings::GatewaySettings,
+    keys: &KeySource,
+    store_url: &str,
+    data_dir: &std::path::Path,
+) -> Result<Gateway, String> {
     // One TLS provider for every crate in the process (reqwest, sqlx, redis, hyper-rustls).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    for w in &cfg.warnings {
-        tracing::warn!("{w}");
-    }
-    let keys = match &cfg.keys {
+    let keys = match keys {
         KeySource::Inline(specs) => portcullis::session::KeyRing::new(
             specs
                 .iter()
@@ -38,24 +42,48 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         )?,
         KeySource::File(path) => keyfile::load_or_create(path)?,
     };
-    if cfg.store_url.starts_with("sqlite:") {
-        std::fs::create_dir_all(&cfg.data_dir)
-            .map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
+    if store_url.starts_with("sqlite:") {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
     }
-    let store = portcullis_session::connect(&cfg.store_url)
+    let store = portcullis_session::connect(store_url)
         .await
         .map_err(|e| format!("session store: {e}"))?;
     tracing::info!(store = store.kind(), "session store connected");
-    let gateway = Gateway::new(
-        cfg.gateway,
+    Gateway::new(
+        settings,
         store,
         keys,
         Arc::new(portcullis_token::SystemClock),
-    )?;
+    )
+}
+
+pub async fn run(cfg: Config) -> Result<(), String> {
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+    let gateway = build_gateway(cfg.gateway, &cfg.keys, &cfg.store_url, &cfg.data_dir).await?;
     let background = gateway.spawn_background_tasks();
     // Warm the discovery cache; failure is not fatal (the IdP may start after us).
     if let Err(e) = gateway.provider().metadata().await {
         tracing::warn!(error = %e, "identity provider discovery failed at start-up; will retry on demand");
+    }
+    if let Some(admin) = &cfg.admin {
+        let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .map(|handle| -> portcullis::admin::MetricsRender { Arc::new(move || handle.render()) })
+            .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
+            .ok();
+        let app = portcullis::admin::router(gateway.clone(), admin.token.clone(), metrics);
+        let listener = tokio::net::TcpListener::bind(admin.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {} (admin): {e}", admin.listen))?;
+        tracing::info!(addr = %admin.listen, "admin listener (sessions, metrics)");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "admin listener stopped");
+            }
+        });
     }
     let fallback = cfg.spa_dir.as_ref().map(|dir| {
         Router::new()

@@ -20,6 +20,18 @@ pub enum Origin {
     Internal,
 }
 
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Browser => "browser",
+            Self::Idp => "idp",
+            Self::Upstream => "upstream",
+            Self::Store => "store",
+            Self::Internal => "internal",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     /// A bad parameter: 400 with a problem body naming it.
@@ -96,6 +108,7 @@ impl GatewayError {
     }
 
     fn log(&self) {
+        metrics::counter!("portcullis_errors_total", "origin" => self.origin().as_str(), "status" => self.status().as_str().to_owned()).increment(1);
         match self.origin() {
             Origin::Browser => {
                 tracing::info!(origin = "browser", error = %self, "request rejected")

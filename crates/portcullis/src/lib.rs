@@ -35,6 +35,7 @@
 //!
 //! The library reads no files and no environment; the `portcullis` binary does that.
 
+pub mod admin;
 pub mod bff;
 pub mod cookie;
 pub mod csrf;

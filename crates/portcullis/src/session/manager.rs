@@ -158,10 +158,15 @@ impl Sessions {
         if let Some(cache) = &self.cache {
             if let Some(hit) = cache.get(key).await {
                 if hit.record.expires > self.now() {
+                    metrics::counter!("portcullis_session_cache_total", "result" => "hit")
+                        .increment(1);
                     return Ok(Lookup::Active(Box::new(hit)));
                 }
                 cache.invalidate(key).await;
             }
+        }
+        if self.cache.is_some() {
+            metrics::counter!("portcullis_session_cache_total", "result" => "miss").increment(1);
         }
         self.lookup_key_fresh(key).await
     }

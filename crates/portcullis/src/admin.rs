@@ -1,0 +1,156 @@
+//! Session administration for operators, on a listener of its own.
+//!
+//! Never mount this router on the public listener: it lists and ends anyone's sessions. The
+//! binary binds it to `[admin] listen` (an internal address) and requires a bearer token.
+//!
+//! | endpoint | purpose |
+//! |---|---|
+//! | `GET /sessions?sub=…[&sid=…]` | a user's sessions (metadata only, never tokens) |
+//! | `DELETE /sessions?sub=…[&sid=…]` | end them; their refresh tokens are revoked |
+//! | `DELETE /sessions/{key}` | end one session by its store key |
+//! | `GET /metrics` | Prometheus text, when the binary installed a recorder |
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use portcullis_session::SessionFilter;
+use portcullis_token::Secret;
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::error::GatewayError;
+use crate::Gateway;
+
+/// Renders the current metrics (Prometheus text format).
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+
+#[derive(Clone)]
+struct AdminState {
+    gateway: Gateway,
+    token: Secret,
+    metrics: Option<MetricsRender>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Selector {
+    sub: Option<String>,
+    sid: Option<String>,
+}
+
+/// The admin router. Every request needs `Authorization: Bearer <token>`.
+pub fn router(gateway: Gateway, token: Secret, metrics: Option<MetricsRender>) -> Router {
+    Router::new()
+        .route("/sessions", get(list).delete(end_matching))
+        .route("/sessions/{key}", axum::routing::delete(end_one))
+        .route("/metrics", get(metrics_text))
+        .with_state(AdminState {
+            gateway,
+            token,
+            metrics,
+        })
+}
+
+fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), GatewayError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let expected = state.token.expose_secret().as_bytes();
+    if !expected.is_empty() && bool::from(presented.as_bytes().ct_eq(expected)) {
+        Ok(())
+    } else {
+        Err(GatewayError::Unauthorized("admin token missing or wrong"))
+    }
+}
+
+fn filter(gw: &Gateway, sel: Selector) -> Result<SessionFilter, GatewayError> {
+    if sel.sub.is_none() && sel.sid.is_none() {
+        return Err(GatewayError::bad_param("sub", "give sub and/or sid"));
+    }
+    Ok(SessionFilter {
+        partition: gw.sessions().settings().partition.clone(),
+        sub: sel.sub,
+        sid: sel.sid,
+    })
+}
+
+async fn list(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Query(sel): Query<Selector>,
+) -> Result<Response, GatewayError> {
+    authorize(&state, &headers)?;
+    let gw = &state.gateway;
+    let records = gw
+        .sessions()
+        .store()
+        .find(&filter(gw, sel)?, gw.now())
+        .await?;
+    let sessions: Vec<_> = records
+        .iter()
+        .map(|r| {
+            json!({"key": r.key, "sub": r.sub, "sid": r.sid, "created": r.created,
+                   "renewed": r.renewed, "expires": r.expires})
+        })
+        .collect();
+    Ok(axum::Json(json!({ "sessions": sessions })).into_response())
+}
+
+async fn end_matching(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Query(sel): Query<Selector>,
+) -> Result<Response, GatewayError> {
+    authorize(&state, &headers)?;
+    let gw = &state.gateway;
+    let f = filter(gw, sel)?;
+    let ended = gw
+        .sessions()
+        .end_matching(f.sub.as_deref(), f.sid.as_deref())
+        .await?;
+    for ticket in &ended {
+        gw.tokens().revoke_user_tokens(&ticket.tokens).await;
+    }
+    tracing::info!(sessions = ended.len(), "sessions ended by an operator");
+    Ok(axum::Json(json!({ "ended": ended.len() })).into_response())
+}
+
+async fn end_one(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<Response, GatewayError> {
+    authorize(&state, &headers)?;
+    let gw = &state.gateway;
+    match gw.sessions().end(&key).await? {
+        Some(record) => {
+            if let Ok(ticket) = gw.sessions().open(&record) {
+                gw.tokens().revoke_user_tokens(&ticket.tokens).await;
+            }
+            tracing::info!("session ended by an operator");
+            Ok(axum::Json(json!({ "ended": 1 })).into_response())
+        }
+        None => Err(GatewayError::NotFound),
+    }
+}
+
+async fn metrics_text(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+) -> Result<Response, GatewayError> {
+    authorize(&state, &headers)?;
+    match &state.metrics {
+        Some(render) => Ok((
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            render(),
+        )
+            .into_response()),
+        None => Ok(StatusCode::NOT_FOUND.into_response()),
+    }
+}
