@@ -1,0 +1,184 @@
+//! The load generator: `C` workers, each with its own keep-alive HTTP/1.1 connection, sending
+//! one request at a time (closed loop) until the scenario's time is up.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// What one worker sends, over and over.
+#[derive(Debug, Clone)]
+pub struct RequestTemplate {
+    pub uri: Uri,
+    pub headers: HeaderMap,
+}
+
+/// One scenario's measurement (the measured window only, warm-up excluded).
+#[derive(Debug, Clone)]
+pub struct Measured {
+    /// Responses completed inside the measured window.
+    pub requests: u64,
+    pub rps: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    /// CPU time of this whole process (gateway, load generator, upstream, in-process store
+    /// clients) per request; `None` when `/proc/self/stat` cannot be read.
+    pub cpu_us_per_req: Option<f64>,
+}
+
+/// Runs `templates.len()` workers against `addr` for `warmup + duration`.
+/// Every response must be `200` with exactly `expected_body`; anything else is an error.
+pub async fn run(
+    addr: SocketAddr,
+    templates: Vec<RequestTemplate>,
+    expected_body: &'static str,
+    warmup: Duration,
+    duration: Duration,
+) -> Result<Measured, String> {
+    let measure_start = Instant::now() + warmup;
+    let measure_end = measure_start + duration;
+    let cpu = tokio::spawn(cpu_during(measure_start, measure_end));
+    let workers: Vec<_> = templates
+        .into_iter()
+        .map(|t| tokio::spawn(worker(addr, t, expected_body, measure_start, measure_end)))
+        .collect();
+    let mut latencies: Vec<u32> = Vec::new();
+    let mut first_error = None;
+    for w in workers {
+        match w.await {
+            Ok(Ok(l)) => latencies.extend(l),
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(format!("worker panicked: {e}"));
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    let cpu = cpu.await.ok().flatten();
+    latencies.sort_unstable();
+    let requests = latencies.len() as u64;
+    if requests == 0 {
+        return Err("no request completed in the measured window".into());
+    }
+    Ok(Measured {
+        requests,
+        rps: requests as f64 / duration.as_secs_f64(),
+        p50_us: percentile(&latencies, 0.50),
+        p99_us: percentile(&latencies, 0.99),
+        cpu_us_per_req: cpu.map(|c| c.as_secs_f64() * 1e6 / requests as f64),
+    })
+}
+
+/// Latencies (µs) of the requests that started and finished inside the measured window.
+async fn worker(
+    addr: SocketAddr,
+    template: RequestTemplate,
+    expected_body: &'static str,
+    measure_start: Instant,
+    measure_end: Instant,
+) -> Result<Vec<u32>, String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| format!("nodelay: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake {addr}: {e}"))?;
+    let conn = tokio::spawn(conn);
+    let mut latencies = Vec::with_capacity(64 * 1024);
+    loop {
+        let start = Instant::now();
+        if start >= measure_end {
+            break;
+        }
+        sender
+            .ready()
+            .await
+            .map_err(|e| format!("connection to {addr} closed: {e}"))?;
+        let mut request = Request::new(Empty::new());
+        *request.method_mut() = Method::GET;
+        request.uri_mut().clone_from(&template.uri);
+        request.headers_mut().clone_from(&template.headers);
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("request to {addr}{}: {e}", template.uri))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body from {addr}{}: {e}", template.uri))?
+            .to_bytes();
+        if status != StatusCode::OK || body != expected_body.as_bytes() {
+            return Err(format!(
+                "{addr}{} answered {status}: {:?}",
+                template.uri,
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            ));
+        }
+        let done = Instant::now();
+        if start >= measure_start && done <= measure_end {
+            let us = done.duration_since(start).as_micros();
+            latencies.push(u32::try_from(us).unwrap_or(u32::MAX));
+        }
+    }
+    drop(sender);
+    // The connection task ends once the sender is gone; do not wait on a slow close.
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+    Ok(latencies)
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u64 {
+    let n = sorted.len();
+    // Nearest rank: the smallest value with at least p·n values at or below it.
+    let rank = ((p * n as f64).ceil() as usize).clamp(1, n);
+    u64::from(sorted[rank - 1])
+}
+
+/// Process CPU time (user + system, all threads) spent between `start` and `end`.
+async fn cpu_during(start: Instant, end: Instant) -> Option<Duration> {
+    tokio::time::sleep_until(start.into()).await;
+    let before = process_cpu()?;
+    tokio::time::sleep_until(end.into()).await;
+    let after = process_cpu()?;
+    Some(after.saturating_sub(before))
+}
+
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let ticks = clock_ticks_per_sec();
+    Some(Duration::from_secs_f64(
+        (utime + stime) as f64 / ticks as f64,
+    ))
+}
+
+pub fn clock_ticks_per_sec() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|&t: &u64| t > 0)
+            .unwrap_or(100)
+    })
+}

@@ -1,0 +1,684 @@
+//! `proxy-bench`: requests per second for an authenticated proxied `GET` through one
+//! Portcullis gateway, per session store, with and without the in-process session cache,
+//! beside a plain reverse proxy measured in the same run.
+//!
+//! Everything runs in this process on 127.0.0.1: an upstream answering `GET /hello` with ~100
+//! bytes of JSON, a fake IdP (discovery and an empty JWKS; its token endpoint must not be
+//! called), the baseline proxy, one gateway per scenario and the load generator (`C` workers,
+//! one keep-alive HTTP/1.1 connection each, closed loop). Each scenario runs for a warm-up and
+//! a measured window; any non-`200` response, or a body other than the upstream's, aborts the
+//! run.
+//!
+//! ```text
+//! cargo run --release -p portcullis-bench --bin proxy-bench -- --help
+//! ```
+//!
+//! Scenarios, in order: baseline (start), gateway route with `token = "none"` on the memory
+//! store (forwarding cost without session or token), then for each store the `token = "user"`
+//! route with the cache on (`cache_ttl` = 10 s) and off (`cache_ttl` = 0), and the baseline
+//! again (end). `ratio_to_baseline` divides by the mean of the two baseline runs.
+
+// Benchmark setup: failing fast is the intent.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod load;
+mod servers;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, ValueEnum};
+use http::{header, HeaderMap, HeaderValue, Uri};
+use portcullis::cookie::{CookieSettings, SameSite};
+use portcullis::csrf::AntiForgery;
+use portcullis::session::{Claim, Key, KeyRing, Ticket};
+use portcullis::settings::{
+    ClientAuthSettings, GatewaySettings, OidcSettings, RouteSettings, SessionSettings, TokenPolicy,
+    TokenSettings,
+};
+use portcullis::Gateway;
+use portcullis_token::{Secret, SystemClock, TokenResponse, TokenType, UserTokens};
+use tokio::task::JoinHandle;
+use url::Url;
+
+use load::{Measured, RequestTemplate};
+use servers::{Idp, Upstream, UPSTREAM_BODY};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StoreKind {
+    Memory,
+    Sqlite,
+    Redis,
+    Postgres,
+}
+
+impl StoreKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Sqlite => "sqlite",
+            Self::Redis => "redis",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// Throughput of an authenticated proxied GET through the gateway, per session store,
+/// beside a plain reverse proxy.
+#[derive(Debug, Parser)]
+#[command(name = "proxy-bench")]
+struct Args {
+    /// Measured time per scenario (at most 60s).
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Warm-up per scenario, not measured (at most 10s).
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Concurrent workers, one keep-alive connection each (1..=1024).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Logged-in sessions the workers share round-robin; 0 = one per worker (every worker
+    /// is a different browser).
+    #[arg(long, default_value_t = 0)]
+    sessions: usize,
+    /// Stores to measure, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "memory,sqlite,redis,postgres"
+    )]
+    stores: Vec<StoreKind>,
+    /// Skip the gateway route without session or token.
+    #[arg(long)]
+    skip_open_route: bool,
+    #[arg(
+        long,
+        env = "PORTCULLIS_TEST_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    redis_url: String,
+    #[arg(
+        long,
+        env = "PORTCULLIS_TEST_POSTGRES_URL",
+        default_value = "postgres://postgres:postgres@127.0.0.1:5432/test",
+        hide_env_values = true
+    )]
+    postgres_url: String,
+    /// Worker threads of the async runtime (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// The access token every benchmark session holds: JWT-sized, so tickets and the forwarded
+/// `Authorization` header have a realistic size.
+fn access_token_value() -> String {
+    let mut s = String::from("eyJhbGciOiJSUzI1NiIsInR5cCI6ImF0K2p3dCJ9.");
+    while s.len() < 800 {
+        s.push_str("eyJzdWIiOiJiZW5jaC11c2VyIiwiYXVkIjoiYXBpIn0");
+    }
+    s.truncate(800);
+    s
+}
+
+fn main() {
+    let args = Args::parse();
+    // Asks `getconf` once, before the clock starts.
+    let _ = load::clock_ticks_per_sec();
+    if let Err(e) = check_bounds(&args) {
+        eprintln!("proxy-bench: {e}");
+        std::process::exit(64);
+    }
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = args.threads {
+        rt.worker_threads(n);
+    }
+    let rt = rt.build().expect("tokio runtime");
+    let code = rt.block_on(run(args));
+    // Background tasks (cleanup, invalidation listeners, servers) end with the runtime.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    std::process::exit(code);
+}
+
+fn check_bounds(a: &Args) -> Result<(), String> {
+    if a.duration.is_zero() || a.duration > Duration::from_secs(60) {
+        return Err("--duration must be in (0, 60s]".into());
+    }
+    if a.warmup > Duration::from_secs(10) {
+        return Err("--warmup must be at most 10s".into());
+    }
+    if a.concurrency == 0 || a.concurrency > 1024 {
+        return Err("--concurrency must be in 1..=1024".into());
+    }
+    if a.sessions > 1024 {
+        return Err("--sessions must be at most 1024".into());
+    }
+    Ok(())
+}
+
+/// Output lines, printed at the end (progress goes to stderr while running).
+#[derive(Default)]
+struct Report {
+    lines: Vec<String>,
+}
+
+impl Report {
+    fn print(&self) {
+        for l in &self.lines {
+            println!("{l}");
+        }
+    }
+}
+
+struct Row {
+    label: String,
+    measured: Measured,
+}
+
+async fn run(args: Args) -> i32 {
+    let mut report = Report::default();
+    match run_inner(&args, &mut report).await {
+        Ok(ok) => {
+            report.print();
+            if ok {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            report.print();
+            println!("FAILED: {e}");
+            1
+        }
+    }
+}
+
+async fn run_inner(args: &Args, report: &mut Report) -> Result<bool, String> {
+    let sessions_per_gateway = if args.sessions == 0 {
+        args.concurrency
+    } else {
+        args.sessions
+    };
+
+    // Upstream, IdP, baseline.
+    let token = access_token_value();
+    let upstream = Arc::new(Upstream {
+        expected_authorization: HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|e| e.to_string())?,
+        with_token: 0.into(),
+        without_token: 0.into(),
+    });
+    let (upstream_addr, _up) = servers::serve(servers::upstream_router(upstream.clone()))
+        .await
+        .map_err(|e| format!("upstream: {e}"))?;
+    let idp_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("idp: {e}"))?;
+    let idp_addr = idp_listener.local_addr().map_err(|e| e.to_string())?;
+    let idp = Arc::new(Idp {
+        issuer: format!("http://{idp_addr}"),
+        ..Idp::default()
+    });
+    let _idp = servers::serve_on(idp_listener, servers::idp_router(idp.clone()));
+    let (baseline_addr, _baseline) = servers::serve(servers::baseline_router(upstream_addr))
+        .await
+        .map_err(|e| format!("baseline: {e}"))?;
+
+    let run_id = format!(
+        "bench-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    );
+    report.lines.push(format!(
+        "# proxy-bench concurrency={} sessions={} duration={} warmup={} cores={} upstream_body_bytes={}",
+        args.concurrency,
+        sessions_per_gateway,
+        humantime::format_duration(args.duration),
+        humantime::format_duration(args.warmup),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        UPSTREAM_BODY.len(),
+    ));
+
+    let mut rows: Vec<Row> = Vec::new();
+    let mut skipped: Vec<String> = Vec::new();
+
+    // Baseline (start).
+    let plain: Vec<RequestTemplate> = (0..args.concurrency)
+        .map(|_| template(baseline_addr, "/api/hello", None))
+        .collect::<Result<_, _>>()?;
+    progress("baseline (start)");
+    let m = load::run(
+        baseline_addr,
+        plain.clone(),
+        UPSTREAM_BODY,
+        args.warmup,
+        args.duration,
+    )
+    .await?;
+    check_upstream(&upstream, false, "baseline")?;
+    rows.push(Row {
+        label: "scenario=baseline run=start".into(),
+        measured: m,
+    });
+
+    let mut ticket_bytes = None;
+
+    // The gateway's forwarding path without session or token.
+    if !args.skip_open_route {
+        progress("gateway route=open (token=none) store=memory");
+        let gw = start_gateway(
+            "memory",
+            Duration::from_secs(10),
+            &idp.issuer,
+            upstream_addr,
+            &format!("{run_id}-open"),
+            &token,
+            1,
+        )
+        .await?;
+        let t: Vec<_> = (0..args.concurrency)
+            .map(|i| {
+                template(
+                    gw.addr,
+                    "/open/hello",
+                    Some(&gw.cookies[i % gw.cookies.len()]),
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        let m = load::run(gw.addr, t, UPSTREAM_BODY, args.warmup, args.duration).await;
+        gw.stop().await;
+        let m = m?;
+        check_upstream(&upstream, false, "gateway route=open")?;
+        rows.push(Row {
+            label: "scenario=gateway route=open store=memory cache=on ".into(),
+            measured: m,
+        });
+    }
+
+    let tmp = std::env::temp_dir().join(&run_id);
+    for &kind in &args.stores {
+        for cache in [true, false] {
+            let cache_label = if cache { "on " } else { "off" };
+            let label = format!("scenario=gateway store={} cache={cache_label}", kind.name());
+            let url = match kind {
+                StoreKind::Memory => "memory".to_owned(),
+                StoreKind::Sqlite => format!(
+                    "sqlite://{}",
+                    tmp.join(format!("cache-{}", cache_label.trim()))
+                        .join("s.db")
+                        .display()
+                ),
+                StoreKind::Redis => args.redis_url.clone(),
+                StoreKind::Postgres => args.postgres_url.clone(),
+            };
+            progress(&label);
+            let ttl = if cache {
+                Duration::from_secs(10)
+            } else {
+                Duration::ZERO
+            };
+            let partition = format!("{run_id}-{}-{}", kind.name(), cache_label.trim());
+            let gw = match start_gateway(
+                &url,
+                ttl,
+                &idp.issuer,
+                upstream_addr,
+                &partition,
+                &token,
+                sessions_per_gateway,
+            )
+            .await
+            {
+                Ok(gw) => gw,
+                Err(GatewayStartError::Store(reason)) => {
+                    let line = format!("store={} skipped: {reason}", kind.name());
+                    eprintln!("{line}");
+                    skipped.push(line);
+                    break;
+                }
+                Err(GatewayStartError::Other(e)) => return Err(e),
+            };
+            ticket_bytes.get_or_insert(gw.ticket_bytes);
+            let t: Vec<_> = (0..args.concurrency)
+                .map(|i| {
+                    template(
+                        gw.addr,
+                        "/api/hello",
+                        Some(&gw.cookies[i % gw.cookies.len()]),
+                    )
+                })
+                .collect::<Result<_, _>>()?;
+            let m = load::run(gw.addr, t, UPSTREAM_BODY, args.warmup, args.duration).await;
+            gw.stop().await;
+            let m = m?;
+            check_upstream(&upstream, true, &label)?;
+            rows.push(Row { label, measured: m });
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+
+    // Baseline (end).
+    progress("baseline (end)");
+    let m = load::run(
+        baseline_addr,
+        plain,
+        UPSTREAM_BODY,
+        args.warmup,
+        args.duration,
+    )
+    .await?;
+    check_upstream(&upstream, false, "baseline")?;
+    rows.push(Row {
+        label: "scenario=baseline run=end  ".into(),
+        measured: m,
+    });
+
+    let baselines: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.label.starts_with("scenario=baseline"))
+        .map(|r| r.measured.rps)
+        .collect();
+    let base_mean = baselines.iter().sum::<f64>() / baselines.len() as f64;
+    if let Some(b) = ticket_bytes {
+        report
+            .lines
+            .push(format!("# sealed ticket bytes per session: {b}"));
+    }
+    for r in &rows {
+        let m = &r.measured;
+        let cpu = m
+            .cpu_us_per_req
+            .map_or_else(|| "n/a".to_owned(), |c| format!("{c:.1}"));
+        let ratio = if r.label.starts_with("scenario=baseline") {
+            String::new()
+        } else {
+            format!(" ratio_to_baseline={:.2}", m.rps / base_mean)
+        };
+        report.lines.push(format!(
+            "{} rps={:.0} p50_us={} p99_us={} requests={} cpu_us_per_req={cpu}{ratio}",
+            r.label, m.rps, m.p50_us, m.p99_us, m.requests
+        ));
+    }
+    report.lines.extend(skipped);
+    let drift = match baselines.as_slice() {
+        [start, end] => format!(" drift_end_vs_start={:+.1}%", (end / start - 1.0) * 100.0),
+        _ => String::new(),
+    };
+    report
+        .lines
+        .push(format!("baseline_mean_rps={base_mean:.0}{drift}"));
+    let token_calls = idp.token_calls.load(Ordering::SeqCst);
+    report.lines.push(format!(
+        "idp token_endpoint_calls={token_calls} discovery_calls={} jwks_calls={}",
+        idp.discovery_calls.load(Ordering::SeqCst),
+        idp.jwks_calls.load(Ordering::SeqCst),
+    ));
+    if token_calls != 0 {
+        report
+            .lines
+            .push("FAILED: the token endpoint was called during the run".into());
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+fn progress(what: &str) {
+    eprintln!("proxy-bench: running {what}");
+}
+
+/// Every upstream request of the last scenario carried the session's token (`with_token`),
+/// or none did.
+fn check_upstream(up: &Upstream, with_token: bool, what: &str) -> Result<(), String> {
+    let (with, without) = up.take_counts();
+    let ok = if with_token {
+        without == 0 && with > 0
+    } else {
+        with == 0 && without > 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: upstream saw {with} requests with the session token and {without} without"
+        ))
+    }
+}
+
+fn template(
+    addr: SocketAddr,
+    path: &str,
+    cookie: Option<&HeaderValue>,
+) -> Result<RequestTemplate, String> {
+    let mut headers = HeaderMap::new();
+    let host = HeaderValue::from_str(&addr.to_string()).map_err(|e| e.to_string())?;
+    headers.insert(header::HOST, host);
+    headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+    headers.insert("x-csrf", HeaderValue::from_static("1"));
+    if let Some(c) = cookie {
+        headers.insert(header::COOKIE, c.clone());
+    }
+    Ok(RequestTemplate {
+        uri: path.parse::<Uri>().map_err(|e| e.to_string())?,
+        headers,
+    })
+}
+
+enum GatewayStartError {
+    /// The session store could not be opened: the scenario is skipped.
+    Store(String),
+    Other(String),
+}
+
+impl From<String> for GatewayStartError {
+    fn from(e: String) -> Self {
+        Self::Other(e)
+    }
+}
+
+impl From<GatewayStartError> for String {
+    fn from(e: GatewayStartError) -> Self {
+        match e {
+            GatewayStartError::Store(s) | GatewayStartError::Other(s) => s,
+        }
+    }
+}
+
+struct RunningGateway {
+    gateway: Gateway,
+    addr: SocketAddr,
+    /// `Cookie` header values, one per session.
+    cookies: Vec<HeaderValue>,
+    keys: Vec<String>,
+    ticket_bytes: usize,
+    tasks: Vec<JoinHandle<()>>,
+    sqlite_dir: Option<PathBuf>,
+}
+
+impl RunningGateway {
+    /// Ends the benchmark sessions (shared stores keep them otherwise) and stops the server
+    /// and background tasks. Connections still open finish on their own.
+    async fn stop(self) {
+        for k in &self.keys {
+            if let Err(e) = self.gateway.sessions().end(k).await {
+                eprintln!("proxy-bench: could not delete a benchmark session: {e}");
+            }
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(d) = self.sqlite_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+async fn start_gateway(
+    store_url: &str,
+    cache_ttl: Duration,
+    issuer: &str,
+    upstream: SocketAddr,
+    partition: &str,
+    access_token: &str,
+    sessions: usize,
+) -> Result<RunningGateway, GatewayStartError> {
+    let store = match tokio::time::timeout(
+        Duration::from_secs(10),
+        portcullis_session::connect(store_url),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(GatewayStartError::Store(e.to_string())),
+        Err(_) => return Err(GatewayStartError::Store("no answer within 10 s".into())),
+    };
+    let sqlite_dir = store_url
+        .strip_prefix("sqlite://")
+        .and_then(|p| PathBuf::from(p).parent().map(PathBuf::from));
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("gateway listener: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let public_url = Url::parse(&format!("http://{addr}")).map_err(|e| e.to_string())?;
+    let upstream_url = Url::parse(&format!("http://{upstream}/")).map_err(|e| e.to_string())?;
+    let settings = gateway_settings(
+        public_url,
+        issuer.to_owned(),
+        upstream_url,
+        cache_ttl,
+        partition.to_owned(),
+    )?;
+    let keys = KeyRing::new(vec![Key::parse(&Key::generate_spec("bench"))?])?;
+    let gateway = Gateway::new(settings, store, keys, Arc::new(SystemClock))?;
+
+    let now = gateway.now();
+    let cookie_name = gateway.sessions().cookies().session_name().to_owned();
+    let mut cookies = Vec::with_capacity(sessions);
+    let mut store_keys = Vec::with_capacity(sessions);
+    let mut ticket_bytes = 0;
+    for i in 0..sessions {
+        let tokens = UserTokens::from_response(
+            TokenResponse {
+                access_token: Secret::new(access_token),
+                token_type: TokenType::Bearer,
+                expires_in: Some(3600),
+                refresh_token: Some(Secret::new(format!("bench-refresh-{i}"))),
+                id_token: Some(Secret::new(format!("{access_token}.{i}"))),
+                scope: Some("openid profile email offline_access api".into()),
+                extra: serde_json::Map::new(),
+            },
+            now,
+        )
+        .map_err(|e| format!("tokens: {e}"))?;
+        let sub = format!("bench-user-{i}");
+        let sid = format!("bench-sid-{i}");
+        let claim = |kind: &str, value: serde_json::Value| Claim {
+            kind: kind.into(),
+            value,
+        };
+        let ticket = Ticket {
+            claims: vec![
+                claim("iss", issuer.into()),
+                claim("sub", sub.clone().into()),
+                claim("aud", "bench".into()),
+                claim("sid", sid.clone().into()),
+                claim("auth_time", now.into()),
+                claim("amr", "pwd".into()),
+                claim("name", format!("Bench User {i}").into()),
+                claim("email", format!("bench{i}@example.com").into()),
+                claim("email_verified", true.into()),
+            ],
+            sub,
+            sid: Some(sid),
+            session_state: None,
+            tokens,
+        };
+        let (id, record) = match gateway.sessions().create(ticket).await {
+            Ok(v) => v,
+            // The store connected but cannot write: skip like an unreachable one.
+            Err(e) => return Err(GatewayStartError::Store(format!("create session: {e}"))),
+        };
+        ticket_bytes = record.ticket.len();
+        cookies.push(
+            HeaderValue::from_str(&format!("{cookie_name}={}", id.as_str()))
+                .map_err(|e| e.to_string())?,
+        );
+        store_keys.push(record.key);
+    }
+
+    let mut tasks = gateway.spawn_background_tasks();
+    tasks.push(servers::serve_on(listener, gateway.router(None)));
+    Ok(RunningGateway {
+        gateway,
+        addr,
+        cookies,
+        keys: store_keys,
+        ticket_bytes,
+        tasks,
+        sqlite_dir,
+    })
+}
+
+fn gateway_settings(
+    public_url: Url,
+    issuer: String,
+    upstream: Url,
+    cache_ttl: Duration,
+    partition: String,
+) -> Result<GatewaySettings, String> {
+    let cookies = CookieSettings::for_public_url(&public_url, None, SameSite::Strict)
+        .map_err(|e| e.join("; "))?;
+    let route = |path: &str, token: TokenPolicy| RouteSettings {
+        path: path.into(),
+        upstream: upstream.clone(),
+        token,
+        anti_forgery: true,
+        resource: None,
+        scope: None,
+        refresh_before_expiry: None,
+        client: None,
+        timeout: Duration::from_secs(30),
+    };
+    Ok(GatewaySettings {
+        public_url,
+        base_path: "/bff".into(),
+        callback_path: "/signin-oidc".into(),
+        signed_out_callback_path: "/signout-callback-oidc".into(),
+        oidc: OidcSettings {
+            issuer,
+            client_id: "bench".into(),
+            client_auth: ClientAuthSettings::ClientSecretBasic(Secret::new("bench-secret")),
+            scopes: vec!["openid".into(), "offline_access".into(), "api".into()],
+            extra_authorize_params: Vec::new(),
+            resource: None,
+            revoke_refresh_token_on_logout: false,
+            clock_skew: Duration::from_secs(60),
+            fetch_userinfo: false,
+            backchannel_logout_all_sessions: false,
+            http_timeout: Duration::from_secs(5),
+        },
+        session: SessionSettings {
+            partition,
+            cache_ttl,
+            ..SessionSettings::default()
+        },
+        cookies,
+        anti_forgery: AntiForgery::default(),
+        routes: vec![
+            route("/api", TokenPolicy::User),
+            route("/open", TokenPolicy::None),
+        ],
+        tokens: TokenSettings::default(),
+        diagnostics: false,
+        trust_forwarded_headers: false,
+        websocket_origins: Vec::new(),
+    })
+}
