@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // Self-test of the test IdP and the example API, and executable documentation of the plain
-// HTTP steps the Rust harness performs: login (code + PKCE), token exchange, refresh (with and
-// without rotation), revocation, restart with a state file, RP-initiated logout via the form,
-// back-channel logout and the /__test/* controls.
+// HTTP steps the Rust harness performs: login (code + PKCE), code exchange, refresh (with and
+// without rotation), RFC 8693 token exchange, revocation, restart with a state file,
+// RP-initiated logout via the form, back-channel logout and the /__test/* controls.
 //
 //   node testing/idp/selftest.mjs        (exit 0 on success; prints TAP-like lines)
 
@@ -394,6 +394,96 @@ async function main() {
     await json(`${issuer}/__test/reset`, { method: 'POST' });
     const { body: zero } = await json(`${issuer}/__test/stats`);
     assert(Object.keys(zero.token_requests).length === 0 && zero.revocations === 0, 'reset');
+  });
+
+  const TE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+  const AT_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+  const teForm = (extra) => ({
+    grant_type: TE, subject_token: tokens.access_token, subject_token_type: AT_TYPE, ...extra,
+  });
+  await step('token exchange (RFC 8693): user access token -> JWT access token the API accepts', async () => {
+    await json(`${issuer}/__test/reset`, { method: 'POST' });
+    assert(discovery.grant_types_supported.includes(TE), 'grant_types_supported');
+    const keys = jose.createRemoteJWKSet(new URL(discovery.jwks_uri));
+    const r = await tokenRequest(issuer, teForm({ audience: 'urn:portcullis:api', scope: 'api.read api.write', requested_token_type: AT_TYPE }));
+    assert(r.status === 200, `${r.status} ${JSON.stringify(r.body)}`);
+    assert(JSON.stringify(Object.keys(r.body).sort()) === '["access_token","expires_in","issued_token_type","scope","token_type"]', JSON.stringify(r.body));
+    assert(r.body.issued_token_type === AT_TYPE && r.body.token_type === 'Bearer' && r.body.expires_in === 300 && r.body.scope === 'api.read api.write', JSON.stringify(r.body));
+    const { payload: at, protectedHeader } = await jose.jwtVerify(r.body.access_token, keys, { issuer, audience: 'urn:portcullis:api' });
+    const subject = jose.decodeJwt(tokens.access_token);
+    if (process.env.SELFTEST_VERBOSE) process.stderr.write(`exchanged: ${JSON.stringify(protectedHeader)} ${JSON.stringify(at)}\n`);
+    assert(protectedHeader.typ === 'at+jwt' && protectedHeader.alg === 'RS256' && protectedHeader.kid === jose.decodeProtectedHeader(tokens.access_token).kid, JSON.stringify(protectedHeader));
+    assert(at.sub === 'alice' && at.client_id === CLIENT_ID && at.act?.sub === CLIENT_ID && at.scope === 'api.read api.write', JSON.stringify(at));
+    assert(at.jti && at.jti !== subject.jti && at.exp - at.iat === 300, JSON.stringify(at));
+    const api2 = await json(`${apiBase}/whoami`, { headers: { authorization: `Bearer ${r.body.access_token}` } });
+    assert(api2.status === 200 && api2.body.sub === 'alice' && api2.body.token_jti === at.jti, JSON.stringify(api2.body));
+    // defaults: audience urn:portcullis:exchanged (so the API refuses it), the subject's scope
+    const d = await tokenRequest(issuer, teForm({}));
+    const dat = jose.decodeJwt(d.body.access_token);
+    assert(d.status === 200 && dat.aud === 'urn:portcullis:exchanged' && dat.scope === subject.scope && d.body.scope === subject.scope, JSON.stringify(dat));
+    const refused = await json(`${apiBase}/whoami`, { headers: { authorization: `Bearer ${d.body.access_token}` } });
+    assert(refused.status === 401, 'API accepted a token for another audience');
+    const res = await tokenRequest(issuer, teForm({ resource: 'urn:portcullis:other' }));
+    assert(res.status === 200 && jose.decodeJwt(res.body.access_token).aud === 'urn:portcullis:other', 'resource -> aud');
+    // an exchanged token can be exchanged again: act nests
+    const again = await tokenRequest(issuer, teForm({ subject_token: r.body.access_token, audience: 'urn:portcullis:api' }));
+    const aat = jose.decodeJwt(again.body.access_token);
+    assert(again.status === 200 && aat.sub === 'alice' && aat.act.sub === CLIENT_ID && aat.act.act.sub === CLIENT_ID, JSON.stringify(aat));
+  });
+
+  await step('token exchange: bad subject token -> invalid_grant, bad client secret -> invalid_client', async () => {
+    const sign = async (claims, header = { typ: 'at+jwt' }, alg = 'RS256') => (await json(`${issuer}/__test/sign`, { method: 'POST', body: JSON.stringify({ claims, header, alg }) })).body.jwt;
+    const now = Math.floor(Date.now() / 1000);
+    const good = { iss: issuer, sub: 'alice', aud: 'urn:portcullis:api', iat: now, exp: now + 60 };
+    const signed = await sign(good);
+    assert((await tokenRequest(issuer, teForm({ subject_token: signed }))).status === 200, '/__test/sign token with at+jwt refused');
+    const bad = {
+      tampered: `${tokens.access_token.slice(0, -3)}AAA`,
+      'id token': tokens.id_token,
+      'not a jwt': 'opaque-garbage',
+      expired: await sign({ ...good, iat: now - 120, exp: now - 60 }),
+      'foreign iss': await sign({ ...good, iss: 'http://evil.example' }),
+      'no typ': await sign(good, {}),
+      'HS256 key confusion': await sign(good, { typ: 'at+jwt' }, 'HS256'),
+      'alg none': await sign(good, { typ: 'at+jwt' }, 'none'),
+    };
+    for (const [what, token] of Object.entries(bad)) {
+      const r = await tokenRequest(issuer, teForm({ subject_token: token }));
+      assert(r.status === 400 && r.body.error === 'invalid_grant', `${what}: ${r.status} ${JSON.stringify(r.body)}`);
+    }
+    const wrongType = await tokenRequest(issuer, teForm({ subject_token_type: 'urn:ietf:params:oauth:token-type:id_token' }));
+    assert(wrongType.status === 400 && wrongType.body.error === 'invalid_grant', `subject_token_type: ${JSON.stringify(wrongType.body)}`);
+    const noSubject = await tokenRequest(issuer, { grant_type: TE, subject_token_type: AT_TYPE });
+    assert(noSubject.status === 400 && noSubject.body.error === 'invalid_request', `missing subject_token: ${JSON.stringify(noSubject.body)}`);
+    const wrongSecret = await req(null, `${issuer}/token`, {
+      method: 'POST', form: teForm({}), headers: { authorization: `Basic ${Buffer.from(`${CLIENT_ID}:wrong`).toString('base64')}` },
+    });
+    assert(wrongSecret.status === 401 && JSON.parse(wrongSecret.text).error === 'invalid_client', `wrong secret: ${wrongSecret.status} ${wrongSecret.text}`);
+    const noAuth = await req(null, `${issuer}/token`, { method: 'POST', form: { ...teForm({}), client_id: CLIENT_ID } });
+    assert(noAuth.status === 401 && JSON.parse(noAuth.text).error === 'invalid_client', `no client auth: ${noAuth.status} ${noAuth.text}`);
+    const { body } = await json(`${issuer}/__test/stats`);
+    const n = body.token_requests[TE]; // 4 in the previous step, 1 + bad + 4 here
+    assert(n === 4 + 1 + Object.keys(bad).length + 4, `stats ${JSON.stringify(body)}`);
+    assert(body.token_errors.invalid_grant === Object.keys(bad).length + 1 && body.token_errors.invalid_client === 2 && body.token_errors.invalid_request === 1, JSON.stringify(body));
+  });
+
+  await step('token exchange: added to every configured client unless "token_exchange": false', async () => {
+    const secret = 'another-secret-for-tests-0123456789';
+    const te = await start('testing/idp/server.mjs', ['--port', '0', '--quiet', '--config', config({
+      clients: [
+        { client_id: 'cc', client_secret: secret, grant_types: ['client_credentials'], scope: 'api.read' },
+        { client_id: 'no-te', client_secret: secret, grant_types: ['client_credentials', TE], token_exchange: false },
+      ],
+    })]);
+    const iss3 = te.info.issuer;
+    const as = (id, form) => req(null, `${iss3}/token`, { method: 'POST', form, headers: { authorization: `Basic ${Buffer.from(`${id}:${secret}`).toString('base64')}` } });
+    const cc = JSON.parse((await as('cc', { grant_type: 'client_credentials', scope: 'api.read' })).text);
+    const form = { grant_type: TE, subject_token: cc.access_token, subject_token_type: AT_TYPE };
+    const yes = await as('cc', form);
+    assert(yes.status === 200 && jose.decodeJwt(JSON.parse(yes.text).access_token).sub === 'cc', `cc: ${yes.status} ${yes.text}`);
+    const no = await as('no-te', form);
+    assert(no.status === 400 && JSON.parse(no.text).error === 'invalid_request', `no-te: ${no.status} ${no.text}`);
+    await stop(te.child);
   });
 
   await step('restart with state_file: refresh token, keys and IdP session survive', async () => {

@@ -22,7 +22,9 @@
 //   and they do not expire with the IdP session;
 // - the ID token carries the profile/email claims (no userinfo round trip needed), because
 //   access tokens are JWTs for the API resource and cannot be used at the userinfo endpoint;
-// - `/__test/*` is unauthenticated (the server only listens on 127.0.0.1).
+// - `/__test/*` is unauthenticated (the server only listens on 127.0.0.1);
+// - an RFC 8693 token-exchange grant (access token in, JWT access token out) is added to
+//   every confidential client, with no policy beyond "the subject token is ours and valid".
 
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -38,6 +40,14 @@ const RESOURCE_SCOPE = 'api api.read api.write';
 // OpenID scopes; the API scopes belong to the resource server (see getResourceServerInfo).
 const OIDC_SCOPES = ['openid', 'offline_access', 'profile', 'email'];
 const BACKCHANNEL_EVENT = 'http://schemas.openid.net/event/backchannel-logout';
+// RFC 8693 token exchange
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const TOKEN_TYPE_ACCESS_TOKEN = 'urn:ietf:params:oauth:token-type:access_token';
+const EXCHANGE_DEFAULT_AUDIENCE = 'urn:portcullis:exchanged';
+const EXCHANGE_PARAMS = [
+  'subject_token', 'subject_token_type', 'requested_token_type', 'audience', 'resource', 'scope',
+  'actor_token', 'actor_token_type',
+];
 
 function log(...parts) {
   process.stderr.write(`[idp] ${parts.join(' ')}\n`);
@@ -85,7 +95,7 @@ const DEFAULT_CLIENT = {
   backchannel_logout_uri: 'http://127.0.0.1:8080/bff/backchannel',
   backchannel_logout_session_required: true,
   token_endpoint_auth_method: 'client_secret_basic',
-  grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
+  grant_types: ['authorization_code', 'refresh_token', 'client_credentials', TOKEN_EXCHANGE],
   scope: 'openid profile email offline_access api api.read api.write',
 };
 
@@ -115,16 +125,27 @@ const DEFAULT_USERS = {
 function normalizeConfig(raw) {
   const num = (v, d) => (Number.isFinite(v) && v > 0 ? v : d);
   const clients = (Array.isArray(raw.clients) && raw.clients.length ? raw.clients : [DEFAULT_CLIENT])
-    .map((c) => {
-      const grantTypes = c.grant_types ?? DEFAULT_CLIENT.grant_types;
+    .map(({ token_exchange: tokenExchange, ...c }) => {
+      let grantTypes = [...(c.grant_types ?? DEFAULT_CLIENT.grant_types)];
+      // Token exchange is added to every client that authenticates at the token endpoint
+      // (test configs list grant_types explicitly and predate it); "token_exchange": false
+      // removes it, even when grant_types lists it.
+      if (tokenExchange === false) {
+        grantTypes = grantTypes.filter((g) => g !== TOKEN_EXCHANGE);
+      } else if ((c.token_endpoint_auth_method ?? 'client_secret_basic') !== 'none' && !grantTypes.includes(TOKEN_EXCHANGE)) {
+        grantTypes.push(TOKEN_EXCHANGE);
+      }
       // oidc-provider only accepts its own (OpenID) scopes in client metadata; resource
-      // scopes such as api.read are allowed by the resource server instead.
+      // scopes such as api.read are allowed by the resource server instead. A client that
+      // lists none (e.g. "scope": "api.read") gets no `scope` metadata (an empty one is invalid).
       const scope = String(c.scope ?? DEFAULT_CLIENT.scope).split(' ')
         .filter((s) => OIDC_SCOPES.includes(s)).join(' ');
+      const rest = { ...c };
+      delete rest.scope;
       return {
         token_endpoint_auth_method: 'client_secret_basic',
-        ...c,
-        scope,
+        ...rest,
+        ...(scope ? { scope } : {}),
         grant_types: grantTypes,
         // client_credentials-only clients have no front channel at all
         response_types: c.response_types ?? (grantTypes.includes('authorization_code') ? ['code'] : []),
@@ -588,8 +609,77 @@ async function main() {
 
   provider = new Provider(issuer, configuration);
 
+  // ---- RFC 8693 token exchange. oidc-provider runs client authentication and the
+  // per-client grant_types check before this handler; the token is signed here directly
+  // (same key, alg and `typ` as oidc-provider's JWT access tokens), not via its models, so
+  // it is neither stored nor introspectable nor revocable.
+  const publicJwks = {
+    keys: privateKeys.map(({
+      d, p, q, dp, dq, qi, ...pub
+    }) => pub),
+  };
+  const localKeys = jose.createLocalJWKSet(publicJwks);
+  const verifyOwnAccessToken = async (token, what) => {
+    try {
+      const { payload } = await jose.jwtVerify(token, localKeys, {
+        issuer, typ: 'at+jwt', algorithms: ['RS256', 'ES256'], requiredClaims: ['exp', 'sub'],
+      });
+      return payload;
+    } catch (err) {
+      throw new errors.InvalidGrant(`${what}: ${err.code ?? err.message}`);
+    }
+  };
+  provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
+    const { params, client } = ctx.oidc;
+    const str = (name) => (typeof params[name] === 'string' && params[name] !== '' ? params[name] : undefined);
+    const missing = ['subject_token', 'subject_token_type'].filter((n) => !str(n));
+    if (missing.length) throw new errors.InvalidRequest(`missing required parameter(s) (${missing.join(',')})`);
+    if (str('subject_token_type') !== TOKEN_TYPE_ACCESS_TOKEN) {
+      throw new errors.InvalidGrant(`unsupported subject_token_type ${str('subject_token_type')}`);
+    }
+    const requested = str('requested_token_type');
+    if (requested !== undefined && requested !== TOKEN_TYPE_ACCESS_TOKEN) {
+      throw new errors.InvalidRequest(`unsupported requested_token_type ${requested}`);
+    }
+    const subject = await verifyOwnAccessToken(str('subject_token'), 'subject_token');
+
+    let act = { sub: client.clientId };
+    if (str('actor_token') || str('actor_token_type')) {
+      if (!str('actor_token') || !str('actor_token_type')) {
+        throw new errors.InvalidRequest('actor_token and actor_token_type go together');
+      }
+      if (str('actor_token_type') !== TOKEN_TYPE_ACCESS_TOKEN) {
+        throw new errors.InvalidGrant(`unsupported actor_token_type ${str('actor_token_type')}`);
+      }
+      act = { sub: (await verifyOwnAccessToken(str('actor_token'), 'actor_token')).sub };
+    }
+    if (subject.act) act.act = subject.act; // delegation chain (RFC 8693 section 4.1)
+
+    const scope = str('scope') ?? (typeof subject.scope === 'string' && subject.scope ? subject.scope : undefined);
+    const now = Math.floor(Date.now() / 1000);
+    const ttl = cfg.accessTokenTtl;
+    const claims = {
+      iss: issuer,
+      sub: subject.sub,
+      aud: str('audience') ?? str('resource') ?? EXCHANGE_DEFAULT_AUDIENCE,
+      iat: now,
+      exp: now + ttl,
+      jti: crypto.randomBytes(24).toString('base64url'),
+      client_id: client.clientId,
+      ...(scope ? { scope } : {}),
+      act,
+    };
+    ctx.body = {
+      access_token: await signJwt(claims, { typ: 'at+jwt' }, 'RS256'),
+      issued_token_type: TOKEN_TYPE_ACCESS_TOKEN,
+      token_type: 'Bearer',
+      expires_in: ttl,
+      ...(scope ? { scope } : {}),
+    };
+  }, EXCHANGE_PARAMS);
+
   provider.on('server_error', (ctx, err) => log('server_error', ctx.method, ctx.path, err.stack ?? err));
-  provider.on('grant.error', (ctx, err) => log('grant.error', err.error ?? err.message, err.error_description ?? ''));
+  provider.on('grant.error', (ctx, err) => log('grant.error', err.error ?? err.message, err.error_description ?? '', err.error_detail ?? ''));
   provider.on('end_session.success', () => { stats.end_sessions += 1; });
   provider.on('backchannel.error', (ctx, err, client) => log('backchannel.error', client.clientId, err.message));
   provider.on('backchannel.success', (ctx, client, accountId, sid) => log('backchannel.sent', client.clientId, accountId, sid ?? ''));
