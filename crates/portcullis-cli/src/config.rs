@@ -129,6 +129,7 @@ struct RawRoute {
     anti_forgery: Option<bool>,
     resource: Option<String>,
     scope: Option<String>,
+    audience: Option<String>,
     refresh_before_expiry: Option<String>,
     client: Option<String>,
     timeout: Option<String>,
@@ -619,7 +620,7 @@ pub fn parse(
             Some(t) => t,
             None => {
                 errors.push(format!(
-                    "{ctx}.token must be one of none, user, user_or_none, client, user_or_client"
+                    "{ctx}.token must be one of none, user, user_or_none, client, user_or_client, exchange"
                 ));
                 TokenPolicy::User
             }
@@ -661,6 +662,7 @@ pub fn parse(
                 anti_forgery,
                 resource: r.resource,
                 scope: r.scope,
+                audience: r.audience,
                 refresh_before_expiry: refresh,
                 client: r.client,
                 timeout,

@@ -228,3 +228,53 @@ scope = "api.write"
     );
     assert_eq!(stack.idp.token_requests("client_credentials").await, 2);
 }
+
+#[tokio::test]
+async fn exchange_route_trades_the_user_token_for_its_audience_rfc8693() {
+    let stack = Stack::start_with(
+        IdpOptions::default(),
+        r#"
+[[routes]]
+path = "/api-exchanged"
+upstream = "API_URL"
+token = "exchange"
+audience = "urn:portcullis:api"
+scope = "api.read"
+"#,
+    )
+    .await;
+    let gw = &stack.gw;
+    let b = Browser::new();
+    assert_eq!(
+        b.get_csrf(&gw.url("/api-exchanged/whoami")).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    b.login(gw, "alice").await;
+    let (_, user) = whoami(&b, gw).await;
+    let r = b.get_csrf(&gw.url("/api-exchanged/whoami")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let exchanged: Value = r.json().await.unwrap();
+    assert_eq!(
+        exchanged["sub"], "alice",
+        "the exchanged token still names the user"
+    );
+    assert_eq!(exchanged["scope"], "api.read");
+    assert_ne!(
+        exchanged["token_jti"], user["token_jti"],
+        "a different token than the session's"
+    );
+    let again: Value = b
+        .get_csrf(&gw.url("/api-exchanged/whoami"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["token_jti"], exchanged["token_jti"], "cached");
+    assert_eq!(
+        stack
+            .idp
+            .token_requests("urn:ietf:params:oauth:grant-type:token-exchange")
+            .await,
+        1
+    );
+}

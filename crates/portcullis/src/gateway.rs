@@ -296,7 +296,7 @@ async fn api_inner(
 
     let token: Option<ManagedToken> = match (policy, &session) {
         (TokenPolicy::None, _) => None,
-        (TokenPolicy::User, None) => {
+        (TokenPolicy::User | TokenPolicy::Exchange, None) => {
             let r = GatewayError::Unauthorized("no session").into_response();
             return Ok(with_clear(gw, r, clear_cookie));
         }
@@ -327,6 +327,22 @@ async fn api_inner(
             }
         },
         (TokenPolicy::UserOrNone, None) => None,
+        (TokenPolicy::Exchange, Some(session)) => {
+            match gw.tokens().exchanged_token(session, &route.settings).await {
+                Ok(t) => Some(t),
+                Err(TokenFailure::SessionEnded(reason)) => {
+                    tracing::info!(%reason, "token refresh failed for good; ending the session");
+                    gw.sessions().end(session.key()).await?;
+                    let r = GatewayError::Unauthorized("session ended").into_response();
+                    return Ok(with_clear(gw, r, true));
+                }
+                Err(TokenFailure::Unavailable(e)) => return Err(e),
+                Err(TokenFailure::Rejected(reason)) => {
+                    tracing::warn!(%reason, "token exchange refused by the identity provider");
+                    return Err(GatewayError::Forbidden("token exchange refused"));
+                }
+            }
+        }
         (TokenPolicy::Client, _) | (TokenPolicy::UserOrClient, None) => {
             match gw.tokens().client_token(&route.settings).await {
                 Ok(t) => Some(t),

@@ -133,6 +133,8 @@ pub enum TokenPolicy {
     UserOrNone,
     Client,
     UserOrClient,
+    /// The user's token exchanged (RFC 8693) for this route's audience/resource/scope.
+    Exchange,
 }
 
 impl TokenPolicy {
@@ -143,6 +145,7 @@ impl TokenPolicy {
             "user_or_none" => Self::UserOrNone,
             "client" => Self::Client,
             "user_or_client" => Self::UserOrClient,
+            "exchange" => Self::Exchange,
             _ => return None,
         })
     }
@@ -160,6 +163,8 @@ pub struct RouteSettings {
     /// RFC 8707 resource for this route's user/client token.
     pub resource: Option<String>,
     pub scope: Option<String>,
+    /// `audience` parameter for token exchange (RFC 8693).
+    pub audience: Option<String>,
     /// Refresh this route's user token when it expires within this (overrides the global).
     pub refresh_before_expiry: Option<Duration>,
     /// Named client-credentials client for `client` / `user_or_client` (default: the gateway's).

@@ -6,5 +6,6 @@ mod idp;
 
 mod client;
 mod client_credentials;
+mod exchange;
 mod http_client;
 mod user;

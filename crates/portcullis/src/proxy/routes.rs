@@ -98,6 +98,7 @@ mod tests {
             anti_forgery: true,
             resource: None,
             scope: None,
+            audience: None,
             refresh_before_expiry: None,
             client: None,
             timeout: Duration::from_secs(30),

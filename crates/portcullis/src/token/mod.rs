@@ -20,8 +20,8 @@ use async_trait::async_trait;
 use portcullis_session::CasOutcome;
 use portcullis_token::{
     ClientAuth, ClientCredentialsManager, ManagedToken, OAuthClient, OAuthClientConfig,
-    PrivateKeyJwt, Secret, SharedClock, TokenError, TokenParams, TokenResponse, TokenTypeHint,
-    UserTokenManager, UserTokenOptions, UserTokenStore, UserTokens,
+    PrivateKeyJwt, Secret, SharedClock, TokenError, TokenExchangeManager, TokenParams,
+    TokenResponse, TokenTypeHint, UserTokenManager, UserTokenOptions, UserTokenStore, UserTokens,
 };
 use serde_json::{Map, Value};
 use tokio::sync::OnceCell;
@@ -39,6 +39,7 @@ struct Clients {
     oauth: Arc<OAuthClient>,
     users: UserTokenManager,
     machines: ClientCredentialsManager,
+    exchanges: TokenExchangeManager,
 }
 
 /// What went wrong getting a token for a proxied call.
@@ -158,10 +159,16 @@ impl TokenService {
                     };
                     machines.add_client(&named.name, client, defaults);
                 }
+                let exchanges = TokenExchangeManager::new(
+                    oauth.clone(),
+                    self.clock.clone(),
+                    self.settings.tokens.client_token_buffer,
+                );
                 Ok::<_, GatewayError>(Clients {
                     oauth,
                     users,
                     machines,
+                    exchanges,
                 })
             })
             .await
@@ -241,6 +248,49 @@ impl TokenService {
             .get_access_token(&store, session.key(), &params, route.refresh_before_expiry)
             .await
             .map_err(TokenFailure::from_error)
+    }
+
+    /// The session's user token exchanged (RFC 8693) for the route's audience, resource and
+    /// scope. Cached per subject token and parameters by the token crate.
+    pub async fn exchanged_token(
+        &self,
+        session: &ActiveSession,
+        route: &RouteSettings,
+    ) -> Result<ManagedToken, TokenFailure> {
+        let clients = self.clients().await.map_err(TokenFailure::Unavailable)?;
+        let store = SessionTokenStore {
+            sessions: &self.sessions,
+            prefetched: std::sync::Mutex::new(Some((
+                session.ticket.tokens.clone(),
+                session.record.version,
+            ))),
+        };
+        let subject = clients
+            .users
+            .get_access_token(
+                &store,
+                session.key(),
+                &TokenParams::default(),
+                route.refresh_before_expiry,
+            )
+            .await
+            .map_err(TokenFailure::from_error)?;
+        let mut params = route_params(route);
+        if let Some(audience) = &route.audience {
+            params.extra.insert("audience".into(), audience.clone());
+        }
+        clients
+            .exchanges
+            .exchange(&subject, &params)
+            .await
+            .map_err(|e| {
+                if e.is_transient() || matches!(e, TokenError::Timeout) {
+                    TokenFailure::from_error(e)
+                } else {
+                    // The IdP refused this exchange; the session itself is fine.
+                    TokenFailure::Rejected(e.to_string())
+                }
+            })
     }
 
     /// A client-credentials token for a route.
