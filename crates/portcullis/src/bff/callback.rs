@@ -90,19 +90,33 @@ async fn finish(gw: Gateway, raw: &[u8], headers: HeaderMap) -> Response {
         return with_clear(redirect(&done));
     }
 
-    match complete(&gw, &params, &tx.nonce, &tx.pkce_verifier).await {
-        Ok(ticket) => match gw.sessions().create(ticket).await {
-            Ok((id, _record)) => {
-                let mut r = redirect(&done);
-                let max_age = i64::try_from(gw.sessions().settings().absolute_timeout.as_secs())
-                    .unwrap_or(i64::MAX);
-                r.headers_mut()
-                    .append(header::SET_COOKIE, cookies.session_cookie(&id, max_age));
-                tracing::info!("login completed; session created");
-                with_clear(r)
-            }
-            Err(e) => with_clear(e.into_response()),
-        },
+    let ticket = match complete(&gw, &params, &tx.nonce, &tx.pkce_verifier).await {
+        Ok(ticket) => ticket,
+        Err(e) => return with_clear(e.into_response()),
+    };
+    // Logging in again after losing the cookie: the store replaces the earlier session of
+    // this `sub` + `sid`, but a store without change announcements (SQLite, memory) does not
+    // tell this instance's session cache, where the replaced session would keep answering
+    // API calls for its old cookie. End it explicitly: the cache forgets it at once.
+    if let Some(sid) = &ticket.sid {
+        if let Err(e) = gw
+            .sessions()
+            .end_matching(Some(&ticket.sub), Some(sid))
+            .await
+        {
+            return with_clear(e.into_response());
+        }
+    }
+    match gw.sessions().create(ticket).await {
+        Ok((id, _record)) => {
+            let mut r = redirect(&done);
+            let max_age = i64::try_from(gw.sessions().settings().absolute_timeout.as_secs())
+                .unwrap_or(i64::MAX);
+            r.headers_mut()
+                .append(header::SET_COOKIE, cookies.session_cookie(&id, max_age));
+            tracing::info!("login completed; session created");
+            with_clear(r)
+        }
         Err(e) => with_clear(e.into_response()),
     }
 }
