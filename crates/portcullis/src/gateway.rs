@@ -33,7 +33,7 @@ use crate::csrf;
 use crate::error::GatewayError;
 use crate::oidc::Provider;
 use crate::proxy::{ForwardContext, Forwarder, Route, RouteTable};
-use crate::session::{KeyRing, Lookup, Sessions};
+use crate::session::{ActiveSession, KeyRing, Lookup, Sessions};
 use crate::settings::{GatewaySettings, TokenPolicy};
 use crate::token::{TokenFailure, TokenService};
 
@@ -310,10 +310,7 @@ async fn api_inner(
                 None
             }
             Err(TokenFailure::SessionEnded(reason)) => {
-                tracing::info!(%reason, "token refresh failed for good; ending the session");
-                gw.sessions().end(session.key()).await?;
-                let r = GatewayError::Unauthorized("session ended").into_response();
-                return Ok(with_clear(gw, r, true));
+                return end_session(gw, session, &reason).await
             }
             Err(TokenFailure::Unavailable(_) | TokenFailure::Rejected(_))
                 if policy == TokenPolicy::UserOrNone =>
@@ -331,10 +328,7 @@ async fn api_inner(
             match gw.tokens().exchanged_token(session, &route.settings).await {
                 Ok(t) => Some(t),
                 Err(TokenFailure::SessionEnded(reason)) => {
-                    tracing::info!(%reason, "token refresh failed for good; ending the session");
-                    gw.sessions().end(session.key()).await?;
-                    let r = GatewayError::Unauthorized("session ended").into_response();
-                    return Ok(with_clear(gw, r, true));
+                    return end_session(gw, session, &reason).await
                 }
                 Err(TokenFailure::Unavailable(e)) => return Err(e),
                 Err(TokenFailure::Rejected(reason)) => {
@@ -375,6 +369,19 @@ async fn api_inner(
             .await?
     };
     Ok(with_clear(gw, response, clear_cookie))
+}
+
+/// The session can get no more tokens (`invalid_grant`, no refresh token): end it, 401, and
+/// clear the cookie.
+async fn end_session(
+    gw: &Gateway,
+    session: &ActiveSession,
+    reason: &str,
+) -> Result<Response, GatewayError> {
+    tracing::info!(%reason, "token refresh failed for good; ending the session");
+    gw.sessions().end(session.key()).await?;
+    let r = GatewayError::Unauthorized("session ended").into_response();
+    Ok(with_clear(gw, r, true))
 }
 
 fn with_clear(gw: &Gateway, mut r: Response, clear: bool) -> Response {

@@ -6,12 +6,10 @@ use axum::response::Response;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
-use super::{parse_params, redirect};
+use super::{parse_params, redirect, return_url_param};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::oidc::authorize::{
-    authorization_url, validate_return_url, AuthorizeRequest, LoginTransaction,
-};
+use crate::oidc::authorize::{authorization_url, AuthorizeRequest, LoginTransaction};
 
 pub(crate) const TX_AAD: &[u8] = b"portcullis.login-tx.v1";
 
@@ -24,12 +22,7 @@ pub async fn login(
         query.as_deref().unwrap_or("").as_bytes(),
         &["returnUrl", "prompt"],
     )?;
-    let return_url = match params.get("returnUrl") {
-        Some(u) => validate_return_url(u)
-            .map_err(|e| GatewayError::bad_param("returnUrl", e.to_string()))?
-            .to_owned(),
-        None => "/".to_owned(),
-    };
+    let return_url = return_url_param(&params, gw.home())?;
     let metadata = gw.provider().metadata().await?;
     let prompt = params.get("prompt").map(String::as_str);
     if let Some(p) = prompt {

@@ -13,7 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use super::{parse_params, redirect};
+use super::{parse_params, redirect, return_url_param};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::oidc::authorize::validate_return_url;
@@ -36,12 +36,7 @@ pub async fn logout(
         query.as_deref().unwrap_or("").as_bytes(),
         &["sid", "returnUrl"],
     )?;
-    let return_url = match params.get("returnUrl") {
-        Some(u) => validate_return_url(u)
-            .map_err(|e| GatewayError::bad_param("returnUrl", e.to_string()))?
-            .to_owned(),
-        None => gw.home().to_owned(),
-    };
+    let return_url = return_url_param(&params, gw.home())?;
     let lookup = gw.sessions().lookup(&headers).await?;
     let mut id_token_hint = None;
     if let Lookup::Active(session) = &lookup {

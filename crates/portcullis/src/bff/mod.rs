@@ -26,15 +26,40 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::GatewayError;
 
-/// A `302 Found` that no cache keeps.
+/// What must not appear raw in a `Location` URI: controls, space, `"<>\`` and (always, by
+/// `utf8_percent_encode`) every non-ASCII byte. `%` stays as it is: already-encoded
+/// sequences keep their meaning.
+const LOCATION_ENCODE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'<')
+    .add(b'>')
+    .add(b'`');
+
+/// A `302 Found` that no cache keeps. The location is made a valid (ASCII) URI reference:
+/// a decoded `returnUrl` such as `/caf\u{e9}` is sent as `/caf%C3%A9`, not as raw UTF-8.
 pub(crate) fn redirect(location: &str) -> Response {
     let mut r = StatusCode::FOUND.into_response();
-    if let Ok(v) = HeaderValue::from_str(location) {
+    let location = percent_encoding::utf8_percent_encode(location, LOCATION_ENCODE).to_string();
+    if let Ok(v) = HeaderValue::from_str(&location) {
         r.headers_mut().insert(header::LOCATION, v);
     }
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// The validated `returnUrl` parameter (local paths only), or `default`.
+pub(crate) fn return_url_param(
+    params: &HashMap<String, String>,
+    default: &str,
+) -> Result<String, GatewayError> {
+    match params.get("returnUrl") {
+        Some(u) => crate::oidc::authorize::validate_return_url(u)
+            .map(str::to_owned)
+            .map_err(|e| GatewayError::bad_param("returnUrl", e.to_string())),
+        None => Ok(default.to_owned()),
+    }
 }
 
 /// Parses `application/x-www-form-urlencoded` parameters. A parameter listed in `singles`
@@ -62,6 +87,26 @@ pub(crate) fn parse_params(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirect_locations_are_ascii() {
+        let location = |to: &str| {
+            redirect(to).headers()[header::LOCATION]
+                .to_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|_| panic!("{to:?} gave a non-ASCII Location"))
+        };
+        assert_eq!(location("/caf\u{e9}?q=\u{fffd}"), "/caf%C3%A9?q=%EF%BF%BD");
+        assert_eq!(location("/a b\"<>`"), "/a%20b%22%3C%3E%60");
+        // Already-valid URIs are unchanged.
+        for ok in [
+            "/",
+            "/x%20y?a=1&b=%2F#frag",
+            "https://idp.example/authorize?x=%C3%A9",
+        ] {
+            assert_eq!(location(ok), ok);
+        }
+    }
 
     #[test]
     fn duplicated_protocol_parameters_are_refused() {

@@ -81,21 +81,7 @@ impl Forwarder {
         ctx: &ForwardContext<'_>,
     ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, body) = request.into_parts();
-        let uri = route.upstream_uri(parts.uri.path(), parts.uri.query())?;
-        let prefix = route.settings.path.clone();
-        sanitize_request_headers(&mut parts.headers, ctx, &prefix);
-        if let Some(authority) = uri.authority() {
-            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                parts.headers.insert(header::HOST, host);
-            }
-        }
-        if let Some(token) = token {
-            parts
-                .headers
-                .insert(header::AUTHORIZATION, token.authorization_header());
-        }
-        parts.uri = uri;
-        parts.version = http::Version::HTTP_11;
+        prepare(&mut parts, route, token, ctx)?;
         let upstream_request = Request::from_parts(parts, body);
         let response = match tokio::time::timeout(
             route.settings.timeout,
@@ -128,26 +114,13 @@ impl Forwarder {
     ) -> Result<Response<Body>, GatewayError> {
         let client_side = hyper::upgrade::on(&mut request);
         let (mut parts, _body) = request.into_parts();
-        let uri = route.upstream_uri(parts.uri.path(), parts.uri.query())?;
-        sanitize_request_headers(&mut parts.headers, ctx, &route.settings.path);
+        prepare(&mut parts, route, token, ctx)?;
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts
             .headers
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        if let Some(authority) = uri.authority() {
-            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                parts.headers.insert(header::HOST, host);
-            }
-        }
-        if let Some(token) = token {
-            parts
-                .headers
-                .insert(header::AUTHORIZATION, token.authorization_header());
-        }
-        parts.uri = uri;
-        parts.version = http::Version::HTTP_11;
         let upstream_request = Request::from_parts(parts, Body::empty());
         let mut response = match tokio::time::timeout(
             route.settings.timeout,
@@ -183,6 +156,31 @@ impl Forwarder {
         strip_own_cookies(&mut parts.headers, ctx.own_cookie_names);
         Ok(Response::from_parts(parts, Body::empty()))
     }
+}
+
+/// Points a browser request at the route's upstream: target URI, header hygiene, `Host`,
+/// and this request's own `Authorization` (never a client default).
+fn prepare(
+    parts: &mut http::request::Parts,
+    route: &Route,
+    token: Option<&ManagedToken>,
+    ctx: &ForwardContext<'_>,
+) -> Result<(), GatewayError> {
+    let uri = route.upstream_uri(parts.uri.path(), parts.uri.query())?;
+    sanitize_request_headers(&mut parts.headers, ctx, &route.settings.path);
+    if let Some(authority) = uri.authority() {
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            parts.headers.insert(header::HOST, host);
+        }
+    }
+    if let Some(token) = token {
+        parts
+            .headers
+            .insert(header::AUTHORIZATION, token.authorization_header());
+    }
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    Ok(())
 }
 
 fn describe(e: &hyper_util::client::legacy::Error) -> String {

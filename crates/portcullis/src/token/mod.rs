@@ -236,13 +236,7 @@ impl TokenService {
     ) -> Result<ManagedToken, TokenFailure> {
         let clients = self.clients().await.map_err(TokenFailure::Unavailable)?;
         let params = route_params(route);
-        let store = SessionTokenStore {
-            sessions: &self.sessions,
-            prefetched: std::sync::Mutex::new(Some((
-                session.ticket.tokens.clone(),
-                session.record.version,
-            ))),
-        };
+        let store = SessionTokenStore::new(&self.sessions, session);
         clients
             .users
             .get_access_token(&store, session.key(), &params, route.refresh_before_expiry)
@@ -258,13 +252,7 @@ impl TokenService {
         route: &RouteSettings,
     ) -> Result<ManagedToken, TokenFailure> {
         let clients = self.clients().await.map_err(TokenFailure::Unavailable)?;
-        let store = SessionTokenStore {
-            sessions: &self.sessions,
-            prefetched: std::sync::Mutex::new(Some((
-                session.ticket.tokens.clone(),
-                session.record.version,
-            ))),
-        };
+        let store = SessionTokenStore::new(&self.sessions, session);
         let subject = clients
             .users
             .get_access_token(
@@ -366,6 +354,16 @@ fn client_auth(settings: &ClientAuthSettings) -> Result<ClientAuth, GatewayError
 struct SessionTokenStore<'a> {
     sessions: &'a Sessions,
     prefetched: std::sync::Mutex<Option<(UserTokens, u64)>>,
+}
+
+impl<'a> SessionTokenStore<'a> {
+    fn new(sessions: &'a Sessions, session: &ActiveSession) -> Self {
+        let first = (session.ticket.tokens.clone(), session.record.version);
+        Self {
+            sessions,
+            prefetched: std::sync::Mutex::new(Some(first)),
+        }
+    }
 }
 
 #[async_trait]
