@@ -94,19 +94,6 @@ async fn finish(gw: Gateway, raw: &[u8], headers: HeaderMap) -> Response {
         Ok(ticket) => ticket,
         Err(e) => return with_clear(e.into_response()),
     };
-    // Logging in again after losing the cookie: the store replaces the earlier session of
-    // this `sub` + `sid`, but a store without change announcements (SQLite, memory) does not
-    // tell this instance's session cache, where the replaced session would keep answering
-    // API calls for its old cookie. End it explicitly: the cache forgets it at once.
-    if let Some(sid) = &ticket.sid {
-        if let Err(e) = gw
-            .sessions()
-            .end_matching(Some(&ticket.sub), Some(sid))
-            .await
-        {
-            return with_clear(e.into_response());
-        }
-    }
     match gw.sessions().create(ticket).await {
         Ok((id, _record)) => {
             let mut r = redirect(&done);

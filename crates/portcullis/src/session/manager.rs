@@ -228,7 +228,25 @@ impl Sessions {
             expires: self.expiry(now, now),
             version: 1,
         };
+        // Logging in again after losing the cookie: the store replaces the earlier session of
+        // this `sub` + `sid`. Stores without change announcements (SQLite, memory) would not
+        // tell this instance's cache, where the replaced session would keep answering API
+        // calls for its old cookie: find it first and forget it after the replacement.
+        let replaced = match &record.sid {
+            Some(sid) => {
+                let filter = SessionFilter {
+                    partition: record.partition.clone(),
+                    sub: Some(record.sub.clone()),
+                    sid: Some(sid.clone()),
+                };
+                self.store.find(&filter, now).await?
+            }
+            None => Vec::new(),
+        };
         self.store.create(&record).await?;
+        for old in replaced {
+            self.forget(&old.key).await;
+        }
         Ok((id, record))
     }
 
