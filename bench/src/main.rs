@@ -643,6 +643,7 @@ fn gateway_settings(
         anti_forgery: true,
         resource: None,
         scope: None,
+        audience: None,
         refresh_before_expiry: None,
         client: None,
         timeout: Duration::from_secs(30),
