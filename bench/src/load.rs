@@ -28,6 +28,9 @@ pub struct Measured {
     /// CPU time of this whole process (gateway, load generator, upstream, in-process store
     /// clients) per request; `None` when `/proc/self/stat` cannot be read.
     pub cpu_us_per_req: Option<f64>,
+    /// Share of the machine's CPU time the hypervisor gave to others during the window
+    /// (`steal` in `/proc/stat`), in percent: a noisy-neighbour indicator.
+    pub steal_pct: Option<f64>,
 }
 
 /// Runs `templates.len()` workers against `addr` for `warmup + duration`.
@@ -62,7 +65,7 @@ pub async fn run(
     if let Some(e) = first_error {
         return Err(e);
     }
-    let cpu = cpu.await.ok().flatten();
+    let (cpu, steal_pct) = cpu.await.ok().unwrap_or_default();
     latencies.sort_unstable();
     let requests = latencies.len() as u64;
     if requests == 0 {
@@ -74,6 +77,7 @@ pub async fn run(
         p50_us: percentile(&latencies, 0.50),
         p99_us: percentile(&latencies, 0.99),
         cpu_us_per_req: cpu.map(|c| c.as_secs_f64() * 1e6 / requests as f64),
+        steal_pct,
     })
 }
 
@@ -147,13 +151,33 @@ fn percentile(sorted: &[u32], p: f64) -> u64 {
     u64::from(sorted[rank - 1])
 }
 
-/// Process CPU time (user + system, all threads) spent between `start` and `end`.
-async fn cpu_during(start: Instant, end: Instant) -> Option<Duration> {
+/// Process CPU time (user + system, all threads) spent between `start` and `end`, and the
+/// machine's steal time in that window as a percentage of all CPU time.
+async fn cpu_during(start: Instant, end: Instant) -> (Option<Duration>, Option<f64>) {
     tokio::time::sleep_until(start.into()).await;
-    let before = process_cpu()?;
+    let (p0, m0) = (process_cpu(), machine_cpu());
     tokio::time::sleep_until(end.into()).await;
-    let after = process_cpu()?;
-    Some(after.saturating_sub(before))
+    let (p1, m1) = (process_cpu(), machine_cpu());
+    let process = p0.zip(p1).map(|(a, b)| b.saturating_sub(a));
+    let steal = m0.zip(m1).and_then(|((t0, s0), (t1, s1))| {
+        let total = t1.saturating_sub(t0);
+        (total > 0).then(|| s1.saturating_sub(s0) as f64 * 100.0 / total as f64)
+    });
+    (process, steal)
+}
+
+/// (all CPU ticks, steal ticks) from the `cpu` line of `/proc/stat`.
+fn machine_cpu() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    // user nice system idle iowait irq softirq steal guest guest_nice; guest time is
+    // already counted in user/nice.
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    Some((v.iter().sum(), *v.get(7)?))
 }
 
 fn process_cpu() -> Option<Duration> {

@@ -16,7 +16,9 @@
 //! Scenarios, in order: baseline (start), gateway route with `token = "none"` on the memory
 //! store (forwarding cost without session or token), then for each store the `token = "user"`
 //! route with the cache on (`cache_ttl` = 10 s) and off (`cache_ttl` = 0), and the baseline
-//! again (end). `ratio_to_baseline` divides by the mean of the two baseline runs.
+//! again (end). `ratio_to_baseline` divides by the mean of the round's two baseline runs.
+//! `--rounds N` repeats the whole sequence and adds per-scenario median/min/max lines, which
+//! is what to read on a small, shared machine.
 
 // Benchmark setup: failing fast is the intent.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -77,6 +79,10 @@ struct Args {
     /// Warm-up per scenario, not measured (at most 10s).
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     warmup: Duration,
+    /// Repeat the whole sequence (baseline, scenarios, baseline) this many times (1..=10);
+    /// with more than one round a summary gives median, lowest and highest figures.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Concurrent workers, one keep-alive connection each (1..=1024).
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
@@ -151,6 +157,9 @@ fn check_bounds(a: &Args) -> Result<(), String> {
     if a.warmup > Duration::from_secs(10) {
         return Err("--warmup must be at most 10s".into());
     }
+    if a.rounds == 0 || a.rounds > 10 {
+        return Err("--rounds must be in 1..=10".into());
+    }
     if a.concurrency == 0 || a.concurrency > 1024 {
         return Err("--concurrency must be in 1..=1024".into());
     }
@@ -174,9 +183,24 @@ impl Report {
     }
 }
 
+/// One measured scenario of one round.
 struct Row {
+    /// `scenario=… store=… cache=…`, the same in every round.
     label: String,
+    baseline: bool,
     measured: Measured,
+}
+
+/// Everything the rounds share: the servers around the gateway and the run's settings.
+struct Bench<'a> {
+    args: &'a Args,
+    sessions_per_gateway: usize,
+    token: String,
+    upstream: Arc<Upstream>,
+    upstream_addr: SocketAddr,
+    idp: Arc<Idp>,
+    baseline_addr: SocketAddr,
+    run_id: String,
 }
 
 async fn run(args: Args) -> i32 {
@@ -238,49 +262,211 @@ async fn run_inner(args: &Args, report: &mut Report) -> Result<bool, String> {
             .unwrap_or_default()
     );
     report.lines.push(format!(
-        "# proxy-bench concurrency={} sessions={} duration={} warmup={} cores={} upstream_body_bytes={}",
+        "# proxy-bench concurrency={} sessions={} duration={} warmup={} rounds={} cores={} upstream_body_bytes={}",
         args.concurrency,
         sessions_per_gateway,
         humantime::format_duration(args.duration),
         humantime::format_duration(args.warmup),
+        args.rounds,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         UPSTREAM_BODY.len(),
     ));
-
-    let mut rows: Vec<Row> = Vec::new();
-    let mut skipped: Vec<String> = Vec::new();
-
-    // Baseline (start).
-    let plain: Vec<RequestTemplate> = (0..args.concurrency)
-        .map(|_| template(baseline_addr, "/api/hello", None))
-        .collect::<Result<_, _>>()?;
-    progress("baseline (start)");
-    let m = load::run(
+    let bench = Bench {
+        args,
+        sessions_per_gateway,
+        token,
+        upstream,
+        upstream_addr,
+        idp,
         baseline_addr,
+        run_id,
+    };
+
+    let mut skipped: Vec<String> = Vec::new();
+    let mut ticket_bytes = None;
+    let mut rounds: Vec<Vec<Row>> = Vec::new();
+    for round in 1..=args.rounds {
+        let rows = match run_round(&bench, round, &mut skipped, &mut ticket_bytes).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                // Show what was measured before the failure.
+                print_rounds(report, &rounds, args.rounds);
+                return Err(e);
+            }
+        };
+        rounds.push(rows);
+    }
+
+    if let Some(b) = ticket_bytes {
+        report
+            .lines
+            .push(format!("# sealed ticket bytes per session: {b}"));
+    }
+    print_rounds(report, &rounds, args.rounds);
+    report.lines.extend(skipped);
+    if args.rounds > 1 {
+        summarize(report, &rounds);
+    }
+    let token_calls = bench.idp.token_calls.load(Ordering::SeqCst);
+    report.lines.push(format!(
+        "idp token_endpoint_calls={token_calls} discovery_calls={} jwks_calls={}",
+        bench.idp.discovery_calls.load(Ordering::SeqCst),
+        bench.idp.jwks_calls.load(Ordering::SeqCst),
+    ));
+    if token_calls != 0 {
+        report
+            .lines
+            .push("FAILED: the token endpoint was called during the run".into());
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// The mean of a round's baseline runs (start and end).
+fn baseline_mean(rows: &[Row]) -> Option<f64> {
+    let b: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.baseline)
+        .map(|r| r.measured.rps)
+        .collect();
+    (!b.is_empty()).then(|| b.iter().sum::<f64>() / b.len() as f64)
+}
+
+fn print_rounds(report: &mut Report, rounds: &[Vec<Row>], total: usize) {
+    for (i, rows) in rounds.iter().enumerate() {
+        let prefix = if total > 1 {
+            format!("round={} ", i + 1)
+        } else {
+            String::new()
+        };
+        let base = baseline_mean(rows);
+        let mut baselines = Vec::new();
+        for (j, r) in rows.iter().enumerate() {
+            let m = &r.measured;
+            let opt = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |c| format!("{c:.1}"));
+            let (run, ratio) = match (r.baseline, base) {
+                (true, _) => {
+                    baselines.push(m.rps);
+                    (
+                        if j == 0 { " run=start" } else { " run=end  " },
+                        String::new(),
+                    )
+                }
+                (false, Some(b)) => ("", format!(" ratio_to_baseline={:.2}", m.rps / b)),
+                (false, None) => ("", String::new()),
+            };
+            report.lines.push(format!(
+                "{prefix}{}{run} rps={:.0} p50_us={} p99_us={} requests={} cpu_us_per_req={} steal_pct={}{ratio}",
+                r.label,
+                m.rps,
+                m.p50_us,
+                m.p99_us,
+                m.requests,
+                opt(m.cpu_us_per_req),
+                opt(m.steal_pct),
+            ));
+        }
+        if let (Some(b), [start, end]) = (base, baselines.as_slice()) {
+            report.lines.push(format!(
+                "{prefix}baseline_mean_rps={b:.0} drift_end_vs_start={:+.1}%",
+                (end / start - 1.0) * 100.0
+            ));
+        }
+    }
+}
+
+/// Per scenario across rounds: median, lowest and highest rps and ratio to the round's
+/// baseline mean.
+fn summarize(report: &mut Report, rounds: &[Vec<Row>]) {
+    let mut labels: Vec<&str> = Vec::new();
+    for r in rounds.iter().flatten() {
+        if !labels.contains(&r.label.as_str()) {
+            labels.push(&r.label);
+        }
+    }
+    for label in labels {
+        let mut rps = Vec::new();
+        let mut ratios = Vec::new();
+        for rows in rounds {
+            let base = baseline_mean(rows);
+            for r in rows.iter().filter(|r| r.label == label) {
+                rps.push(r.measured.rps);
+                if let (false, Some(b)) = (r.baseline, base) {
+                    ratios.push(r.measured.rps / b);
+                }
+            }
+        }
+        let (med, lo, hi) = spread(&mut rps);
+        let mut line = format!(
+            "summary {label} rounds={} rps_median={med:.0} rps_min={lo:.0} rps_max={hi:.0}",
+            rounds.len()
+        );
+        if !ratios.is_empty() {
+            let (med, lo, hi) = spread(&mut ratios);
+            line.push_str(&format!(
+                " ratio_median={med:.2} ratio_min={lo:.2} ratio_max={hi:.2}"
+            ));
+        }
+        report.lines.push(line);
+    }
+}
+
+/// Median (mean of the middle two for an even count), minimum, maximum.
+fn spread(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return (0.0, 0.0, 0.0);
+    }
+    let med = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    (med, v[0], v[n - 1])
+}
+
+/// One round: baseline, gateway scenarios, baseline.
+async fn run_round(
+    b: &Bench<'_>,
+    round: usize,
+    skipped: &mut Vec<String>,
+    ticket_bytes: &mut Option<usize>,
+) -> Result<Vec<Row>, String> {
+    let args = b.args;
+    let mut rows: Vec<Row> = Vec::new();
+    let plain: Vec<RequestTemplate> = (0..args.concurrency)
+        .map(|_| template(b.baseline_addr, "/api/hello", None))
+        .collect::<Result<_, _>>()?;
+    let baseline_row = |m| Row {
+        label: "scenario=baseline".into(),
+        baseline: true,
+        measured: m,
+    };
+
+    progress(round, "scenario=baseline run=start");
+    let m = load::run(
+        b.baseline_addr,
         plain.clone(),
         UPSTREAM_BODY,
         args.warmup,
         args.duration,
     )
     .await?;
-    check_upstream(&upstream, false, "baseline")?;
-    rows.push(Row {
-        label: "scenario=baseline run=start".into(),
-        measured: m,
-    });
-
-    let mut ticket_bytes = None;
+    check_upstream(&b.upstream, false, "baseline")?;
+    rows.push(baseline_row(m));
 
     // The gateway's forwarding path without session or token.
     if !args.skip_open_route {
-        progress("gateway route=open (token=none) store=memory");
+        let label = "scenario=gateway route=open store=memory cache=on ";
+        progress(round, label);
         let gw = start_gateway(
             "memory",
             Duration::from_secs(10),
-            &idp.issuer,
-            upstream_addr,
-            &format!("{run_id}-open"),
-            &token,
+            &b.idp.issuer,
+            b.upstream_addr,
+            &format!("{}-{round}-open", b.run_id),
+            &b.token,
             1,
         )
         .await?;
@@ -296,14 +482,15 @@ async fn run_inner(args: &Args, report: &mut Report) -> Result<bool, String> {
         let m = load::run(gw.addr, t, UPSTREAM_BODY, args.warmup, args.duration).await;
         gw.stop().await;
         let m = m?;
-        check_upstream(&upstream, false, "gateway route=open")?;
+        check_upstream(&b.upstream, false, label)?;
         rows.push(Row {
-            label: "scenario=gateway route=open store=memory cache=on ".into(),
+            label: label.into(),
+            baseline: false,
             measured: m,
         });
     }
 
-    let tmp = std::env::temp_dir().join(&run_id);
+    let tmp = std::env::temp_dir().join(format!("{}-{round}", b.run_id));
     for &kind in &args.stores {
         for cache in [true, false] {
             let cache_label = if cache { "on " } else { "off" };
@@ -319,21 +506,26 @@ async fn run_inner(args: &Args, report: &mut Report) -> Result<bool, String> {
                 StoreKind::Redis => args.redis_url.clone(),
                 StoreKind::Postgres => args.postgres_url.clone(),
             };
-            progress(&label);
+            progress(round, &label);
             let ttl = if cache {
                 Duration::from_secs(10)
             } else {
                 Duration::ZERO
             };
-            let partition = format!("{run_id}-{}-{}", kind.name(), cache_label.trim());
+            let partition = format!(
+                "{}-{round}-{}-{}",
+                b.run_id,
+                kind.name(),
+                cache_label.trim()
+            );
             let gw = match start_gateway(
                 &url,
                 ttl,
-                &idp.issuer,
-                upstream_addr,
+                &b.idp.issuer,
+                b.upstream_addr,
                 &partition,
-                &token,
-                sessions_per_gateway,
+                &b.token,
+                b.sessions_per_gateway,
             )
             .await
             {
@@ -341,7 +533,9 @@ async fn run_inner(args: &Args, report: &mut Report) -> Result<bool, String> {
                 Err(GatewayStartError::Store(reason)) => {
                     let line = format!("store={} skipped: {reason}", kind.name());
                     eprintln!("{line}");
-                    skipped.push(line);
+                    if !skipped.contains(&line) {
+                        skipped.push(line);
+                    }
                     break;
                 }
                 Err(GatewayStartError::Other(e)) => return Err(e),
@@ -359,79 +553,32 @@ async fn run_inner(args: &Args, report: &mut Report) -> Result<bool, String> {
             let m = load::run(gw.addr, t, UPSTREAM_BODY, args.warmup, args.duration).await;
             gw.stop().await;
             let m = m?;
-            check_upstream(&upstream, true, &label)?;
-            rows.push(Row { label, measured: m });
+            check_upstream(&b.upstream, true, &label)?;
+            rows.push(Row {
+                label,
+                baseline: false,
+                measured: m,
+            });
         }
     }
     let _ = std::fs::remove_dir_all(&tmp);
 
-    // Baseline (end).
-    progress("baseline (end)");
+    progress(round, "scenario=baseline run=end");
     let m = load::run(
-        baseline_addr,
+        b.baseline_addr,
         plain,
         UPSTREAM_BODY,
         args.warmup,
         args.duration,
     )
     .await?;
-    check_upstream(&upstream, false, "baseline")?;
-    rows.push(Row {
-        label: "scenario=baseline run=end  ".into(),
-        measured: m,
-    });
-
-    let baselines: Vec<f64> = rows
-        .iter()
-        .filter(|r| r.label.starts_with("scenario=baseline"))
-        .map(|r| r.measured.rps)
-        .collect();
-    let base_mean = baselines.iter().sum::<f64>() / baselines.len() as f64;
-    if let Some(b) = ticket_bytes {
-        report
-            .lines
-            .push(format!("# sealed ticket bytes per session: {b}"));
-    }
-    for r in &rows {
-        let m = &r.measured;
-        let cpu = m
-            .cpu_us_per_req
-            .map_or_else(|| "n/a".to_owned(), |c| format!("{c:.1}"));
-        let ratio = if r.label.starts_with("scenario=baseline") {
-            String::new()
-        } else {
-            format!(" ratio_to_baseline={:.2}", m.rps / base_mean)
-        };
-        report.lines.push(format!(
-            "{} rps={:.0} p50_us={} p99_us={} requests={} cpu_us_per_req={cpu}{ratio}",
-            r.label, m.rps, m.p50_us, m.p99_us, m.requests
-        ));
-    }
-    report.lines.extend(skipped);
-    let drift = match baselines.as_slice() {
-        [start, end] => format!(" drift_end_vs_start={:+.1}%", (end / start - 1.0) * 100.0),
-        _ => String::new(),
-    };
-    report
-        .lines
-        .push(format!("baseline_mean_rps={base_mean:.0}{drift}"));
-    let token_calls = idp.token_calls.load(Ordering::SeqCst);
-    report.lines.push(format!(
-        "idp token_endpoint_calls={token_calls} discovery_calls={} jwks_calls={}",
-        idp.discovery_calls.load(Ordering::SeqCst),
-        idp.jwks_calls.load(Ordering::SeqCst),
-    ));
-    if token_calls != 0 {
-        report
-            .lines
-            .push("FAILED: the token endpoint was called during the run".into());
-        return Ok(false);
-    }
-    Ok(true)
+    check_upstream(&b.upstream, false, "baseline")?;
+    rows.push(baseline_row(m));
+    Ok(rows)
 }
 
-fn progress(what: &str) {
-    eprintln!("proxy-bench: running {what}");
+fn progress(round: usize, what: &str) {
+    eprintln!("proxy-bench: round {round}: {}", what.trim_end());
 }
 
 /// Every upstream request of the last scenario carried the session's token (`with_token`),
