@@ -38,8 +38,8 @@ use portcullis::cookie::{CookieSettings, SameSite};
 use portcullis::csrf::AntiForgery;
 use portcullis::session::{Claim, Key, KeyRing, Ticket};
 use portcullis::settings::{
-    ClientAuthSettings, GatewaySettings, OidcSettings, RouteSettings, SessionSettings, TokenPolicy,
-    TokenSettings,
+    ClientAuthSettings, GatewaySettings, OidcSettings, ResponseMode, RouteSettings,
+    SessionSettings, TokenPolicy, TokenSettings,
 };
 use portcullis::Gateway;
 use portcullis_token::{Secret, SystemClock, TokenResponse, TokenType, UserTokens};
@@ -807,6 +807,7 @@ fn gateway_settings(
             scopes: vec!["openid".into(), "offline_access".into(), "api".into()],
             extra_authorize_params: Vec::new(),
             resource: None,
+            response_mode: ResponseMode::Query,
             revoke_refresh_token_on_logout: false,
             clock_skew: Duration::from_secs(60),
             fetch_userinfo: false,

@@ -13,8 +13,8 @@ use std::time::Duration;
 use portcullis::cookie::{CookieSettings, SameSite};
 use portcullis::csrf::AntiForgery;
 use portcullis::settings::{
-    ClientAuthSettings, GatewaySettings, NamedClientSettings, OidcSettings, RouteSettings,
-    SessionSettings, TokenPolicy, TokenSettings,
+    ClientAuthSettings, GatewaySettings, NamedClientSettings, OidcSettings, ResponseMode,
+    RouteSettings, SessionSettings, TokenPolicy, TokenSettings,
 };
 use portcullis_token::Secret;
 use serde::de::DeserializeOwned;
@@ -61,6 +61,7 @@ struct RawOidc {
     private_key_kid: Option<String>,
     scopes: Option<Vec<String>>,
     resource: Option<String>,
+    response_mode: Option<String>,
     extra_authorize_params: Option<BTreeMap<String, String>>,
     revoke_refresh_token_on_logout: Option<bool>,
     clock_skew: Option<String>,
@@ -489,10 +490,27 @@ pub fn parse(
         ),
         cache_capacity: session.cache_capacity.unwrap_or(100_000),
     };
+    let response_mode = match oidc.response_mode.as_deref() {
+        None | Some("query") => ResponseMode::Query,
+        Some("form_post") => ResponseMode::FormPost,
+        Some(other) => {
+            errors.push(format!(
+                "oidc.response_mode {other:?} must be \"query\" or \"form_post\""
+            ));
+            ResponseMode::Query
+        }
+    };
     let cookies = public_url.as_ref().and_then(|u| {
-        CookieSettings::for_public_url(u, session.cookie_name.as_deref(), same_site)
+        let c = CookieSettings::for_public_url(u, session.cookie_name.as_deref(), same_site)
             .map_err(|es| errors.extend(es.into_iter().map(|e| format!("session cookie: {e}"))))
-            .ok()
+            .ok()?;
+        if response_mode == ResponseMode::FormPost {
+            return c
+                .with_cross_site_login_cookies()
+                .map_err(|e| errors.push(format!("oidc.response_mode: {e}")))
+                .ok();
+        }
+        Some(c)
     });
     if let Some(u) = &public_url {
         if u.scheme() == "http" && portcullis::cookie::is_loopback_url(u) {
@@ -737,6 +755,7 @@ pub fn parse(
                     .into_iter()
                     .collect(),
                 resource: oidc.resource,
+                response_mode,
                 revoke_refresh_token_on_logout: oidc.revoke_refresh_token_on_logout.unwrap_or(true),
                 clock_skew,
                 fetch_userinfo: oidc.fetch_userinfo.unwrap_or(false),
@@ -995,6 +1014,27 @@ token = "admin"
                 want
             );
         }
+    }
+
+    #[test]
+    fn form_post_needs_https_and_makes_login_cookies_samesite_none() {
+        let text = MINIMAL.replace(
+            "client_id = \"spa-bff\"",
+            "client_id = \"spa-bff\"\nresponse_mode = \"form_post\"",
+        );
+        let c = parse(&text, Path::new("/"), &no_env).unwrap();
+        assert_eq!(c.gateway.oidc.response_mode, ResponseMode::FormPost);
+        let v = c
+            .gateway
+            .cookies
+            .login_cookie("__Host-bff-login.x", "v", 60);
+        assert!(v.to_str().unwrap().contains("SameSite=None"));
+        let http = text.replace("https://app.example.com", "http://127.0.0.1:8080");
+        let errors = parse(&http, Path::new("/"), &no_env).unwrap_err();
+        assert!(
+            errors.iter().any(|e| e.contains("response_mode")),
+            "{errors:?}"
+        );
     }
 
     #[test]

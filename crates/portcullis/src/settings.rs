@@ -46,6 +46,8 @@ pub struct OidcSettings {
     pub scopes: Vec<String>,
     /// Extra parameters sent on the authorization request (e.g. `audience`).
     pub extra_authorize_params: Vec<(String, String)>,
+    /// How the IdP returns the authorization response: `query` (default) or `form_post`.
+    pub response_mode: ResponseMode,
     /// RFC 8707 resource sent on the authorization and code-exchange requests.
     pub resource: Option<String>,
     /// Revoke the refresh token at logout (RFC 7009). On by default.
@@ -58,6 +60,23 @@ pub struct OidcSettings {
     pub backchannel_logout_all_sessions: bool,
     /// Timeout of calls to the IdP (discovery, token endpoint).
     pub http_timeout: Duration,
+}
+
+/// OAuth 2.0 response mode of the authorization request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseMode {
+    Query,
+    /// The IdP POSTs the response to the callback; login cookies become `SameSite=None`.
+    FormPost,
+}
+
+impl ResponseMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Query => "query",
+            Self::FormPost => "form_post",
+        }
+    }
 }
 
 #[derive(Clone)]

@@ -45,6 +45,7 @@ pub async fn login(
             scopes: &settings.oidc.scopes,
             prompt,
             resource: settings.oidc.resource.as_deref(),
+            response_mode: settings.oidc.response_mode.as_str(),
             extra: &settings.oidc.extra_authorize_params,
         },
         &tx,

@@ -41,6 +41,7 @@ pub struct CookieSettings {
     login_prefix: String,
     secure: bool,
     same_site: SameSite,
+    login_same_site: SameSite,
 }
 
 impl CookieSettings {
@@ -88,7 +89,19 @@ impl CookieSettings {
             login_prefix,
             secure: https,
             same_site,
+            login_same_site: SameSite::Lax,
         })
+    }
+
+    /// Login-transaction cookies with `SameSite=None`, for `response_mode=form_post`: a
+    /// cross-site IdP returns with a POST, on which browsers do not send `Lax` cookies.
+    /// Needs https (`SameSite=None` requires `Secure`).
+    pub fn with_cross_site_login_cookies(mut self) -> Result<Self, String> {
+        if !self.secure {
+            return Err("response_mode = \"form_post\" needs an https public_url (SameSite=None cookies must be Secure)".into());
+        }
+        self.login_same_site = SameSite::None;
+        Ok(self)
     }
 
     pub fn session_name(&self) -> &str {
@@ -124,11 +137,11 @@ impl CookieSettings {
     }
 
     pub fn login_cookie(&self, name: &str, value: &str, max_age_secs: i64) -> HeaderValue {
-        self.build(name, value, SameSite::Lax, Some(max_age_secs))
+        self.build(name, value, self.login_same_site, Some(max_age_secs))
     }
 
     pub fn clear_cookie_named(&self, name: &str) -> HeaderValue {
-        self.build(name, "", SameSite::Lax, Some(0))
+        self.build(name, "", self.login_same_site, Some(0))
     }
 
     /// All login-transaction cookies the browser sent: `(name, value)`.
@@ -295,6 +308,28 @@ mod tests {
             .to_str()
             .unwrap()
             .contains("SameSite=Lax"));
+    }
+
+    #[test]
+    fn form_post_login_cookies_are_samesite_none_and_need_https() {
+        let https =
+            CookieSettings::for_public_url(&url("https://app.example.com"), None, SameSite::Strict)
+                .unwrap();
+        let c = https.with_cross_site_login_cookies().unwrap();
+        let v = c.login_cookie("__Host-bff-login.x", "v", 600);
+        assert!(
+            v.to_str().unwrap().contains("SameSite=None; Secure"),
+            "{v:?}"
+        );
+        assert!(c
+            .session_cookie(&SessionId::generate(), 60)
+            .to_str()
+            .unwrap()
+            .contains("SameSite=Strict"));
+        let http =
+            CookieSettings::for_public_url(&url("http://127.0.0.1:8080"), None, SameSite::Strict)
+                .unwrap();
+        assert!(http.with_cross_site_login_cookies().is_err());
     }
 
     #[test]

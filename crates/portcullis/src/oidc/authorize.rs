@@ -60,6 +60,7 @@ pub struct AuthorizeRequest<'a> {
     pub scopes: &'a [String],
     pub prompt: Option<&'a str>,
     pub resource: Option<&'a str>,
+    pub response_mode: &'a str,
     pub extra: &'a [(String, String)],
 }
 
@@ -80,7 +81,7 @@ pub fn authorization_url(
             .append_pair("nonce", &tx.nonce)
             .append_pair("code_challenge", &tx.pkce_challenge())
             .append_pair("code_challenge_method", "S256")
-            .append_pair("response_mode", "query");
+            .append_pair("response_mode", req.response_mode);
         if let Some(p) = req.prompt {
             q.append_pair("prompt", p);
         }
@@ -168,6 +169,7 @@ mod tests {
                 scopes: &scopes,
                 prompt: Some("login"),
                 resource: None,
+                response_mode: "query",
                 extra: &[],
             },
             &tx,
