@@ -91,7 +91,12 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     });
     let app = gateway
         .router(fallback)
-        .layer(tower_http::trace::TraceLayer::new_for_http());
+        .layer(
+            // Spans carry the path only: query strings hold authorization codes and states.
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+            }),
+        );
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;

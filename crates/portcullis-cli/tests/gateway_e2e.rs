@@ -133,6 +133,25 @@ async fn login_user_api_logout_against_a_real_idp() {
     assert!(idp.stats().await["revocations"].as_u64().unwrap() >= 1);
     let r = b.get_csrf(&gw.url("/api/whoami")).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // The gateway logged at debug level through all of this: no token, code or session id.
+    let session_id = session_cookie
+        .trim_start_matches("bff-auth=")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let logs = gw.proc.as_ref().unwrap().output.lock().unwrap().join("\n");
+    assert!(logs.contains("login completed"), "logs were captured");
+    assert!(!logs.contains("eyJ"), "a JWT reached the logs");
+    assert!(
+        !logs.contains(&session_id),
+        "the session id reached the logs"
+    );
+    assert!(
+        !logs.contains("code="),
+        "an authorization code reached the logs"
+    );
 }
 
 #[tokio::test]

@@ -72,6 +72,8 @@ pub struct Proc {
     pub child: Child,
     pub ready: Value,
     name: String,
+    /// Every line the process printed (stdout and stderr), for assertions on logs.
+    pub output: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Proc {
@@ -86,7 +88,9 @@ impl Proc {
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<Value>();
+        let output = Arc::new(std::sync::Mutex::new(Vec::new()));
         let label = name.to_owned();
+        let out = output.clone();
         tokio::spawn(async move {
             let mut tx = Some(tx);
             let mut lines = BufReader::new(stdout).lines();
@@ -98,13 +102,16 @@ impl Proc {
                     }
                 }
                 eprintln!("[{label}] {line}");
+                out.lock().unwrap().push(line);
             }
         });
         let label = name.to_owned();
+        let out = output.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 eprintln!("[{label}] {line}");
+                out.lock().unwrap().push(line);
             }
         });
         let ready = tokio::time::timeout(Duration::from_secs(60), rx)
@@ -115,6 +122,7 @@ impl Proc {
             child,
             ready,
             name: name.to_owned(),
+            output,
         }
     }
 
