@@ -20,7 +20,7 @@ use super::manager::ActiveSession;
 
 #[derive(Clone)]
 pub(crate) struct SessionCache {
-    entries: Cache<String, ActiveSession>,
+    entries: Cache<String, Arc<ActiveSession>>,
     epoch: Arc<AtomicU64>,
 }
 
@@ -39,7 +39,7 @@ impl SessionCache {
         }
     }
 
-    pub(crate) async fn get(&self, key: &str) -> Option<ActiveSession> {
+    pub(crate) async fn get(&self, key: &str) -> Option<Arc<ActiveSession>> {
         self.entries.get(key).await
     }
 
@@ -48,7 +48,7 @@ impl SessionCache {
     }
 
     /// Fills the cache unless an invalidation happened since `before` was taken.
-    pub(crate) async fn fill(&self, session: &ActiveSession, before: Epoch) {
+    pub(crate) async fn fill(&self, session: &Arc<ActiveSession>, before: Epoch) {
         if self.epoch.load(Ordering::SeqCst) == before.0 {
             self.entries
                 .insert(session.record.key.clone(), session.clone())
@@ -77,13 +77,13 @@ mod tests {
     use crate::session::{Claim, Ticket};
     use portcullis_session::SessionRecord;
 
-    fn session(key: &str) -> ActiveSession {
+    fn session(key: &str) -> Arc<ActiveSession> {
         let tokens: portcullis_token::UserTokens = serde_json::from_value(serde_json::json!({
             "access_token": {"value": "at", "token_type": "Bearer", "expires_at": null, "scope": null},
             "refresh_token": null, "id_token": null, "by_resource": {}
         }))
         .unwrap();
-        ActiveSession {
+        Arc::new(ActiveSession {
             record: SessionRecord {
                 key: key.into(),
                 partition: "p".into(),
@@ -105,7 +105,7 @@ mod tests {
                 session_state: None,
                 tokens,
             },
-        }
+        })
     }
 
     #[tokio::test]

@@ -36,7 +36,8 @@ pub enum Lookup {
     Anonymous,
     /// A cookie whose session is gone, expired, malformed or unreadable: clear it.
     Stale,
-    Active(Box<ActiveSession>),
+    /// Shared with the session cache: a cache hit copies a pointer, not the ticket.
+    Active(Arc<ActiveSession>),
 }
 
 /// Session lifecycle over a [`SessionStore`].
@@ -160,7 +161,7 @@ impl Sessions {
                 if hit.record.expires > self.now() {
                     metrics::counter!("portcullis_session_cache_total", "result" => "hit")
                         .increment(1);
-                    return Ok(Lookup::Active(Box::new(hit)));
+                    return Ok(Lookup::Active(hit));
                 }
                 cache.invalidate(key).await;
             }
@@ -184,11 +185,11 @@ impl Sessions {
         }
         match self.open(&record) {
             Ok(ticket) => {
-                let active = ActiveSession { record, ticket };
+                let active = Arc::new(ActiveSession { record, ticket });
                 if let (Some(c), Some(before)) = (&self.cache, before) {
                     c.fill(&active, before).await;
                 }
-                Ok(Lookup::Active(Box::new(active)))
+                Ok(Lookup::Active(active))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "session ticket cannot be opened (unknown key or tampered); treating as logged out");
@@ -263,7 +264,7 @@ impl Sessions {
 
     /// Extends the idle timeout (never past the absolute limit). Writes only when enough
     /// time has passed since the last renewal, to keep the store quiet.
-    pub async fn slide(&self, session: &mut ActiveSession) -> Result<(), GatewayError> {
+    pub async fn slide(&self, session: &mut Arc<ActiveSession>) -> Result<(), GatewayError> {
         let now = self.now();
         let min_gap = (secs(self.settings.idle_timeout) / 20).clamp(1, 60);
         let new_expiry = self.expiry(session.record.created, now);
@@ -276,7 +277,7 @@ impl Sessions {
         updated.version = session.record.version + 1;
         match self.store.update(&updated, session.record.version).await? {
             CasOutcome::Updated => {
-                session.record = updated;
+                Arc::make_mut(session).record = updated;
                 // The next read refills the cache from the store.
                 self.forget(&session.record.key).await;
             }

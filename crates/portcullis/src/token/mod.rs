@@ -379,7 +379,7 @@ impl UserTokenStore for SessionTokenStore<'_> {
             return Ok(Some(first));
         }
         match self.sessions.lookup_key_fresh(session).await {
-            Ok(Lookup::Active(s)) => Ok(Some((s.ticket.tokens, s.record.version))),
+            Ok(Lookup::Active(s)) => Ok(Some((s.ticket.tokens.clone(), s.record.version))),
             Ok(_) => Ok(None),
             Err(e) => Err(TokenError::Store(e.to_string())),
         }
@@ -399,7 +399,7 @@ impl UserTokenStore for SessionTokenStore<'_> {
         if current.record.version != expected_version {
             return Ok(false);
         }
-        let mut ticket = current.ticket;
+        let mut ticket = current.ticket.clone();
         ticket.tokens = tokens.clone();
         match self.sessions.write_ticket(&current.record, &ticket).await {
             Ok(CasOutcome::Updated) => Ok(true),
