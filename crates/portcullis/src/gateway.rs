@@ -184,6 +184,17 @@ impl Gateway {
     /// The full router. `fallback` serves everything that is not a management endpoint or
     /// an API route (typically the SPA's static files); `None` answers 404.
     pub fn router(&self, fallback: Option<Router>) -> Router {
+        self.router_with_local_apis(fallback, Vec::new())
+    }
+
+    /// The full router plus local API routers (handlers in this process), each nested under
+    /// its path prefix and protected like proxied routes: anti-forgery on every request,
+    /// 401 (never a redirect) for anonymous callers that use [`crate::local_api::CurrentUser`].
+    pub fn router_with_local_apis(
+        &self,
+        fallback: Option<Router>,
+        local_apis: Vec<(String, Router)>,
+    ) -> Router {
         let s = self.settings();
         let base = &s.base_path;
         let mut router = Router::new()
@@ -227,7 +238,11 @@ impl Gateway {
             Some(f) => router.fallback_service(f),
             None => router.fallback(|| async { StatusCode::NOT_FOUND }),
         };
-        router.with_state(self.clone())
+        let mut router = router.with_state(self.clone());
+        for (prefix, local) in local_apis {
+            router = router.nest(&prefix, crate::local_api::protect(self, local));
+        }
+        router
     }
 }
 

@@ -41,6 +41,7 @@ pub mod cookie;
 pub mod csrf;
 pub mod error;
 mod gateway;
+pub mod local_api;
 pub mod oidc;
 pub mod proxy;
 pub mod session;
