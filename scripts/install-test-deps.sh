@@ -29,6 +29,21 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
   touch node_modules
 fi
 
+# openssl makes the TLS test's throw-away CA; redis-server runs the private Redis of the
+# outage test (even when a shared Redis already answers on 6379).
+missing=()
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if [ "${#missing[@]}" -gt 0 ]; then
+  sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    sudo=(sudo -n)
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  run "${sudo[@]}" apt-get update
+  run "${sudo[@]}" apt-get install -y "${missing[@]}"
+fi
+
 if [ ! -x /usr/bin/chromium ]; then
   sudo=()
   if [ "$(id -u)" -ne 0 ]; then
