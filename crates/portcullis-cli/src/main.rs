@@ -191,33 +191,19 @@ fn sessions(command: SessionsCommand) -> ExitCode {
     };
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
-            let gw = serve::build_gateway(cfg.gateway, &cfg.keys, &cfg.store_url, &cfg.data_dir).await?;
-            let sessions = gw.sessions();
-            if let Some(key) = key {
-                let ended = sessions.end(&key).await.map_err(|e| e.to_string())?;
-                if let Some(ticket) = ended.as_ref().and_then(|r| sessions.open(r).ok()) {
-                    gw.tokens().revoke_user_tokens(&ticket.tokens).await;
+            let gw =
+                serve::build_gateway(cfg.gateway, &cfg.keys, &cfg.store_url, &cfg.data_dir).await?;
+            let result = match (key, end) {
+                (Some(key), _) => {
+                    let ended = portcullis::admin::end_session(&gw, &key).await;
+                    ended.map(|e| serde_json::json!({ "ended": usize::from(e) }))
                 }
-                return Ok(serde_json::json!({ "ended": usize::from(ended.is_some()) }));
-            }
-            if end {
-                let ended = sessions.end_matching(sub.as_deref(), sid.as_deref()).await.map_err(|e| e.to_string())?;
-                for ticket in &ended {
-                    gw.tokens().revoke_user_tokens(&ticket.tokens).await;
-                }
-                return Ok(serde_json::json!({ "ended": ended.len() }));
-            }
-            let filter = portcullis_session::SessionFilter {
-                partition: sessions.settings().partition.clone(),
-                sub,
-                sid,
+                (None, true) => portcullis::admin::end_sessions(&gw, sub, sid)
+                    .await
+                    .map(|n| serde_json::json!({ "ended": n })),
+                (None, false) => portcullis::admin::list_sessions(&gw, sub, sid).await,
             };
-            let found = sessions.store().find(&filter, gw.now()).await.map_err(|e| e.to_string())?;
-            let list: Vec<_> = found
-                .iter()
-                .map(|r| serde_json::json!({"key": r.key, "sub": r.sub, "sid": r.sid, "created": r.created, "renewed": r.renewed, "expires": r.expires}))
-                .collect();
-            Ok(serde_json::json!({ "sessions": list }))
+            result.map_err(|e| e.to_string())
         })
     });
     match result {

@@ -69,14 +69,71 @@ fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), GatewayError
     }
 }
 
-fn filter(gw: &Gateway, sel: Selector) -> Result<SessionFilter, GatewayError> {
-    if sel.sub.is_none() && sel.sid.is_none() {
+/// The operations behind the endpoints, shared with the `portcullis sessions` subcommand.
+///
+/// Sessions of `sub` and/or `sid` in this gateway's partition: metadata only, never tickets.
+pub async fn list_sessions(
+    gw: &Gateway,
+    sub: Option<String>,
+    sid: Option<String>,
+) -> Result<serde_json::Value, GatewayError> {
+    let records = gw
+        .sessions()
+        .store()
+        .find(&filter(gw, sub, sid)?, gw.now())
+        .await?;
+    let sessions: Vec<_> = records
+        .iter()
+        .map(|r| {
+            json!({"key": r.key, "sub": r.sub, "sid": r.sid, "created": r.created,
+                   "renewed": r.renewed, "expires": r.expires})
+        })
+        .collect();
+    Ok(json!({ "sessions": sessions }))
+}
+
+/// Ends the sessions of `sub` and/or `sid` and revokes their refresh tokens; returns how many.
+pub async fn end_sessions(
+    gw: &Gateway,
+    sub: Option<String>,
+    sid: Option<String>,
+) -> Result<usize, GatewayError> {
+    let f = filter(gw, sub, sid)?;
+    let ended = gw
+        .sessions()
+        .end_matching(f.sub.as_deref(), f.sid.as_deref())
+        .await?;
+    for ticket in &ended {
+        gw.tokens().revoke_user_tokens(&ticket.tokens).await;
+    }
+    tracing::info!(sessions = ended.len(), "sessions ended by an operator");
+    Ok(ended.len())
+}
+
+/// Ends one session by store key and revokes its refresh token; `false` if it did not exist.
+pub async fn end_session(gw: &Gateway, key: &str) -> Result<bool, GatewayError> {
+    let Some(record) = gw.sessions().end(key).await? else {
+        return Ok(false);
+    };
+    if let Ok(ticket) = gw.sessions().open(&record) {
+        gw.tokens().revoke_user_tokens(&ticket.tokens).await;
+    }
+    tracing::info!("session ended by an operator");
+    Ok(true)
+}
+
+fn filter(
+    gw: &Gateway,
+    sub: Option<String>,
+    sid: Option<String>,
+) -> Result<SessionFilter, GatewayError> {
+    if sub.is_none() && sid.is_none() {
         return Err(GatewayError::bad_param("sub", "give sub and/or sid"));
     }
     Ok(SessionFilter {
         partition: gw.sessions().settings().partition.clone(),
-        sub: sel.sub,
-        sid: sel.sid,
+        sub,
+        sid,
     })
 }
 
@@ -86,20 +143,7 @@ async fn list(
     Query(sel): Query<Selector>,
 ) -> Result<Response, GatewayError> {
     authorize(&state, &headers)?;
-    let gw = &state.gateway;
-    let records = gw
-        .sessions()
-        .store()
-        .find(&filter(gw, sel)?, gw.now())
-        .await?;
-    let sessions: Vec<_> = records
-        .iter()
-        .map(|r| {
-            json!({"key": r.key, "sub": r.sub, "sid": r.sid, "created": r.created,
-                   "renewed": r.renewed, "expires": r.expires})
-        })
-        .collect();
-    Ok(axum::Json(json!({ "sessions": sessions })).into_response())
+    Ok(axum::Json(list_sessions(&state.gateway, sel.sub, sel.sid).await?).into_response())
 }
 
 async fn end_matching(
@@ -108,17 +152,8 @@ async fn end_matching(
     Query(sel): Query<Selector>,
 ) -> Result<Response, GatewayError> {
     authorize(&state, &headers)?;
-    let gw = &state.gateway;
-    let f = filter(gw, sel)?;
-    let ended = gw
-        .sessions()
-        .end_matching(f.sub.as_deref(), f.sid.as_deref())
-        .await?;
-    for ticket in &ended {
-        gw.tokens().revoke_user_tokens(&ticket.tokens).await;
-    }
-    tracing::info!(sessions = ended.len(), "sessions ended by an operator");
-    Ok(axum::Json(json!({ "ended": ended.len() })).into_response())
+    let ended = end_sessions(&state.gateway, sel.sub, sel.sid).await?;
+    Ok(axum::Json(json!({ "ended": ended })).into_response())
 }
 
 async fn end_one(
@@ -127,16 +162,9 @@ async fn end_one(
     Path(key): Path<String>,
 ) -> Result<Response, GatewayError> {
     authorize(&state, &headers)?;
-    let gw = &state.gateway;
-    match gw.sessions().end(&key).await? {
-        Some(record) => {
-            if let Ok(ticket) = gw.sessions().open(&record) {
-                gw.tokens().revoke_user_tokens(&ticket.tokens).await;
-            }
-            tracing::info!("session ended by an operator");
-            Ok(axum::Json(json!({ "ended": 1 })).into_response())
-        }
-        None => Err(GatewayError::NotFound),
+    match end_session(&state.gateway, &key).await? {
+        true => Ok(axum::Json(json!({ "ended": 1 })).into_response()),
+        false => Err(GatewayError::NotFound),
     }
 }
 
