@@ -51,6 +51,9 @@ pub enum GatewayError {
     Forbidden(&'static str),
     #[error("not found")]
     NotFound,
+    /// The method is never forwarded (`CONNECT`, `TRACE`): 405 with an `Allow` header.
+    #[error("method not allowed: {0}")]
+    MethodNotAllowed(&'static str),
     /// The session store cannot be reached. Never treated as "logged out".
     #[error("session store unavailable: {0}")]
     StoreUnavailable(String),
@@ -84,7 +87,8 @@ impl GatewayError {
             | Self::BadNavigation(_)
             | Self::Unauthorized(_)
             | Self::Forbidden(_)
-            | Self::NotFound => Origin::Browser,
+            | Self::NotFound
+            | Self::MethodNotAllowed(_) => Origin::Browser,
             Self::StoreUnavailable(_) => Origin::Store,
             Self::IdpUnavailable(_) | Self::IdpTimeout | Self::LoginRejected(_) => Origin::Idp,
             Self::UpstreamUnavailable(_) | Self::UpstreamTimeout => Origin::Upstream,
@@ -100,6 +104,7 @@ impl GatewayError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::StoreUnavailable(_) | Self::IdpUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::IdpTimeout | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
@@ -152,6 +157,15 @@ impl IntoResponse for GatewayError {
                 html_page(status, "Sign-in could not be completed", message)
             }
             Self::Unauthorized(_) | Self::Forbidden(_) | Self::NotFound => status.into_response(),
+            Self::MethodNotAllowed(_) => {
+                // RFC 9110 §15.5.6: a 405 lists what the resource supports.
+                let mut r = status.into_response();
+                r.headers_mut().insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+                );
+                r
+            }
             Self::StoreUnavailable(_)
             | Self::IdpUnavailable(_)
             | Self::IdpTimeout
@@ -217,6 +231,7 @@ mod tests {
             (GatewayError::bad_param("returnUrl", "x"), 400),
             (GatewayError::Unauthorized("csrf"), 401),
             (GatewayError::Forbidden("rule"), 403),
+            (GatewayError::MethodNotAllowed("CONNECT"), 405),
             (GatewayError::StoreUnavailable("down".into()), 503),
             (GatewayError::IdpUnavailable("down".into()), 503),
             (GatewayError::IdpTimeout, 504),

@@ -222,17 +222,16 @@ impl Gateway {
             );
         for route in self.inner.routes.routes() {
             let path = &route.settings.path;
-            let r1 = route.clone();
-            let r2 = route.clone();
-            router = router
-                .route(
-                    path,
-                    any(move |state, ci, req| api(state, ci, r1.clone(), req)),
-                )
-                .route(
-                    &format!("{path}/{{*rest}}"),
-                    any(move |state, ci, req| api(state, ci, r2.clone(), req)),
-                );
+            // The prefix itself, the prefix with a trailing slash (`{*rest}` needs at least
+            // one character) and everything below it.
+            for pattern in [
+                path.clone(),
+                format!("{path}/"),
+                format!("{path}/{{*rest}}"),
+            ] {
+                let r = route.clone();
+                router = router.route(&pattern, any(move |state, req| api(state, r.clone(), req)));
+            }
         }
         let router = match fallback {
             Some(f) => router.fallback_service(f),
@@ -256,13 +255,16 @@ async fn readyz(State(gw): State<Gateway>) -> Response {
     }
 }
 
-/// One proxied API call: anti-forgery → session → token → forward.
-async fn api(
-    State(gw): State<Gateway>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    route: Arc<Route>,
-    request: Request,
-) -> Response {
+/// One proxied API call: method rule → anti-forgery → session → token → forward.
+///
+/// The peer address comes from `ConnectInfo` when the server provides it; a router served
+/// without it (in-process, or by a library user's own server) still works, only without
+/// `X-Forwarded-For`.
+async fn api(State(gw): State<Gateway>, route: Arc<Route>, request: Request) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ci| ci.0);
     match api_inner(&gw, peer, &route, request).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -271,10 +273,11 @@ async fn api(
 
 async fn api_inner(
     gw: &Gateway,
-    peer: SocketAddr,
+    peer: Option<SocketAddr>,
     route: &Route,
     request: Request,
 ) -> Result<Response, GatewayError> {
+    crate::proxy::check_method(request.method())?;
     let s = gw.settings();
     let headers = request.headers();
     // Browsers cannot add headers to a WebSocket handshake, so upgrades prove their origin
@@ -365,7 +368,7 @@ async fn api_inner(
     };
 
     let ctx = ForwardContext {
-        client_addr: Some(peer),
+        client_addr: peer,
         public_proto: s.public_url.scheme(),
         public_host: &gw.inner.public_host,
         trust_forwarded: s.trust_forwarded_headers,

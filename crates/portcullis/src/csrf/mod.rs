@@ -89,9 +89,19 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     upgrade && connection
 }
 
-/// WebSocket upgrades: the `Origin` must be one of `allowed` (exact, ASCII case-insensitive).
+/// WebSocket upgrades: exactly one `Origin` header, and it is one of `allowed` (exact, ASCII
+/// case-insensitive). A browser sends one (RFC 6454 §7); several would let a check that reads
+/// the first one and an upstream that reads another disagree, so they are refused as a bad
+/// origin is.
+///
+/// # Errors
+/// [`GatewayError::Unauthorized`] (401) for a missing, repeated or foreign `Origin`.
 pub fn check_websocket_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), GatewayError> {
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let mut origins = headers.get_all(header::ORIGIN).iter();
+    let origin = match (origins.next(), origins.next()) {
+        (Some(only), None) => only.to_str().ok(),
+        _ => None,
+    };
     match origin {
         Some(o) if allowed.iter().any(|a| a.eq_ignore_ascii_case(o)) => Ok(()),
         _ => Err(GatewayError::Unauthorized("websocket origin not allowed")),
@@ -156,5 +166,21 @@ mod tests {
         evil.push(("origin", "https://evil.example"));
         assert!(check_websocket_origin(&headers(&evil), &allowed).is_err());
         assert!(check_websocket_origin(&headers(&up), &allowed).is_err());
+    }
+
+    /// Issue 12.13: the allowed origin first and a foreign one second must not pass.
+    #[test]
+    fn websocket_with_two_origin_headers_is_refused() {
+        let allowed = vec!["https://app.example.com".to_owned()];
+        for pair in [
+            ["https://app.example.com", "https://evil.example"],
+            ["https://evil.example", "https://app.example.com"],
+            ["https://app.example.com", "https://app.example.com"],
+        ] {
+            let h = headers(&[("origin", pair[0]), ("origin", pair[1])]);
+            assert!(check_websocket_origin(&h, &allowed).is_err(), "{pair:?}");
+        }
+        let one = headers(&[("origin", "https://app.example.com")]);
+        assert!(check_websocket_origin(&one, &allowed).is_ok());
     }
 }

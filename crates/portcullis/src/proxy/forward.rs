@@ -1,6 +1,10 @@
 //! The upstream HTTP client and header hygiene.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -82,6 +86,7 @@ impl Forwarder {
     ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, body) = request.into_parts();
         prepare(&mut parts, route, token, ctx)?;
+        let (body, body_failed) = BrowserBody::wrap(body);
         let upstream_request = Request::from_parts(parts, body);
         let response = match tokio::time::timeout(
             route.settings.timeout,
@@ -89,6 +94,14 @@ impl Forwarder {
         )
         .await
         {
+            // A request body the browser broke (malformed chunking, cut off) fails the
+            // upstream call too: it is the browser's fault, not the upstream's.
+            Err(_) | Ok(Err(_)) if body_failed.load(Ordering::Relaxed) => {
+                return Err(GatewayError::bad_param(
+                    "body",
+                    "the request body is malformed or was cut off",
+                ))
+            }
             Err(_) => return Err(GatewayError::UpstreamTimeout),
             Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(describe(&e))),
             Ok(Ok(r)) => r,
@@ -183,6 +196,49 @@ fn prepare(
     Ok(())
 }
 
+/// The browser's request body on its way upstream, recording whether reading it failed
+/// (hyper reports a malformed chunked body, or a browser that went away mid-upload, as a
+/// body error), so that the failed upstream call it causes is attributed to the browser.
+struct BrowserBody {
+    inner: Body,
+    failed: Arc<AtomicBool>,
+}
+
+impl BrowserBody {
+    fn wrap(inner: Body) -> (Body, Arc<AtomicBool>) {
+        let failed = Arc::new(AtomicBool::new(false));
+        let body = Body::new(Self {
+            inner,
+            failed: failed.clone(),
+        });
+        (body, failed)
+    }
+}
+
+impl http_body::Body for BrowserBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 fn describe(e: &hyper_util::client::legacy::Error) -> String {
     use std::error::Error;
     let mut s = e.to_string();
@@ -195,46 +251,125 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
     s
 }
 
+/// Headers through which a client claims an address, host, scheme or port, which an
+/// upstream may believe (rate limits, audit logs, allow-lists, absolute URLs). Removed unless
+/// a trusted proxy in front of the gateway set them. Every `X-Forwarded-*` header is part of
+/// the family too (matched by [`FORWARDED_PREFIX`]).
+pub const CLIENT_CLAIM_HEADERS: [&str; 17] = [
+    "forwarded",
+    "x-real-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "cf-connecting-ipv6",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
+    "client-ip",
+    "x-original-forwarded-for",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "x-proxyuser-ip",
+    "x-envoy-external-address",
+    "x-host",
+    "x-original-host",
+];
+
+/// The `X-Forwarded-*` family (`-For`, `-Proto`, `-Host`, `-Prefix` set by the gateway; `-Port`,
+/// `-Server`, `-Ssl`, `-Scheme`, ... never forwarded from an untrusted client).
+pub const FORWARDED_PREFIX: &str = "x-forwarded-";
+
+/// Headers that make an upstream act on another path or method than the request line says
+/// (IIS/Symfony/Zend URL rewrites, method overrides). Always removed, trusted proxy or not:
+/// the gateway's path and method rules must judge what the upstream acts on, and a browser
+/// can send the real method through the gateway.
+pub const REWRITE_HEADERS: [&str; 6] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 /// Removes what must not reach an upstream and sets the `X-Forwarded-*` headers.
+///
+/// Always removed: hop-by-hop headers, `Cookie`, `Authorization`, `DPoP`, `Host`,
+/// [`REWRITE_HEADERS`]. Without `ctx.trust_forwarded`, also [`CLIENT_CLAIM_HEADERS`] and every
+/// `X-Forwarded-*`, after which `X-Forwarded-For` (the peer address), `-Proto`, `-Host`
+/// (the public URL's) and `-Prefix` (the route prefix) are set. With it, those headers are
+/// kept, `X-Forwarded-For` and `Forwarded` (RFC 7239) are extended with the peer address, and
+/// missing `-Proto`/`-Host`/`-Prefix` are set.
 pub fn sanitize_request_headers(headers: &mut HeaderMap, ctx: &ForwardContext<'_>, prefix: &str) {
     strip_hop_by_hop(headers);
     headers.remove(header::COOKIE);
     headers.remove(header::AUTHORIZATION);
-    headers.remove(HeaderName::from_static("dpop"));
+    headers.remove("dpop");
     headers.remove(header::HOST);
-    headers.remove(header::FORWARDED);
+    for name in REWRITE_HEADERS {
+        headers.remove(name);
+    }
+    let client_ip = ctx.client_addr.map(|a| a.ip());
+    if ctx.trust_forwarded {
+        extend_forwarded_chain(headers, client_ip);
+    } else {
+        let claims: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| {
+                n.as_str().starts_with(FORWARDED_PREFIX)
+                    || CLIENT_CLAIM_HEADERS.contains(&n.as_str())
+            })
+            .cloned()
+            .collect();
+        for name in claims {
+            headers.remove(name);
+        }
+        if let Some(ip) = client_ip {
+            set(headers, "x-forwarded-for", &ip.to_string());
+        }
+    }
+    for (name, value) in [
+        ("x-forwarded-proto", ctx.public_proto),
+        ("x-forwarded-host", ctx.public_host),
+        ("x-forwarded-prefix", prefix),
+    ] {
+        if !headers.contains_key(name) {
+            set(headers, name, value);
+        }
+    }
+}
 
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let client_ip = ctx.client_addr.map(|a| a.ip().to_string());
-    let forwarded_for = match (
-        ctx.trust_forwarded,
-        headers.get(&xff).and_then(|v| v.to_str().ok()),
-        client_ip,
-    ) {
-        (true, Some(prev), Some(ip)) => Some(format!("{prev}, {ip}")),
-        (true, Some(prev), None) => Some(prev.to_owned()),
-        (_, _, ip) => ip,
+fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(HeaderName::from_static(name), v);
+    }
+}
+
+/// A trusted proxy in front: append the peer to `X-Forwarded-For` and, when present,
+/// `Forwarded` (RFC 7239 §4, §6: IPv6 quoted and bracketed). Several header lines are
+/// joined into one list.
+fn extend_forwarded_chain(headers: &mut HeaderMap, client_ip: Option<std::net::IpAddr>) {
+    let joined = |headers: &HeaderMap, name: &str| -> Option<String> {
+        let values: Vec<&str> = headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.join(", "))
     };
-    let keep = |headers: &HeaderMap, name: &str| ctx.trust_forwarded && headers.contains_key(name);
-    let set = |headers: &mut HeaderMap, name: &'static str, value: &str| {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(HeaderName::from_static(name), v);
-        }
-    };
-    match forwarded_for {
-        Some(v) => set(headers, "x-forwarded-for", &v),
-        None => {
-            headers.remove(&xff);
-        }
+    let xff = joined(headers, "x-forwarded-for");
+    match (xff, client_ip) {
+        (Some(prev), Some(ip)) => set(headers, "x-forwarded-for", &format!("{prev}, {ip}")),
+        (Some(prev), None) => set(headers, "x-forwarded-for", &prev),
+        (None, Some(ip)) => set(headers, "x-forwarded-for", &ip.to_string()),
+        (None, None) => {}
     }
-    if !keep(headers, "x-forwarded-proto") {
-        set(headers, "x-forwarded-proto", ctx.public_proto);
-    }
-    if !keep(headers, "x-forwarded-host") {
-        set(headers, "x-forwarded-host", ctx.public_host);
-    }
-    if !keep(headers, "x-forwarded-prefix") {
-        set(headers, "x-forwarded-prefix", prefix);
+    if let (Some(prev), Some(ip)) = (joined(headers, "forwarded"), client_ip) {
+        let node = match ip {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        set(headers, "forwarded", &format!("{prev}, for={node}"));
     }
 }
 
@@ -340,6 +475,93 @@ mod tests {
         sanitize_request_headers(&mut h, &ctx(true), "/api");
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.1.2.3");
         assert_eq!(h["x-forwarded-host"], "evil.example");
+    }
+
+    /// Issue 12.5: every client-IP/forwarding claim of an untrusted client is dropped, the
+    /// rewrite family always is.
+    fn claims() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("x-real-ip", "6.6.6.6"),
+            ("true-client-ip", "6.6.6.6"),
+            ("cf-connecting-ip", "6.6.6.6"),
+            ("x-client-ip", "6.6.6.6"),
+            ("x-cluster-client-ip", "6.6.6.6"),
+            ("fastly-client-ip", "6.6.6.6"),
+            ("client-ip", "6.6.6.6"),
+            ("x-original-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "7.7.7.7"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-server", "evil"),
+            ("x-forwarded-ssl", "on"),
+            ("x-forwarded-scheme", "https"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-prefix", "/admin"),
+            ("forwarded", "for=6.6.6.6;host=evil.example"),
+            ("x-host", "evil.example"),
+            ("x-original-host", "evil.example"),
+            ("x-original-url", "/admin"),
+            ("x-rewrite-url", "/admin"),
+            ("x-http-method-override", "DELETE"),
+            ("x-http-method", "TRACE"),
+            ("x-method-override", "PUT"),
+            ("x-request-id", "kept"),
+        ] {
+            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn client_forwarding_headers_are_stripped_when_untrusted() {
+        let mut h = claims();
+        sanitize_request_headers(&mut h, &ctx(false), "/api");
+        for name in CLIENT_CLAIM_HEADERS.iter().chain(REWRITE_HEADERS.iter()) {
+            assert!(!h.contains_key(*name), "{name} was forwarded");
+        }
+        for name in [
+            "x-forwarded-port",
+            "x-forwarded-server",
+            "x-forwarded-ssl",
+            "x-forwarded-scheme",
+        ] {
+            assert!(!h.contains_key(name), "{name} was forwarded");
+        }
+        let xff: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(xff, ["10.1.2.3"]);
+        assert_eq!(h["x-forwarded-prefix"], "/api");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-request-id"], "kept");
+        // No peer address known: no X-Forwarded-For at all, never the client's.
+        let mut h = claims();
+        let mut c = ctx(false);
+        c.client_addr = None;
+        sanitize_request_headers(&mut h, &c, "/api");
+        assert!(!h.contains_key("x-forwarded-for"));
+    }
+
+    #[test]
+    fn trusted_proxy_claims_are_kept_and_extended_rewrites_are_not() {
+        let mut h = claims();
+        sanitize_request_headers(&mut h, &ctx(true), "/api");
+        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 7.7.7.7, 10.1.2.3");
+        assert_eq!(
+            h["forwarded"],
+            "for=6.6.6.6;host=evil.example, for=10.1.2.3"
+        );
+        assert_eq!(h["x-real-ip"], "6.6.6.6");
+        assert_eq!(h["x-forwarded-port"], "443");
+        assert_eq!(h["x-forwarded-prefix"], "/admin");
+        for name in REWRITE_HEADERS {
+            assert!(!h.contains_key(name), "{name} was forwarded");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("forwarded", HeaderValue::from_static("for=1.1.1.1"));
+        let mut c = ctx(true);
+        c.client_addr = Some("[::1]:80".parse().unwrap());
+        sanitize_request_headers(&mut h, &c, "/api");
+        assert_eq!(h["forwarded"], "for=1.1.1.1, for=\"[::1]\"");
     }
 
     #[test]
