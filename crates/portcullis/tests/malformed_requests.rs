@@ -352,7 +352,8 @@ fn malformed_requests_never_answer_500() {
 async fn odd_requests_on_api_routes_are_4xx_or_upstream_failures() {
     let (gw, session) = gateway().await;
     let app = gw.router(None);
-    let cases: &[(&str, &str, &[(&str, &str)], u16)] = &[
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], u16);
+    let cases: &[Case] = &[
         // 12.11: CONNECT and TRACE on a route prefix: 405, nothing forwarded.
         ("CONNECT", "/api-none/x", &[("x-csrf", "1")], 405),
         ("TRACE", "/api-none/x", &[("x-csrf", "1")], 405),
