@@ -23,4 +23,6 @@ mod forward;
 mod routes;
 
 pub use forward::{ForwardContext, Forwarder};
-pub use routes::{check_method, check_path, PathRefusal, Route, RouteTable};
+pub use routes::{
+    check_method, check_path, PathRefusal, Route, RouteTable, MAX_DECODE_ROUNDS, REFUSED_METHODS,
+};
