@@ -137,10 +137,12 @@ impl Spa {
             let navigation = is_client_route(request.headers(), &decoded);
             let (parts, body) = request.into_parts();
             let retry = navigation.then(|| Request::from_parts(parts.clone(), Body::empty()));
-            let r = self.file(Request::from_parts(parts, body), None).await?;
-            return match (r.status(), retry) {
-                (StatusCode::NOT_FOUND, Some(retry)) => self.file(retry, Some("/index.html")).await,
-                _ => Ok(r),
+            let found = self.file(Request::from_parts(parts, body), None).await;
+            return match (found, retry) {
+                (Err(GatewayError::NotFound), Some(retry)) => {
+                    self.file(retry, Some("/index.html")).await
+                }
+                (result, _) => result,
             };
         }
         if is_client_route(request.headers(), &decoded) {
@@ -498,5 +500,86 @@ mod tests {
             .body(Body::empty())
             .unwrap();
         assert_eq!(spa.serve(req).await.status(), 200);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Request targets as a hostile client writes them: path-ish pieces, dots, encodings,
+    /// separators, very long segments, authority- and asterisk-forms.
+    fn target() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("/".to_owned()),
+            Just(".".to_owned()),
+            Just("..".to_owned()),
+            Just("%2e".to_owned()),
+            Just("%2f".to_owned()),
+            Just("%5c".to_owned()),
+            Just("%00".to_owned()),
+            Just("%ff".to_owned()),
+            Just("%".to_owned()),
+            Just(";".to_owned()),
+            Just(":80".to_owned()),
+            Just("*".to_owned()),
+            Just("?q=1".to_owned()),
+            Just("index.html".to_owned()),
+            Just("app.js".to_owned()),
+            Just("bff".to_owned()),
+            Just("api".to_owned()),
+            "[a-z]{1,8}",
+            (250usize..700).prop_map(|n| "a".repeat(n)),
+        ];
+        proptest::collection::vec(piece, 0..12).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+        #[test]
+        fn generated_targets_never_answer_5xx(
+            t in target(),
+            leading_slash in any::<bool>(),
+            html in any::<bool>(),
+            head in any::<bool>(),
+        ) {
+            let raw = if leading_slash { format!("/{t}") } else { t };
+            // Only what `http` (and so hyper) accepts as a request target reaches the service.
+            let Ok(uri) = raw.parse::<Uri>() else { return Ok(()); };
+            let spa = spa_for_properties();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let mut req = Request::builder()
+                .method(if head { Method::HEAD } else { Method::GET })
+                .uri(uri);
+            if html {
+                req = req.header(header::ACCEPT, "text/html");
+            }
+            let status = rt.block_on(spa.serve(req.body(Body::empty()).unwrap())).status();
+            prop_assert!(!status.is_server_error(), "{raw:?} answered {status}");
+            prop_assert!(
+                [200, 304, 400, 404, 414].contains(&status.as_u16()),
+                "{raw:?} answered {status}"
+            );
+            let reserved = raw.starts_with("/bff/") || raw == "/bff" || raw.starts_with("/api/") || raw == "/api";
+            if reserved {
+                prop_assert_eq!(status.as_u16(), 404, "{:?} is the gateway's", raw);
+            }
+        }
+    }
+
+    fn spa_for_properties() -> Spa {
+        static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        let dir = DIR.get_or_init(|| {
+            let dir =
+                std::env::temp_dir().join(format!("portcullis-spa-prop-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("index.html"), "<!doctype html>").unwrap();
+            std::fs::write(dir.join("app.js"), "1").unwrap();
+            dir
+        });
+        Spa::with_reserved(dir.clone(), vec!["/bff".into(), "/api".into()])
     }
 }
