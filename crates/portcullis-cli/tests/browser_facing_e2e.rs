@@ -51,6 +51,22 @@ async fn navigate(b: &Browser, url: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// A browser whose every request is a top-level navigation (as when following links).
+fn navigating_browser() -> Browser {
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("accept", NAV_ACCEPT.parse().unwrap());
+    headers.insert("sec-fetch-mode", "navigate".parse().unwrap());
+    let http = reqwest::Client::builder()
+        .cookie_provider(jar.clone())
+        .default_headers(headers)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    Browser { http, jar }
+}
+
 /// Waits (bounded) until the gateway's output has a line containing `needle`.
 async fn wait_for_log(gw: &Gateway, needle: &str) -> Vec<String> {
     let output = gw.proc.as_ref().unwrap().output.clone();
@@ -368,27 +384,31 @@ async fn idp_errors_on_the_callback_return_to_the_app_or_show_a_page() {
         assert!(b.user(gw).await.is_none());
     }
 
-    // Misconfiguration, from the real IdP: a scope the client may not ask for.
-    let bad_scope = spa_stack(|c| {
+    // A misconfiguration, refused by the real IdP: an invalid authorization parameter.
+    let misconfigured = spa_stack(|c| {
         c.replace(
-            "scopes = [\"openid\",",
-            "scopes = [\"openid\", \"not-registered-for-this-client\",",
+            "scopes = [",
+            "extra_authorize_params = { max_age = \"not-a-number\" }\nscopes = [",
         )
     })
     .await;
-    let b = Browser::new();
-    let start = bad_scope.gw.url("/bff/login?returnUrl=/after");
+    let b = navigating_browser();
+    let start = misconfigured.gw.url("/bff/login?returnUrl=/after");
     let r = b.get(&start).await;
     assert_eq!(r.status(), StatusCode::FOUND);
     let authorize = r.headers()[LOCATION].to_str().unwrap().to_owned();
     let (r, url) = b.follow(authorize, 10).await;
-    assert!(url.starts_with(&bad_scope.gw.url("/signin-oidc")), "{url}");
+    assert!(
+        url.starts_with(&misconfigured.gw.url("/signin-oidc")),
+        "{url}"
+    );
     let code = query_param(&url, "error").unwrap();
+    assert_eq!(code, "invalid_request");
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY, "{code}");
     let page = r.text().await.unwrap();
     assert!(page.contains(&code), "{page}");
     assert!(page.contains("operator"), "{page}");
-    let lines = wait_for_log(&bad_scope.gw, "refused the sign-in").await;
+    let lines = wait_for_log(&misconfigured.gw, "refused the sign-in").await;
     assert!(
         lines
             .iter()
