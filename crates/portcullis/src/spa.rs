@@ -343,12 +343,16 @@ mod tests {
         (parts.status, parts.headers, body)
     }
 
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    /// (method, path, request headers, status, answered with index.html)
+    type Case<'a> = (&'a str, &'a str, Headers<'a>, u16, bool);
+
     const NAV: (&str, &str) = ("accept", "text/html,application/xhtml+xml,*/*;q=0.8");
 
     #[tokio::test]
     async fn spa_fallback_only_for_client_routes() {
         let spa = spa();
-        let cases: &[(&str, &str, &[(&str, &str)], u16, bool)] = &[
+        let cases: &[Case] = &[
             // (method, path, headers, status, is index.html)
             ("GET", "/", &[], 200, true),
             ("GET", "/some/client/route", &[NAV], 200, true),
@@ -474,7 +478,7 @@ mod tests {
         let long_segment = format!("/{}", "a".repeat(300));
         let long_path = "/abc".repeat(1500);
         let huge = format!("/{}", "b".repeat(MAX_TARGET_BYTES + 1));
-        let cases: &[(&str, &[(&str, &str)], u16)] = &[
+        let cases: &[(&str, Headers, u16)] = &[
             (&long_segment, &[], 404),
             (&long_segment, &[NAV], 200),
             (&format!("{long_segment}.js"), &[NAV], 404),
