@@ -512,6 +512,21 @@ pub fn parse(
         }
         Some(c)
     });
+    if let Some(u) = public_url.as_ref().filter(|u| u.scheme() == "https") {
+        let name = session.cookie_name.as_deref().unwrap_or("__Host-bff-auth");
+        if !name.starts_with("__Host-") && !name.starts_with("__Secure-") {
+            warnings.push(format!(
+                "session.cookie_name {name:?} has no __Host- prefix: on {} the browser lets other subdomains and plain-http pages set or shadow the session cookie. Prefer \"__Host-{name}\"",
+                u.origin().ascii_serialization()
+            ));
+        }
+        if same_site == SameSite::None {
+            warnings.push(
+                "session.same_site = \"none\": the session cookie is sent with cross-site requests, so the anti-forgery header is the only protection against cross-site request forgery. Prefer \"strict\" or \"lax\""
+                    .into(),
+            );
+        }
+    }
     if let Some(u) = &public_url {
         if u.scheme() == "http" && portcullis::cookie::is_loopback_url(u) {
             warnings.push(format!(
@@ -581,6 +596,43 @@ pub fn parse(
         clients: named_clients,
     };
 
+    // Paths the gateway answers itself. With `base_path = "/"` the management endpoints sit
+    // at the root one by one; otherwise the whole base path is the gateway's.
+    let mut reserved_paths: Vec<String> = vec![
+        callback_path.clone(),
+        signed_out_callback_path.clone(),
+        "/healthz".into(),
+        "/readyz".into(),
+    ];
+    let management: Vec<String> = portcullis::bff::MANAGEMENT_ENDPOINTS
+        .iter()
+        .map(|p| portcullis::join_path(&base_path, p))
+        .collect();
+    if base_path.is_empty() {
+        reserved_paths.extend(management.iter().cloned());
+    } else {
+        reserved_paths.push(base_path.clone());
+    }
+    for (name, path) in [
+        ("server.callback_path", &callback_path),
+        ("server.signed_out_callback_path", &signed_out_callback_path),
+    ] {
+        let taken = management
+            .iter()
+            .chain(["/healthz".to_owned(), "/readyz".to_owned()].iter())
+            .any(|m| m == path);
+        if taken {
+            errors.push(format!(
+                "{name} {path} is also a management endpoint of the gateway"
+            ));
+        }
+    }
+    if callback_path == signed_out_callback_path {
+        errors.push(format!(
+            "server.callback_path and server.signed_out_callback_path are both {callback_path}"
+        ));
+    }
+
     // [[routes]]
     let mut routes: Vec<RouteSettings> = Vec::new();
     for (i, r) in raw_routes.into_iter().enumerate() {
@@ -593,18 +645,11 @@ pub fn parse(
         if path.is_empty() || path == "/" {
             errors.push(format!("{ctx}.path must not be the root"));
         }
-        for reserved in [
-            base_path.as_str(),
-            callback_path.as_str(),
-            signed_out_callback_path.as_str(),
-            "/healthz",
-            "/readyz",
-        ] {
-            let reserved = if reserved.is_empty() {
+        for reserved in &reserved_paths {
+            let reserved = reserved.as_str();
+            if reserved.is_empty() {
                 continue;
-            } else {
-                reserved
-            };
+            }
             if path == reserved
                 || path.starts_with(&format!("{reserved}/"))
                 || reserved.starts_with(&format!("{path}/"))
@@ -1034,6 +1079,116 @@ token = "admin"
         assert!(
             errors.iter().any(|e| e.contains("response_mode")),
             "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn route_overlapping_management_endpoint_is_error() {
+        let with = |server: &str, routes: &str| {
+            MINIMAL
+                .replace("[oidc]", &format!("{server}\n[oidc]"))
+                .replace(
+                    "[[routes]]\npath = \"/api\"\nupstream = \"https://api.internal/v1\"\ntoken = \"user\"\n",
+                    routes,
+                )
+        };
+        let route = |path: &str| {
+            format!("[[routes]]\npath = \"{path}\"\nupstream = \"https://api.internal/v1\"\n")
+        };
+        // base_path = "/" puts every management endpoint at the root.
+        for endpoint in [
+            "/user",
+            "/login",
+            "/logout",
+            "/silent-login",
+            "/backchannel",
+            "/user/x",
+        ] {
+            let text = with("base_path = \"/\"", &route(endpoint));
+            let errors = parse(&text, Path::new("/"), &no_env).unwrap_err();
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.contains("overlaps the gateway's own endpoint")),
+                "{endpoint}: {errors:?}"
+            );
+        }
+        // Not an overlap: another segment, or the default base path.
+        for (server, path) in [
+            ("base_path = \"/\"", "/users"),
+            ("", "/user"),
+            ("base_path = \"/\"", "/api"),
+        ] {
+            let text = with(server, &route(path));
+            assert!(
+                parse(&text, Path::new("/"), &no_env).is_ok(),
+                "{server} {path}"
+            );
+        }
+        // Callback paths, under the base path, twice the same route: every error at once.
+        let text = with(
+            "callback_path = \"/bff/user\"\nsigned_out_callback_path = \"/bff/user\"",
+            &format!("{}{}{}", route("/bff/x"), route("/api"), route("/api/")),
+        );
+        let errors = parse(&text, Path::new("/"), &no_env).unwrap_err();
+        let joined = errors.join("\n");
+        for needle in [
+            "server.callback_path /bff/user is also a management endpoint",
+            "server.signed_out_callback_path /bff/user is also a management endpoint",
+            "are both /bff/user",
+            "routes[0].path /bff/x overlaps",
+            "routes[2].path /api is defined twice",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+        }
+    }
+
+    #[test]
+    fn weakened_cookie_protections_warn() {
+        let session =
+            |lines: &str| MINIMAL.replace("[[routes]]", &format!("[session]\n{lines}\n[[routes]]"));
+        let c = parse(MINIMAL, Path::new("/"), &no_env).unwrap();
+        assert!(
+            c.warnings.is_empty(),
+            "defaults are quiet: {:?}",
+            c.warnings
+        );
+        for ok in [
+            "cookie_name = \"__Host-sid\"",
+            "cookie_name = \"__Secure-sid\"",
+            "same_site = \"lax\"",
+        ] {
+            let c = parse(&session(ok), Path::new("/"), &no_env).unwrap();
+            assert!(c.warnings.is_empty(), "{ok}: {:?}", c.warnings);
+        }
+        let c = parse(
+            &session("cookie_name = \"sid\"\nsame_site = \"none\""),
+            Path::new("/"),
+            &no_env,
+        )
+        .unwrap();
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("\"sid\" has no __Host- prefix")),
+            "{:?}",
+            c.warnings
+        );
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("same_site = \"none\"")),
+            "{:?}",
+            c.warnings
+        );
+        // On loopback http the prefix cannot exist: no prefix warning there.
+        let http = session("cookie_name = \"sid\"")
+            .replace("https://app.example.com", "http://127.0.0.1:8080");
+        let c = parse(&http, Path::new("/"), &no_env).unwrap();
+        assert!(
+            !c.warnings.iter().any(|w| w.contains("no __Host- prefix")),
+            "{:?}",
+            c.warnings
         );
     }
 

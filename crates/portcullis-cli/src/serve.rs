@@ -3,9 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
 use portcullis::Gateway;
-use tower_http::services::{ServeDir, ServeFile};
 
 use crate::config::{Config, KeySource};
 use crate::keyfile;
@@ -86,10 +84,10 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             }
         });
     }
-    let fallback = cfg.spa_dir.as_ref().map(|dir| {
-        Router::new()
-            .fallback_service(ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html"))))
-    });
+    let fallback = cfg
+        .spa_dir
+        .as_ref()
+        .map(|dir| portcullis::spa::Spa::for_gateway(dir, &gateway).router());
     let app = gateway
         .router(fallback)
         .layer(

@@ -970,7 +970,11 @@ async fn idp_error_on_the_callback_returns_to_the_app_without_a_session() {
         )))
         .await;
     assert_eq!(r.status(), StatusCode::FOUND);
-    assert_eq!(r.headers()[LOCATION], "/after?q=1");
+    assert_eq!(
+        r.headers()[LOCATION],
+        "/after?q=1&bff_error=access_denied",
+        "the error code reaches the app"
+    );
     assert!(
         set_cookies(&r)
             .iter()

@@ -1,26 +1,52 @@
 //! The one place where failures become HTTP responses.
 //!
 //! Every handler returns `Result<Response, GatewayError>`. A [`GatewayError`] says where the
-//! failure came from ([`Origin`]): the browser sent something bad (4xx, logged at `debug`),
+//! failure came from ([`Origin`]): the browser sent something bad (4xx, logged at `info`),
 //! the identity provider or an upstream API failed (502/503/504, `warn`), the session store is
 //! unreachable (503, `warn`), or a bug (500, `error`). Messages shown to the browser never echo
-//! secrets or another session's identifiers.
+//! secrets or another session's identifiers; every message reaches the log through
+//! [`crate::log_safe::untrusted`], because parts of it may come from the network.
+//!
+//! Who reads the answer decides its shape:
+//!
+//! ```text
+//! GatewayError ──into_response──▶ API shape: empty body, or a problem+json body (400 for a
+//!      │                          bad parameter); the page text rides along in an extension
+//!      └── render_for_navigations (a layer on the whole router)
+//!             └ the request is a browser navigation ([`is_navigation`])?
+//!                  → the same status and headers, with a small HTML page that says what
+//!                    went wrong in words a user and an operator understand
+//! ```
+//!
+//! A navigation is `Sec-Fetch-Mode: navigate`, or, from clients that do not send
+//! `Sec-Fetch-*`, an `Accept` that includes `text/html` on a request without the
+//! anti-forgery header (an SPA's API calls carry it).
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+
+use crate::log_safe::untrusted;
 
 /// Where a failure came from; decides the log level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
+    /// The browser (or another client) sent something the gateway refuses: 4xx.
     Browser,
+    /// The identity provider is down, slow, misconfigured or answered something invalid.
     Idp,
+    /// An upstream API behind a route could not be reached or timed out.
     Upstream,
+    /// The session store cannot be reached.
     Store,
+    /// A bug or a local resource failure in the gateway itself.
     Internal,
 }
 
 impl Origin {
+    /// The label used in log lines and in `portcullis_errors_total{origin}`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Browser => "browser",
@@ -32,48 +58,94 @@ impl Origin {
     }
 }
 
+/// Every failure a handler can answer with. Each variant fixes the status code (see
+/// [`GatewayError::status`]) and the origin (see [`GatewayError::origin`]).
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    /// A bad parameter: 400 with a problem body naming it.
+    /// A bad parameter: 400 with a problem body naming it (an HTML page for navigations).
     #[error("bad request: {param}: {message}")]
     BadParameter {
+        /// The parameter's name as the browser sent it (`returnUrl`, `prompt`, ...).
         param: &'static str,
+        /// What is wrong with it; never echoes the value.
         message: String,
     },
-    /// A bad request that is shown as a small HTML page (browser navigations).
+    /// A bad request on a browser-only endpoint (the login callback): 400, always an HTML
+    /// page.
     #[error("bad request: {0}")]
     BadNavigation(String),
+    /// A request target that is not a path (`GET x`, authority- or asterisk-form): 400.
+    #[error("bad request: the request target is not a path")]
+    BadRequestTarget,
+    /// A request target longer than the gateway serves: 414.
+    #[error("request target too long")]
+    UriTooLong,
     /// No (valid) session, or anti-forgery failed: 401 with an empty body.
     #[error("unauthorized: {0}")]
     Unauthorized(&'static str),
     /// An authorization rule failed: 403, empty body.
     #[error("forbidden: {0}")]
     Forbidden(&'static str),
+    /// Nothing is served at this path: 404, empty body.
     #[error("not found")]
     NotFound,
-    /// The method is never forwarded (`CONNECT`, `TRACE`): 405 with an `Allow` header.
-    #[error("method not allowed: {0}")]
-    MethodNotAllowed(&'static str),
-    /// The session store cannot be reached. Never treated as "logged out".
+    /// The method is not served here (`CONNECT`/`TRACE`/`TRACK` on proxied routes, anything
+    /// but GET/HEAD on static files): 405 with an `Allow` header listing what is
+    /// (RFC 9110 §15.5.6).
+    #[error("method not allowed (allowed: {allow})")]
+    MethodNotAllowed {
+        /// The `Allow` header value.
+        allow: &'static str,
+    },
+    /// The session store cannot be reached: 503. Never treated as "logged out".
     #[error("session store unavailable: {0}")]
     StoreUnavailable(String),
-    /// The identity provider is down, slow or answered garbage.
+    /// The identity provider is down, slow or answered garbage: 503.
     #[error("identity provider unavailable: {0}")]
     IdpUnavailable(String),
+    /// The identity provider did not answer in time: 504.
     #[error("identity provider timed out")]
     IdpTimeout,
-    /// The IdP's answer failed validation during login (bad ID token, wrong issuer, ...).
+    /// The IdP's answer failed validation during login (bad ID token, wrong issuer, ...): 400.
     #[error("login failed: {0}")]
     LoginRejected(String),
+    /// The IdP answered the authorization request with an error no user can resolve
+    /// (`invalid_request`, `unauthorized_client`, `invalid_scope`, `server_error`, unknown
+    /// codes: RFC 6749 §4.1.2.1): 502, or 503 for `temporarily_unavailable`, and an `error`
+    /// log line, because the gateway or the IdP is misconfigured.
+    #[error("the identity provider refused the sign-in: {code}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    IdpRefusedLogin {
+        /// The `error` parameter (RFC 6749 §4.1.2.1).
+        code: String,
+        /// The `error_description` parameter, if any.
+        description: Option<String>,
+    },
+    /// The upstream API cannot be reached: 502.
     #[error("upstream unreachable: {0}")]
     UpstreamUnavailable(String),
+    /// The upstream API did not answer in time: 504.
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// A bug or a local failure: 500.
     #[error("internal error: {0}")]
     Internal(String),
 }
 
+/// The text of an error page; travels on the response (as an extension) from
+/// [`GatewayError::into_response`] to [`render_for_navigations`].
+#[derive(Debug, Clone)]
+struct PageText {
+    title: &'static str,
+    message: String,
+    /// Already an HTML page (browser-only endpoints): nothing to render.
+    rendered: bool,
+}
+
+/// At most this many characters of a detail (e.g. the IdP's error description) on a page.
+const PAGE_DETAIL_CHARS: usize = 300;
+
 impl GatewayError {
+    /// A [`GatewayError::BadParameter`].
     pub fn bad_param(param: &'static str, message: impl Into<String>) -> Self {
         Self::BadParameter {
             param,
@@ -81,30 +153,43 @@ impl GatewayError {
         }
     }
 
+    /// Where the failure came from.
     pub fn origin(&self) -> Origin {
         match self {
             Self::BadParameter { .. }
             | Self::BadNavigation(_)
+            | Self::BadRequestTarget
+            | Self::UriTooLong
             | Self::Unauthorized(_)
             | Self::Forbidden(_)
             | Self::NotFound
-            | Self::MethodNotAllowed(_) => Origin::Browser,
+            | Self::MethodNotAllowed { .. } => Origin::Browser,
             Self::StoreUnavailable(_) => Origin::Store,
-            Self::IdpUnavailable(_) | Self::IdpTimeout | Self::LoginRejected(_) => Origin::Idp,
+            Self::IdpUnavailable(_)
+            | Self::IdpTimeout
+            | Self::LoginRejected(_)
+            | Self::IdpRefusedLogin { .. } => Origin::Idp,
             Self::UpstreamUnavailable(_) | Self::UpstreamTimeout => Origin::Upstream,
             Self::Internal(_) => Origin::Internal,
         }
     }
 
+    /// The HTTP status the failure is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadParameter { .. } | Self::BadNavigation(_) | Self::LoginRejected(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::BadParameter { .. }
+            | Self::BadNavigation(_)
+            | Self::BadRequestTarget
+            | Self::LoginRejected(_) => StatusCode::BAD_REQUEST,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::IdpRefusedLogin { code, .. } if code == "temporarily_unavailable" => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::IdpRefusedLogin { .. } => StatusCode::BAD_GATEWAY,
             Self::StoreUnavailable(_) | Self::IdpUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::IdpTimeout | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
@@ -112,32 +197,144 @@ impl GatewayError {
         }
     }
 
-    fn log(&self) {
+    /// Logs the failure (level from the origin) and counts it in
+    /// `portcullis_errors_total`, without answering: for failures that end in another
+    /// response (e.g. a silent login that reports failure to its iframe page).
+    pub(crate) fn report(&self) {
         metrics::counter!("portcullis_errors_total", "origin" => self.origin().as_str(), "status" => self.status().as_str().to_owned()).increment(1);
+        // Parts of every message may come from the network (IdP error descriptions, parse
+        // errors quoting input): escaped and bounded here, once for all.
+        let text = self.to_string();
+        let error = untrusted(&text);
         match self.origin() {
+            Origin::Browser if matches!(self, Self::NotFound | Self::MethodNotAllowed { .. }) => {
+                tracing::debug!(origin = "browser", %error, "not found")
+            }
             Origin::Browser => {
-                tracing::info!(origin = "browser", error = %self, "request rejected")
+                tracing::info!(origin = "browser", %error, "request rejected")
+            }
+            Origin::Idp if matches!(self, Self::IdpRefusedLogin { .. }) => {
+                tracing::error!(origin = "idp", %error, "identity provider refused the sign-in; check the client registration and the gateway's oidc settings")
             }
             Origin::Idp => {
-                tracing::warn!(origin = "idp", error = %self, "identity provider failure")
+                tracing::warn!(origin = "idp", %error, "identity provider failure")
             }
             Origin::Upstream => {
-                tracing::warn!(origin = "upstream", error = %self, "upstream failure")
+                tracing::warn!(origin = "upstream", %error, "upstream failure")
             }
             Origin::Store => {
-                tracing::warn!(origin = "store", error = %self, "session store failure")
+                tracing::warn!(origin = "store", %error, "session store failure")
             }
             Origin::Internal => {
-                tracing::error!(origin = "internal", error = %self, "internal error")
+                tracing::error!(origin = "internal", %error, "internal error")
             }
+        }
+    }
+
+    /// Title and message of the HTML page a navigation gets: what went wrong, in words a user
+    /// and an operator understand, with no secret (store and internal details stay in the
+    /// log).
+    fn page_text(&self) -> PageText {
+        let page = |title, message: String| PageText {
+            title,
+            message,
+            rendered: false,
+        };
+        match self {
+            Self::BadParameter { param, message } => page(
+                "The request could not be processed",
+                format!("The parameter \u{201c}{param}\u{201d} is not acceptable: {message}"),
+            ),
+            Self::BadNavigation(m) | Self::LoginRejected(m) => PageText {
+                title: "Sign-in could not be completed",
+                message: m.clone(),
+                rendered: true,
+            },
+            Self::BadRequestTarget => page(
+                "Bad request",
+                "The request target is not a path on this site.".into(),
+            ),
+            Self::UriTooLong => page(
+                "Address too long",
+                "The address is longer than this site serves.".into(),
+            ),
+            Self::Unauthorized(_) => page(
+                "You are not signed in",
+                "This address needs a signed-in session. Go back to the application and sign in."
+                    .into(),
+            ),
+            Self::Forbidden(_) => page(
+                "Access denied",
+                "Your session is not allowed to use this address.".into(),
+            ),
+            Self::NotFound => page(
+                "Page not found",
+                "Nothing is served at this address.".into(),
+            ),
+            Self::MethodNotAllowed { .. } => page(
+                "Method not allowed",
+                "This address only answers GET and HEAD requests.".into(),
+            ),
+            Self::StoreUnavailable(_) => page(
+                "Service temporarily unavailable",
+                "The gateway cannot reach its session store right now. Please try again in a moment; your session is kept."
+                    .into(),
+            ),
+            Self::IdpUnavailable(detail) => page(
+                "Sign-in is not available",
+                format!(
+                    "The gateway cannot use the identity provider right now: {}. Please try again later; if this persists, the operator should check the identity provider and the gateway's oidc settings.",
+                    bounded(detail)
+                ),
+            ),
+            Self::IdpTimeout => page(
+                "Sign-in is not available",
+                "The identity provider did not answer in time. Please try again in a moment."
+                    .into(),
+            ),
+            Self::IdpRefusedLogin { code, description } => page(
+                "Sign-in could not be completed",
+                format!(
+                    "The identity provider refused the sign-in request with the error \u{201c}{}\u{201d}{}. This is not something you can fix: the operator should compare the gateway's oidc settings with the client registration at the identity provider.",
+                    bounded(code),
+                    description
+                        .as_deref()
+                        .map(|d| format!(" ({})", bounded(d)))
+                        .unwrap_or_default()
+                ),
+            ),
+            Self::UpstreamUnavailable(_) | Self::UpstreamTimeout => page(
+                "Service unavailable",
+                "A service behind the gateway did not answer. Please try again in a moment."
+                    .into(),
+            ),
+            Self::Internal(_) => page(
+                "Something went wrong",
+                "An unexpected error occurred in the gateway. The operator can find the details in its log."
+                    .into(),
+            ),
         }
     }
 }
 
+/// Cuts a detail for a page and drops control characters.
+fn bounded(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(PAGE_DETAIL_CHARS)
+        .collect();
+    if s.chars().count() > PAGE_DETAIL_CHARS {
+        out.push('…');
+    }
+    out
+}
+
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
-        self.log();
+        self.report();
         let status = self.status();
+        let text = self.page_text();
         let mut response = match &self {
             Self::BadParameter { param, message } => {
                 let body = json!({
@@ -153,34 +350,89 @@ impl IntoResponse for GatewayError {
                 );
                 r
             }
-            Self::BadNavigation(message) | Self::LoginRejected(message) => {
-                html_page(status, "Sign-in could not be completed", message)
+            Self::BadNavigation(_) | Self::LoginRejected(_) => {
+                html_page(status, text.title, &text.message)
             }
-            Self::Unauthorized(_) | Self::Forbidden(_) | Self::NotFound => status.into_response(),
-            Self::MethodNotAllowed(_) => {
-                // RFC 9110 §15.5.6: a 405 lists what the resource supports.
+            Self::MethodNotAllowed { allow } => {
                 let mut r = status.into_response();
-                r.headers_mut().insert(
-                    header::ALLOW,
-                    HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
-                );
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
                 r
             }
-            Self::StoreUnavailable(_)
-            | Self::IdpUnavailable(_)
-            | Self::IdpTimeout
-            | Self::UpstreamUnavailable(_)
-            | Self::UpstreamTimeout
-            | Self::Internal(_) => status.into_response(),
+            _ => status.into_response(),
         };
         response
             .headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response.extensions_mut().insert(text);
         response
     }
 }
 
-/// A minimal HTML page for errors met during browser navigations (login callback).
+/// Whether a request is a browser navigation (see the module docs): `Sec-Fetch-Mode:
+/// navigate`; without `Sec-Fetch-Mode`, an `Accept` that includes `text/html` and no
+/// `anti_forgery_header`.
+pub fn is_navigation(headers: &HeaderMap, anti_forgery_header: &HeaderName) -> bool {
+    match headers.get("sec-fetch-mode") {
+        Some(mode) => mode.as_bytes().eq_ignore_ascii_case(b"navigate"),
+        None => accepts_html(headers) && !headers.contains_key(anti_forgery_header),
+    }
+}
+
+/// Whether any `Accept` header lists `text/html` (with a non-zero quality).
+pub fn accepts_html(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|range| {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|p| {
+                let p = p.trim();
+                p.strip_prefix("q=")
+                    .or_else(|| p.strip_prefix("Q="))
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            media.eq_ignore_ascii_case("text/html") && !refused
+        })
+}
+
+/// Middleware for the whole router: failed browser navigations get an HTML page instead of
+/// the API shape (same status, same headers such as `Set-Cookie`). `anti_forgery_header` is
+/// the configured anti-forgery header name (see [`is_navigation`]).
+pub async fn render_for_navigations(
+    anti_forgery_header: HeaderName,
+    request: Request,
+    next: Next,
+) -> Response {
+    let navigation = is_navigation(request.headers(), &anti_forgery_header);
+    let response = next.run(request).await;
+    if !navigation {
+        return response;
+    }
+    let Some(text) = response.extensions().get::<PageText>().cloned() else {
+        return response;
+    };
+    if text.rendered {
+        return response;
+    }
+    let (mut parts, _api_body) = response.into_parts();
+    let page = html_page(parts.status, text.title, &text.message);
+    let (page_parts, body) = page.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for name in [header::CONTENT_TYPE, header::CONTENT_SECURITY_POLICY] {
+        if let Some(v) = page_parts.headers.get(&name) {
+            parts.headers.insert(name, v.clone());
+        }
+    }
+    Response::from_parts(parts, body)
+}
+
+/// A minimal HTML page for errors met during browser navigations. Title and message are
+/// HTML-escaped; the page runs no script (`Content-Security-Policy: default-src 'none'`).
 pub(crate) fn html_page(status: StatusCode, title: &str, message: &str) -> Response {
     let body = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title></head>\
@@ -197,6 +449,8 @@ pub(crate) fn html_page(status: StatusCode, title: &str, message: &str) -> Respo
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("default-src 'none'"),
     );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
@@ -224,17 +478,37 @@ impl From<portcullis_session::StoreError> for GatewayError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::routing::get;
+    use axum::Router;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
 
     #[test]
     fn statuses_follow_the_origin() {
         let cases = [
             (GatewayError::bad_param("returnUrl", "x"), 400),
+            (GatewayError::BadRequestTarget, 400),
+            (GatewayError::UriTooLong, 414),
             (GatewayError::Unauthorized("csrf"), 401),
             (GatewayError::Forbidden("rule"), 403),
-            (GatewayError::MethodNotAllowed("CONNECT"), 405),
+            (GatewayError::MethodNotAllowed { allow: "GET" }, 405),
             (GatewayError::StoreUnavailable("down".into()), 503),
             (GatewayError::IdpUnavailable("down".into()), 503),
             (GatewayError::IdpTimeout, 504),
+            (
+                GatewayError::IdpRefusedLogin {
+                    code: "invalid_scope".into(),
+                    description: None,
+                },
+                502,
+            ),
+            (
+                GatewayError::IdpRefusedLogin {
+                    code: "temporarily_unavailable".into(),
+                    description: None,
+                },
+                503,
+            ),
             (GatewayError::UpstreamUnavailable("refused".into()), 502),
             (GatewayError::UpstreamTimeout, 504),
         ];
@@ -248,6 +522,117 @@ mod tests {
         assert_eq!(
             escape_html("<a href='x'>&"),
             "&lt;a href=&#39;x&#39;&gt;&amp;"
+        );
+    }
+
+    #[test]
+    fn navigations_are_told_from_api_calls() {
+        let csrf = HeaderName::from_static("x-csrf");
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(*k, HeaderValue::from_static(v));
+            }
+            m
+        };
+        let cases: &[(&[(&str, &str)], bool)] = &[
+            (&[("sec-fetch-mode", "navigate")], true),
+            (&[("sec-fetch-mode", "navigate"), ("x-csrf", "1")], true),
+            (
+                &[("sec-fetch-mode", "cors"), ("accept", "text/html")],
+                false,
+            ),
+            (
+                &[("accept", "text/html,application/xhtml+xml,*/*;q=0.8")],
+                true,
+            ),
+            (&[("accept", "TEXT/HTML; q=0.9")], true),
+            (&[("accept", "text/html;q=0")], false),
+            (&[("accept", "text/html"), ("x-csrf", "1")], false),
+            (&[("accept", "application/json")], false),
+            (&[("accept", "*/*")], false),
+            (&[], false),
+        ];
+        for (headers, want) in cases {
+            assert_eq!(is_navigation(&h(headers), &csrf), *want, "{headers:?}");
+        }
+    }
+
+    async fn answer(
+        err: fn() -> GatewayError,
+        headers: &[(&'static str, &'static str)],
+    ) -> (StatusCode, HeaderMap, String) {
+        let app = Router::new()
+            .route("/", get(move || async move { err() }))
+            .layer(axum::middleware::from_fn(|req, next| {
+                render_for_navigations(HeaderName::from_static("x-csrf"), req, next)
+            }));
+        let mut req = Request::builder().uri("/");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = app
+            .oneshot(req.body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = r.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn failed_navigations_get_a_page_and_api_calls_keep_their_shape() {
+        let discovery = || {
+            GatewayError::IdpUnavailable(
+                "discovery document names issuer \"https://other.example/<x>\", configured \"https://idp.example\"".into(),
+            )
+        };
+        let nav = [("accept", "text/html")];
+        let (status, headers, body) = answer(discovery, &nav).await;
+        assert_eq!(status, 503, "status as for API calls");
+        assert!(headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"));
+        assert_eq!(
+            headers[header::CONTENT_SECURITY_POLICY],
+            "default-src 'none'"
+        );
+        assert!(body.contains("names issuer"), "{body}");
+        assert!(body.contains("&lt;x&gt;"), "escaped: {body}");
+        assert!(!body.contains("<x>"), "{body}");
+
+        let (status, headers, body) = answer(discovery, &[("x-csrf", "1")]).await;
+        assert_eq!(status, 503);
+        assert!(body.is_empty(), "API calls keep an empty body: {body}");
+        assert!(headers.get(header::CONTENT_TYPE).is_none());
+
+        // Store and internal details never reach the page.
+        let store = || GatewayError::StoreUnavailable("redis://user:hunter2@db".into());
+        let (_, _, body) = answer(store, &nav).await;
+        assert!(!body.contains("hunter2"), "{body}");
+        let internal = || GatewayError::Internal("secret detail".into());
+        let (status, _, body) = answer(internal, &nav).await;
+        assert_eq!(status, 500);
+        assert!(!body.contains("secret detail"), "{body}");
+
+        // A bad parameter: problem+json for API clients, a page for navigations.
+        let bad = || GatewayError::bad_param("returnUrl", "must be local");
+        let (_, headers, _) = answer(bad, &[]).await;
+        assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+        let (status, headers, body) = answer(bad, &[("sec-fetch-mode", "navigate")]).await;
+        assert_eq!(status, 400);
+        assert!(headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"));
+        assert!(
+            body.contains("returnUrl") && body.contains("must be local"),
+            "{body}"
         );
     }
 }

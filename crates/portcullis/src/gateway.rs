@@ -6,11 +6,12 @@
 //!                    │ {base}/login ──▶ IdP (302)           │
 //!                    │ {callback}  ──▶ code exchange, ID token → session + cookie
 //!                    │ {base}/user  [anti-forgery] ─▶ cookie → session → claims
-//!                    │ {base}/logout, signed-out, silent, backchannel, diagnostics
+//!                    │ {base}/logout, signed-out, silent-login(-callback), backchannel, diagnostics
 //!                    │ route prefix [anti-forgery | WS origin]
 //!                    │     └▶ cookie → session → token (policy, refresh) → proxy → upstream
-//!                    │ fallback: the SPA (static files, index.html)
+//!                    │ fallback: the SPA (static files, index.html for client routes)
 //!                    └───────────────────────────────────────┘
+//!                      every failure of a browser navigation → HTML page (error.rs)
 //! ```
 //! Every proxied route goes through [`api`], which checks anti-forgery before anything else;
 //! the only way around it is a route whose settings say `anti_forgery: false`, which the
@@ -31,6 +32,7 @@ use portcullis_token::{ManagedToken, SharedClock};
 use crate::bff;
 use crate::csrf;
 use crate::error::GatewayError;
+use crate::log_safe::untrusted;
 use crate::oidc::Provider;
 use crate::proxy::{ForwardContext, Forwarder, Route, RouteTable};
 use crate::session::{ActiveSession, KeyRing, Lookup, Sessions};
@@ -209,6 +211,10 @@ impl Gateway {
             .route(&join_path(base, "/logout"), get(bff::logout::logout))
             .route(&s.signed_out_callback_path, get(bff::logout::signed_out))
             .route(
+                &join_path(base, "/silent-login"),
+                get(bff::login::silent_login),
+            )
+            .route(
                 &join_path(base, "/silent-login-callback"),
                 get(bff::silent::silent_login_callback),
             )
@@ -241,7 +247,11 @@ impl Gateway {
         for (prefix, local) in local_apis {
             router = router.nest(&prefix, crate::local_api::protect(self, local));
         }
-        router
+        // Failed browser navigations get an HTML page (see `error`), whoever failed.
+        let anti_forgery_header = s.anti_forgery.header_name().clone();
+        router.layer(axum::middleware::from_fn(move |request, next| {
+            crate::error::render_for_navigations(anti_forgery_header.clone(), request, next)
+        }))
     }
 }
 
@@ -249,7 +259,7 @@ async fn readyz(State(gw): State<Gateway>) -> Response {
     match gw.sessions().store().ping().await {
         Ok(()) => "ready".into_response(),
         Err(e) => {
-            tracing::warn!(error = %e, "readiness check: session store unavailable");
+            tracing::warn!(error = %untrusted(&e.to_string()), "readiness check: session store unavailable");
             (StatusCode::SERVICE_UNAVAILABLE, "session store unavailable").into_response()
         }
     }
@@ -324,7 +334,7 @@ async fn api_inner(
         ) => match gw.tokens().user_token(session, &route.settings).await {
             Ok(t) => Some(t),
             Err(TokenFailure::SessionEnded(reason)) if policy == TokenPolicy::UserOrNone => {
-                tracing::info!(%reason, "user token unavailable; forwarding without a token");
+                tracing::info!(reason = %untrusted(&reason), "user token unavailable; forwarding without a token");
                 None
             }
             Err(TokenFailure::SessionEnded(reason)) => {
@@ -337,7 +347,7 @@ async fn api_inner(
             }
             Err(TokenFailure::Unavailable(e)) => return Err(e),
             Err(TokenFailure::Rejected(reason)) => {
-                tracing::warn!(%reason, "user token request rejected");
+                tracing::warn!(reason = %untrusted(&reason), "user token request rejected");
                 return Err(GatewayError::Unauthorized("token request rejected"));
             }
         },
@@ -350,7 +360,7 @@ async fn api_inner(
                 }
                 Err(TokenFailure::Unavailable(e)) => return Err(e),
                 Err(TokenFailure::Rejected(reason)) => {
-                    tracing::warn!(%reason, "token exchange refused by the identity provider");
+                    tracing::warn!(reason = %untrusted(&reason), "token exchange refused by the identity provider");
                     return Err(GatewayError::Forbidden("token exchange refused"));
                 }
             }
@@ -360,7 +370,7 @@ async fn api_inner(
                 Ok(t) => Some(t),
                 Err(TokenFailure::Unavailable(e)) => return Err(e),
                 Err(TokenFailure::SessionEnded(reason) | TokenFailure::Rejected(reason)) => {
-                    tracing::warn!(%reason, "client credentials token request rejected");
+                    tracing::warn!(reason = %untrusted(&reason), "client credentials token request rejected");
                     return Err(GatewayError::Unauthorized("client token unavailable"));
                 }
             }
@@ -396,7 +406,7 @@ async fn end_session(
     session: &ActiveSession,
     reason: &str,
 ) -> Result<Response, GatewayError> {
-    tracing::info!(%reason, "token refresh failed for good; ending the session");
+    tracing::info!(reason = %untrusted(reason), "token refresh failed for good; ending the session");
     gw.sessions().end(session.key()).await?;
     let r = GatewayError::Unauthorized("session ended").into_response();
     Ok(with_clear(gw, r, true))

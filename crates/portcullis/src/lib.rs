@@ -42,10 +42,12 @@ pub mod csrf;
 pub mod error;
 mod gateway;
 pub mod local_api;
+pub mod log_safe;
 pub mod oidc;
 pub mod proxy;
 pub mod session;
 pub mod settings;
+pub mod spa;
 pub mod token;
 
 pub use gateway::{join_path, Gateway};

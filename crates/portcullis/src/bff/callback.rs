@@ -1,9 +1,17 @@
 //! The redirect URI: `GET ?code&state&iss` (or `POST` with `response_mode=form_post`).
 //!
 //! Order of checks: parameters well-formed and not duplicated → a pending login for this
-//! `state` bound to this browser (cookie) and not expired → IdP `error` → RFC 9207 `iss` →
+//! `state` bound to this browser (cookie) and not expired → RFC 9207 `iss` (on error
+//! responses too: a mix-up attacker's error must not steer the browser) → IdP `error` →
 //! code exchange → ID token (signature, `iss`, `aud`, `azp`, `exp`, `iat`, `nonce`). Only
 //! then is a session created. The transaction cookie is removed on every outcome.
+//!
+//! An IdP `error` (RFC 6749 §4.1.2.1, OpenID Connect Core §3.1.2.6):
+//!
+//! | error | normal login | `prompt=none` login |
+//! |---|---|---|
+//! | [`USER_RESOLVABLE`] (`access_denied`, `login_required`, ...) | 302 to the returnUrl with `bff_error=<code>` added ([`super::ERROR_PARAM`]) | 302 to the silent-login callback page (it reports `isLoggedIn:false`) |
+//! | anything else (`invalid_request`, `invalid_scope`, `server_error`, unknown) | error page (502; 503 for `temporarily_unavailable`) and an `error` log line | `error` log line, then the silent-login callback page |
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
@@ -15,8 +23,19 @@ use super::login::open_tx;
 use super::{parse_params, redirect};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
+use crate::log_safe::untrusted;
 use crate::oidc::id_token::{self, Expectations, PROTOCOL_CLAIMS};
 use crate::session::{Claim, Lookup, Ticket};
+
+/// IdP errors the user caused or can resolve: the browser goes back to the app, which learns
+/// the code from [`super::ERROR_PARAM`].
+pub const USER_RESOLVABLE: [&str; 5] = [
+    "access_denied",
+    "login_required",
+    "consent_required",
+    "interaction_required",
+    "account_selection_required",
+];
 
 const SINGLES: [&str; 6] = [
     "state",
@@ -85,9 +104,37 @@ async fn finish(gw: Gateway, raw: &[u8], headers: HeaderMap) -> Response {
         tx.return_url.clone()
     };
 
+    if let Err(e) = check_issuer(&gw, &params).await {
+        return with_clear(e.into_response());
+    }
+
     if let Some(error) = params.get("error") {
-        tracing::info!(idp_error = %error, silent = tx.silent, "identity provider returned an error to the callback");
-        return with_clear(redirect(&done));
+        let description = params.get("error_description").map(String::as_str);
+        if USER_RESOLVABLE.contains(&error.as_str()) {
+            tracing::info!(
+                idp_error = %untrusted(error),
+                idp_error_description = %untrusted(description.unwrap_or("")),
+                silent = tx.silent,
+                "identity provider returned an error to the callback; back to the application"
+            );
+            let to = if tx.silent {
+                done
+            } else {
+                append_query_param(&done, super::ERROR_PARAM, error)
+            };
+            return with_clear(redirect(&to));
+        }
+        let refused = GatewayError::IdpRefusedLogin {
+            code: error.chars().take(64).collect(),
+            description: description.map(|d| d.chars().take(256).collect()),
+        };
+        if tx.silent {
+            // A page inside a hidden iframe helps nobody: log it, and let the silent-login
+            // page tell the parent window that no session exists.
+            refused.report();
+            return with_clear(redirect(&done));
+        }
+        return with_clear(refused.into_response());
     }
 
     let ticket = match complete(&gw, &params, &tx.nonce, &tx.pkce_verifier).await {
@@ -115,20 +162,6 @@ async fn complete(
     verifier: &str,
 ) -> Result<Ticket, GatewayError> {
     let metadata = gw.provider().metadata().await?;
-    let issuer = gw.provider().issuer();
-    match params.get("iss") {
-        Some(iss) if iss != issuer => {
-            return Err(GatewayError::LoginRejected(
-                "The sign-in response came from an unexpected issuer.".into(),
-            ))
-        }
-        None if metadata.authorization_response_iss_parameter_supported => {
-            return Err(GatewayError::LoginRejected(
-                "The sign-in response lacks the issuer parameter.".into(),
-            ))
-        }
-        _ => {}
-    }
     let code = params
         .get("code")
         .filter(|c| !c.is_empty())
@@ -194,6 +227,50 @@ async fn complete(
     })
 }
 
+/// RFC 9207 §2.4: the `iss` parameter, when present, must be our issuer; when the IdP
+/// advertises `authorization_response_iss_parameter_supported`, it must be present. Checked
+/// on success and error responses alike.
+async fn check_issuer(
+    gw: &Gateway,
+    params: &std::collections::HashMap<String, String>,
+) -> Result<(), GatewayError> {
+    match params.get("iss") {
+        Some(iss) if iss != gw.provider().issuer() => Err(GatewayError::LoginRejected(
+            "The sign-in response came from an unexpected issuer.".into(),
+        )),
+        Some(_) => Ok(()),
+        None if gw
+            .provider()
+            .metadata()
+            .await?
+            .authorization_response_iss_parameter_supported =>
+        {
+            Err(GatewayError::LoginRejected(
+                "The sign-in response lacks the issuer parameter.".into(),
+            ))
+        }
+        None => Ok(()),
+    }
+}
+
+/// Adds `name=value` to the query of a local URL, before any fragment:
+/// `/a` → `/a?n=v`, `/a?x=1#top` → `/a?x=1&n=v#top`, `/a?` → `/a?n=v`.
+pub(crate) fn append_query_param(url: &str, name: &str, value: &str) -> String {
+    let (before, fragment) = match url.find('#') {
+        Some(i) => url.split_at(i),
+        None => (url, ""),
+    };
+    let pair: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair(name, value)
+        .finish();
+    let separator = match before.find('?') {
+        None => "?",
+        Some(_) if before.ends_with('?') || before.ends_with('&') => "",
+        Some(_) => "&",
+    };
+    format!("{before}{separator}{pair}{fragment}")
+}
+
 /// Arrays become repeated claims, as in a .NET `ClaimsPrincipal`.
 fn push_claim(out: &mut Vec<Claim>, name: &str, value: &Value) {
     match value {
@@ -211,4 +288,34 @@ fn push_claim(out: &mut Vec<Claim>, name: &str, value: &Value) {
             value: v.clone(),
         }),
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_parameter_is_added_to_any_return_url() {
+        let cases = [
+            ("/", "/?bff_error=access_denied"),
+            ("/orders", "/orders?bff_error=access_denied"),
+            ("/orders?x=1", "/orders?x=1&bff_error=access_denied"),
+            ("/orders?", "/orders?bff_error=access_denied"),
+            ("/orders?x=1&", "/orders?x=1&bff_error=access_denied"),
+            ("/orders#top", "/orders?bff_error=access_denied#top"),
+            (
+                "/o?x=1#frag?not=query",
+                "/o?x=1&bff_error=access_denied#frag?not=query",
+            ),
+        ];
+        for (url, want) in cases {
+            assert_eq!(
+                append_query_param(url, ERROR_PARAM_FOR_TESTS, "access_denied"),
+                want,
+                "{url}"
+            );
+        }
+    }
+
+    const ERROR_PARAM_FOR_TESTS: &str = super::super::ERROR_PARAM;
 }

@@ -1,4 +1,7 @@
 //! `GET {base}/login?returnUrl=/path&prompt=...`: starts authorization code + PKCE.
+//! `GET {base}/silent-login` (Duende.BFF v3): the same with `prompt=none`; the flow ends on
+//! the silent-login callback page, which posts the result to the parent window. Duende v4
+//! pages use `{base}/login?prompt=none` for the same thing; both work.
 
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap};
@@ -13,6 +16,16 @@ use crate::oidc::authorize::{authorization_url, AuthorizeRequest, LoginTransacti
 
 pub(crate) const TX_AAD: &[u8] = b"portcullis.login-tx.v1";
 
+/// At most this many login-transaction cookies of one request are opened (and cleared) per
+/// login, whatever the request carries: a request with thousands of junk `bff-login.*`
+/// cookies costs bounded work and gets a bounded answer. Twice the pending-login cap leaves
+/// room to clear leftovers while the cap holds.
+fn login_cookies_read(max_pending: usize) -> usize {
+    max_pending.max(1).saturating_mul(2).min(40)
+}
+
+/// `GET {base}/login`: validates `returnUrl` (local paths only) and `prompt` (only values
+/// the IdP lists in `prompt_values_supported`; 400 otherwise), then redirects to the IdP.
 pub async fn login(
     State(gw): State<Gateway>,
     RawQuery(query): RawQuery,
@@ -23,8 +36,28 @@ pub async fn login(
         &["returnUrl", "prompt"],
     )?;
     let return_url = return_url_param(&params, gw.home())?;
-    let metadata = gw.provider().metadata().await?;
     let prompt = params.get("prompt").map(String::as_str);
+    start(&gw, return_url, prompt, &headers).await
+}
+
+/// `GET {base}/silent-login` (Duende.BFF v3's endpoint, loaded in a hidden iframe): a
+/// `prompt=none` login that ends on `{base}/silent-login-callback`. Parameters are ignored,
+/// as in Duende.
+pub async fn silent_login(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+) -> Result<Response, GatewayError> {
+    let home = gw.home().to_owned();
+    start(&gw, home, Some("none"), &headers).await
+}
+
+async fn start(
+    gw: &Gateway,
+    return_url: String,
+    prompt: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response, GatewayError> {
+    let metadata = gw.provider().metadata().await?;
     if let Some(p) = prompt {
         let supported = metadata.prompt_values_supported.as_deref().unwrap_or(&[]);
         if !supported.iter().any(|s| s == p) {
@@ -59,10 +92,11 @@ pub async fn login(
     let max = gw.sessions().settings().max_pending_logins.max(1);
     let timeout = gw.login_timeout_secs();
     let mut pending: Vec<(i64, &str)> = cookies
-        .login_cookies(&headers)
+        .login_cookies(headers)
         .into_iter()
+        .take(login_cookies_read(max))
         .map(|(name, value)| {
-            let created = open_tx(&gw, value)
+            let created = open_tx(gw, value)
                 .map(|t| t.created)
                 .filter(|c| now - c < timeout);
             (created.unwrap_or(i64::MIN), name)

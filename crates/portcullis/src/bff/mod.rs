@@ -3,6 +3,7 @@
 //! | endpoint | anti-forgery | module |
 //! |---|---|---|
 //! | `GET {base}/login` | no (navigation) | [`login`] |
+//! | `GET {base}/silent-login` (Duende v3; v4 uses `login?prompt=none`) | no (iframe) | [`login`] |
 //! | `GET/POST {callback}` | no | [`callback`] |
 //! | `GET {base}/user` | **yes** | [`user`] |
 //! | `GET {base}/logout?sid=` | no, `sid` must match | [`logout`] |
@@ -25,6 +26,24 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::error::GatewayError;
+
+/// The management endpoints' paths relative to the base path (`/bff` by default). With
+/// `base_path = "/"` they sit at the root, so no route, SPA file or callback may use them.
+pub const MANAGEMENT_ENDPOINTS: &[&str] = &[
+    "/login",
+    "/silent-login",
+    "/silent-login-callback",
+    "/user",
+    "/logout",
+    "/backchannel",
+    "/diagnostics",
+];
+
+/// The query parameter that carries an IdP's user-resolvable `error` code (RFC 6749
+/// §4.1.2.1: `access_denied`, `login_required`, `consent_required`, `interaction_required`,
+/// `account_selection_required`) to the returnUrl after a failed login, e.g.
+/// `/orders?bff_error=access_denied`.
+pub const ERROR_PARAM: &str = "bff_error";
 
 /// What must not appear raw in a `Location` URI: controls, space, `"<>\`` and (always, by
 /// `utf8_percent_encode`) every non-ASCII byte. `%` stays as it is: already-encoded

@@ -66,9 +66,9 @@ pub const REFUSED_METHODS: [&str; 3] = ["CONNECT", "TRACE", "TRACK"];
 /// [`GatewayError::MethodNotAllowed`] (405, origin browser) for a refused method.
 pub fn check_method(method: &Method) -> Result<(), GatewayError> {
     if REFUSED_METHODS.contains(&method.as_str()) {
-        return Err(GatewayError::MethodNotAllowed(
-            "CONNECT, TRACE and TRACK are not forwarded",
-        ));
+        return Err(GatewayError::MethodNotAllowed {
+            allow: "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+        });
     }
     Ok(())
 }
