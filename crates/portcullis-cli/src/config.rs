@@ -67,6 +67,7 @@ struct RawOidc {
     clock_skew: Option<String>,
     fetch_userinfo: Option<bool>,
     backchannel_logout_all_sessions: Option<bool>,
+    trusted_audiences: Option<Vec<String>>,
     timeout: Option<String>,
 }
 
@@ -762,6 +763,7 @@ pub fn parse(
                 backchannel_logout_all_sessions: oidc
                     .backchannel_logout_all_sessions
                     .unwrap_or(false),
+                trusted_audiences: oidc.trusted_audiences.unwrap_or_default(),
                 http_timeout,
             },
             session: session_settings,
