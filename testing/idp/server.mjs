@@ -426,6 +426,11 @@ async function main() {
     ? faults.rotatedRsa
     : privateKeys.find((k) => k.alg === alg));
 
+  // jose refuses to sign a `crit` it does not know unless told: the tests want such tokens.
+  const critOptions = (header) => (Array.isArray(header?.crit)
+    ? { crit: Object.fromEntries(header.crit.filter((c) => typeof c === 'string').map((c) => [c, true])) }
+    : undefined);
+
   async function signJwt(claims, header = {}, alg = 'RS256') {
     if (alg === 'none') {
       const enc = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
@@ -442,7 +447,7 @@ async function main() {
     const jwk = currentKey(alg);
     if (!jwk) throw Object.assign(new Error(`no key for alg ${alg}`), { status: 400 });
     const key = await jose.importJWK(jwk, alg);
-    return new jose.SignJWT(claims).setProtectedHeader({ kid: jwk.kid, ...header, alg }).sign(key);
+    return new jose.SignJWT(claims).setProtectedHeader({ kid: jwk.kid, ...header, alg }).sign(key, critOptions(header));
   }
 
   async function resignIdToken(idToken, mutate) {
@@ -452,7 +457,9 @@ async function main() {
     const jwk = (faults.rotatedRsa && header.alg === 'RS256' ? faults.rotatedRsa : undefined)
       ?? privateKeys.find((k) => k.kid === header.kid) ?? privateKeys.find((k) => k.alg === header.alg);
     const key = await jose.importJWK(jwk, header.alg);
-    return new jose.SignJWT(payload).setProtectedHeader({ ...header, kid: jwk.kid }).sign(key);
+    const extraHeader = faults.idTokenHeader ?? {};
+    return new jose.SignJWT(payload).setProtectedHeader({ ...header, ...extraHeader, kid: jwk.kid })
+      .sign(key, critOptions(extraHeader));
   }
 
   function tamperSignature(jwt) {
@@ -810,6 +817,7 @@ async function main() {
         faults.idTokenClaimsCount -= 1;
         const extra = faults.idTokenClaims;
         ctx.body = { ...ctx.body, id_token: await resignIdToken(ctx.body.id_token, (p) => { Object.assign(p, extra); }) };
+        if (faults.idTokenClaimsCount === 0) faults.idTokenHeader = undefined;
         log('test: re-signed id_token with claims', Object.keys(extra).join(','));
       } else if (faults.wrongIssIdToken > 0) {
         faults.wrongIssIdToken -= 1;
@@ -1006,6 +1014,7 @@ async function main() {
         throw Object.assign(new Error('claims object required'), { status: 400 });
       }
       faults.idTokenClaims = body.claims;
+      faults.idTokenHeader = body.header && typeof body.header === 'object' ? body.header : undefined;
       faults.idTokenClaimsCount = body.count === undefined ? 1 : Number(body.count);
       return { count: faults.idTokenClaimsCount };
     },
