@@ -949,6 +949,16 @@ token = "user"
     }
 
     #[test]
+    fn trusted_audiences_default_to_none_and_are_read() {
+        let c = parse(MINIMAL, Path::new("/etc/portcullis"), &no_env).unwrap();
+        assert!(c.gateway.oidc.trusted_audiences.is_empty());
+        let text = MINIMAL.replacen("[oidc]\n", "[oidc]\ntrusted_audiences = [\"api-gw\"]\n", 1);
+        assert_ne!(text, MINIMAL);
+        let c = parse(&text, Path::new("/etc/portcullis"), &no_env).unwrap();
+        assert_eq!(c.gateway.oidc.trusted_audiences, vec!["api-gw".to_owned()]);
+    }
+
+    #[test]
     fn every_error_is_reported_at_once() {
         let text = r#"
 typo_section = 1

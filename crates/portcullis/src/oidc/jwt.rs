@@ -167,6 +167,7 @@ pub fn num(claims: &Map<String, Value>, name: &str) -> Option<i64> {
         .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
 }
 
+/// Reads a string claim; `None` when absent or of another JSON type.
 pub fn string<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
     claims.get(name).and_then(Value::as_str)
 }

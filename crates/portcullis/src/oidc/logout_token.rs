@@ -27,8 +27,11 @@ const REPLAY_MARGIN: i64 = 60;
 /// The validated content of a logout token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogoutClaims {
+    /// The subject whose sessions end (a non-empty string when present).
     pub sub: Option<String>,
+    /// The IdP session that ends (a non-empty string when present).
     pub sid: Option<String>,
+    /// The token's id, for replay detection.
     pub jti: String,
     /// Unix seconds.
     pub iat: i64,
