@@ -812,6 +812,7 @@ fn gateway_settings(
             clock_skew: Duration::from_secs(60),
             fetch_userinfo: false,
             backchannel_logout_all_sessions: false,
+            trusted_audiences: Vec::new(),
             http_timeout: Duration::from_secs(5),
         },
         session: SessionSettings {

@@ -400,6 +400,8 @@ async function main() {
     revocations: 0,
     end_sessions: 0,
     client_credentials_by_scope: {},
+    jwks_requests: 0,
+    discovery_requests: 0,
   });
   resetStats();
   const faults = {
@@ -410,7 +412,24 @@ async function main() {
     tokenDelayMs: 0,
     refreshWithoutIdToken: false,
     tokenType: undefined,
+    // /__test/jwks-extra: public JWKs appended to the published JWKS (odd, unusable keys)
+    jwksExtra: [],
+    // /__test/rotate-keys: the RS256 signing key that replaced the original one (private JWK)
+    rotatedRsa: undefined,
+    // /__test/mutate-next-id-token: claims merged into the next `count` ID tokens
+    idTokenClaims: undefined,
+    idTokenClaimsCount: 0,
+    // /__test/discovery-extra: members merged into the discovery document
+    discoveryExtra: {},
   };
+  const currentKey = (alg) => (alg === 'RS256' && faults.rotatedRsa
+    ? faults.rotatedRsa
+    : privateKeys.find((k) => k.alg === alg));
+
+  // jose refuses to sign a `crit` it does not know unless told: the tests want such tokens.
+  const critOptions = (header) => (Array.isArray(header?.crit)
+    ? { crit: Object.fromEntries(header.crit.filter((c) => typeof c === 'string').map((c) => [c, true])) }
+    : undefined);
 
   async function signJwt(claims, header = {}, alg = 'RS256') {
     if (alg === 'none') {
@@ -425,19 +444,22 @@ async function main() {
         .setProtectedHeader({ kid: jwk.kid, ...header, alg: 'HS256' })
         .sign(new TextEncoder().encode(pub));
     }
-    const jwk = privateKeys.find((k) => k.alg === alg);
+    const jwk = currentKey(alg);
     if (!jwk) throw Object.assign(new Error(`no key for alg ${alg}`), { status: 400 });
     const key = await jose.importJWK(jwk, alg);
-    return new jose.SignJWT(claims).setProtectedHeader({ kid: jwk.kid, ...header, alg }).sign(key);
+    return new jose.SignJWT(claims).setProtectedHeader({ kid: jwk.kid, ...header, alg }).sign(key, critOptions(header));
   }
 
   async function resignIdToken(idToken, mutate) {
     const header = jose.decodeProtectedHeader(idToken);
     const payload = jose.decodeJwt(idToken);
     mutate(payload);
-    const jwk = privateKeys.find((k) => k.kid === header.kid) ?? privateKeys.find((k) => k.alg === header.alg);
+    const jwk = (faults.rotatedRsa && header.alg === 'RS256' ? faults.rotatedRsa : undefined)
+      ?? privateKeys.find((k) => k.kid === header.kid) ?? privateKeys.find((k) => k.alg === header.alg);
     const key = await jose.importJWK(jwk, header.alg);
-    return new jose.SignJWT(payload).setProtectedHeader(header).sign(key);
+    const extraHeader = faults.idTokenHeader ?? {};
+    return new jose.SignJWT(payload).setProtectedHeader({ ...header, ...extraHeader, kid: jwk.kid })
+      .sign(key, critOptions(extraHeader));
   }
 
   function tamperSignature(jwt) {
@@ -699,6 +721,34 @@ async function main() {
     }
   });
 
+  // ---- JWKS and discovery instrumentation: fetch counts, rotated and extra keys, odd members
+  const publicJwk = ({
+    d, p, q, dp, dq, qi, ...pub
+  }) => pub;
+  provider.use(async (ctx, next) => {
+    const isJwks = ctx.method === 'GET' && ctx.path === '/jwks';
+    const isDiscovery = ctx.method === 'GET' && ctx.path === '/.well-known/openid-configuration';
+    if (!isJwks && !isDiscovery) return next();
+    if (isJwks) stats.jwks_requests += 1;
+    else stats.discovery_requests += 1;
+    await next();
+    if (ctx.status !== 200 || !ctx.body) return undefined;
+    const body = typeof ctx.body === 'string' || Buffer.isBuffer(ctx.body) ? JSON.parse(ctx.body.toString()) : { ...ctx.body };
+    if (isJwks) {
+      let keys = [...(body.keys ?? [])];
+      if (faults.rotatedRsa) {
+        const original = privateKeys.find((k) => k.alg === 'RS256');
+        keys = keys.filter((k) => k.kid !== original.kid);
+        keys.unshift(publicJwk(faults.rotatedRsa));
+      }
+      body.keys = [...keys, ...faults.jwksExtra];
+    } else {
+      Object.assign(body, faults.discoveryExtra);
+    }
+    ctx.body = body;
+    return undefined;
+  });
+
   // ---- token endpoint instrumentation: stats, injected faults, delays, id_token corruption
   provider.use(async (ctx, next) => {
     if (ctx.method !== 'POST' || (ctx.path !== '/token' && ctx.path !== '/token/revocation')) {
@@ -763,6 +813,12 @@ async function main() {
         faults.tamperIdToken -= 1;
         ctx.body = { ...ctx.body, id_token: tamperSignature(ctx.body.id_token) };
         log('test: tampered id_token signature');
+      } else if (faults.idTokenClaimsCount > 0) {
+        faults.idTokenClaimsCount -= 1;
+        const extra = faults.idTokenClaims;
+        ctx.body = { ...ctx.body, id_token: await resignIdToken(ctx.body.id_token, (p) => { Object.assign(p, extra); }) };
+        if (faults.idTokenClaimsCount === 0) faults.idTokenHeader = undefined;
+        log('test: re-signed id_token with claims', Object.keys(extra).join(','));
       } else if (faults.wrongIssIdToken > 0) {
         faults.wrongIssIdToken -= 1;
         ctx.body = {
@@ -770,6 +826,8 @@ async function main() {
           id_token: await resignIdToken(ctx.body.id_token, (p) => { p.iss = 'http://evil.example'; }),
         };
         log('test: re-signed id_token with iss=http://evil.example');
+      } else if (faults.rotatedRsa && jose.decodeProtectedHeader(ctx.body.id_token).alg === 'RS256') {
+        ctx.body = { ...ctx.body, id_token: await resignIdToken(ctx.body.id_token, () => {}) };
       }
     }
     return undefined;
@@ -933,6 +991,37 @@ async function main() {
         }
       }
       return { active };
+    },
+    'POST /__test/jwks-extra': async (ctx) => {
+      const body = await readJson(ctx);
+      if (!Array.isArray(body.keys)) throw Object.assign(new Error('keys array required'), { status: 400 });
+      faults.jwksExtra = body.keys;
+      return { extra: faults.jwksExtra.length };
+    },
+    'POST /__test/rotate-keys': async () => {
+      const previous = currentKey('RS256').kid;
+      const { privateKey } = await jose.generateKeyPair('RS256', { extractable: true, modulusLength: 2048 });
+      const jwk = await jose.exportJWK(privateKey);
+      jwk.kid = `rs256-${(await jose.calculateJwkThumbprint(jwk)).slice(0, 12)}`;
+      jwk.alg = 'RS256';
+      jwk.use = 'sig';
+      faults.rotatedRsa = jwk;
+      return { kid: jwk.kid, previous_kid: previous };
+    },
+    'POST /__test/mutate-next-id-token': async (ctx) => {
+      const body = await readJson(ctx);
+      if (!body.claims || typeof body.claims !== 'object') {
+        throw Object.assign(new Error('claims object required'), { status: 400 });
+      }
+      faults.idTokenClaims = body.claims;
+      faults.idTokenHeader = body.header && typeof body.header === 'object' ? body.header : undefined;
+      faults.idTokenClaimsCount = body.count === undefined ? 1 : Number(body.count);
+      return { count: faults.idTokenClaimsCount };
+    },
+    'POST /__test/discovery-extra': async (ctx) => {
+      const body = await readJson(ctx);
+      faults.discoveryExtra = body.members && typeof body.members === 'object' ? body.members : {};
+      return { members: Object.keys(faults.discoveryExtra) };
     },
     'POST /__test/sign': async (ctx) => {
       const body = await readJson(ctx);

@@ -67,6 +67,7 @@ struct RawOidc {
     clock_skew: Option<String>,
     fetch_userinfo: Option<bool>,
     backchannel_logout_all_sessions: Option<bool>,
+    trusted_audiences: Option<Vec<String>>,
     timeout: Option<String>,
 }
 
@@ -807,6 +808,7 @@ pub fn parse(
                 backchannel_logout_all_sessions: oidc
                     .backchannel_logout_all_sessions
                     .unwrap_or(false),
+                trusted_audiences: oidc.trusted_audiences.unwrap_or_default(),
                 http_timeout,
             },
             session: session_settings,
@@ -989,6 +991,16 @@ token = "user"
             "sqlite:///etc/portcullis/portcullis-data/sessions.db"
         );
         assert!(!format!("{:?}", c.gateway).contains("s3cret"));
+    }
+
+    #[test]
+    fn trusted_audiences_default_to_none_and_are_read() {
+        let c = parse(MINIMAL, Path::new("/etc/portcullis"), &no_env).unwrap();
+        assert!(c.gateway.oidc.trusted_audiences.is_empty());
+        let text = MINIMAL.replacen("[oidc]\n", "[oidc]\ntrusted_audiences = [\"api-gw\"]\n", 1);
+        assert_ne!(text, MINIMAL);
+        let c = parse(&text, Path::new("/etc/portcullis"), &no_env).unwrap();
+        assert_eq!(c.gateway.oidc.trusted_audiences, vec!["api-gw".to_owned()]);
     }
 
     #[test]

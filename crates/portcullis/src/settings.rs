@@ -58,6 +58,9 @@ pub struct OidcSettings {
     pub fetch_userinfo: bool,
     /// Back-channel logout: end every session of the `sub`, not only the one with the `sid`.
     pub backchannel_logout_all_sessions: bool,
+    /// Audiences besides `client_id` an ID token's `aud` may name (OIDC Core §3.1.3.7 (3));
+    /// an ID token naming any other is refused. Empty by default.
+    pub trusted_audiences: Vec<String>,
     /// Timeout of calls to the IdP (discovery, token endpoint).
     pub http_timeout: Duration,
 }

@@ -42,6 +42,7 @@ async fn gateway() -> Gateway {
             clock_skew: Duration::from_secs(60),
             fetch_userinfo: false,
             backchannel_logout_all_sessions: false,
+            trusted_audiences: Vec::new(),
             http_timeout: Duration::from_secs(1),
         },
         session: SessionSettings::default(),

@@ -180,6 +180,7 @@ async fn complete(
         &metadata.id_token_signing_alg_values_supported,
         &Expectations {
             client_id: &settings.oidc.client_id,
+            trusted_audiences: &settings.oidc.trusted_audiences,
             nonce,
             now: gw.now(),
             skew: i64::try_from(settings.oidc.clock_skew.as_secs()).unwrap_or(300),

@@ -9,13 +9,23 @@ use crate::error::GatewayError;
 /// What the ID token must match.
 #[derive(Debug)]
 pub struct Expectations<'a> {
+    /// Our `client_id`: must be in `aud`, and equal `azp` when `azp` is present.
     pub client_id: &'a str,
+    /// Audiences besides ours that may appear in `aud` (`oidc.trusted_audiences`); any other
+    /// extra audience is refused (OIDC Core §3.1.3.7 (3)).
+    pub trusted_audiences: &'a [String],
+    /// The nonce of this login transaction.
     pub nonce: &'a str,
+    /// Now, unix seconds (from the injected clock).
     pub now: i64,
+    /// Allowed clock skew, seconds.
     pub skew: i64,
 }
 
 /// Verifies signature and claims; returns the claims in token order.
+///
+/// Errors: [`GatewayError::LoginRejected`] for a token that fails a rule (signature, `crit`,
+/// claims); the IdP errors of [`Provider::jwks_for`] when the keys cannot be fetched.
 pub async fn validate(
     provider: &Provider,
     token: &str,
@@ -47,22 +57,35 @@ pub fn check_claims(
     if !aud.contains(&expect.client_id) {
         return fail("aud does not contain our client id");
     }
+    if claims
+        .get("aud")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.len() != aud.len())
+    {
+        return fail("aud holds a member that is not a string");
+    }
+    if aud
+        .iter()
+        .any(|a| *a != expect.client_id && !expect.trusted_audiences.iter().any(|t| t == a))
+    {
+        return fail("aud contains an audience that is not trusted");
+    }
     match jwt::string(claims, "azp") {
         Some(azp) if azp != expect.client_id => return fail("azp is not our client id"),
         None if aud.len() > 1 => return fail("azp missing with several audiences"),
         _ => {}
     }
     match jwt::num(claims, "exp") {
-        Some(exp) if exp + expect.skew > expect.now => {}
+        Some(exp) if exp.saturating_add(expect.skew) > expect.now => {}
         Some(_) => return fail("expired"),
         None => return fail("exp missing"),
     }
     match jwt::num(claims, "iat") {
-        Some(iat) if iat <= expect.now + expect.skew => {}
+        Some(iat) if iat <= expect.now.saturating_add(expect.skew) => {}
         Some(_) => return fail("iat is in the future"),
         None => return fail("iat missing"),
     }
-    if jwt::num(claims, "nbf").is_some_and(|nbf| nbf > expect.now + expect.skew) {
+    if jwt::num(claims, "nbf").is_some_and(|nbf| nbf > expect.now.saturating_add(expect.skew)) {
         return fail("not yet valid");
     }
     if jwt::string(claims, "nonce") != Some(expect.nonce) {
@@ -95,8 +118,10 @@ mod tests {
 
     #[test]
     fn claim_rules() {
+        let trusted = vec!["api-gateway".to_owned()];
         let expect = Expectations {
             client_id: "spa",
+            trusted_audiences: &trusted,
             nonce: "n1",
             now: 1000,
             skew: 30,
@@ -119,9 +144,25 @@ mod tests {
                 false,
             ),
             (
-                "aud array with azp",
+                "aud array with a trusted extra audience and azp",
                 |c| {
-                    c.insert("aud".into(), json!(["spa", "x"]));
+                    c.insert("aud".into(), json!(["spa", "api-gateway"]));
+                    c.insert("azp".into(), json!("spa"));
+                },
+                true,
+            ),
+            (
+                "extra_untrusted_audience_is_refused even with azp",
+                |c| {
+                    c.insert("aud".into(), json!(["spa", "someone-else"]));
+                    c.insert("azp".into(), json!("spa"));
+                },
+                false,
+            ),
+            (
+                "aud array of one with azp",
+                |c| {
+                    c.insert("aud".into(), json!(["spa"]));
                     c.insert("azp".into(), json!("spa"));
                 },
                 true,
@@ -129,9 +170,24 @@ mod tests {
             (
                 "aud array without azp",
                 |c| {
-                    c.insert("aud".into(), json!(["spa", "x"]));
+                    c.insert("aud".into(), json!(["spa", "api-gateway"]));
                 },
                 false,
+            ),
+            (
+                "aud with a non-string member",
+                |c| {
+                    c.insert("aud".into(), json!(["spa", 7]));
+                    c.insert("azp".into(), json!("spa"));
+                },
+                false,
+            ),
+            (
+                "exp near i64::MAX does not overflow",
+                |c| {
+                    c.insert("exp".into(), json!(i64::MAX));
+                },
+                true,
             ),
             (
                 "foreign azp",

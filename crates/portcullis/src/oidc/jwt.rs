@@ -1,9 +1,15 @@
-//! Verifying signed JWTs from the identity provider.
+//! Verifying signed JWTs from the identity provider (RFC 7515, RFC 7519).
+//!
+//! Only the JWS compact form with an asymmetric algorithm from an allow-list is accepted. A
+//! JOSE header with `crit` is refused: the gateway understands no JWS extension, and RFC 7515
+//! §4.1.11 requires rejecting a token whose critical extensions are not understood.
 
-use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, KeyAlgorithm, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use base64::Engine;
+use jsonwebtoken::jwk::{AlgorithmParameters, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
+use super::provider::UsableKey;
 use super::Provider;
 use crate::error::GatewayError;
 
@@ -21,16 +27,24 @@ const ALLOWED: [Algorithm; 9] = [
     Algorithm::EdDSA,
 ];
 
+/// Why a token from the IdP was refused (the caller turns it into a 400 or a failed login).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum JwtError {
+    /// Not three base64url parts, or a header/payload that is not a JSON object.
     #[error("not a JWS compact token")]
     Malformed,
+    /// The JOSE header carries `crit` (RFC 7515 §4.1.11): no extension is understood here.
+    #[error("critical header extension not understood")]
+    CriticalHeader,
+    /// `alg` is not on the allow-list (or not advertised by the IdP).
     #[error("algorithm {0} is not allowed")]
     Algorithm(String),
+    /// No usable key in the JWKS matches the token's `kid` and `alg`.
     #[error("no matching key")]
     NoKey,
     #[error("signature invalid")]
     Signature,
+    /// A claim or header rule of the caller failed.
     #[error("claim check failed: {0}")]
     Claim(String),
 }
@@ -39,17 +53,39 @@ pub enum JwtError {
 #[derive(Debug, Clone)]
 pub struct Verified {
     pub header: jsonwebtoken::Header,
+    /// The JOSE header as sent (every member, for rules the typed header cannot express).
+    pub header_json: Map<String, Value>,
     pub claims: Map<String, Value>,
+}
+
+/// The JOSE header of a compact JWS as a JSON object, before any verification.
+fn raw_header(token: &str) -> Result<Map<String, Value>, JwtError> {
+    let first = token.split('.').next().ok_or(JwtError::Malformed)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(first)
+        .map_err(|_| JwtError::Malformed)?;
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(JwtError::Malformed),
+    }
 }
 
 /// Verifies the signature of `token` against the IdP's JWKS. `allowed_algs` further narrows
 /// the allow-list (from discovery); empty means "the default allow-list". Claims are not
 /// checked here.
+///
+/// Errors: the outer `Err(Ok(_))` is a token that is refused ([`JwtError`]: answer 400 or
+/// fail the login); `Err(Err(_))` is the IdP failing to deliver its keys ([`GatewayError`],
+/// usually 503).
 pub async fn verify(
     provider: &Provider,
     token: &str,
     allowed_algs: &[String],
 ) -> Result<Verified, Result<JwtError, GatewayError>> {
+    let header_json = raw_header(token).map_err(Ok)?;
+    if header_json.contains_key("crit") {
+        return Err(Ok(JwtError::CriticalHeader));
+    }
     let header = jsonwebtoken::decode_header(token).map_err(|_| Ok(JwtError::Malformed))?;
     let alg = header.alg;
     let alg_name = format!("{alg:?}");
@@ -60,27 +96,25 @@ pub async fn verify(
         .jwks_for(header.kid.as_deref())
         .await
         .map_err(Err)?;
-    let candidates: Vec<&Jwk> = match header.kid.as_deref() {
-        Some(kid) => jwks.find(kid).into_iter().collect(),
+    let candidates: Vec<&UsableKey> = match header.kid.as_deref() {
+        Some(kid) => jwks.with_kid(kid).collect(),
         None => jwks.keys.iter().collect(),
     };
     let mut last = JwtError::NoKey;
-    for jwk in candidates {
-        if !key_fits(jwk, alg) {
+    for candidate in candidates {
+        if !key_fits(candidate, alg) {
             continue;
         }
-        let Ok(key) = DecodingKey::from_jwk(jwk) else {
-            continue;
-        };
         let mut validation = Validation::new(alg);
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.validate_aud = false;
         validation.required_spec_claims.clear();
-        match jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation) {
+        match jsonwebtoken::decode::<Map<String, Value>>(token, &candidate.key, &validation) {
             Ok(data) => {
                 return Ok(Verified {
                     header: data.header,
+                    header_json,
                     claims: data.claims,
                 })
             }
@@ -98,11 +132,10 @@ pub async fn verify(
     Err(Ok(last))
 }
 
-/// The key's type, declared `alg` and `use` must fit the token's algorithm.
-fn key_fits(jwk: &Jwk, alg: Algorithm) -> bool {
-    if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
-        return false;
-    }
+/// The key's type and declared `alg` must fit the token's algorithm (`use` was checked when
+/// the JWKS was parsed).
+fn key_fits(key: &UsableKey, alg: Algorithm) -> bool {
+    let jwk = &key.jwk;
     if let Some(declared) = jwk.common.key_algorithm {
         if format!("{declared:?}") != format!("{alg:?}")
             && !matches!(declared, KeyAlgorithm::EdDSA if alg == Algorithm::EdDSA)
@@ -134,6 +167,7 @@ pub fn num(claims: &Map<String, Value>, name: &str) -> Option<i64> {
         .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
 }
 
+/// Reads a string claim; `None` when absent or of another JSON type.
 pub fn string<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
     claims.get(name).and_then(Value::as_str)
 }
@@ -144,5 +178,105 @@ pub fn audiences(claims: &Map<String, Value>) -> Vec<&str> {
         Some(Value::String(s)) => vec![s.as_str()],
         Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::oidc::test_idp::{ed_jwk, odd_keys, sign, TestIdp};
+    use portcullis_token::ManualClock;
+    use serde_json::json;
+
+    fn err(r: Result<Verified, Result<JwtError, GatewayError>>) -> JwtError {
+        match r {
+            Err(Ok(e)) => e,
+            Ok(_) => panic!("verified"),
+            Err(Err(e)) => panic!("gateway error {e}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn jwks_with_unmodelable_keys_still_verifies() {
+        let mut keys = odd_keys();
+        keys.push(ed_jwk("good"));
+        let idp = TestIdp::start(keys).await;
+        let provider = idp.provider(&ManualClock::new(1_000));
+        let claims = json!({"sub": "alice"});
+        let v = verify(&provider, &sign(json!({"kid": "good"}), &claims), &[])
+            .await
+            .unwrap();
+        assert_eq!(v.claims["sub"], "alice");
+        // no kid: every usable key is tried
+        assert!(verify(&provider, &sign(json!({}), &claims), &[])
+            .await
+            .is_ok());
+        // a kid that names a key we cannot use is "no matching key", not an IdP failure
+        for kid in ["p521", "x25519", "rsa-enc", "hmac", "pq"] {
+            let t = sign(json!({ "kid": kid }), &claims);
+            assert_eq!(
+                err(verify(&provider, &t, &[]).await),
+                JwtError::NoKey,
+                "{kid}"
+            );
+        }
+        // the algorithm allow-list from discovery still applies
+        let t = sign(json!({"kid": "good"}), &claims);
+        assert!(matches!(
+            err(verify(&provider, &t, &["RS256".into()]).await),
+            JwtError::Algorithm(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn crit_header_is_refused() {
+        let idp = TestIdp::start(vec![ed_jwk("k")]).await;
+        let provider = idp.provider(&ManualClock::new(1_000));
+        let claims = json!({"sub": "alice"});
+        for crit in [
+            json!(["exp"]),
+            json!(["b64"]),
+            json!([]),
+            json!("b64"),
+            json!(null),
+        ] {
+            let t = sign(
+                json!({"kid": "k", "crit": crit, "exp": 5, "b64": true}),
+                &claims,
+            );
+            assert_eq!(
+                err(verify(&provider, &t, &[]).await),
+                JwtError::CriticalHeader,
+                "{crit}"
+            );
+        }
+        let t = sign(json!({"kid": "k", "exp": 5}), &claims);
+        assert!(verify(&provider, &t, &[]).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn tampered_and_malformed_tokens_are_refused() {
+        let idp = TestIdp::start(vec![ed_jwk("k")]).await;
+        let provider = idp.provider(&ManualClock::new(1_000));
+        let t = sign(json!({"kid": "k"}), &json!({"sub": "alice"}));
+        let (head, rest) = t.split_once('.').unwrap();
+        let (_, sig) = rest.split_once('.').unwrap();
+        let forged = format!(
+            "{head}.{}.{sig}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"mallory"}"#)
+        );
+        assert_eq!(
+            err(verify(&provider, &forged, &[]).await),
+            JwtError::Signature
+        );
+        for junk in ["", "a.b.c", "e30.e30.", "W10.e30.sig"] {
+            assert_eq!(
+                err(verify(&provider, junk, &[]).await),
+                JwtError::Malformed,
+                "{junk}"
+            );
+        }
     }
 }

@@ -221,8 +221,8 @@ impl TokenService {
                 resp.status()
             )));
         }
-        resp.json()
-            .await
+        let body = crate::oidc::read_capped(resp, crate::oidc::MAX_IDP_BODY, "userinfo").await?;
+        serde_json::from_slice(&body)
             .map_err(|e| GatewayError::IdpUnavailable(format!("userinfo: {e}")))
     }
 
