@@ -59,6 +59,11 @@ pub enum GatewayError {
     IdpUnavailable(String),
     #[error("identity provider timed out")]
     IdpTimeout,
+    /// The identity provider answered, but with something that must not be used (e.g. a
+    /// refresh response whose ID token names another user, OIDC Core §12.2): 502. The session
+    /// is kept; nothing of the answer was stored.
+    #[error("identity provider answered unusably: {0}")]
+    IdpBadResponse(String),
     /// The IdP's answer failed validation during login (bad ID token, wrong issuer, ...).
     #[error("login failed: {0}")]
     LoginRejected(String),
@@ -86,7 +91,10 @@ impl GatewayError {
             | Self::Forbidden(_)
             | Self::NotFound => Origin::Browser,
             Self::StoreUnavailable(_) => Origin::Store,
-            Self::IdpUnavailable(_) | Self::IdpTimeout | Self::LoginRejected(_) => Origin::Idp,
+            Self::IdpUnavailable(_)
+            | Self::IdpTimeout
+            | Self::IdpBadResponse(_)
+            | Self::LoginRejected(_) => Origin::Idp,
             Self::UpstreamUnavailable(_) | Self::UpstreamTimeout => Origin::Upstream,
             Self::Internal(_) => Origin::Internal,
         }
@@ -102,7 +110,7 @@ impl GatewayError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::StoreUnavailable(_) | Self::IdpUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::IdpTimeout | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamUnavailable(_) | Self::IdpBadResponse(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -155,6 +163,7 @@ impl IntoResponse for GatewayError {
             Self::StoreUnavailable(_)
             | Self::IdpUnavailable(_)
             | Self::IdpTimeout
+            | Self::IdpBadResponse(_)
             | Self::UpstreamUnavailable(_)
             | Self::UpstreamTimeout
             | Self::Internal(_) => status.into_response(),
@@ -220,6 +229,7 @@ mod tests {
             (GatewayError::StoreUnavailable("down".into()), 503),
             (GatewayError::IdpUnavailable("down".into()), 503),
             (GatewayError::IdpTimeout, 504),
+            (GatewayError::IdpBadResponse("foreign sub".into()), 502),
             (GatewayError::UpstreamUnavailable("refused".into()), 502),
             (GatewayError::UpstreamTimeout, 504),
         ];
