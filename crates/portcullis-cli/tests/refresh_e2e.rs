@@ -424,14 +424,19 @@ async fn login_with_prompt(b: &Browser, gw: &Gateway, user: &str) -> reqwest::Re
         }
         assert_eq!(r.status(), StatusCode::OK, "unexpected status at {url}");
         let html = r.text().await.unwrap();
-        let action = resolve(&url, &form_action(&html).expect("a login form"));
-        let r = b
-            .http
-            .post(&action)
-            .form(&[("login", user), ("password", user)])
-            .send()
-            .await
-            .unwrap();
+        let action = resolve(&url, &form_action(&html).expect("a form"));
+        // oidc-provider signs the previous account out of the IdP session first (its
+        // end-session confirmation form), then asks for the new one's credentials.
+        let r = if action.contains("/session/end/confirm") {
+            b.http.post(&action).form(&form_inputs(&html)).send().await
+        } else {
+            b.http
+                .post(&action)
+                .form(&[("login", user), ("password", user)])
+                .send()
+                .await
+        }
+        .unwrap();
         assert!(r.status().is_redirection());
         url = resolve(&action, r.headers()[LOCATION].to_str().unwrap());
     }
