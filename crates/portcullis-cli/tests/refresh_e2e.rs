@@ -142,12 +142,8 @@ async fn refresh_with_altered_id_token_is_not_used(patch: Value, why: &str, oidc
 
 #[tokio::test]
 async fn refresh_id_token_with_other_sub_is_not_used() {
-    refresh_with_altered_id_token_is_not_used(
-        json!({"sub": "mallory"}),
-        "another subject",
-        "",
-    )
-    .await;
+    refresh_with_altered_id_token_is_not_used(json!({"sub": "mallory"}), "another subject", "")
+        .await;
 }
 
 #[tokio::test]
@@ -184,7 +180,9 @@ async fn refresh_id_token_of_the_same_user_is_used() {
     let logged_in_at = now_unix();
     b.login(gw, "alice").await;
     let claims = b.user(gw).await.unwrap();
-    let auth_time = claim(&claims, "auth_time").expect("auth_time at login").clone();
+    let auth_time = claim(&claims, "auth_time")
+        .expect("auth_time at login")
+        .clone();
     let (_, first) = whoami(&b, gw).await;
     tokio::time::sleep(PAST_EXPIRY).await;
     let (status, second) = whoami(&b, gw).await;
@@ -241,7 +239,10 @@ async fn refresh_400_without_error_member_ends_session() {
     );
     // Ended exactly as for invalid_grant: the old cookie finds nothing, and the dead refresh
     // token is not tried again.
-    assert_eq!(user_status_with(gw, &cookie).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        user_status_with(gw, &cookie).await,
+        StatusCode::UNAUTHORIZED
+    );
     let r = reqwest::Client::new()
         .get(gw.url("/api/whoami"))
         .header("x-csrf", "1")
@@ -269,7 +270,11 @@ async fn refresh_429_is_transient() {
         .await;
     tokio::time::sleep(PAST_EXPIRY).await;
     let (status, _) = whoami(&b, gw).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "rate limiting is no logout");
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "rate limiting is no logout"
+    );
     assert!(b.user(gw).await.is_some(), "session kept");
     stack
         .idp
@@ -310,7 +315,11 @@ async fn user_endpoint_never_reports_dead_session() {
         .await;
     tokio::time::sleep(PAST_EXPIRY).await;
     let r = b.get_csrf(&gw.url("/api-optional/whoami")).await;
-    assert!(r.status() != StatusCode::SERVICE_UNAVAILABLE, "{}", r.status());
+    assert!(
+        r.status() != StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        r.status()
+    );
     assert_eq!(
         stack.idp.token_requests("refresh_token").await,
         1,
@@ -410,7 +419,11 @@ async fn logout_revokes_the_freshest_refresh_token() {
 async fn login_with_prompt(b: &Browser, gw: &Gateway, user: &str) -> reqwest::Response {
     let start = gw.url("/bff/login?returnUrl=%2F&prompt=login");
     let r = b.get(&start).await;
-    assert_eq!(r.status(), StatusCode::FOUND, "login must redirect to the IdP");
+    assert_eq!(
+        r.status(),
+        StatusCode::FOUND,
+        "login must redirect to the IdP"
+    );
     let mut url = resolve(&start, r.headers()[LOCATION].to_str().unwrap());
     let callback = gw.url("/signin-oidc");
     for _ in 0..20 {
@@ -470,7 +483,10 @@ async fn login_as_another_user_ends_previous_session() {
         "alice's refresh token revoked"
     );
     assert_eq!(stack.idp.active_refresh_tokens("bob").await, 1);
-    assert_eq!(user_status_with(gw, &b.cookie_header(&gw.origin)).await, StatusCode::OK);
+    assert_eq!(
+        user_status_with(gw, &b.cookie_header(&gw.origin)).await,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]

@@ -108,14 +108,17 @@ impl Default for UserTokenOptions {
 pub trait RefreshValidator: Send + Sync {
     /// `session` is the session key, `previous` the tokens the refresh started from (read
     /// from the store under the refresh lock), `response` the token endpoint's 2xx answer.
-    /// `Err(reason)` refuses the whole response: nothing is stored, the caller gets
-    /// [`TokenError::InvalidRefreshResponse`] with `reason` (keep it free of token values).
+    ///
+    /// Any `Err` means nothing of the response is stored or handed out, and is what the
+    /// caller gets. Refuse a response with [`TokenError::InvalidRefreshResponse`] (a reason
+    /// free of token values); report a check that could not run with its own kind
+    /// ([`TokenError::Unavailable`], [`TokenError::Timeout`], [`TokenError::Store`]: transient).
     async fn validate(
         &self,
         session: &str,
         previous: &UserTokens,
         response: &TokenResponse,
-    ) -> Result<(), String>;
+    ) -> Result<(), TokenError>;
 }
 
 /// Hands out current user access tokens, refreshing them with single-flight.
@@ -477,8 +480,7 @@ impl UserTokenManager {
                 (Ok(response), Some(validator)) => validator
                     .validate(session, &tokens, &response)
                     .await
-                    .map(|()| response)
-                    .map_err(TokenError::InvalidRefreshResponse),
+                    .map(|()| response),
                 (result, _) => result,
             };
             let response = match checked {

@@ -14,11 +14,14 @@ use crate::idp::{session_tokens, Behaviour, MockIdp};
 const T0: i64 = 1_700_000_000;
 const S: &str = "session-1";
 
+/// What the validator was shown: session, previous refresh token, new ID token.
+type Seen = (String, Option<String>, Option<String>);
+
 /// Refuses responses whose `id_token` is in `refuse`; records what it was shown.
 #[derive(Default)]
 struct Checker {
     refuse: Mutex<Vec<String>>,
-    seen: Mutex<Vec<(String, Option<String>, Option<String>)>>,
+    seen: Mutex<Vec<Seen>>,
 }
 
 #[async_trait]
@@ -28,17 +31,23 @@ impl RefreshValidator for Checker {
         session: &str,
         previous: &UserTokens,
         response: &TokenResponse,
-    ) -> Result<(), String> {
-        let id = response.id_token.as_ref().map(|t| t.expose_secret().to_owned());
+    ) -> Result<(), TokenError> {
+        let id = response
+            .id_token
+            .as_ref()
+            .map(|t| t.expose_secret().to_owned());
         self.seen.lock().unwrap().push((
             session.to_owned(),
-            previous.refresh_token.as_ref().map(|t| t.expose_secret().to_owned()),
+            previous
+                .refresh_token
+                .as_ref()
+                .map(|t| t.expose_secret().to_owned()),
             id.clone(),
         ));
         match id {
-            Some(id) if self.refuse.lock().unwrap().contains(&id) => {
-                Err("ID token names another subject".into())
-            }
+            Some(id) if self.refuse.lock().unwrap().contains(&id) => Err(
+                TokenError::InvalidRefreshResponse("ID token names another subject".into()),
+            ),
             _ => Ok(()),
         }
     }
@@ -108,7 +117,11 @@ async fn refused_refresh_response_is_not_stored_keeps_the_session_and_releases_t
     let seen = f.checker.seen.lock().unwrap().clone();
     assert_eq!(
         seen,
-        vec![(S.to_owned(), Some("rt-0".to_owned()), Some("id-1".to_owned()))]
+        vec![(
+            S.to_owned(),
+            Some("rt-0".to_owned()),
+            Some("id-1".to_owned())
+        )]
     );
     // The cross-instance lease was released: another holder gets it at once.
     assert!(f
@@ -142,7 +155,10 @@ async fn accepted_refresh_response_is_stored() {
     let f = fixture(with_id_token_on_refresh(), UserTokenOptions::default()).await;
     f.checker.refuse.lock().unwrap().push("id-99".into());
     f.clock.advance(60);
-    assert_eq!(f.get().await.unwrap().access_token().expose_secret(), "at-1");
+    assert_eq!(
+        f.get().await.unwrap().access_token().expose_secret(),
+        "at-1"
+    );
     let stored = f.store.get(S).unwrap();
     assert_eq!(stored.id_token.unwrap().expose_secret(), "id-1");
     assert_eq!(stored.refresh_token.unwrap().expose_secret(), "rt-1");
@@ -163,7 +179,8 @@ async fn refresh_refused_with_any_4xx_ends_the_session_whatever_the_body() {
     ];
     for (status, body, ends) in cases {
         let f = fixture(Behaviour::default(), UserTokenOptions::default()).await;
-        f.idp.set(|b| b.fail_with = Some((*status, (*body).to_owned())));
+        f.idp
+            .set(|b| b.fail_with = Some((*status, (*body).to_owned())));
         f.clock.advance(60);
         let before = f.store.get(S).unwrap();
         let err = f.get().await.unwrap_err();
@@ -228,7 +245,10 @@ async fn with_refresh_lock_waits_for_an_in_flight_refresh_and_sees_its_rotated_t
     // Wait until the refresh is at the IdP (it holds the lock and the lease).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while f.idp.token_calls() == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "refresh never started");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "refresh never started"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let store = f.store.clone();

@@ -518,7 +518,7 @@ impl RefreshValidator for RefreshIdTokenValidator {
         session: &str,
         _previous: &UserTokens,
         response: &TokenResponse,
-    ) -> Result<(), String> {
+    ) -> Result<(), TokenError> {
         let Some(id_token) = response
             .id_token
             .as_ref()
@@ -526,7 +526,7 @@ impl RefreshValidator for RefreshIdTokenValidator {
         else {
             return Ok(());
         };
-        let metadata = self.provider.metadata().await.map_err(|e| e.to_string())?;
+        let metadata = self.provider.metadata().await.map_err(check_failed)?;
         let oidc = &self.settings.oidc;
         let claims = id_token::validate(
             &self.provider,
@@ -540,15 +540,31 @@ impl RefreshValidator for RefreshIdTokenValidator {
             },
         )
         .await
-        .map_err(|e| format!("refreshed ID token: {e}"))?;
+        .map_err(|e| match e {
+            GatewayError::LoginRejected(reason) => {
+                TokenError::InvalidRefreshResponse(format!("refreshed {reason}"))
+            }
+            other => check_failed(other),
+        })?;
         // The session's identity is its ticket (from the login's validated ID token), read
         // fresh: the manager holds the refresh lock, so nothing else changes it meanwhile.
         let ticket = match self.sessions.lookup_key_fresh(session).await {
             Ok(Lookup::Active(s)) => s.ticket.clone(),
-            Ok(_) => return Err("the session ended during the refresh".into()),
-            Err(e) => return Err(format!("session store: {e}")),
+            // Ended meanwhile (logout, back-channel): nothing to compare with, and nothing
+            // will be stored either: the compare-and-set that follows finds no session.
+            Ok(Lookup::Stale | Lookup::Anonymous) => return Ok(()),
+            Err(e) => return Err(TokenError::Store(e.to_string())),
         };
-        same_user(&claims, &ticket)
+        same_user(&claims, &ticket).map_err(TokenError::InvalidRefreshResponse)
+    }
+}
+
+/// A check that could not run (the IdP's metadata or keys unreachable) is transient, not a
+/// verdict on the response.
+fn check_failed(e: GatewayError) -> TokenError {
+    match e {
+        GatewayError::IdpTimeout => TokenError::Timeout,
+        other => TokenError::Unavailable(other.to_string()),
     }
 }
 
@@ -633,5 +649,109 @@ impl UserTokenStore for SessionTokenStore<'_> {
             .release_lease(&format!("refresh:{session}"), holder)
             .await
             .map_err(|e| TokenError::Store(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::session::Claim;
+    use portcullis_token::{AccessToken, TokenType};
+    use serde_json::json;
+
+    fn ticket(sub: &str, auth_time: Option<i64>) -> Ticket {
+        let mut claims = vec![Claim {
+            kind: "name".into(),
+            value: json!("Alice"),
+        }];
+        if let Some(t) = auth_time {
+            claims.push(Claim {
+                kind: "auth_time".into(),
+                value: json!(t),
+            });
+        }
+        Ticket {
+            sub: sub.into(),
+            sid: Some("sid-1".into()),
+            claims,
+            session_state: None,
+            tokens: UserTokens {
+                access_token: AccessToken {
+                    value: Secret::new("at"),
+                    token_type: TokenType::Bearer,
+                    expires_at: None,
+                    scope: None,
+                    issued_at: None,
+                },
+                refresh_token: None,
+                id_token: None,
+                by_resource: Default::default(),
+            },
+        }
+    }
+
+    #[test]
+    fn refreshed_id_token_must_name_the_sessions_user_oidc_core_12_2() {
+        let cases: &[(&str, Value, Option<i64>, bool)] = &[
+            ("same sub", json!({"sub": "alice"}), None, true),
+            (
+                "same sub and auth_time",
+                json!({"sub": "alice", "auth_time": 100}),
+                Some(100),
+                true,
+            ),
+            ("other sub", json!({"sub": "mallory"}), None, false),
+            ("sub missing", json!({}), None, false),
+            ("sub not a string", json!({"sub": 7}), None, false),
+            (
+                "auth_time changed",
+                json!({"sub": "alice", "auth_time": 101}),
+                Some(100),
+                false,
+            ),
+            (
+                "auth_time only now",
+                json!({"sub": "alice", "auth_time": 101}),
+                None,
+                true,
+            ),
+            (
+                "auth_time only at login",
+                json!({"sub": "alice"}),
+                Some(100),
+                true,
+            ),
+        ];
+        for (name, claims, login_auth_time, ok) in cases {
+            let claims = claims.as_object().unwrap();
+            let result = same_user(claims, &ticket("alice", *login_auth_time));
+            assert_eq!(result.is_ok(), *ok, "{name}: {result:?}");
+        }
+    }
+
+    #[test]
+    fn refused_refresh_responses_answer_502_and_keep_the_session() {
+        for e in [
+            TokenError::InvalidRefreshResponse("other sub".into()),
+            TokenError::Malformed("not JSON".into()),
+        ] {
+            match TokenFailure::from_error(e) {
+                TokenFailure::Unavailable(g) => {
+                    assert_eq!(g.status().as_u16(), 502);
+                    assert_eq!(g.origin(), crate::error::Origin::Idp);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let refused = TokenError::RefreshRefused {
+            status: 400,
+            error: "http_400".into(),
+            description: None,
+        };
+        assert!(matches!(
+            TokenFailure::from_error(refused),
+            TokenFailure::SessionEnded(_)
+        ));
     }
 }
