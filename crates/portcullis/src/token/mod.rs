@@ -4,7 +4,7 @@
 //! and are written back with compare-and-set on the record version, so concurrent refreshes
 //! (or a refresh racing a sliding renewal) never lose an update. Single-flight, expiry
 //! buffers, back-off and client-credentials caching are the token crate's job; this module
-//! only decides which token a route gets ([`TokenPolicy`]) and what a failure means for the
+//! only decides which token a route gets ([`TokenPolicy`](crate::settings::TokenPolicy)) and what a failure means for the
 //! session:
 //!
 //! | failure | API answer | session |
