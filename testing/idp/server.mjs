@@ -402,6 +402,8 @@ async function main() {
     client_credentials_by_scope: {},
     jwks_requests: 0,
     discovery_requests: 0,
+    // RFC 8707 `resource` of each token request, per grant type ("" when absent; last 50)
+    token_resources: {},
   });
   resetStats();
   const faults = {
@@ -409,7 +411,10 @@ async function main() {
     wrongIssIdToken: 0,
     tokenStatus: 0,
     tokenCount: 0,
+    tokenBody: undefined, // raw body of the injected fault (undefined: the JSON error below)
+    refreshIdTokenClaims: undefined, // claims to overwrite in the next refresh's id_token
     tokenDelayMs: 0,
+    tokenDelayAfter: false, // delay the answer after the grant ran (tokens already issued)
     refreshWithoutIdToken: false,
     tokenType: undefined,
     // /__test/jwks-extra: public JWKs appended to the published JWKS (odd, unusable keys)
@@ -759,7 +764,7 @@ async function main() {
       return next();
     }
 
-    if (faults.tokenDelayMs > 0) {
+    if (faults.tokenDelayMs > 0 && !faults.tokenDelayAfter) {
       await new Promise((r) => { setTimeout(r, faults.tokenDelayMs); });
     }
 
@@ -780,9 +785,16 @@ async function main() {
       let form = {};
       try { form = Object.fromEntries(new URLSearchParams(await readBody(ctx))); } catch { /* counted as unknown */ }
       count(form.grant_type, form.scope);
-      countError('temporarily_unavailable');
       ctx.status = faults.tokenStatus;
       ctx.set('Cache-Control', 'no-store');
+      if (faults.tokenBody !== undefined) {
+        countError(`http_${faults.tokenStatus}`);
+        ctx.type = 'text/plain';
+        // koa turns an empty string into 204-style nothing; a Buffer keeps the status
+        ctx.body = Buffer.from(faults.tokenBody, 'utf8');
+        return undefined;
+      }
+      countError('temporarily_unavailable');
       ctx.body = { error: 'temporarily_unavailable', error_description: 'injected by /__test/token-endpoint-fault' };
       return undefined;
     }
@@ -793,9 +805,17 @@ async function main() {
       let body = {};
       try { body = ctx.oidc?.body ?? {}; } catch { /* parse failure */ }
       count(typeof body.grant_type === 'string' ? body.grant_type : undefined, typeof body.scope === 'string' ? body.scope : undefined);
+      const grant = typeof body.grant_type === 'string' ? body.grant_type : 'unknown';
+      const seen = (stats.token_resources[grant] ??= []);
+      seen.push([body.resource ?? ''].flat().join(' '));
+      if (seen.length > 50) seen.shift();
       if (ctx.status >= 400 && ctx.body && typeof ctx.body === 'object' && ctx.body.error) {
         countError(ctx.body.error);
       }
+    }
+
+    if (faults.tokenDelayMs > 0 && faults.tokenDelayAfter) {
+      await new Promise((r) => { setTimeout(r, faults.tokenDelayMs); });
     }
 
     if (ctx.status === 200 && ctx.body && typeof ctx.body === 'object') {
@@ -819,6 +839,18 @@ async function main() {
         ctx.body = { ...ctx.body, id_token: await resignIdToken(ctx.body.id_token, (p) => { Object.assign(p, extra); }) };
         if (faults.idTokenClaimsCount === 0) faults.idTokenHeader = undefined;
         log('test: re-signed id_token with claims', Object.keys(extra).join(','));
+      } else if (faults.refreshIdTokenClaims && ctx.oidc?.body?.grant_type === 'refresh_token') {
+        const patch = faults.refreshIdTokenClaims;
+        faults.refreshIdTokenClaims = undefined;
+        ctx.body = {
+          ...ctx.body,
+          id_token: await resignIdToken(ctx.body.id_token, (p) => {
+            for (const [k, v] of Object.entries(patch)) {
+              if (v === null) delete p[k]; else p[k] = v;
+            }
+          }),
+        };
+        log(`test: re-signed refresh id_token with ${Object.keys(patch).join(',')} changed`);
       } else if (faults.wrongIssIdToken > 0) {
         faults.wrongIssIdToken -= 1;
         ctx.body = {
@@ -920,9 +952,13 @@ async function main() {
     'POST /__test/token-endpoint-fault': async (ctx) => {
       const body = await readJson(ctx);
       const status = Number(body.status ?? 0);
+      if (body.body !== undefined && typeof body.body !== 'string') {
+        throw Object.assign(new Error('body must be a string'), { status: 400 });
+      }
       if (status === 0) {
         faults.tokenStatus = 0;
         faults.tokenCount = 0;
+        faults.tokenBody = undefined;
       } else {
         if (!Number.isInteger(status) || status < 400 || status > 599) {
           throw Object.assign(new Error('status must be 0 or 400..599'), { status: 400 });
@@ -933,13 +969,23 @@ async function main() {
         }
         faults.tokenStatus = status;
         faults.tokenCount = n;
+        faults.tokenBody = body.body;
       }
-      return { status: faults.tokenStatus, count: faults.tokenCount };
+      return { status: faults.tokenStatus, count: faults.tokenCount, body: faults.tokenBody ?? null };
     },
     'POST /__test/token-endpoint-delay': async (ctx) => {
       const body = await readJson(ctx);
       faults.tokenDelayMs = Math.max(0, Number(body.ms) || 0);
-      return { ms: faults.tokenDelayMs };
+      faults.tokenDelayAfter = body.after === true;
+      return { ms: faults.tokenDelayMs, after: faults.tokenDelayAfter };
+    },
+    // The next refresh response's id_token is re-signed with the IdP's key after these claims
+    // are overwritten (null deletes one): {"sub":"mallory"}, {"iss":"http://evil"},
+    // {"auth_time":1}. One-shot; {} clears.
+    'POST /__test/refresh-id-token': async (ctx) => {
+      const claims = await readJson(ctx);
+      faults.refreshIdTokenClaims = Object.keys(claims).length ? claims : undefined;
+      return { claims: faults.refreshIdTokenClaims ?? null };
     },
     'POST /__test/refresh-without-id-token': async (ctx) => {
       const body = await readJson(ctx);

@@ -194,23 +194,32 @@ impl OAuthClient {
         self.revocation_endpoint.as_ref()
     }
 
-    /// Authorization code grant with PKCE.
+    /// Authorization code grant with PKCE (RFC 6749 §4.1.3, RFC 7636 §4.5). `params` adds
+    /// `resource` (RFC 8707 §2.2: the resource the access token is for, usually the one of the
+    /// authorization request), `scope` and extra fields; `TokenParams::default()` for none.
     pub async fn exchange_code(
         &self,
         code: &str,
         redirect_uri: &str,
         pkce_verifier: &str,
+        params: &TokenParams,
     ) -> Result<TokenResponse, TokenError> {
-        let form = vec![
+        let mut form = vec![
             field("code", code.to_owned()),
             field("redirect_uri", redirect_uri.to_owned()),
             field("code_verifier", pkce_verifier.to_owned()),
         ];
+        add_params(&mut form, params)?;
         self.token_request("authorization_code", form).await
     }
 
     /// Refresh token grant; `params` adds `resource`, `scope` and extra fields (for
     /// per-resource tokens or down-scoping).
+    ///
+    /// Errors are classified by what they mean for the refresh token: `invalid_grant`
+    /// ([`TokenError::InvalidGrant`]) and every other 4xx but 429, whatever its body
+    /// ([`TokenError::RefreshRefused`]), end the session; 5xx, 429, `temporarily_unavailable`,
+    /// connection failures and timeouts are transient.
     pub async fn refresh(
         &self,
         refresh_token: &Secret,
@@ -222,7 +231,9 @@ impl OAuthClient {
         )];
         add_params(&mut form, params)?;
         tracing::debug!(refresh_token = %refresh_token.fingerprint(), "refreshing");
-        self.token_request("refresh_token", form).await
+        self.token_request("refresh_token", form)
+            .await
+            .map_err(TokenError::for_refresh)
     }
 
     /// Client credentials grant.
@@ -427,14 +438,10 @@ fn is_loopback(url: &Url) -> bool {
     }
 }
 
-/// Scheme, host and path of an endpoint for logs (no query: it could carry anything).
-fn endpoint_label(url: &Url) -> String {
-    format!(
-        "{}://{}{}",
-        url.scheme(),
-        url.host_str().unwrap_or(""),
-        url.path()
-    )
+/// Origin (scheme, host and any non-default port) and path of an endpoint, for logs. No
+/// query or fragment (they could carry anything), no userinfo.
+pub(crate) fn endpoint_label(url: &Url) -> String {
+    format!("{}{}", url.origin().ascii_serialization(), url.path())
 }
 
 fn add_params(form: &mut Form, params: &TokenParams) -> Result<(), TokenError> {
@@ -467,4 +474,31 @@ fn parse_token_response(body: &[u8]) -> Result<TokenResponse, TokenError> {
     })?;
     resp.validate()?;
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn endpoint_label_keeps_the_port_and_drops_query_and_userinfo() {
+        let cases = [
+            (
+                "http://127.0.0.1:55461/api/oidc/token",
+                "http://127.0.0.1:55461/api/oidc/token",
+            ),
+            ("https://idp.example/token", "https://idp.example/token"),
+            ("https://idp.example:443/token", "https://idp.example/token"),
+            (
+                "https://idp.example:8443/t?client_secret=x#frag",
+                "https://idp.example:8443/t",
+            ),
+            ("https://user:pw@idp.example/t", "https://idp.example/t"),
+            ("http://[::1]:8080/token", "http://[::1]:8080/token"),
+        ];
+        for (url, label) in cases {
+            assert_eq!(endpoint_label(&Url::parse(url).unwrap()), label, "{url}");
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! The one error type of token management, and how token-endpoint error responses map to it.
 //!
 //! Callers mostly need two answers, not the variant: [`TokenError::ends_session`] (the user
-//! must log in again: `invalid_grant`, no refresh token, session gone) and
+//! must log in again: `invalid_grant` or any other 4xx but 429 to a refresh, no refresh token,
+//! session gone) and
 //! [`TokenError::is_transient`] (the IdP or the store is down or slow: keep the session, answer
 //! 503/504, try again later). Everything else is a configuration or protocol problem that
 //! neither ends the session nor goes away by retrying.
@@ -25,6 +26,23 @@ pub enum TokenError {
         error: String,
         description: Option<String>,
     },
+    /// The token endpoint refused a refresh with a 4xx other than 429 (`invalid_client`,
+    /// `unauthorized_client`, `invalid_request`, ..., or no RFC 6749 error body at all, as
+    /// Glewlwyd answers a revoked refresh token with `400` and an empty body). Whatever the
+    /// body says, the refresh token cannot get tokens any more: ends the user session, as
+    /// `invalid_grant` does. Only the refresh path produces it ([`OAuthClient::refresh`](crate::OAuthClient::refresh)).
+    #[error("token endpoint refused the refresh: HTTP {status}, {error} ({})", description.as_deref().unwrap_or("no description"))]
+    RefreshRefused {
+        status: u16,
+        error: String,
+        description: Option<String>,
+    },
+    /// A 2xx refresh response that the [`RefreshValidator`](crate::RefreshValidator) refused
+    /// (e.g. an ID token of another `iss`/`sub`, OIDC Core §12.2). Nothing of it was used or
+    /// stored; the session is kept. An IdP answering like this is broken or hostile: neither
+    /// transient (retrying soon will not help) nor a reason to log the user out.
+    #[error("refresh response refused: {0}")]
+    InvalidRefreshResponse(String),
     /// Connection failure, 5xx, 429 or `temporarily_unavailable`. Transient.
     #[error("token endpoint unavailable: {0}")]
     Unavailable(String),
@@ -57,7 +75,10 @@ impl TokenError {
     pub fn ends_session(&self) -> bool {
         matches!(
             self,
-            Self::InvalidGrant { .. } | Self::NoRefreshToken | Self::SessionNotFound
+            Self::InvalidGrant { .. }
+                | Self::RefreshRefused { .. }
+                | Self::NoRefreshToken
+                | Self::SessionNotFound
         )
     }
 
@@ -71,6 +92,8 @@ impl TokenError {
         match self {
             Self::InvalidGrant { .. } => "invalid_grant",
             Self::Rejected { .. } => "rejected",
+            Self::RefreshRefused { .. } => "refresh_refused",
+            Self::InvalidRefreshResponse(_) => "invalid_refresh_response",
             Self::Unavailable(_) => "unavailable",
             Self::Timeout => "timeout",
             Self::Malformed(_) => "malformed",
@@ -112,6 +135,23 @@ impl TokenError {
                 error: format!("http_{status}"),
                 description: None,
             },
+        }
+    }
+
+    /// The meaning of a failed refresh: a 4xx other than 429 (already [`Self::Unavailable`])
+    /// says the refresh token is unusable, whether or not the body names an RFC 6749 error.
+    pub(crate) fn for_refresh(self) -> Self {
+        match self {
+            Self::Rejected {
+                status,
+                error,
+                description,
+            } if (400..500).contains(&status) => Self::RefreshRefused {
+                status,
+                error,
+                description,
+            },
+            other => other,
         }
     }
 
@@ -199,10 +239,50 @@ mod tests {
     }
 
     #[test]
+    fn every_4xx_but_429_to_a_refresh_is_final_whatever_the_body() {
+        let cases: &[(u16, &str, &str)] = &[
+            (400, r#"{"error":"invalid_grant"}"#, "invalid_grant"),
+            (400, "", "refresh_refused"),
+            (400, "<html>Bad Request</html>", "refresh_refused"),
+            (400, r#"{"message":"revoked"}"#, "refresh_refused"),
+            (400, r#"{"error":"invalid_request"}"#, "refresh_refused"),
+            (401, r#"{"error":"invalid_client"}"#, "refresh_refused"),
+            (401, "", "refresh_refused"),
+            (403, "forbidden", "refresh_refused"),
+            (404, "", "refresh_refused"),
+            (429, "", "unavailable"),
+            (400, r#"{"error":"temporarily_unavailable"}"#, "unavailable"),
+            (500, "", "unavailable"),
+            (503, r#"{"error":"invalid_grant"}"#, "unavailable"),
+            // a redirecting token endpoint is misconfigured, not a verdict on the grant
+            (302, "", "rejected"),
+        ];
+        for (status, body, kind) in cases {
+            let e = TokenError::from_error_response(*status, body.as_bytes()).for_refresh();
+            assert_eq!(e.kind(), *kind, "{status} {body:?}");
+            assert_eq!(
+                e.ends_session(),
+                matches!(*kind, "invalid_grant" | "refresh_refused"),
+                "{status} {body:?}"
+            );
+        }
+    }
+
+    #[test]
     fn session_and_transient_classification() {
         let table: &[(TokenError, bool, bool)] = &[
             (TokenError::InvalidGrant { description: None }, true, false),
             (TokenError::NoRefreshToken, true, false),
+            (
+                TokenError::RefreshRefused {
+                    status: 400,
+                    error: "http_400".into(),
+                    description: None,
+                },
+                true,
+                false,
+            ),
+            (TokenError::InvalidRefreshResponse("x".into()), false, false),
             (TokenError::SessionNotFound, true, false),
             (TokenError::Unavailable("x".into()), false, true),
             (TokenError::Timeout, false, true),

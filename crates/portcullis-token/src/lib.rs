@@ -27,7 +27,9 @@
 //!
 //! // After login: store the code-exchange result under the session id.
 //! let store = InMemoryUserTokenStore::new(clock.clone());
-//! let response = client.exchange_code("code", "https://app.example/signin-oidc", "verifier").await?;
+//! let response = client
+//!     .exchange_code("code", "https://app.example/signin-oidc", "verifier", &TokenParams::default())
+//!     .await?;
 //! store.insert("session-1", UserTokens::from_response(response, clock.now_unix())?);
 //!
 //! // On every API call: a current token, refreshed at most once however many calls race.
@@ -71,4 +73,4 @@ pub use managed::ManagedToken;
 pub use secret::Secret;
 pub use store::{InMemoryUserTokenStore, UserTokenStore};
 pub use types::{AccessToken, TokenParams, TokenResponse, TokenType, UserTokens};
-pub use user::{UserTokenManager, UserTokenOptions};
+pub use user::{RefreshValidator, UserTokenManager, UserTokenOptions};

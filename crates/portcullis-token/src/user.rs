@@ -27,21 +27,36 @@
 //!   third of its TTL while the IdP call runs, so a slow IdP cannot let a second instance in.
 //!   `compare_and_set` fences what is written if a lease is lost anyway.
 //!
-//! Failures: `invalid_grant` and "expired, no refresh token" end the session
-//! ([`TokenError::ends_session`]). Transient failures (IdP down, slow, 5xx) keep the session
-//! and start a short back-off per session and params (`failure_backoff`, measured with the
-//! injected clock, 1 s resolution) during which calls fail fast with the same error; a token
-//! that is within the refresh buffer but not yet expired is still handed out meanwhile.
-//! Failed refreshes never change the stored tokens.
+//! Failures: `invalid_grant`, any other 4xx but 429 to the refresh (whatever its body), and
+//! "expired, no refresh token" end the session ([`TokenError::ends_session`]). Transient
+//! failures (IdP down, slow, 5xx, 429) keep the session and start a short back-off per session
+//! and params (`failure_backoff`, measured with the injected clock, 1 s resolution) during
+//! which calls fail fast with the same error; a token that is within the refresh buffer but
+//! not yet expired is still handed out meanwhile. Failed refreshes never change the stored
+//! tokens.
 //!
-//! Caveats: the refreshed ID token is stored as received; validating it (same `iss`/`sub`,
-//! OIDC Core §12.2) is the caller's business. If the store fails right after a successful
-//! refresh, the new tokens are kept in memory (this instance) and written on the next call,
-//! so a rotated refresh token is not lost to a store hiccup.
+//! Refresh responses are checked before anything of them is used: a [`RefreshValidator`]
+//! (see [`UserTokenManager::with_refresh_validator`]; the gateway's validates the new ID
+//! token as at login and requires the session's `iss`, `sub` and `auth_time`, OIDC Core
+//! §12.2) can refuse one. A refused response is not stored and its tokens are not handed out
+//! ([`TokenError::InvalidRefreshResponse`], logged at `error`); the session stays, and the
+//! back-off applies as for a transient failure. Without a validator the ID token is stored as
+//! received.
+//!
+//! Ending a session races with refreshing it: a logout that read the refresh token before a
+//! concurrent refresh rotated it would revoke the dead one and leave the new one live.
+//! [`UserTokenManager::with_refresh_lock`] runs the end of a session under the same lock and
+//! lease as a refresh.
+//!
+//! Caveats: if the store fails right after a successful refresh, the new tokens are kept in
+//! memory (this instance) and written on the next call, so a rotated refresh token is not
+//! lost to a store hiccup.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use tracing::Instrument as _;
 
 use crate::flight::FlightMap;
@@ -64,6 +79,11 @@ pub struct UserTokenOptions {
     /// How long to wait for another instance's refresh before answering `Unavailable`.
     /// Default 15 s (longer than the default token request timeout of 10 s).
     pub lease_wait: Duration,
+    /// RFC 8707 `resource` of the session's main access token (the one for
+    /// `TokenParams::default()`), i.e. the resource of the login's authorization request and
+    /// code exchange. Sent again when that token is refreshed, so the refreshed token is for
+    /// the same resource. Default none.
+    pub resource: Option<String>,
 }
 
 impl Default for UserTokenOptions {
@@ -74,13 +94,37 @@ impl Default for UserTokenOptions {
             lease_ttl: Duration::from_secs(15),
             lease_poll_interval: Duration::from_millis(50),
             lease_wait: Duration::from_secs(15),
+            resource: None,
         }
     }
+}
+
+/// Checks a successful refresh response before any of it is used or stored.
+///
+/// The token crate knows nothing of OpenID Connect; the gateway implements this with its ID
+/// token validation (signature against the IdP's JWKS, `iss`, `aud`, `azp`, `exp`, and the
+/// session's `iss`, `sub` and `auth_time`: OpenID Connect Core 1.0 §12.2).
+#[async_trait]
+pub trait RefreshValidator: Send + Sync {
+    /// `session` is the session key, `previous` the tokens the refresh started from (read
+    /// from the store under the refresh lock), `response` the token endpoint's 2xx answer.
+    ///
+    /// Any `Err` means nothing of the response is stored or handed out, and is what the
+    /// caller gets. Refuse a response with [`TokenError::InvalidRefreshResponse`] (a reason
+    /// free of token values); report a check that could not run with its own kind
+    /// ([`TokenError::Unavailable`], [`TokenError::Timeout`], [`TokenError::Store`]: transient).
+    async fn validate(
+        &self,
+        session: &str,
+        previous: &UserTokens,
+        response: &TokenResponse,
+    ) -> Result<(), TokenError>;
 }
 
 /// Hands out current user access tokens, refreshing them with single-flight.
 pub struct UserTokenManager {
     client: Arc<OAuthClient>,
+    validator: Option<Arc<dyn RefreshValidator>>,
     options: UserTokenOptions,
     clock: SharedClock,
     flights: FlightMap,
@@ -150,6 +194,7 @@ impl UserTokenManager {
             .build();
         Self {
             client,
+            validator: None,
             options,
             clock,
             flights: FlightMap::default(),
@@ -157,6 +202,12 @@ impl UserTokenManager {
             unstored,
             instance: uuid::Uuid::new_v4().simple().to_string(),
         }
+    }
+
+    /// Check every refresh response with `validator` before using or storing it.
+    pub fn with_refresh_validator(mut self, validator: Arc<dyn RefreshValidator>) -> Self {
+        self.validator = Some(validator);
+        self
     }
 
     pub fn options(&self) -> &UserTokenOptions {
@@ -205,6 +256,58 @@ impl UserTokenManager {
     ) -> Result<ManagedToken, TokenError> {
         self.obtain(store, session, params, Mode::Renew { stale })
             .await
+    }
+
+    /// Run `f` while no refresh of `session` can run or store anything: under the session's
+    /// in-process refresh lock and its store lease (the one refreshes take across instances).
+    ///
+    /// For ending a session: inside `f`, read the session fresh from the store, revoke the
+    /// refresh token found there and delete the session. A refresh that was in flight has
+    /// then stored its rotated refresh token (so that one is revoked, not its predecessor),
+    /// and a refresh that waits for the lock finds the session gone.
+    ///
+    /// If another instance holds the lease for longer than `lease_wait`, or the store cannot
+    /// grant it, `f` runs anyway after that wait (logged at `warn`): ending a session must
+    /// not depend on the lease. The lease is released afterwards.
+    pub async fn with_refresh_lock<F, Fut, T>(
+        &self,
+        store: &dyn UserTokenStore,
+        session: &str,
+        f: F,
+    ) -> T
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let _flight = self.flights.lock(session).await;
+        let holder = format!("{}/{}", self.instance, uuid::Uuid::new_v4().simple());
+        let give_up_at = tokio::time::Instant::now() + self.options.lease_wait;
+        let leased = loop {
+            match store
+                .acquire_lease(session, &holder, self.options.lease_ttl)
+                .await
+            {
+                Ok(true) => break true,
+                Ok(false) if tokio::time::Instant::now() < give_up_at => {
+                    tokio::time::sleep(self.options.lease_poll_interval).await;
+                }
+                Ok(false) => {
+                    tracing::warn!("refresh lease still held elsewhere; going on without it");
+                    break false;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "refresh lease unavailable; going on without it");
+                    break false;
+                }
+            }
+        };
+        let result = f().await;
+        if leased {
+            if let Err(e) = store.release_lease(session, &holder).await {
+                tracing::warn!(error = %e, "could not release the refresh lease (it will expire)");
+            }
+        }
+        result
     }
 
     /// Revoke the session's refresh token (RFC 7009), e.g. at logout. `Ok(())` when the
@@ -373,7 +476,14 @@ impl UserTokenManager {
                 .call_idp(store, session, holder, &refresh_token, params)
                 .await;
             let now = self.clock.now_unix();
-            let response = match result {
+            let checked = match (result, &self.validator) {
+                (Ok(response), Some(validator)) => validator
+                    .validate(session, &tokens, &response)
+                    .await
+                    .map(|()| response),
+                (result, _) => result,
+            };
+            let response = match checked {
                 Ok(response) => response,
                 Err(error) => {
                     return self
@@ -399,7 +509,10 @@ impl UserTokenManager {
         now: i64,
     ) -> Result<ManagedToken, TokenError> {
         metrics::refresh_failure(error.kind());
-        if matches!(error, TokenError::InvalidGrant { .. }) {
+        if matches!(
+            error,
+            TokenError::InvalidGrant { .. } | TokenError::RefreshRefused { .. }
+        ) {
             // A writer that ignores the lease may have rotated the refresh token meanwhile:
             // then the session is fine and the stored token is the answer.
             if let Ok((latest, _)) = load(store, session).await {
@@ -416,7 +529,12 @@ impl UserTokenManager {
         if error.ends_session() {
             tracing::info!(error = %error, "refresh failed; the session cannot get tokens any more");
         } else {
-            tracing::warn!(error = %error, "refresh failed; backing off");
+            if let TokenError::InvalidRefreshResponse(reason) = &error {
+                // Not a passing outage: the IdP answered with tokens that must not be used.
+                tracing::error!(%reason, "refresh response refused; nothing of it is used or stored, the session is kept");
+            } else {
+                tracing::warn!(error = %error, "refresh failed; backing off");
+            }
             self.failures.insert(
                 failure_key(session, params),
                 Failure {
@@ -437,7 +555,16 @@ impl UserTokenManager {
         refresh_token: &Secret,
         params: &TokenParams,
     ) -> Result<TokenResponse, TokenError> {
-        let request = self.client.refresh(refresh_token, params);
+        // The main token keeps the resource it was issued for at login (RFC 8707 §2.2).
+        let main;
+        let wire = match &self.options.resource {
+            Some(resource) if params.is_default() => {
+                main = TokenParams::default().with_resource(resource.clone());
+                &main
+            }
+            _ => params,
+        };
+        let request = self.client.refresh(refresh_token, wire);
         tokio::pin!(request);
         let period = (self.options.lease_ttl / 3).max(Duration::from_millis(100));
         let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + period, period);

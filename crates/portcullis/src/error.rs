@@ -106,6 +106,11 @@ pub enum GatewayError {
     /// The identity provider did not answer in time: 504.
     #[error("identity provider timed out")]
     IdpTimeout,
+    /// The identity provider answered, but with something that must not be used (e.g. a
+    /// refresh response whose ID token names another user, OIDC Core §12.2): 502. The session
+    /// is kept; nothing of the answer was stored.
+    #[error("identity provider answered unusably: {0}")]
+    IdpBadResponse(String),
     /// The IdP's answer failed validation during login (bad ID token, wrong issuer, ...): 400.
     #[error("login failed: {0}")]
     LoginRejected(String),
@@ -168,6 +173,7 @@ impl GatewayError {
             Self::IdpUnavailable(_)
             | Self::IdpTimeout
             | Self::LoginRejected(_)
+            | Self::IdpBadResponse(_)
             | Self::IdpRefusedLogin { .. } => Origin::Idp,
             Self::UpstreamUnavailable(_) | Self::UpstreamTimeout => Origin::Upstream,
             Self::Internal(_) => Origin::Internal,
@@ -192,7 +198,7 @@ impl GatewayError {
             Self::IdpRefusedLogin { .. } => StatusCode::BAD_GATEWAY,
             Self::StoreUnavailable(_) | Self::IdpUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::IdpTimeout | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamUnavailable(_) | Self::IdpBadResponse(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -271,9 +277,9 @@ impl GatewayError {
                 "Page not found",
                 "Nothing is served at this address.".into(),
             ),
-            Self::MethodNotAllowed { .. } => page(
+            Self::MethodNotAllowed { allow } => page(
                 "Method not allowed",
-                "This address only answers GET and HEAD requests.".into(),
+                format!("This address answers only these methods: {allow}."),
             ),
             Self::StoreUnavailable(_) => page(
                 "Service temporarily unavailable",
@@ -286,6 +292,11 @@ impl GatewayError {
                     "The gateway cannot use the identity provider right now: {}. Please try again later; if this persists, the operator should check the identity provider and the gateway's oidc settings.",
                     bounded(detail)
                 ),
+            ),
+            Self::IdpBadResponse(_) => page(
+                "Service unavailable",
+                "The identity provider answered in a way the gateway cannot use. Your session is kept; the operator can find the details in the gateway's log."
+                    .into(),
             ),
             Self::IdpTimeout => page(
                 "Sign-in is not available",
@@ -509,6 +520,7 @@ mod tests {
                 },
                 503,
             ),
+            (GatewayError::IdpBadResponse("foreign sub".into()), 502),
             (GatewayError::UpstreamUnavailable("refused".into()), 502),
             (GatewayError::UpstreamTimeout, 504),
         ];

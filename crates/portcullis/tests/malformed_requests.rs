@@ -57,6 +57,7 @@ async fn gateway() -> (Gateway, String) {
             extra_authorize_params: Vec::new(),
             response_mode: ResponseMode::Query,
             resource: None,
+            trusted_audiences: Vec::new(),
             revoke_refresh_token_on_logout: false,
             clock_skew: Duration::from_secs(60),
             fetch_userinfo: false,

@@ -177,7 +177,12 @@ async fn code_exchange_sends_the_pkce_verifier() {
     let (idp, clock) = idp_and_clock().await;
     let resp = idp
         .client(&clock)
-        .exchange_code("c0de", "https://app/signin-oidc", "v3rifier")
+        .exchange_code(
+            "c0de",
+            "https://app/signin-oidc",
+            "v3rifier",
+            &TokenParams::default(),
+        )
         .await
         .unwrap();
     let req = idp.last_request();
@@ -189,6 +194,24 @@ async fn code_exchange_sends_the_pkce_verifier() {
     assert_eq!(tokens.access_token.expires_at, Some(T0 + 3600));
     assert_eq!(tokens.access_token.issued_at, Some(T0));
     assert!(tokens.refresh_token.is_some() && tokens.id_token.is_some());
+}
+
+#[tokio::test]
+async fn code_exchange_sends_resource_rfc8707() {
+    let (idp, clock) = idp_and_clock().await;
+    idp.client(&clock)
+        .exchange_code(
+            "c0de",
+            "https://app/signin-oidc",
+            "v3rifier",
+            &TokenParams::default().with_resource("urn:my-api"),
+        )
+        .await
+        .unwrap();
+    let req = idp.last_request();
+    assert_eq!(req.get("grant_type"), Some("authorization_code"));
+    assert_eq!(req.get("resource"), Some("urn:my-api"));
+    assert_eq!(req.get("code_verifier"), Some("v3rifier"));
 }
 
 #[tokio::test]

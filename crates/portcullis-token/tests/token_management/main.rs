@@ -8,4 +8,5 @@ mod client;
 mod client_credentials;
 mod exchange;
 mod http_client;
+mod refresh_checks;
 mod user;

@@ -141,6 +141,7 @@ async fn finish(gw: Gateway, raw: &[u8], headers: HeaderMap) -> Response {
         Ok(ticket) => ticket,
         Err(e) => return with_clear(e.into_response()),
     };
+    gw.tokens().end_replaced_session(&headers, &ticket).await;
     match gw.sessions().create(ticket).await {
         Ok((id, _record)) => {
             let mut r = redirect(&done);
@@ -181,7 +182,7 @@ async fn complete(
         &Expectations {
             client_id: &settings.oidc.client_id,
             trusted_audiences: &settings.oidc.trusted_audiences,
-            nonce,
+            nonce: Some(nonce),
             now: gw.now(),
             skew: i64::try_from(settings.oidc.clock_skew.as_secs()).unwrap_or(300),
         },

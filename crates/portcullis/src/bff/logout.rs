@@ -5,6 +5,11 @@
 //! `end_session_endpoint` with `id_token_hint` so the IdP session ends too. Without a session
 //! (already logged out, or ended by back-channel logout) it still goes to the IdP: logging
 //! out twice is fine. The return URL travels through the IdP sealed inside `state`.
+//!
+//! The refresh token revoked is the one in the store at that moment, read under the session's
+//! refresh lock and lease ([`TokenService::end_session`](crate::token::TokenService::end_session)),
+//! not the one the (possibly cached) lookup saw: a refresh that rotated it just before would
+//! otherwise leave the new refresh token live at the IdP.
 
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap};
@@ -48,11 +53,13 @@ pub async fn logout(
                 ));
             }
         }
-        if gw.settings().oidc.revoke_refresh_token_on_logout {
-            gw.tokens().revoke_user_tokens(&session.ticket.tokens).await;
-        }
-        gw.sessions().end(session.key()).await?;
-        id_token_hint = session.ticket.tokens.id_token.clone();
+        let revoke = gw.settings().oidc.revoke_refresh_token_on_logout;
+        let ended = gw.tokens().end_session(session.key(), revoke).await?;
+        // The freshest ID token: a refresh may have replaced the one the lookup saw.
+        id_token_hint = match ended {
+            Some(ticket) => ticket.tokens.id_token,
+            None => session.ticket.tokens.id_token.clone(),
+        };
         tracing::info!("session ended by user logout");
     }
 

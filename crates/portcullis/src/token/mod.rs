@@ -4,31 +4,43 @@
 //! and are written back with compare-and-set on the record version, so concurrent refreshes
 //! (or a refresh racing a sliding renewal) never lose an update. Single-flight, expiry
 //! buffers, back-off and client-credentials caching are the token crate's job; this module
-//! only decides which token a route gets ([`TokenPolicy`]) and what a failure means for the
+//! only decides which token a route gets ([`TokenPolicy`](crate::settings::TokenPolicy)) and what a failure means for the
 //! session:
 //!
 //! | failure | API answer | session |
 //! |---|---|---|
-//! | `invalid_grant`, no refresh token | 401 | ended, cookie cleared |
-//! | IdP down / 5xx | 503 | kept |
+//! | `invalid_grant`, any other 4xx but 429 (whatever the body), no refresh token | 401 | ended here, at once, cookie cleared |
+//! | IdP down / 5xx / 429 | 503 | kept |
 //! | IdP timeout | 504 | kept |
+//! | refresh response refused (its ID token fails validation or names another `iss`/`sub`/`auth_time`, OIDC Core §12.2), or not a token response | 502 | kept, nothing stored |
+//!
+//! A session that can no longer get tokens is deleted by this module as soon as that is known,
+//! whatever the route's policy, so `/bff/user` never reports it.
+//!
+//! Ending a session on purpose goes through [`TokenService::end_session`]: under the session's
+//! refresh lock and lease, read fresh, revoke the refresh token found, delete. That is what
+//! logout and [`TokenService::end_replaced_session`] (a login in a browser that still carries
+//! another session) use.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use axum::http::HeaderMap;
 use portcullis_session::CasOutcome;
 use portcullis_token::{
     ClientAuth, ClientCredentialsManager, ManagedToken, OAuthClient, OAuthClientConfig,
-    PrivateKeyJwt, Secret, SharedClock, TokenError, TokenExchangeManager, TokenParams,
-    TokenResponse, TokenTypeHint, UserTokenManager, UserTokenOptions, UserTokenStore, UserTokens,
+    PrivateKeyJwt, RefreshValidator, Secret, SharedClock, TokenError, TokenExchangeManager,
+    TokenParams, TokenResponse, TokenTypeHint, UserTokenManager, UserTokenOptions, UserTokenStore,
+    UserTokens,
 };
 use serde_json::{Map, Value};
 use tokio::sync::OnceCell;
 
 use crate::error::GatewayError;
+use crate::oidc::id_token::{self, Expectations};
 use crate::oidc::Provider;
-use crate::session::{ActiveSession, Lookup, Sessions};
+use crate::session::{ActiveSession, Lookup, Sessions, Ticket};
 use crate::settings::{ClientAuthSettings, GatewaySettings, RouteSettings};
 
 /// The default client-credentials client: the gateway's own OIDC client.
@@ -45,9 +57,12 @@ struct Clients {
 /// What went wrong getting a token for a proxied call.
 #[derive(Debug)]
 pub enum TokenFailure {
-    /// The session cannot get tokens any more (`invalid_grant`, no refresh token): end it.
+    /// The session cannot get tokens any more (`invalid_grant`, another 4xx to the refresh, no
+    /// refresh token). [`TokenService`] has already deleted it; the caller answers 401 and
+    /// clears the cookie.
     SessionEnded(String),
-    /// Not the user's fault and not final: 503/504, keep the session.
+    /// Not the user's fault and not final: answer with this error (503/504, or 502 for a
+    /// refresh response that was refused), keep the session.
     Unavailable(GatewayError),
     /// The IdP refused a client-credentials request.
     Rejected(String),
@@ -59,6 +74,11 @@ impl TokenFailure {
             Self::SessionEnded(e.to_string())
         } else if matches!(e, TokenError::Timeout) {
             Self::Unavailable(GatewayError::IdpTimeout)
+        } else if matches!(
+            e,
+            TokenError::InvalidRefreshResponse(_) | TokenError::Malformed(_)
+        ) {
+            Self::Unavailable(GatewayError::IdpBadResponse(e.to_string()))
         } else if e.is_transient() {
             Self::Unavailable(GatewayError::IdpUnavailable(e.to_string()))
         } else {
@@ -126,10 +146,17 @@ impl TokenService {
                     oauth.clone(),
                     UserTokenOptions {
                         refresh_before_expiry: self.settings.tokens.refresh_before_expiry,
+                        resource: oidc.resource.clone(),
                         ..UserTokenOptions::default()
                     },
                     self.clock.clone(),
-                );
+                )
+                .with_refresh_validator(Arc::new(RefreshIdTokenValidator {
+                    provider: self.provider.clone(),
+                    settings: self.settings.clone(),
+                    sessions: self.sessions.clone(),
+                    clock: self.clock.clone(),
+                }));
                 let mut machines = ClientCredentialsManager::new(
                     self.clock.clone(),
                     self.settings.tokens.client_token_buffer,
@@ -174,6 +201,8 @@ impl TokenService {
             .await
     }
 
+    /// The code exchange of a login (RFC 6749 §4.1.3 with PKCE), with `oidc.resource` as the
+    /// RFC 8707 `resource` when configured (§2.2: the token request names the resource too).
     pub async fn exchange_code(
         &self,
         code: &str,
@@ -181,9 +210,13 @@ impl TokenService {
         verifier: &str,
     ) -> Result<TokenResponse, GatewayError> {
         let clients = self.clients().await?;
+        let params = TokenParams {
+            resource: self.settings.oidc.resource.clone(),
+            ..TokenParams::default()
+        };
         clients
             .oauth
-            .exchange_code(code, redirect_uri, verifier)
+            .exchange_code(code, redirect_uri, verifier, &params)
             .await
             .map_err(|e| match TokenFailure::from_error(e) {
                 TokenFailure::Unavailable(g) => g,
@@ -237,11 +270,32 @@ impl TokenService {
         let clients = self.clients().await.map_err(TokenFailure::Unavailable)?;
         let params = route_params(route);
         let store = SessionTokenStore::new(&self.sessions, session);
-        clients
+        let result = clients
             .users
             .get_access_token(&store, session.key(), &params, route.refresh_before_expiry)
-            .await
-            .map_err(TokenFailure::from_error)
+            .await;
+        self.failed_user_token(session, result).await
+    }
+
+    /// Maps a user-token failure and, when it is final, deletes the session at once, whatever
+    /// the route's policy: a session that cannot get tokens must not live on (and be reported
+    /// by `/bff/user`) until its idle timeout.
+    async fn failed_user_token(
+        &self,
+        session: &ActiveSession,
+        result: Result<ManagedToken, TokenError>,
+    ) -> Result<ManagedToken, TokenFailure> {
+        let error = match result {
+            Ok(token) => return Ok(token),
+            Err(error) => error,
+        };
+        if error.ends_session() {
+            tracing::info!(error = %error, "the session can get no more tokens; ending it");
+            if let Err(e) = self.sessions.end(session.key()).await {
+                return Err(TokenFailure::Unavailable(e));
+            }
+        }
+        Err(TokenFailure::from_error(error))
     }
 
     /// The session's user token exchanged (RFC 8693) for the route's audience, resource and
@@ -261,8 +315,8 @@ impl TokenService {
                 &TokenParams::default(),
                 route.refresh_before_expiry,
             )
-            .await
-            .map_err(TokenFailure::from_error)?;
+            .await;
+        let subject = self.failed_user_token(session, subject).await?;
         let mut params = route_params(route);
         if let Some(audience) = &route.audience {
             params.extra.insert("audience".into(), audience.clone());
@@ -290,6 +344,76 @@ impl TokenService {
             .get_token(name, &route_params(route))
             .await
             .map_err(TokenFailure::from_error)
+    }
+
+    /// Ends the session stored under `key` for good: under its refresh lock and lease (so no
+    /// refresh can rotate the refresh token in between), reads it fresh from the store,
+    /// revokes the refresh token found there when `revoke` (RFC 7009, best effort) and deletes
+    /// it. Returns the ticket it had (its ID token is the freshest, for `id_token_hint`), or
+    /// `None` when it was already gone.
+    ///
+    /// Errors: the store failed (503); the session may then still exist.
+    pub async fn end_session(
+        &self,
+        key: &str,
+        revoke: bool,
+    ) -> Result<Option<Ticket>, GatewayError> {
+        let store = SessionTokenStore::fresh(&self.sessions);
+        let end = move || async move {
+            let ticket = match self.sessions.lookup_key_fresh(key).await? {
+                Lookup::Active(session) => Some(session.ticket.clone()),
+                Lookup::Stale | Lookup::Anonymous => None,
+            };
+            if revoke {
+                if let Some(ticket) = &ticket {
+                    self.revoke_user_tokens(&ticket.tokens).await;
+                }
+            }
+            self.sessions.end(key).await?;
+            Ok::<_, GatewayError>(ticket)
+        };
+        match self.clients().await {
+            Ok(clients) => clients.users.with_refresh_lock(&store, key, end).await,
+            // Without the IdP's metadata no refresh can be running either.
+            Err(_) => end().await,
+        }
+    }
+
+    /// A login completed in a browser that still carries the cookie of another, live session
+    /// (typically: logging in as another user without logging out). The cookie is about to be
+    /// replaced, so that session could never be used or logged out again: end it and revoke
+    /// its refresh token, as a logout would.
+    ///
+    /// `new` is the ticket of the session about to be created. When it continues the same
+    /// IdP session (same `sub` and the same, present `sid`), the old session is deleted
+    /// without revocation: an IdP may revoke the whole grant with one refresh token (many do,
+    /// by default), and that grant is the new session's too.
+    ///
+    /// Never fails the login: a store error is logged and the old session then expires on its
+    /// own. Called by the callback just before it creates the new session.
+    pub async fn end_replaced_session(&self, headers: &HeaderMap, new: &Ticket) {
+        let previous = match self.sessions.lookup(headers).await {
+            Ok(Lookup::Active(previous)) => previous,
+            Ok(Lookup::Stale | Lookup::Anonymous) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look up the session this login replaces");
+                return;
+            }
+        };
+        let same_idp_session = previous.ticket.sub == new.sub
+            && previous.ticket.sid.is_some()
+            && previous.ticket.sid == new.sid;
+        let revoke = self.settings.oidc.revoke_refresh_token_on_logout && !same_idp_session;
+        match self.end_session(previous.key(), revoke).await {
+            Ok(_) => tracing::info!(
+                same_user = previous.ticket.sub == new.sub,
+                revoked = revoke,
+                "a new login replaced this browser's session; the previous session was ended"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not end the session this login replaces")
+            }
+        }
     }
 
     /// Best-effort refresh-token revocation (logout paths). Failures are logged, not fatal:
@@ -364,6 +488,105 @@ impl<'a> SessionTokenStore<'a> {
             prefetched: std::sync::Mutex::new(Some(first)),
         }
     }
+
+    /// Every `load` goes to the store.
+    fn fresh(sessions: &'a Sessions) -> Self {
+        Self {
+            sessions,
+            prefetched: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+/// Checks the ID token of a refresh response (OpenID Connect Core 1.0 §12.2): validated as at
+/// login (signature against the IdP's JWKS, `iss`, `aud`, `azp`, `exp`, `iat`; the nonce is
+/// not checked again), and it must name the session's user: `sub` equal to the session's,
+/// `iss` the session's issuer (the one configured, checked by the validation), and an
+/// `auth_time` present both at login and now unchanged. A response without an ID token passes
+/// (the stored one is kept).
+struct RefreshIdTokenValidator {
+    provider: Arc<Provider>,
+    settings: Arc<GatewaySettings>,
+    sessions: Sessions,
+    clock: SharedClock,
+}
+
+#[async_trait]
+impl RefreshValidator for RefreshIdTokenValidator {
+    async fn validate(
+        &self,
+        session: &str,
+        _previous: &UserTokens,
+        response: &TokenResponse,
+    ) -> Result<(), TokenError> {
+        let Some(id_token) = response
+            .id_token
+            .as_ref()
+            .filter(|t| !t.expose_secret().is_empty())
+        else {
+            return Ok(());
+        };
+        let metadata = self.provider.metadata().await.map_err(check_failed)?;
+        let oidc = &self.settings.oidc;
+        let claims = id_token::validate(
+            &self.provider,
+            id_token.expose_secret(),
+            &metadata.id_token_signing_alg_values_supported,
+            &Expectations {
+                client_id: &oidc.client_id,
+                trusted_audiences: &oidc.trusted_audiences,
+                nonce: None,
+                now: self.clock.now_unix(),
+                skew: i64::try_from(oidc.clock_skew.as_secs()).unwrap_or(300),
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            GatewayError::LoginRejected(reason) => {
+                TokenError::InvalidRefreshResponse(format!("refreshed {reason}"))
+            }
+            other => check_failed(other),
+        })?;
+        // The session's identity is its ticket (from the login's validated ID token), read
+        // fresh: the manager holds the refresh lock, so nothing else changes it meanwhile.
+        let ticket = match self.sessions.lookup_key_fresh(session).await {
+            Ok(Lookup::Active(s)) => s.ticket.clone(),
+            // Ended meanwhile (logout, back-channel): nothing to compare with, and nothing
+            // will be stored either: the compare-and-set that follows finds no session.
+            Ok(Lookup::Stale | Lookup::Anonymous) => return Ok(()),
+            Err(e) => return Err(TokenError::Store(e.to_string())),
+        };
+        same_user(&claims, &ticket).map_err(TokenError::InvalidRefreshResponse)
+    }
+}
+
+/// A check that could not run (the IdP's metadata or keys unreachable) is transient, not a
+/// verdict on the response.
+fn check_failed(e: GatewayError) -> TokenError {
+    match e {
+        GatewayError::IdpTimeout => TokenError::Timeout,
+        other => TokenError::Unavailable(other.to_string()),
+    }
+}
+
+/// The OIDC Core §12.2 identity rules between a refreshed ID token's (validated) claims and
+/// the session: the same `sub`; `auth_time` unchanged when both carry it. (`iss` is the
+/// configured issuer for both: the validation checked it.)
+fn same_user(claims: &Map<String, Value>, ticket: &Ticket) -> Result<(), String> {
+    if claims.get("sub").and_then(Value::as_str) != Some(ticket.sub.as_str()) {
+        return Err("refreshed ID token names another subject than the session".into());
+    }
+    let before = ticket
+        .claims
+        .iter()
+        .find(|c| c.kind == "auth_time")
+        .map(|c| &c.value);
+    if let (Some(before), Some(now)) = (before, claims.get("auth_time")) {
+        if before != now {
+            return Err("refreshed ID token changes auth_time".into());
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -427,5 +650,109 @@ impl UserTokenStore for SessionTokenStore<'_> {
             .release_lease(&format!("refresh:{session}"), holder)
             .await
             .map_err(|e| TokenError::Store(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::session::Claim;
+    use portcullis_token::{AccessToken, TokenType};
+    use serde_json::json;
+
+    fn ticket(sub: &str, auth_time: Option<i64>) -> Ticket {
+        let mut claims = vec![Claim {
+            kind: "name".into(),
+            value: json!("Alice"),
+        }];
+        if let Some(t) = auth_time {
+            claims.push(Claim {
+                kind: "auth_time".into(),
+                value: json!(t),
+            });
+        }
+        Ticket {
+            sub: sub.into(),
+            sid: Some("sid-1".into()),
+            claims,
+            session_state: None,
+            tokens: UserTokens {
+                access_token: AccessToken {
+                    value: Secret::new("at"),
+                    token_type: TokenType::Bearer,
+                    expires_at: None,
+                    scope: None,
+                    issued_at: None,
+                },
+                refresh_token: None,
+                id_token: None,
+                by_resource: Default::default(),
+            },
+        }
+    }
+
+    #[test]
+    fn refreshed_id_token_must_name_the_sessions_user_oidc_core_12_2() {
+        let cases: &[(&str, Value, Option<i64>, bool)] = &[
+            ("same sub", json!({"sub": "alice"}), None, true),
+            (
+                "same sub and auth_time",
+                json!({"sub": "alice", "auth_time": 100}),
+                Some(100),
+                true,
+            ),
+            ("other sub", json!({"sub": "mallory"}), None, false),
+            ("sub missing", json!({}), None, false),
+            ("sub not a string", json!({"sub": 7}), None, false),
+            (
+                "auth_time changed",
+                json!({"sub": "alice", "auth_time": 101}),
+                Some(100),
+                false,
+            ),
+            (
+                "auth_time only now",
+                json!({"sub": "alice", "auth_time": 101}),
+                None,
+                true,
+            ),
+            (
+                "auth_time only at login",
+                json!({"sub": "alice"}),
+                Some(100),
+                true,
+            ),
+        ];
+        for (name, claims, login_auth_time, ok) in cases {
+            let claims = claims.as_object().unwrap();
+            let result = same_user(claims, &ticket("alice", *login_auth_time));
+            assert_eq!(result.is_ok(), *ok, "{name}: {result:?}");
+        }
+    }
+
+    #[test]
+    fn refused_refresh_responses_answer_502_and_keep_the_session() {
+        for e in [
+            TokenError::InvalidRefreshResponse("other sub".into()),
+            TokenError::Malformed("not JSON".into()),
+        ] {
+            match TokenFailure::from_error(e) {
+                TokenFailure::Unavailable(g) => {
+                    assert_eq!(g.status().as_u16(), 502);
+                    assert_eq!(g.origin(), crate::error::Origin::Idp);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let refused = TokenError::RefreshRefused {
+            status: 400,
+            error: "http_400".into(),
+            description: None,
+        };
+        assert!(matches!(
+            TokenFailure::from_error(refused),
+            TokenFailure::SessionEnded(_)
+        ));
     }
 }
