@@ -18,5 +18,5 @@
 mod forward;
 mod routes;
 
-pub use forward::{ForwardContext, Forwarder};
+pub use forward::{ForwardContext, Forwarder, SessionEnd};
 pub use routes::{Route, RouteTable};
