@@ -339,7 +339,7 @@ async fn websocket_tunnel_closes_when_session_ends() {
 
     // A tunnel of a live session stays open and echoes.
     let carol = Browser::new();
-    carol.login(gw, "carol").await;
+    carol.login(gw, "alice").await;
     let mut carol_tunnel = open_tunnel(&carol, gw).await;
     tokio::time::sleep(std::time::Duration::from_millis(recheck_ms + 500)).await;
     carol_tunnel.get_mut().write_all(b"still-open").await.unwrap();
