@@ -110,14 +110,14 @@ async fn sqlite_creates_directory_and_keeps_sessions_across_restarts() {
     assert!(std::path::Path::new(&path).exists(), "{path} created");
     let store = SqliteStore::connect(&url).await.unwrap();
     assert_eq!(store.get(&r.key, now()).await.unwrap(), Some(r));
-    assert_eq!(store.migrate().await.unwrap(), 1, "idempotent");
+    assert_eq!(store.migrate().await.unwrap(), 2, "idempotent");
 
     let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
     let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM portcullis_schema_version")
         .fetch_all(&pool)
         .await
         .unwrap();
-    assert_eq!(versions, vec![1]);
+    assert_eq!(versions, vec![1, 2]);
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(&pool)
         .await
@@ -145,7 +145,7 @@ async fn postgres_concurrent_migrations_are_safe() {
         })
         .collect();
     for t in tasks {
-        assert_eq!(t.await.unwrap().unwrap(), 1);
+        assert_eq!(t.await.unwrap().unwrap(), 2);
     }
     let pool = sqlx::PgPool::connect(&common::postgres_url())
         .await
