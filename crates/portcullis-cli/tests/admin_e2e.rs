@@ -260,10 +260,7 @@ async fn admin_api_end_takes_effect_on_next_api_call() {
 }
 
 /// Opens a WebSocket tunnel through `/api/ws` and reads the upstream's greeting.
-async fn open_tunnel(
-    b: &Browser,
-    gw: &Gateway,
-) -> tokio::io::BufReader<tokio::net::TcpStream> {
+async fn open_tunnel(b: &Browser, gw: &Gateway) -> tokio::io::BufReader<tokio::net::TcpStream> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let cookie = b.cookie_header(&gw.origin);
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
@@ -304,9 +301,14 @@ async fn closes_within(reader: &mut tokio::io::BufReader<tokio::net::TcpStream>,
         let _ = reader.get_mut().write_all(b"x").await;
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         assert!(!left.is_zero(), "tunnel still open after {limit_ms} ms");
-        match tokio::time::timeout(left.min(std::time::Duration::from_millis(500)), reader.read(&mut buf)).await {
-            Ok(Ok(0) | Err(_)) => return,
-            Ok(Ok(_)) | Err(_) => {}
+        let read = tokio::time::timeout(
+            left.min(std::time::Duration::from_millis(500)),
+            reader.read(&mut buf),
+        )
+        .await;
+        // EOF or a reset: closed. Echoed bytes or no answer yet: look again.
+        if let Ok(Ok(0) | Err(_)) = read {
+            return;
         }
     }
 }
@@ -342,7 +344,11 @@ async fn websocket_tunnel_closes_when_session_ends() {
     carol.login(gw, "alice").await;
     let mut carol_tunnel = open_tunnel(&carol, gw).await;
     tokio::time::sleep(std::time::Duration::from_millis(recheck_ms + 500)).await;
-    carol_tunnel.get_mut().write_all(b"still-open").await.unwrap();
+    carol_tunnel
+        .get_mut()
+        .write_all(b"still-open")
+        .await
+        .unwrap();
     let mut echo = [0u8; 10];
     tokio::time::timeout(
         std::time::Duration::from_secs(5),

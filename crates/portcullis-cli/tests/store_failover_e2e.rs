@@ -43,7 +43,10 @@ fn wait_for_port(port: u16, up: bool) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("port {port} did not become {}", if up { "open" } else { "closed" });
+    panic!(
+        "port {port} did not become {}",
+        if up { "open" } else { "closed" }
+    );
 }
 
 /// A private Redis that keeps its data across a restart (AOF, fsync always).
@@ -67,7 +70,14 @@ impl PrivateRedis {
     fn spawn(&mut self) {
         let child = StdCommand::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(std::process::Stdio::null())
@@ -170,10 +180,15 @@ impl PrivatePostgres {
         }
         let data = dir.join("data");
         let mut initdb = Self::command("initdb");
-        initdb
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]);
+        initdb.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
         Self::run(initdb, "initdb");
         let mut pg = PrivatePostgres {
             data,

@@ -64,7 +64,10 @@ async fn sqlite_poll_changes_reports_what_another_process_changed() {
     gateway.create(&a).await.unwrap();
     gateway.create(&b).await.unwrap();
     let _ = gateway.poll_changes().await.unwrap();
-    assert!(gateway.poll_changes().await.unwrap().is_empty(), "no change");
+    assert!(
+        gateway.poll_changes().await.unwrap().is_empty(),
+        "no change"
+    );
     let filter = SessionFilter {
         partition: "p".into(),
         sub: Some("alice".into()),
@@ -75,7 +78,10 @@ async fn sqlite_poll_changes_reports_what_another_process_changed() {
         gateway.poll_changes().await.unwrap(),
         vec![Invalidation::Key(a.key.clone())]
     );
-    assert!(gateway.poll_changes().await.unwrap().is_empty(), "reported once");
+    assert!(
+        gateway.poll_changes().await.unwrap().is_empty(),
+        "reported once"
+    );
     // A login replacing the same sub + sid elsewhere, and an update, are changes too.
     let mut b2 = b.clone();
     b2.version = 2;

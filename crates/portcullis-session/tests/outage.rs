@@ -196,7 +196,10 @@ async fn each_operation_survives_dropped_connections(s: &dyn SessionStore, proxy
         portcullis_session::CasOutcome::Updated
     );
     assert_eq!(after_reset!("find", s.find(&f, now)), vec![next.clone()]);
-    assert!(after_reset!("claim_once", s.claim_once(&claim_id, now + 60)));
+    assert!(after_reset!(
+        "claim_once",
+        s.claim_once(&claim_id, now + 60)
+    ));
     assert!(
         !s.claim_once(&claim_id, now + 60).await.unwrap(),
         "a second claim of the same id is a replay"
@@ -209,7 +212,10 @@ async fn each_operation_survives_dropped_connections(s: &dyn SessionStore, proxy
     after_reset!("cleanup_expired", s.cleanup_expired(now));
     assert!(after_reset!("delete", s.delete(&r.key)).is_some());
     after_reset!("create", s.create(&r));
-    assert_eq!(after_reset!("delete_matching", s.delete_matching(&f)).len(), 1);
+    assert_eq!(
+        after_reset!("delete_matching", s.delete_matching(&f)).len(),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,9 +95,9 @@ pub async fn redis_store() -> Option<RedisStore> {
     let url = redis_url();
     match RedisStore::connect(&url).await {
         Ok(s) => Some(s),
-        Err(e) => panic!(
-            "Redis not reachable at {url} (PORTCULLIS_TEST_REDIS_URL): {e}; {HOW_TO_SKIP}"
-        ),
+        Err(e) => {
+            panic!("Redis not reachable at {url} (PORTCULLIS_TEST_REDIS_URL): {e}; {HOW_TO_SKIP}")
+        }
     }
 }
 
@@ -113,9 +113,8 @@ pub async fn redis() -> Option<Backend> {
 /// A Redis Cluster: `PORTCULLIS_TEST_REDIS_CLUSTER_URL=redis+cluster://h1:p1,h2:p2`, which
 /// `scripts/ensure-services.sh` starts (three local nodes) and prints.
 pub fn redis_cluster_url() -> String {
-    std::env::var("PORTCULLIS_TEST_REDIS_CLUSTER_URL").unwrap_or_else(|_| {
-        panic!("PORTCULLIS_TEST_REDIS_CLUSTER_URL is not set; {HOW_TO_SKIP}")
-    })
+    std::env::var("PORTCULLIS_TEST_REDIS_CLUSTER_URL")
+        .unwrap_or_else(|_| panic!("PORTCULLIS_TEST_REDIS_CLUSTER_URL is not set; {HOW_TO_SKIP}"))
 }
 
 pub async fn redis_cluster() -> Option<Backend> {

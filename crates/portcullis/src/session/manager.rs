@@ -516,7 +516,10 @@ mod tests {
                 !is_active(&s, &alice.key).await,
                 "round {round}: ended elsewhere, still served"
             );
-            assert!(is_active(&s, &bob.key).await, "round {round}: bob untouched");
+            assert!(
+                is_active(&s, &bob.key).await,
+                "round {round}: bob untouched"
+            );
         }
         let _ = std::fs::remove_dir_all(dir);
     }
