@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Makes sure a Redis and a PostgreSQL server answer on 127.0.0.1 for the store tests.
+# Makes sure a Redis server, a three-node Redis Cluster and a PostgreSQL server answer on
+# 127.0.0.1 for the store tests.
 # Uses running servers when present; otherwise starts (and if needed installs) Debian's.
 # Prints the URLs to use as shell assignments, e.g. eval "$(scripts/ensure-services.sh)".
 set -euo pipefail
@@ -31,6 +32,33 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
   wait_for "redis-cli -h 127.0.0.1 ping | grep -q PONG" "redis"
 fi
 
+# Redis Cluster: three primaries on 7000-7002 (override with PORTCULLIS_CLUSTER_PORTS),
+# cluster mode, in a temp dir, daemonized; reused when already formed.
+cluster_ports=(${PORTCULLIS_CLUSTER_PORTS:-7000 7001 7002})
+cluster_ok() { redis-cli -h 127.0.0.1 -p "${cluster_ports[0]}" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; }
+if ! cluster_ok; then
+  for port in "${cluster_ports[@]}"; do
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      dir="/tmp/portcullis-redis-cluster/$port"
+      rm -rf "$dir" && mkdir -p "$dir"
+      redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --cluster-enabled yes \
+        --cluster-config-file "$dir/nodes.conf" --cluster-node-timeout 5000 \
+        --save "" --appendonly no --dir "$dir" --logfile "$dir/redis.log" >/dev/null
+    fi
+  done
+  for port in "${cluster_ports[@]}"; do
+    wait_for "redis-cli -h 127.0.0.1 -p $port ping | grep -q PONG" "redis cluster node $port"
+  done
+  if ! cluster_ok; then
+    nodes=()
+    for port in "${cluster_ports[@]}"; do nodes+=("127.0.0.1:$port"); done
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >/dev/null
+  fi
+  wait_for cluster_ok "redis cluster (cluster_state:ok)"
+fi
+cluster_url="redis+cluster://$(printf '127.0.0.1:%s,' "${cluster_ports[@]}")"
+cluster_url="${cluster_url%,}"
+
 # PostgreSQL
 pg_up() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
 if ! pg_up; then
@@ -54,3 +82,4 @@ fi
 
 echo "export PORTCULLIS_TEST_POSTGRES_URL=${PORTCULLIS_TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432/test}"
 echo "export PORTCULLIS_TEST_REDIS_URL=${PORTCULLIS_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
+echo "export PORTCULLIS_TEST_REDIS_CLUSTER_URL=${PORTCULLIS_TEST_REDIS_CLUSTER_URL:-$cluster_url}"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: formatting, lints, unit tests, store contract tests against real
-# PostgreSQL and Redis, end-to-end tests against a real OpenID provider, and one real
+# PostgreSQL, Redis and a Redis Cluster, end-to-end tests against a real OpenID provider, and one real
 # headless Chromium run. Installs what it needs (npm packages, chromium, database servers).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -13,7 +13,17 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "dependencies"
 bash scripts/install-test-deps.sh
-eval "$(bash scripts/ensure-services.sh)"
+# PORTCULLIS_SKIP_EXTERNAL_STORES=1: no Redis, Redis Cluster or PostgreSQL. The tests that
+# need them (every test whose name says postgres or redis) are filtered out, so nextest
+# reports them as skipped; a green run never hides an untested store. Without it, those
+# tests fail when their store is unreachable.
+filter=()
+if [ "${PORTCULLIS_SKIP_EXTERNAL_STORES:-}" = 1 ]; then
+  echo "PORTCULLIS_SKIP_EXTERNAL_STORES=1: tests needing PostgreSQL or Redis are skipped"
+  filter=(-E 'not test(/postgres|redis/)')
+else
+  eval "$(bash scripts/ensure-services.sh)"
+fi
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 
 step "format"
@@ -23,4 +33,4 @@ step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "tests"
-cargo nextest run --workspace --locked --no-fail-fast "$@"
+cargo nextest run --workspace --locked --no-fail-fast "${filter[@]}" "$@"

@@ -37,6 +37,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, Row};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -95,6 +96,10 @@ const MIGRATIONS: &[&str] = &[
         AFTER UPDATE OR DELETE ON portcullis_sessions
         FOR EACH ROW EXECUTE FUNCTION portcullis_notify_invalidate();
     ",
+    // 2: claims remember which call made them, so a retried claim is not a replay
+    r"
+    ALTER TABLE portcullis_claims ADD COLUMN IF NOT EXISTS holder TEXT;
+    ",
 ];
 
 /// Session store on PostgreSQL.
@@ -131,6 +136,9 @@ impl PostgresStore {
             .options([("statement_timeout", STATEMENT_TIMEOUT_MS)]);
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
+            // A pooled connection is pinged before use: one that died with a restarted
+            // server is replaced instead of failing a request (the default, made explicit).
+            .test_before_acquire(true)
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(options.clone())
             .await
@@ -197,6 +205,7 @@ impl PostgresStore {
         filter: &SessionFilter,
         now: Option<i64>,
         delete: bool,
+        t: Attempt,
     ) -> Result<Vec<SessionRecord>, StoreError> {
         let mut cond = String::from("partition = $1");
         let mut n = 1;
@@ -231,7 +240,7 @@ impl PostgresStore {
         if let Some(now) = now {
             q = q.bind(now);
         }
-        let rows = q.fetch_all(&self.pool).await.map_err(map_err)?;
+        let rows = q.fetch_all(&self.pool).await.map_err(|e| t.fail(e))?;
         rows.iter().map(from_row).collect()
     }
 
@@ -280,6 +289,56 @@ fn from_row(row: &PgRow) -> Result<SessionRecord, StoreError> {
         version: version_from_i64(row.try_get("version").map_err(map_err)?)?,
         ticket: row.try_get("ticket").map_err(map_err)?,
     })
+}
+
+/// A failure of the connection rather than of the statement: I/O, TLS or protocol errors,
+/// and the server's own "connection exception" (SQLSTATE class 08) and shutdown codes
+/// (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now).
+fn is_connection_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
+    }
+}
+
+/// One attempt of an operation: notes whether it failed because its connection broke.
+#[derive(Clone, Default)]
+struct Attempt(Arc<AtomicBool>);
+
+impl Attempt {
+    /// Maps the error (see [`map_err`]) and remembers whether a retry may help.
+    fn fail(&self, e: sqlx::Error) -> StoreError {
+        if is_connection_error(&e) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+        map_err(e)
+    }
+}
+
+/// Runs `op`; if it failed because its connection broke (a restarted server, a pooled
+/// connection that died), runs it once more: the pool hands out a tested or new connection.
+/// Every operation of this store is safe to repeat: each is one statement or one
+/// transaction (rolled back when its connection breaks), the writes are idempotent or
+/// compare-and-set, and claims carry a per-call nonce. A second failure is returned.
+async fn with_retry<T, F, Fut>(mut op: F) -> Result<T, StoreError>
+where
+    F: FnMut(Attempt) -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let first = Attempt::default();
+    match op(first.clone()).await {
+        Err(e) if first.0.load(Ordering::Relaxed) => {
+            tracing::info!(error = %e, "PostgreSQL connection broke; retrying once on a fresh connection");
+            op(Attempt::default()).await
+        }
+        r => r,
+    }
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -333,7 +392,7 @@ impl SessionStore for PostgresStore {
     }
 
     async fn get(&self, key: &str, now: i64) -> Result<Option<SessionRecord>, StoreError> {
-        bounded(async {
+        bounded(with_retry(|t| async move {
             let row = sqlx::query(&format!(
                 "SELECT {COLUMNS} FROM portcullis_sessions WHERE key = $1 AND expires > $2"
             ))
@@ -341,20 +400,21 @@ impl SessionStore for PostgresStore {
             .bind(now)
             .fetch_optional(&self.pool)
             .await
-            .map_err(map_err)?;
+            .map_err(|e| t.fail(e))?;
             row.as_ref().map(from_row).transpose()
-        })
+        }))
         .await
     }
 
     async fn create(&self, record: &SessionRecord) -> Result<(), StoreError> {
         let version = version_to_i64(record.version)?;
-        bounded(async {
+        bounded(with_retry(|t| async move {
             let mut attempts = 0;
             loop {
                 attempts += 1;
                 match self.upsert(record, version).await {
                     Ok(()) => return Ok(()),
+                    Err(e) if is_connection_error(&e) => return Err(t.fail(e)),
                     // The key exists with another partition/sub/sid (the arbiter above only
                     // covers one unique index): overwrite means drop that row, then retry.
                     Err(e) if is_unique_violation(&e) && attempts < 3 => {
@@ -362,12 +422,12 @@ impl SessionStore for PostgresStore {
                             .bind(&record.key)
                             .execute(&self.pool)
                             .await
-                            .map_err(map_err)?;
+                            .map_err(|e| t.fail(e))?;
                     }
-                    Err(e) => return Err(map_err(e)),
+                    Err(e) => return Err(t.fail(e)),
                 }
             }
-        })
+        }))
         .await
     }
 
@@ -379,7 +439,7 @@ impl SessionStore for PostgresStore {
         check_next_version(record, expected_version)?;
         let new_version = version_to_i64(record.version)?;
         let expected = version_to_i64(expected_version)?;
-        bounded(async {
+        bounded(with_retry(|t| async move {
             let done = sqlx::query(
                 "UPDATE portcullis_sessions SET renewed = $1, expires = $2, version = $3, ticket = $4 \
                  WHERE key = $5 AND version = $6",
@@ -392,7 +452,7 @@ impl SessionStore for PostgresStore {
             .bind(expected)
             .execute(&self.pool)
             .await
-            .map_err(map_err)?;
+            .map_err(|e| t.fail(e))?;
             if done.rows_affected() == 1 {
                 return Ok(CasOutcome::Updated);
             }
@@ -401,27 +461,27 @@ impl SessionStore for PostgresStore {
                     .bind(&record.key)
                     .fetch_optional(&self.pool)
                     .await
-                    .map_err(map_err)?;
+                    .map_err(|e| t.fail(e))?;
             Ok(if exists.is_some() {
                 CasOutcome::Conflict
             } else {
                 CasOutcome::Missing
             })
-        })
+        }))
         .await
     }
 
     async fn delete(&self, key: &str) -> Result<Option<SessionRecord>, StoreError> {
-        bounded(async {
+        bounded(with_retry(|t| async move {
             let row = sqlx::query(&format!(
                 "DELETE FROM portcullis_sessions WHERE key = $1 RETURNING {COLUMNS}"
             ))
             .bind(key)
             .fetch_optional(&self.pool)
             .await
-            .map_err(map_err)?;
+            .map_err(|e| t.fail(e))?;
             row.as_ref().map(from_row).transpose()
-        })
+        }))
         .await
     }
 
@@ -430,26 +490,26 @@ impl SessionStore for PostgresStore {
         filter: &SessionFilter,
         now: i64,
     ) -> Result<Vec<SessionRecord>, StoreError> {
-        bounded(self.select(filter, Some(now), false)).await
+        bounded(with_retry(|t| self.select(filter, Some(now), false, t))).await
     }
 
     async fn delete_matching(
         &self,
         filter: &SessionFilter,
     ) -> Result<Vec<SessionRecord>, StoreError> {
-        bounded(self.select(filter, None, true)).await
+        bounded(with_retry(|t| self.select(filter, None, true, t))).await
     }
 
     async fn cleanup_expired(&self, now: i64) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
-            let n = bounded(async {
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+            let n = bounded(with_retry(|t| async move {
+                let mut tx = self.pool.begin().await.map_err(|e| t.fail(e))?;
                 // Expired records need no invalidation: caches check `expires` themselves.
                 sqlx::query("SELECT set_config('portcullis.quiet', 'on', true)")
                     .execute(&mut *tx)
                     .await
-                    .map_err(map_err)?;
+                    .map_err(|e| t.fail(e))?;
                 // SKIP LOCKED: instances cleaning up at the same time share the work.
                 let done = sqlx::query(
                     "DELETE FROM portcullis_sessions WHERE key IN \
@@ -460,31 +520,31 @@ impl SessionStore for PostgresStore {
                 .bind(CLEANUP_BATCH)
                 .execute(&mut *tx)
                 .await
-                .map_err(map_err)?;
-                tx.commit().await.map_err(map_err)?;
+                .map_err(|e| t.fail(e))?;
+                tx.commit().await.map_err(|e| t.fail(e))?;
                 Ok(done.rows_affected())
-            })
+            }))
             .await?;
             total += n;
             if n < CLEANUP_BATCH.unsigned_abs() {
                 break;
             }
         }
-        bounded(async {
+        bounded(with_retry(|t| async move {
             sqlx::query("DELETE FROM portcullis_claims WHERE expires <= $1")
                 .bind(now_secs())
                 .execute(&self.pool)
                 .await
-                .map_err(map_err)?;
+                .map_err(|e| t.fail(e))?;
             sqlx::query(
                 "DELETE FROM portcullis_leases \
                  WHERE expires_ms <= (extract(epoch from clock_timestamp()) * 1000)::bigint",
             )
             .execute(&self.pool)
             .await
-            .map_err(map_err)?;
+            .map_err(|e| t.fail(e))?;
             Ok(())
-        })
+        }))
         .await?;
         Ok(total)
     }
@@ -494,25 +554,30 @@ impl SessionStore for PostgresStore {
         if expires <= now {
             return Ok(true);
         }
-        bounded(async {
+        let nonce = crate::util::nonce();
+        let nonce = &nonce;
+        bounded(with_retry(|t| async move {
+            // `holder` is this call's nonce: a retry after a lost reply finds its own claim
+            // and reports `true` again instead of a replay.
             let done = sqlx::query(
-                "INSERT INTO portcullis_claims (id, expires) VALUES ($1, $2) \
-                 ON CONFLICT (id) DO UPDATE SET expires = EXCLUDED.expires \
-                 WHERE portcullis_claims.expires <= $3",
+                "INSERT INTO portcullis_claims (id, expires, holder) VALUES ($1, $2, $4) \
+                 ON CONFLICT (id) DO UPDATE SET expires = EXCLUDED.expires, holder = EXCLUDED.holder \
+                 WHERE portcullis_claims.expires <= $3 OR portcullis_claims.holder = $4",
             )
             .bind(id)
             .bind(expires)
             .bind(now)
+            .bind(nonce)
             .execute(&self.pool)
             .await
-            .map_err(map_err)?;
+            .map_err(|e| t.fail(e))?;
             Ok(done.rows_affected() == 1)
-        })
+        }))
         .await
     }
 
     async fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        bounded(async {
+        bounded(with_retry(|t| async move {
             let done = sqlx::query(
                 "INSERT INTO portcullis_leases (name, holder, expires_ms) \
                  VALUES ($1, $2, (extract(epoch from clock_timestamp()) * 1000)::bigint + $3) \
@@ -526,33 +591,33 @@ impl SessionStore for PostgresStore {
             .bind(ttl_ms(ttl))
             .execute(&self.pool)
             .await
-            .map_err(map_err)?;
+            .map_err(|e| t.fail(e))?;
             Ok(done.rows_affected() == 1)
-        })
+        }))
         .await
     }
 
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
-        bounded(async {
+        bounded(with_retry(|t| async move {
             sqlx::query("DELETE FROM portcullis_leases WHERE name = $1 AND holder = $2")
                 .bind(name)
                 .bind(holder)
                 .execute(&self.pool)
                 .await
-                .map_err(map_err)?;
+                .map_err(|e| t.fail(e))?;
             Ok(())
-        })
+        }))
         .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        bounded(async {
+        bounded(with_retry(|t| async move {
             sqlx::query("SELECT 1")
                 .execute(&self.pool)
                 .await
-                .map_err(map_err)?;
+                .map_err(|e| t.fail(e))?;
             Ok(())
-        })
+        }))
         .await
     }
 

@@ -47,6 +47,18 @@
 //!   subscriber moves to the next seed node when its node fails). `cleanup_expired` runs
 //!   `SCAN` on every primary.
 //!
+//! # Retries
+//!
+//! A command that fails because its connection was dropped (the server restarted, a
+//! firewall cut an idle connection) is sent once more on the fresh connection the manager
+//! opens; only a second failure is [`StoreError::Unavailable`]. That is safe because every
+//! command here may run twice with the same effect: reads; `SET`s of the same value; the
+//! scripts, which are compare-and-set (a repeated CAS update sees its own version and
+//! reports `Conflict`, which callers treat as "re-read"), delete-if-present or
+//! replace-by-key; and `claim_once`, whose value is a per-call nonce so a retry recognises its
+//! own claim. A repeated delete after a lost reply returns nothing (the first attempt already
+//! deleted), so a refresh token may then go unrevoked; the session is ended either way.
+//!
 //! Requires Redis 6.2 or newer (`PXAT`, `SCAN ... TYPE`). Costs per operation: `get` 2 round
 //! trips, `update` 3, `create` 3-4, `delete` 3.
 //!
@@ -95,12 +107,54 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
+/// Whether a failed command may be sent once more on a fresh connection: the connection it
+/// used was dropped or broke (a restarted server, an idle connection a firewall cut). The
+/// connection manager replaces such a connection by itself; the retry waits for the new one.
+///
+/// Every command this store sends is safe to repeat (see the module docs, "Retries"), so
+/// the only question is whether the failure was the connection's.
+pub(crate) fn is_retryable(e: &RedisError) -> bool {
+    !e.is_timeout() && (e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error())
+}
+
+impl Conn {
+    fn send_once<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => redis::aio::ConnectionLike::req_packed_command(c, cmd),
+            Conn::Cluster(c) => redis::aio::ConnectionLike::req_packed_command(c, cmd),
+        }
+    }
+
+    fn send_many_once<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => {
+                redis::aio::ConnectionLike::req_packed_commands(c, cmd, offset, count)
+            }
+            Conn::Cluster(c) => {
+                redis::aio::ConnectionLike::req_packed_commands(c, cmd, offset, count)
+            }
+        }
+    }
+}
+
+/// Retry once: a command that failed because its connection was dropped is sent again on the
+/// fresh connection; a second failure is the caller's `Unavailable` (503).
 impl redis::aio::ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
+        Box::pin(async move {
+            match self.send_once(cmd).await {
+                Err(e) if is_retryable(&e) => {
+                    tracing::info!(error = %e, "Redis connection dropped; retrying once on a fresh connection");
+                    self.send_once(cmd).await
+                }
+                r => r,
+            }
+        })
     }
 
     fn req_packed_commands<'a>(
@@ -109,10 +163,15 @@ impl redis::aio::ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-        }
+        Box::pin(async move {
+            match self.send_many_once(cmd, offset, count).await {
+                Err(e) if is_retryable(&e) => {
+                    tracing::info!(error = %e, "Redis connection dropped; retrying once on a fresh connection");
+                    self.send_many_once(cmd, offset, count).await
+                }
+                r => r,
+            }
+        })
     }
 
     fn get_db(&self) -> i64 {
@@ -402,6 +461,20 @@ static POINTER_DEL: LazyLock<Script> = LazyLock::new(|| {
         r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+",
+    )
+});
+
+/// KEYS: claim. ARGV: nonce, expires_ms. Returns 1 if the id was not claimed yet or was
+/// claimed with this nonce (a retried call), 0 if someone else claimed it.
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then return 1 end
+if cur then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+return 1
 ",
     )
 });
@@ -1141,16 +1214,17 @@ impl SessionStore for RedisStore {
             return Ok(true);
         }
         bounded(async {
-            let set: Option<String> = redis::cmd("SET")
-                .arg(claim_key(id))
-                .arg(1)
-                .arg("NX")
-                .arg("PXAT")
+            // The value is this call's own nonce: if the reply to a first attempt was lost and
+            // the command is retried, the retry recognises its own claim instead of reporting
+            // a replay.
+            let got: i64 = CLAIM
+                .key(claim_key(id))
+                .arg(crate::util::nonce())
                 .arg(ms(expires))
-                .query_async(&mut self.con())
+                .invoke_async(&mut self.con())
                 .await
                 .map_err(map_err)?;
-            Ok(set.is_some())
+            Ok(got == 1)
         })
         .await
     }

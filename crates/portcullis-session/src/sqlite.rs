@@ -12,10 +12,24 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Changes made by other processes
+//!
+//! `portcullis sessions end` runs in its own process, and a gateway's in-process cache must
+//! not go on serving a session it ended. Triggers write the key of every updated, replaced
+//! or (live) deleted record to a change log table (`portcullis_changes`, the last
+//! 10,000 entries kept); [`SessionStore::poll_changes`] returns the keys logged since the
+//! previous call. The gateway calls it before every cache hit, so an end takes effect on the
+//! very next request. Cheap when nothing changed: the call compares the length and
+//! modification time of the database file and its write-ahead log with those seen at the
+//! last log read (two `stat` calls, no query); the log is read only when they differ, or
+//! while a file was modified within the last 3 s (timestamp granularity).
+//!
 //! Caveats: one host only. Several processes on the same file work (SQLite locks), several
-//! hosts on a network file system do not. Cross-instance cache invalidation is not offered.
+//! hosts on a network file system do not.
 
-use crate::store::{CasOutcome, SessionFilter, SessionRecord, SessionStore, StoreError};
+use crate::store::{
+    CasOutcome, Invalidation, SessionFilter, SessionRecord, SessionStore, StoreError,
+};
 use crate::util::{
     bounded, check_next_version, map_sqlx as map_err, now_ms, now_secs, ttl_ms, version_from_i64,
     version_to_i64,
@@ -26,8 +40,10 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{Executor, Row};
+use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -65,7 +81,40 @@ const MIGRATIONS: &[&str] = &[
         expires_ms INTEGER NOT NULL
     );
     ",
+    // 2: the change log other processes read (see "Changes made by other processes")
+    r"
+    CREATE TABLE IF NOT EXISTS portcullis_changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        key TEXT NOT NULL
+    );
+    CREATE TRIGGER IF NOT EXISTS portcullis_sessions_changed_update
+        AFTER UPDATE ON portcullis_sessions
+        BEGIN INSERT INTO portcullis_changes (key) VALUES (OLD.key); END;
+    -- Deleting an expired record changes nothing a reader could serve (readers check expiry).
+    CREATE TRIGGER IF NOT EXISTS portcullis_sessions_changed_delete
+        AFTER DELETE ON portcullis_sessions
+        WHEN OLD.expires > CAST(strftime('%s', 'now') AS INTEGER)
+        BEGIN INSERT INTO portcullis_changes (key) VALUES (OLD.key); END;
+    -- INSERT OR REPLACE deletes without firing delete triggers: log what it will replace.
+    CREATE TRIGGER IF NOT EXISTS portcullis_sessions_changed_replace
+        BEFORE INSERT ON portcullis_sessions
+        BEGIN
+            INSERT INTO portcullis_changes (key)
+            SELECT key FROM portcullis_sessions
+            WHERE key = NEW.key
+               OR (NEW.sid IS NOT NULL AND partition = NEW.partition AND sub = NEW.sub
+                   AND sid = NEW.sid);
+        END;
+    ",
 ];
+
+/// Change-log rows kept for slow readers; a reader that fell further behind drops its
+/// whole cache.
+const CHANGES_KEPT: i64 = 10_000;
+/// A file modified less than this long ago may be modified again without its modification
+/// time changing (timestamp granularity: a clock tick, or whole seconds on some file
+/// systems), so its metadata does not prove "no change" yet.
+const MTIME_MARGIN: Duration = Duration::from_secs(3);
 
 const COLUMNS: &str = "key, partition, sub, sid, created, renewed, expires, version, ticket";
 
@@ -73,6 +122,48 @@ const COLUMNS: &str = "key, partition, sub, sid, created, renewed, expires, vers
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Change detection for a file database (`None` in memory: one process only).
+    watch: Option<Arc<ChangeWatch>>,
+}
+
+/// What [`SessionStore::poll_changes`] needs: the files to watch and the log position.
+#[derive(Debug)]
+struct ChangeWatch {
+    /// The database file and its write-ahead log.
+    files: [PathBuf; 2],
+    state: tokio::sync::Mutex<WatchState>,
+}
+
+#[derive(Debug, Default)]
+struct WatchState {
+    /// Metadata of the files when the log was last read, if it was old enough to prove
+    /// that nothing was written since (see [`MTIME_MARGIN`]).
+    baseline: Option<Fingerprint>,
+    /// Highest change-log `seq` seen.
+    cursor: i64,
+}
+
+/// Length and modification time of each watched file (`None`: missing).
+type Fingerprint = [Option<(u64, SystemTime)>; 2];
+
+impl ChangeWatch {
+    fn fingerprint(&self) -> Fingerprint {
+        self.files.each_ref().map(|f| {
+            std::fs::metadata(f)
+                .ok()
+                .and_then(|m| Some((m.len(), m.modified().ok()?)))
+        })
+    }
+}
+
+/// Whether every file of `fp` was last modified long enough ago that a later write must
+/// change its modification time.
+fn settled(fp: &Fingerprint) -> bool {
+    let now = SystemTime::now();
+    fp.iter().flatten().all(|(_, mtime)| {
+        now.duration_since(*mtime)
+            .is_ok_and(|age| age >= MTIME_MARGIN)
+    })
 }
 
 impl SqliteStore {
@@ -108,9 +199,25 @@ impl SqliteStore {
                 .idle_timeout(None)
                 .max_lifetime(None);
         }
+        let file = options.get_filename().to_path_buf();
         let pool = pool.connect_with(options).await.map_err(map_err)?;
-        let store = Self { pool };
+        let mut store = Self { pool, watch: None };
         store.migrate().await?;
+        if !in_memory {
+            let mut wal = file.clone().into_os_string();
+            wal.push("-wal");
+            let cursor: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM portcullis_changes")
+                .fetch_one(&store.pool)
+                .await
+                .map_err(map_err)?;
+            store.watch = Some(Arc::new(ChangeWatch {
+                files: [file, PathBuf::from(wal)],
+                state: tokio::sync::Mutex::new(WatchState {
+                    baseline: None,
+                    cursor: cursor.unwrap_or(0),
+                }),
+            }));
+        }
         Ok(store)
     }
 
@@ -354,6 +461,14 @@ impl SessionStore for SqliteStore {
                 .execute(&self.pool)
                 .await
                 .map_err(map_err)?;
+            sqlx::query(
+                "DELETE FROM portcullis_changes \
+                 WHERE seq <= (SELECT MAX(seq) FROM portcullis_changes) - ?",
+            )
+            .bind(CHANGES_KEPT)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
             Ok(())
         })
         .await?;
@@ -415,6 +530,52 @@ impl SessionStore for SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    fn polls_changes(&self) -> bool {
+        self.watch.is_some()
+    }
+
+    async fn poll_changes(&self) -> Result<Vec<Invalidation>, StoreError> {
+        let Some(watch) = &self.watch else {
+            return Ok(Vec::new());
+        };
+        let mut state = watch.state.lock().await;
+        // Metadata first, the log second: a write after this point changes the metadata
+        // again, so the next poll reads the log again.
+        let fp = watch.fingerprint();
+        if state.baseline.as_ref() == Some(&fp) {
+            return Ok(Vec::new());
+        }
+        let cursor = state.cursor;
+        let (changes, new_cursor) = bounded(async {
+            let (low, high): (Option<i64>, Option<i64>) =
+                sqlx::query_as("SELECT MIN(seq), MAX(seq) FROM portcullis_changes")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+            let high = high.unwrap_or(cursor).max(cursor);
+            if high == cursor {
+                return Ok((Vec::new(), cursor));
+            }
+            if low.is_some_and(|low| low > cursor + 1) || high - cursor > CHANGES_KEPT {
+                // Fell behind the pruned log: some changes are unknown.
+                return Ok((vec![Invalidation::All], high));
+            }
+            let keys: Vec<String> = sqlx::query_scalar(
+                "SELECT DISTINCT key FROM portcullis_changes WHERE seq > ? AND seq <= ?",
+            )
+            .bind(cursor)
+            .bind(high)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+            Ok((keys.into_iter().map(Invalidation::Key).collect(), high))
+        })
+        .await?;
+        state.cursor = new_cursor;
+        state.baseline = settled(&fp).then_some(fp);
+        Ok(changes)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -165,6 +165,24 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Releases a lease if `holder` still owns it.
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 
+    /// Whether [`SessionStore::poll_changes`] can report anything; callers skip the call
+    /// otherwise. `false` by default.
+    fn polls_changes(&self) -> bool {
+        false
+    }
+
+    /// Changes that no subscription announces, made since the previous call, by this or
+    /// another process sharing the store (SQLite: `portcullis sessions end` runs in its own
+    /// process). An in-process cache calls this before serving a hit, so it must be cheap
+    /// when nothing changed; calls are meant for one consumer per store (they advance one
+    /// cursor). Empty by default.
+    ///
+    /// Errors: [`StoreError::Unavailable`] if the change log cannot be read; the caller must
+    /// then not trust its cache.
+    async fn poll_changes(&self) -> Result<Vec<Invalidation>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 

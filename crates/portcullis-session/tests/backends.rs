@@ -25,23 +25,83 @@ async fn connect_picks_the_store_by_scheme() {
         portcullis_session::connect(&url).await.unwrap().kind(),
         "sqlite"
     );
-    if !common::skip_external() {
-        let pg = common::postgres_url();
-        assert_eq!(
-            portcullis_session::connect(&pg).await.unwrap().kind(),
-            "postgres"
-        );
-        let pg = pg.replacen("postgres://", "postgresql://", 1);
-        assert_eq!(
-            portcullis_session::connect(&pg).await.unwrap().kind(),
-            "postgres"
-        );
-        let redis = common::redis_url();
-        assert_eq!(
-            portcullis_session::connect(&redis).await.unwrap().kind(),
-            "redis"
-        );
-    }
+}
+
+#[tokio::test]
+async fn connect_picks_postgres_and_redis_by_scheme() {
+    let pg = common::postgres_url();
+    assert_eq!(
+        portcullis_session::connect(&pg).await.unwrap().kind(),
+        "postgres"
+    );
+    let pg = pg.replacen("postgres://", "postgresql://", 1);
+    assert_eq!(
+        portcullis_session::connect(&pg).await.unwrap().kind(),
+        "postgres"
+    );
+    let redis = common::redis_url();
+    assert_eq!(
+        portcullis_session::connect(&redis).await.unwrap().kind(),
+        "redis"
+    );
+    let cluster = common::redis_cluster_url();
+    assert_eq!(
+        portcullis_session::connect(&cluster).await.unwrap().kind(),
+        "redis"
+    );
+}
+
+/// Another process (the CLI) ending a session on the same SQLite file is reported by
+/// `poll_changes`; nothing is reported when nothing changed, and the report comes once.
+#[tokio::test]
+async fn sqlite_poll_changes_reports_what_another_process_changed() {
+    use portcullis_session::{Invalidation, SessionFilter};
+    let (url, _dir) = common::temp_sqlite();
+    let gateway = SqliteStore::connect(&url).await.unwrap();
+    let cli = SqliteStore::connect(&url).await.unwrap();
+    assert!(gateway.polls_changes());
+    let (a, b) = (record("p", "alice", Some("s1")), record("p", "bob", None));
+    gateway.create(&a).await.unwrap();
+    gateway.create(&b).await.unwrap();
+    let _ = gateway.poll_changes().await.unwrap();
+    assert!(
+        gateway.poll_changes().await.unwrap().is_empty(),
+        "no change"
+    );
+    let filter = SessionFilter {
+        partition: "p".into(),
+        sub: Some("alice".into()),
+        sid: None,
+    };
+    assert_eq!(cli.delete_matching(&filter).await.unwrap().len(), 1);
+    assert_eq!(
+        gateway.poll_changes().await.unwrap(),
+        vec![Invalidation::Key(a.key.clone())]
+    );
+    assert!(
+        gateway.poll_changes().await.unwrap().is_empty(),
+        "reported once"
+    );
+    // A login replacing the same sub + sid elsewhere, and an update, are changes too.
+    let mut b2 = b.clone();
+    b2.version = 2;
+    b2.ticket = vec![1];
+    assert_eq!(
+        cli.update(&b2, 1).await.unwrap(),
+        portcullis_session::CasOutcome::Updated
+    );
+    let a2 = record("p", "alice", Some("s1"));
+    gateway.create(&a).await.unwrap();
+    let _ = gateway.poll_changes().await.unwrap();
+    cli.create(&a2).await.unwrap();
+    let changes = gateway.poll_changes().await.unwrap();
+    assert!(
+        changes.contains(&Invalidation::Key(a.key.clone())),
+        "{changes:?}"
+    );
+    // In memory: one process only, nothing to poll.
+    let mem = SqliteStore::connect("sqlite::memory:").await.unwrap();
+    assert!(!mem.polls_changes());
 }
 
 #[tokio::test]
@@ -56,14 +116,14 @@ async fn sqlite_creates_directory_and_keeps_sessions_across_restarts() {
     assert!(std::path::Path::new(&path).exists(), "{path} created");
     let store = SqliteStore::connect(&url).await.unwrap();
     assert_eq!(store.get(&r.key, now()).await.unwrap(), Some(r));
-    assert_eq!(store.migrate().await.unwrap(), 1, "idempotent");
+    assert_eq!(store.migrate().await.unwrap(), 2, "idempotent");
 
     let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
     let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM portcullis_schema_version")
         .fetch_all(&pool)
         .await
         .unwrap();
-    assert_eq!(versions, vec![1]);
+    assert_eq!(versions, vec![1, 2]);
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(&pool)
         .await
@@ -91,7 +151,7 @@ async fn postgres_concurrent_migrations_are_safe() {
         })
         .collect();
     for t in tasks {
-        assert_eq!(t.await.unwrap().unwrap(), 1);
+        assert_eq!(t.await.unwrap().unwrap(), 2);
     }
     let pool = sqlx::PgPool::connect(&common::postgres_url())
         .await

@@ -1,8 +1,9 @@
 //! The `SessionStore` contract, run against every backend.
 //!
 //! Each test gets a fresh store and unique partitions, so tests run in parallel against a
-//! shared PostgreSQL and Redis. PostgreSQL and Redis must be reachable (see `common`) unless
-//! `PORTCULLIS_SKIP_EXTERNAL_STORES=1`.
+//! shared PostgreSQL, Redis and Redis Cluster, which must be reachable (see `common`): to run
+//! without them, filter these tests out (`scripts/test.sh` does for
+//! `PORTCULLIS_SKIP_EXTERNAL_STORES=1`), so they show as skipped.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

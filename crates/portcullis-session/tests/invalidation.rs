@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{record, skip_external, target, through_proxy, uid, Proxy};
+use common::{record, target, through_proxy, uid, Proxy};
 use portcullis_session::{
     Invalidation, MemoryStore, PostgresStore, RedisStore, SessionFilter, SessionStore, SqliteStore,
 };
@@ -119,9 +119,6 @@ async fn resubscribes_after_outage(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_subscriber_resubscribes_after_outage() {
-    if skip_external() {
-        return;
-    }
     let url = common::redis_url();
     let mut proxy = Proxy::start(&target(&url, 6379)).await;
     let listener = RedisStore::connect(&through_proxy(&url, proxy.port))
@@ -133,9 +130,6 @@ async fn redis_subscriber_resubscribes_after_outage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_listener_resubscribes_after_outage() {
-    if skip_external() {
-        return;
-    }
     let url = common::postgres_url();
     let mut proxy = Proxy::start(&target(&url, 5432)).await;
     let listener = PostgresStore::connect(&through_proxy(&url, proxy.port))

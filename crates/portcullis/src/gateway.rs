@@ -388,8 +388,13 @@ async fn api_inner(
     let request = http::Request::from_parts(parts, Body::new(body));
     let forwarder = &gw.inner.forwarder;
     let response = if upgrade {
+        // A tunnel lives no longer than its session.
+        let session_end = session.as_ref().map(|s| {
+            Box::pin(gw.sessions().clone().wait_until_ended(s.key().to_owned()))
+                as crate::proxy::SessionEnd
+        });
         forwarder
-            .forward_upgrade(route, request, token.as_ref(), &ctx)
+            .forward_upgrade(route, request, token.as_ref(), &ctx, session_end)
             .await?
     } else {
         forwarder

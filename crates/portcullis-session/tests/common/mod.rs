@@ -19,11 +19,12 @@ pub fn redis_url() -> String {
     std::env::var("PORTCULLIS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-/// External stores are required unless explicitly skipped: a test that silently passes
-/// without its server proves nothing.
-pub fn skip_external() -> bool {
-    std::env::var("PORTCULLIS_SKIP_EXTERNAL_STORES").is_ok_and(|v| v == "1")
-}
+/// External stores are always required here: a test that silently passes without its
+/// server proves nothing. To run without them, leave those tests out with a filter, so the
+/// runner reports them as skipped: `scripts/test.sh` does that for
+/// `PORTCULLIS_SKIP_EXTERNAL_STORES=1` (every test whose name says `postgres` or `redis`).
+const HOW_TO_SKIP: &str = "start the stores with scripts/ensure-services.sh, or run \
+     PORTCULLIS_SKIP_EXTERNAL_STORES=1 scripts/test.sh, which reports these tests as skipped";
 
 pub struct Backend {
     pub store: Arc<dyn SessionStore>,
@@ -72,16 +73,11 @@ pub async fn sqlite() -> Option<Backend> {
 }
 
 pub async fn postgres_store() -> Option<PostgresStore> {
-    if skip_external() {
-        eprintln!("PORTCULLIS_SKIP_EXTERNAL_STORES=1: skipping PostgreSQL");
-        return None;
-    }
     let url = postgres_url();
     match PostgresStore::connect(&url).await {
         Ok(s) => Some(s),
         Err(e) => panic!(
-            "PostgreSQL not reachable at {url}: {e}. Start it, point \
-             PORTCULLIS_TEST_POSTGRES_URL at one, or set PORTCULLIS_SKIP_EXTERNAL_STORES=1"
+            "PostgreSQL not reachable at {url} (PORTCULLIS_TEST_POSTGRES_URL): {e}; {HOW_TO_SKIP}"
         ),
     }
 }
@@ -96,17 +92,12 @@ pub async fn postgres() -> Option<Backend> {
 }
 
 pub async fn redis_store() -> Option<RedisStore> {
-    if skip_external() {
-        eprintln!("PORTCULLIS_SKIP_EXTERNAL_STORES=1: skipping Redis");
-        return None;
-    }
     let url = redis_url();
     match RedisStore::connect(&url).await {
         Ok(s) => Some(s),
-        Err(e) => panic!(
-            "Redis not reachable at {url}: {e}. Start it, point PORTCULLIS_TEST_REDIS_URL at \
-             one, or set PORTCULLIS_SKIP_EXTERNAL_STORES=1"
-        ),
+        Err(e) => {
+            panic!("Redis not reachable at {url} (PORTCULLIS_TEST_REDIS_URL): {e}; {HOW_TO_SKIP}")
+        }
     }
 }
 
@@ -119,12 +110,15 @@ pub async fn redis() -> Option<Backend> {
     })
 }
 
-/// Redis Cluster is opt-in: `PORTCULLIS_TEST_REDIS_CLUSTER_URL=redis+cluster://h1:p1,h2:p2`.
+/// A Redis Cluster: `PORTCULLIS_TEST_REDIS_CLUSTER_URL=redis+cluster://h1:p1,h2:p2`, which
+/// `scripts/ensure-services.sh` starts (three local nodes) and prints.
+pub fn redis_cluster_url() -> String {
+    std::env::var("PORTCULLIS_TEST_REDIS_CLUSTER_URL")
+        .unwrap_or_else(|_| panic!("PORTCULLIS_TEST_REDIS_CLUSTER_URL is not set; {HOW_TO_SKIP}"))
+}
+
 pub async fn redis_cluster() -> Option<Backend> {
-    let Ok(url) = std::env::var("PORTCULLIS_TEST_REDIS_CLUSTER_URL") else {
-        eprintln!("PORTCULLIS_TEST_REDIS_CLUSTER_URL not set: skipping Redis Cluster");
-        return None;
-    };
+    let url = redis_cluster_url();
     match RedisStore::connect(&url).await {
         Ok(s) => Some(Backend {
             store: Arc::new(s),
@@ -132,7 +126,7 @@ pub async fn redis_cluster() -> Option<Backend> {
             exclusive: false,
             _dir: None,
         }),
-        Err(e) => panic!("Redis Cluster not reachable at {url}: {e}"),
+        Err(e) => panic!("Redis Cluster not reachable at {url}: {e}; {HOW_TO_SKIP}"),
     }
 }
 
@@ -220,6 +214,13 @@ impl Proxy {
                 }
             }
         });
+    }
+
+    /// Drops every forwarded connection and accepts again at once: what a restarted server
+    /// or a firewall cutting idle connections looks like to a client.
+    pub async fn reset(&mut self) {
+        self.cut().await;
+        self.resume().await;
     }
 
     /// Closes the listener and every forwarded connection.

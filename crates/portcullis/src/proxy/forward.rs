@@ -31,6 +31,10 @@ impl std::fmt::Debug for Forwarder {
     }
 }
 
+/// Resolves when the session a WebSocket tunnel runs for has ended; see
+/// [`Forwarder::forward_upgrade`].
+pub type SessionEnd = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// Facts about the incoming request that the upstream should know.
 #[derive(Debug, Clone)]
 pub struct ForwardContext<'a> {
@@ -118,12 +122,16 @@ impl Forwarder {
     /// `101` from the upstream, both connections are upgraded and bytes are copied both ways
     /// until either side closes; frames are not parsed. Any other answer is passed back as
     /// an ordinary response.
+    ///
+    /// `session_end`, when given, resolves when the session the tunnel runs for has ended
+    /// (logout, expiry, an operator ending it): the tunnel is then closed, both sides.
     pub async fn forward_upgrade(
         &self,
         route: &Route,
         mut request: Request<Body>,
         token: Option<&ManagedToken>,
         ctx: &ForwardContext<'_>,
+        session_end: Option<SessionEnd>,
     ) -> Result<Response<Body>, GatewayError> {
         let client_side = hyper::upgrade::on(&mut request);
         let (mut parts, _body) = request.into_parts();
@@ -157,9 +165,22 @@ impl Forwarder {
                 (Ok(client), Ok(upstream)) => {
                     let mut client = hyper_util::rt::TokioIo::new(client);
                     let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                    {
-                        tracing::debug!(error = %e, "websocket tunnel closed with an error");
+                    let ended = async {
+                        match session_end {
+                            Some(end) => end.await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                            if let Err(e) = copied {
+                                tracing::debug!(error = %e, "websocket tunnel closed with an error");
+                            }
+                        }
+                        () = ended => {
+                            // Dropping both upgraded connections closes them.
+                            tracing::info!("websocket tunnel closed: its session ended");
+                        }
                     }
                 }
                 (Err(e), _) | (_, Err(e)) => tracing::info!(error = %e, "websocket upgrade failed"),

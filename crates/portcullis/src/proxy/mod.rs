@@ -22,7 +22,7 @@
 mod forward;
 mod routes;
 
-pub use forward::{ForwardContext, Forwarder};
+pub use forward::{ForwardContext, Forwarder, SessionEnd};
 pub use routes::{
     check_method, check_path, PathRefusal, Route, RouteTable, MAX_DECODE_ROUNDS, REFUSED_METHODS,
 };

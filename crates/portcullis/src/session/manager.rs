@@ -52,6 +52,9 @@ pub struct Sessions {
     /// most `cache_ttl` (the staleness bound when no invalidation reaches us) and are dropped
     /// at once on every local write and on every invalidation the store announces.
     cache: Option<SessionCache>,
+    /// Serialises [`SessionStore::poll_changes`] with applying its result, so no request
+    /// serves a hit between a poll that found a change and the eviction.
+    poll_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -64,6 +67,10 @@ impl std::fmt::Debug for Sessions {
 }
 
 const TICKET_AAD: &[u8] = b"portcullis.ticket.v1:";
+
+/// How often a WebSocket tunnel looks whether its session still exists
+/// ([`Sessions::wait_until_ended`]).
+pub const TUNNEL_RECHECK: Duration = Duration::from_secs(2);
 
 impl Sessions {
     pub fn new(
@@ -82,6 +89,7 @@ impl Sessions {
             settings,
             cookies,
             cache,
+            poll_lock: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -154,9 +162,35 @@ impl Sessions {
         }
     }
 
-    /// Loads a session by store key, from the cache when possible.
+    /// Evicts what the store reports as changed by other processes (SQLite: a session
+    /// ended with `portcullis sessions end`). A failed poll empties the cache.
+    async fn apply_polled_changes(&self, cache: &SessionCache) {
+        if !self.store.polls_changes() {
+            return;
+        }
+        let _serial = self.poll_lock.lock().await;
+        match self.store.poll_changes().await {
+            Ok(changes) => {
+                for change in changes {
+                    match change {
+                        Invalidation::Key(key) => cache.invalidate(&key).await,
+                        Invalidation::All => cache.invalidate_all(),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "session change log unreadable; not trusting the session cache");
+                cache.invalidate_all();
+            }
+        }
+    }
+
+    /// Loads a session by store key, from the cache when possible. A cached session is
+    /// served only while its record's expiry (idle or absolute) is in the future by this
+    /// gateway's clock, and only after changes other processes made are applied.
     pub async fn lookup_key(&self, key: &str) -> Result<Lookup, GatewayError> {
         if let Some(cache) = &self.cache {
+            self.apply_polled_changes(cache).await;
             if let Some(hit) = cache.get(key).await {
                 if hit.record.expires > self.now() {
                     metrics::counter!("portcullis_session_cache_total", "result" => "hit")
@@ -330,6 +364,30 @@ impl Sessions {
         Ok(removed.iter().filter_map(|r| self.open(r).ok()).collect())
     }
 
+    /// Resolves once the session with store key `key` has ended: deleted (logout,
+    /// back-channel logout, an operator, a failed refresh), replaced, or past its idle or
+    /// absolute expiry. Looks again every [`TUNNEL_RECHECK`] and at the expiry, through the
+    /// cache (which evicts ended sessions at once on this instance and on announcement from
+    /// others). A store that cannot be reached does not end it (a hiccup must not cut a
+    /// connection); the next look decides. For WebSocket tunnels.
+    pub async fn wait_until_ended(self, key: String) {
+        loop {
+            let left = match self.lookup_key(&key).await {
+                Ok(Lookup::Active(s)) => s.record.expires.saturating_sub(self.now()),
+                Ok(Lookup::Anonymous | Lookup::Stale) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "session re-check failed; keeping the tunnel for now");
+                    secs(TUNNEL_RECHECK)
+                }
+            };
+            if left <= 0 {
+                return;
+            }
+            let left = Duration::from_secs(u64::try_from(left).unwrap_or(u64::MAX));
+            tokio::time::sleep(TUNNEL_RECHECK.min(left)).await;
+        }
+    }
+
     /// Runs `cleanup_expired` every `cleanup_interval` until the returned task is aborted.
     pub fn spawn_cleanup(&self) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
@@ -356,4 +414,123 @@ fn aad(key: &str) -> Vec<u8> {
 
 fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::cookie::SameSite;
+    use crate::session::{Claim, Key};
+    use portcullis_session::{MemoryStore, SqliteStore};
+    use portcullis_token::ManualClock;
+
+    const T0: i64 = 1_700_000_000;
+
+    fn ticket(sub: &str) -> Ticket {
+        let tokens: portcullis_token::UserTokens = serde_json::from_value(serde_json::json!({
+            "access_token": {"value": "at", "token_type": "Bearer", "expires_at": null, "scope": null},
+            "refresh_token": null, "id_token": null, "by_resource": {}
+        }))
+        .unwrap();
+        Ticket {
+            sub: sub.into(),
+            sid: Some(format!("sid-{sub}")),
+            claims: vec![Claim {
+                kind: "sub".into(),
+                value: sub.into(),
+            }],
+            session_state: None,
+            tokens,
+        }
+    }
+
+    fn sessions(
+        store: Arc<dyn SessionStore>,
+        clock: &ManualClock,
+        settings: SessionSettings,
+    ) -> Sessions {
+        let keys = Arc::new(KeyRing::new(vec![Key::new("k1", &[7u8; 32]).unwrap()]).unwrap());
+        let url = url::Url::parse("http://127.0.0.1:8080").unwrap();
+        let cookies = CookieSettings::for_public_url(&url, None, SameSite::Lax).unwrap();
+        Sessions::new(store, keys, Arc::new(clock.clone()), settings, cookies)
+    }
+
+    async fn is_active(s: &Sessions, key: &str) -> bool {
+        matches!(s.lookup_key(key).await.unwrap(), Lookup::Active(_))
+    }
+
+    /// The cache holds entries for `cache_ttl` of wall time; the session's own expiry (idle
+    /// or absolute, by the gateway's clock) must end it earlier, on every hit.
+    #[tokio::test]
+    async fn cached_session_is_not_served_past_expiry() {
+        for (idle, absolute) in [(60, 3600), (3600, 60)] {
+            let clock = ManualClock::new(T0);
+            let settings = SessionSettings {
+                idle_timeout: Duration::from_secs(idle),
+                absolute_timeout: Duration::from_secs(absolute),
+                cache_ttl: Duration::from_secs(3600),
+                ..SessionSettings::default()
+            };
+            let s = sessions(Arc::new(MemoryStore::new()), &clock, settings);
+            let (_, record) = s.create(ticket("alice")).await.unwrap();
+            assert_eq!(record.expires, T0 + 60);
+            assert!(is_active(&s, &record.key).await, "fills the cache");
+            clock.set(T0 + 59);
+            assert!(is_active(&s, &record.key).await, "served from the cache");
+            clock.set(T0 + 60);
+            assert!(
+                !is_active(&s, &record.key).await,
+                "idle {idle} s / absolute {absolute} s: served at its expiry"
+            );
+            clock.set(T0 + 61);
+            assert!(!is_active(&s, &record.key).await, "served past its expiry");
+        }
+    }
+
+    /// `portcullis sessions end` is another process on the same SQLite file: the next
+    /// lookup after its delete must not come from the cache, whenever it happens.
+    #[tokio::test]
+    async fn sqlite_end_by_another_process_takes_effect_on_next_lookup() {
+        let dir = std::env::temp_dir().join(format!("portcullis-mgr-{}", uuid::Uuid::new_v4()));
+        let url = format!("sqlite://{}", dir.join("sessions.db").display());
+        let gateway_store = Arc::new(SqliteStore::connect(&url).await.unwrap());
+        let cli_store = SqliteStore::connect(&url).await.unwrap();
+        let clock = ManualClock::new(wall());
+        let s = sessions(gateway_store, &clock, SessionSettings::default());
+        let (_, bob) = s.create(ticket("bob")).await.unwrap();
+        for round in 0..2 {
+            let (_, alice) = s.create(ticket("alice")).await.unwrap();
+            for _ in 0..3 {
+                assert!(is_active(&s, &alice.key).await);
+                assert!(is_active(&s, &bob.key).await);
+            }
+            let filter = SessionFilter {
+                partition: "default".into(),
+                sub: Some("alice".into()),
+                sid: None,
+            };
+            assert_eq!(cli_store.delete_matching(&filter).await.unwrap().len(), 1);
+            assert!(
+                !is_active(&s, &alice.key).await,
+                "round {round}: ended elsewhere, still served"
+            );
+            assert!(
+                is_active(&s, &bob.key).await,
+                "round {round}: bob untouched"
+            );
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The SQLite trigger compares expiry with the real clock: tests with SQLite use it.
+    pub(super) fn wall() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            .try_into()
+            .unwrap()
+    }
 }

@@ -18,5 +18,5 @@ mod manager;
 mod ticket;
 
 pub use keys::{Key, KeyRing, SealError};
-pub use manager::{ActiveSession, Lookup, Sessions};
+pub use manager::{ActiveSession, Lookup, Sessions, TUNNEL_RECHECK};
 pub use ticket::{Claim, Ticket};
