@@ -216,7 +216,10 @@ async fn issued_tokens_and_codes_never_reach_logs_or_browser() {
         .control("backchannel-logout", json!({"sub": "bob"}))
         .await;
     assert_eq!(sent["sent"][0]["status"], 200, "{sent}");
-    assert!(bob.user(gw).await.is_none(), "back-channel logout ended bob's session");
+    assert!(
+        bob.user(gw).await.is_none(),
+        "back-channel logout ended bob's session"
+    );
     let logout_url = claim(&claims, "bff:logout_url")
         .and_then(Value::as_str)
         .expect("logout url")
@@ -225,7 +228,10 @@ async fn issued_tokens_and_codes_never_reach_logs_or_browser() {
 
     let issued = idp.issued().await;
     assert!(issued.authorization_codes.len() >= 3, "{issued:?}");
-    assert!(issued.refresh_tokens.len() >= 3, "rotation issued new refresh tokens");
+    assert!(
+        issued.refresh_tokens.len() >= 3,
+        "rotation issued new refresh tokens"
+    );
     assert!(!issued.logout_tokens.is_empty(), "a logout token was sent");
     let mut seen = b.seen();
     seen.extend(failed.seen());
@@ -235,7 +241,10 @@ async fn issued_tokens_and_codes_never_reach_logs_or_browser() {
 
     // The check is not a JWT-shape check: codes and refresh tokens are opaque here, and each
     // kind of issued value planted in a log line, a body or a header is caught.
-    assert!(issued.authorization_codes.iter().all(|c| !c.starts_with("eyJ")));
+    assert!(issued
+        .authorization_codes
+        .iter()
+        .all(|c| !c.starts_with("eyJ")));
     assert!(issued.refresh_tokens.iter().all(|t| !t.starts_with("eyJ")));
     let gateway_response = seen
         .iter()
@@ -246,7 +255,8 @@ async fn issued_tokens_and_codes_never_reach_logs_or_browser() {
         let mut planted_log = logs.clone();
         planted_log.push(format!("DEBUG something value={value}"));
         let mut body = gateway_response.clone();
-        body.body.extend_from_slice(format!("{{\"x\":\"{value}\"}}").as_bytes());
+        body.body
+            .extend_from_slice(format!("{{\"x\":\"{value}\"}}").as_bytes());
         let mut header = gateway_response.clone();
         header.headers.push(("x-debug".into(), value.to_owned()));
         for (what, logs, extra) in [
@@ -551,7 +561,11 @@ async fn token_policies_none_optional_client_and_either() {
         anon.get_csrf(&gw.url("/api/whoami")).await.status(),
         StatusCode::UNAUTHORIZED
     );
-    assert_eq!(stack.api.requests().await, before + 1, "only /stats reached the API");
+    assert_eq!(
+        stack.api.requests().await,
+        before + 1,
+        "only /stats reached the API"
+    );
     // user_or_none: anonymous → forwarded without token.
     echoed_without_token(anon.get_csrf(&gw.url("/api-optional/echo")).await).await;
     // client: a client-credentials token, verified by the API.
@@ -787,4 +801,27 @@ async fn websocket_upgrades_pass_an_origin_allow_list_instead_of_the_header() {
     .unwrap()
     .unwrap();
     assert_eq!(echo, b"ping-through-the-tunnel");
+}
+
+/// `free_port` releases the port before the gateway binds it: when someone else took it in
+/// between, the harness notices the bind failure and starts again on another port.
+#[tokio::test]
+async fn harness_restarts_the_gateway_on_another_port_when_its_port_was_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let attempts = std::sync::atomic::AtomicUsize::new(0);
+    let gw = on_free_port(|port| {
+        let first = attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+        let port = if first { taken_port } else { port };
+        async move {
+            let config = default_config(port, "http://127.0.0.1:1", "http://127.0.0.1:1", "");
+            Gateway::try_start(port, &config).await
+        }
+    })
+    .await;
+    assert_eq!(attempts.into_inner(), 2, "one failed attempt, then success");
+    assert_ne!(gw.port, taken_port);
+    let r = reqwest::get(gw.url("/healthz")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    drop(taken);
 }

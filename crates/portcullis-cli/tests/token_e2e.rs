@@ -45,7 +45,11 @@ async fn session_keeps_working_after_the_access_token_is_due_at_a_real_idp() {
     // 2 s tokens, refresh buffer capped at half the lifetime: due 1 s (of the gateway's
     // whole-second clock) after issue.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_ne!(jti().await, first, "a fresh access token once the first was due");
+    assert_ne!(
+        jti().await,
+        first,
+        "a fresh access token once the first was due"
+    );
     assert!(stack.idp.token_requests("refresh_token").await >= 1);
     assert_eq!(
         stack.idp.token_requests("authorization_code").await,

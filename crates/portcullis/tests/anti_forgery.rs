@@ -66,12 +66,23 @@ async fn missing_or_wrong_anti_forgery_header_is_401_empty_and_nothing_is_forwar
     }
     assert_eq!(upstream.hits(), 0, "nothing was forwarded");
     for grant in [REFRESH, CLIENT_CREDENTIALS, EXCHANGE] {
-        assert_eq!(idp.calls(grant), 0, "no token was fetched for a forged request ({grant})");
+        assert_eq!(
+            idp.calls(grant),
+            0,
+            "no token was fetched for a forged request ({grant})"
+        );
     }
 
     // The same requests with the header pass: the 401s above were the header's doing.
     for path in &paths {
-        let a = call(&app, "GET", path, &[("x-csrf", "1"), ("cookie", &cookie)], "").await;
+        let a = call(
+            &app,
+            "GET",
+            path,
+            &[("x-csrf", "1"), ("cookie", &cookie)],
+            "",
+        )
+        .await;
         assert_eq!(a.status, StatusCode::OK, "{path}: {}", a.body);
     }
     assert_eq!(upstream.hits(), POLICIES.len() as u64);

@@ -57,12 +57,26 @@ async fn fixture() -> Fixture {
 impl Fixture {
     /// `/bff/user` (sliding unless `slide` is false): `Some(expires_in)` or `None` for 401.
     async fn user(&self, slide: bool) -> Option<i64> {
-        let path = if slide { "/bff/user" } else { "/bff/user?slide=false" };
-        let a = call(&self.app, "GET", path, &[("x-csrf", "1"), ("cookie", &self.cookie)], "").await;
+        let path = if slide {
+            "/bff/user"
+        } else {
+            "/bff/user?slide=false"
+        };
+        let a = call(
+            &self.app,
+            "GET",
+            path,
+            &[("x-csrf", "1"), ("cookie", &self.cookie)],
+            "",
+        )
+        .await;
         match a.status {
             StatusCode::OK => Some(a.expires_in()),
             StatusCode::UNAUTHORIZED => {
-                assert!(a.clears_session_cookie(&self.gw), "an ended session's cookie is cleared");
+                assert!(
+                    a.clears_session_cookie(&self.gw),
+                    "an ended session's cookie is cleared"
+                );
                 None
             }
             s => panic!("/bff/user answered {s}: {}", a.body),
@@ -71,9 +85,15 @@ impl Fixture {
 
     /// An API call with the user's token: its status.
     async fn api(&self) -> StatusCode {
-        call(&self.app, "GET", "/p/user/x", &[("x-csrf", "1"), ("cookie", &self.cookie)], "")
-            .await
-            .status
+        call(
+            &self.app,
+            "GET",
+            "/p/user/x",
+            &[("x-csrf", "1"), ("cookie", &self.cookie)],
+            "",
+        )
+        .await
+        .status
     }
 }
 
@@ -82,7 +102,11 @@ async fn idle_session_ends_after_the_idle_timeout() {
     let f = fixture().await;
     assert_eq!(f.user(false).await, Some(IDLE));
     f.clock.advance(IDLE - 1);
-    assert_eq!(f.user(false).await, Some(1), "alive one second before the idle timeout");
+    assert_eq!(
+        f.user(false).await,
+        Some(1),
+        "alive one second before the idle timeout"
+    );
     f.clock.advance(1);
     assert_eq!(f.user(false).await, None, "ended at the idle timeout");
 }
@@ -92,7 +116,14 @@ async fn idle_timeout_ends_the_session_on_api_routes_too_even_when_cached() {
     let f = fixture().await;
     assert_eq!(f.api().await, StatusCode::OK); // now in the session cache
     f.clock.advance(IDLE);
-    let a = call(&f.app, "GET", "/p/user/x", &[("x-csrf", "1"), ("cookie", &f.cookie)], "").await;
+    let a = call(
+        &f.app,
+        "GET",
+        "/p/user/x",
+        &[("x-csrf", "1"), ("cookie", &f.cookie)],
+        "",
+    )
+    .await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     assert!(a.clears_session_cookie(&f.gw));
     assert_eq!(f.upstream.hits(), 1, "only the first call was forwarded");
@@ -119,7 +150,11 @@ async fn api_calls_slide_the_session_like_user_calls() {
     let f = fixture().await;
     f.clock.advance(IDLE - 60);
     assert_eq!(f.api().await, StatusCode::OK);
-    assert_eq!(f.user(false).await, Some(IDLE), "the API call renewed the session");
+    assert_eq!(
+        f.user(false).await,
+        Some(IDLE),
+        "the API call renewed the session"
+    );
     f.clock.advance(IDLE - 1);
     assert_eq!(f.user(false).await, Some(1));
 }
@@ -136,7 +171,11 @@ async fn absolute_timeout_ends_an_active_session() {
         assert_eq!(left, IDLE.min(ABSOLUTE - t), "at {t} s");
     }
     f.clock.advance(ABSOLUTE - t);
-    assert_eq!(f.user(true).await, None, "activity never extends the absolute limit");
+    assert_eq!(
+        f.user(true).await,
+        None,
+        "activity never extends the absolute limit"
+    );
     assert_eq!(f.api().await, StatusCode::UNAUTHORIZED);
 }
 
@@ -167,9 +206,15 @@ async fn slide_false_is_case_insensitive_and_other_values_slide() {
     let user = |q: &'static str| {
         let (app, cookie) = (f.app.clone(), f.cookie.clone());
         async move {
-            call(&app, "GET", &format!("/bff/user?slide={q}"), &[("x-csrf", "1"), ("cookie", &cookie)], "")
-                .await
-                .expires_in()
+            call(
+                &app,
+                "GET",
+                &format!("/bff/user?slide={q}"),
+                &[("x-csrf", "1"), ("cookie", &cookie)],
+                "",
+            )
+            .await
+            .expires_in()
         }
     };
     assert_eq!(user("FALSE").await, IDLE - 10 * 60);

@@ -63,11 +63,23 @@ fn expected() -> Vec<Row> {
         row(P::Client, StaleCookie, 200, Token("Bearer cc-"), false),
         // user_or_client: the user's token when there is a session, else the client's.
         row(P::UserOrClient, Anonymous, 200, Token("Bearer cc-"), false),
-        row(P::UserOrClient, LoggedIn, 200, Token("Bearer at-session"), false),
+        row(
+            P::UserOrClient,
+            LoggedIn,
+            200,
+            Token("Bearer at-session"),
+            false,
+        ),
         row(P::UserOrClient, StaleCookie, 200, Token("Bearer cc-"), true),
         // user_or_none: the user's token when there is a session, else none.
         row(P::UserOrNone, Anonymous, 200, WithoutToken, false),
-        row(P::UserOrNone, LoggedIn, 200, Token("Bearer at-session"), false),
+        row(
+            P::UserOrNone,
+            LoggedIn,
+            200,
+            Token("Bearer at-session"),
+            false,
+        ),
         row(P::UserOrNone, StaleCookie, 200, WithoutToken, true),
         // exchange: the user's token traded at the IdP; 401 without a session.
         row(P::Exchange, Anonymous, 401, No, false),
@@ -127,7 +139,14 @@ async fn every_token_policy_for_anonymous_logged_in_and_stale_callers() {
         }
     }
     // The session is untouched by all of this.
-    let a = call(&app, "GET", "/bff/user", &[("x-csrf", "1"), ("cookie", &session)], "").await;
+    let a = call(
+        &app,
+        "GET",
+        "/bff/user",
+        &[("x-csrf", "1"), ("cookie", &session)],
+        "",
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
 }
 
@@ -151,7 +170,14 @@ async fn expired_session(
 }
 
 async fn session_alive(app: &axum::Router, cookie: &str) -> bool {
-    let a = call(app, "GET", "/bff/user", &[("x-csrf", "1"), ("cookie", cookie)], "").await;
+    let a = call(
+        app,
+        "GET",
+        "/bff/user",
+        &[("x-csrf", "1"), ("cookie", cookie)],
+        "",
+    )
+    .await;
     match a.status {
         StatusCode::OK => true,
         StatusCode::UNAUTHORIZED => false,
@@ -162,13 +188,27 @@ async fn session_alive(app: &axum::Router, cookie: &str) -> bool {
 #[tokio::test]
 async fn expired_access_token_is_refreshed_before_forwarding() {
     let (idp, upstream, _gw, app, cookie) = expired_session(true).await;
-    let a = call(&app, "GET", "/p/user/x", &[("x-csrf", "1"), ("cookie", &cookie)], "").await;
+    let a = call(
+        &app,
+        "GET",
+        "/p/user/x",
+        &[("x-csrf", "1"), ("cookie", &cookie)],
+        "",
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert_eq!(a.json()["authorization"], "Bearer at-1");
     assert_eq!(idp.calls(REFRESH), 1);
     assert_eq!(upstream.hits(), 1);
     // The refreshed token was stored in the session: no second refresh.
-    let a = call(&app, "GET", "/p/user/x", &[("x-csrf", "1"), ("cookie", &cookie)], "").await;
+    let a = call(
+        &app,
+        "GET",
+        "/p/user/x",
+        &[("x-csrf", "1"), ("cookie", &cookie)],
+        "",
+    )
+    .await;
     assert_eq!(a.json()["authorization"], "Bearer at-1");
     assert_eq!(idp.calls(REFRESH), 1);
 }
@@ -187,14 +227,26 @@ async fn access_token_is_refreshed_across_several_expiries_without_relogin() {
     let cookie = login(&gw, tokens(300, true)).await;
     let mut seen = Vec::new();
     for _ in 0..4 {
-        let a = call(&app, "GET", "/p/user/x", &[("x-csrf", "1"), ("cookie", &cookie)], "").await;
+        let a = call(
+            &app,
+            "GET",
+            "/p/user/x",
+            &[("x-csrf", "1"), ("cookie", &cookie)],
+            "",
+        )
+        .await;
         assert_eq!(a.status, StatusCode::OK, "{}", a.body);
         seen.push(a.json()["authorization"].as_str().unwrap().to_owned());
         clock.advance(301); // past the 300 s lifetime of every token the IdP gives
     }
     assert_eq!(
         seen,
-        ["Bearer at-session", "Bearer at-1", "Bearer at-2", "Bearer at-3"]
+        [
+            "Bearer at-session",
+            "Bearer at-1",
+            "Bearer at-2",
+            "Bearer at-3"
+        ]
     );
     assert_eq!(idp.calls(REFRESH), 3, "one refresh per expiry");
 }
@@ -204,22 +256,45 @@ async fn invalid_grant_on_refresh_ends_the_session_with_401_and_is_not_retried()
     for policy in ["user", "user_or_client", "exchange"] {
         let (idp, upstream, gw, app, cookie) = expired_session(true).await;
         idp.fail(REFRESH, 400, json!({"error": "invalid_grant"}));
-        let a = call(&app, "GET", &format!("/p/{policy}/x"), &[("x-csrf", "1"), ("cookie", &cookie)], "").await;
+        let a = call(
+            &app,
+            "GET",
+            &format!("/p/{policy}/x"),
+            &[("x-csrf", "1"), ("cookie", &cookie)],
+            "",
+        )
+        .await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{policy}: {}", a.body);
         assert!(a.body.is_empty(), "{policy}");
         assert!(a.clears_session_cookie(&gw), "{policy}: cookie cleared");
         assert_eq!(upstream.hits(), 0, "{policy}: not forwarded");
-        assert!(!session_alive(&app, &cookie).await, "{policy}: session ended");
+        assert!(
+            !session_alive(&app, &cookie).await,
+            "{policy}: session ended"
+        );
         // The dead refresh token is not tried again: the cookie is now a stale one (for
         // user_or_client that means the client's token, as for anyone without a session).
-        let a = call(&app, "GET", &format!("/p/{policy}/x"), &[("x-csrf", "1"), ("cookie", &cookie)], "").await;
+        let a = call(
+            &app,
+            "GET",
+            &format!("/p/{policy}/x"),
+            &[("x-csrf", "1"), ("cookie", &cookie)],
+            "",
+        )
+        .await;
         if policy == "user_or_client" {
             assert_eq!(a.status, StatusCode::OK, "{policy}");
-            assert!(a.json()["authorization"].as_str().unwrap().starts_with("Bearer cc-"));
+            assert!(a.json()["authorization"]
+                .as_str()
+                .unwrap()
+                .starts_with("Bearer cc-"));
         } else {
             assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{policy}");
         }
-        assert!(a.clears_session_cookie(&gw), "{policy}: stale cookie cleared");
+        assert!(
+            a.clears_session_cookie(&gw),
+            "{policy}: stale cookie cleared"
+        );
         assert_eq!(idp.calls(REFRESH), 1, "{policy}");
     }
 }
@@ -227,7 +302,14 @@ async fn invalid_grant_on_refresh_ends_the_session_with_401_and_is_not_retried()
 #[tokio::test]
 async fn expired_access_token_without_refresh_token_ends_the_session() {
     let (idp, upstream, gw, app, cookie) = expired_session(false).await;
-    let a = call(&app, "GET", "/p/user/x", &[("x-csrf", "1"), ("cookie", &cookie)], "").await;
+    let a = call(
+        &app,
+        "GET",
+        "/p/user/x",
+        &[("x-csrf", "1"), ("cookie", &cookie)],
+        "",
+    )
+    .await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     assert!(a.clears_session_cookie(&gw));
     assert_eq!(upstream.hits(), 0);
@@ -241,7 +323,14 @@ async fn user_or_none_forwards_without_a_token_when_the_user_token_is_unavailabl
     for (status, error) in [(400, "invalid_grant"), (503, "temporarily_unavailable")] {
         let (idp, upstream, gw, app, cookie) = expired_session(true).await;
         idp.fail(REFRESH, status, json!({"error": error}));
-        let a = call(&app, "GET", "/p/user_or_none/x", &[("x-csrf", "1"), ("cookie", &cookie)], "").await;
+        let a = call(
+            &app,
+            "GET",
+            "/p/user_or_none/x",
+            &[("x-csrf", "1"), ("cookie", &cookie)],
+            "",
+        )
+        .await;
         assert_eq!(a.status, StatusCode::OK, "{error}");
         assert_eq!(a.json()["authorization"], Value::Null, "{error}");
         assert!(!a.clears_session_cookie(&gw), "{error}");
@@ -254,11 +343,21 @@ async fn idp_outage_on_refresh_is_503_and_keeps_the_session() {
     for policy in ["user", "user_or_client", "exchange"] {
         let (idp, upstream, gw, app, cookie) = expired_session(true).await;
         idp.fail(REFRESH, 503, json!({"error": "temporarily_unavailable"}));
-        let a = call(&app, "GET", &format!("/p/{policy}/x"), &[("x-csrf", "1"), ("cookie", &cookie)], "").await;
+        let a = call(
+            &app,
+            "GET",
+            &format!("/p/{policy}/x"),
+            &[("x-csrf", "1"), ("cookie", &cookie)],
+            "",
+        )
+        .await;
         assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{policy}");
         assert!(!a.clears_session_cookie(&gw), "{policy}");
         assert_eq!(upstream.hits(), 0, "{policy}");
-        assert!(session_alive(&app, &cookie).await, "{policy}: IdP down is not a logout");
+        assert!(
+            session_alive(&app, &cookie).await,
+            "{policy}: IdP down is not a logout"
+        );
     }
 }
 
@@ -310,7 +409,14 @@ async fn refused_token_exchange_is_403_and_keeps_the_session() {
     let app = gw.router(None);
     let cookie = login(&gw, tokens(3600, true)).await;
     idp.fail(EXCHANGE, 400, json!({"error": "invalid_target"}));
-    let a = call(&app, "GET", "/p/exchange/x", &[("x-csrf", "1"), ("cookie", &cookie)], "").await;
+    let a = call(
+        &app,
+        "GET",
+        "/p/exchange/x",
+        &[("x-csrf", "1"), ("cookie", &cookie)],
+        "",
+    )
+    .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
     assert!(a.body.is_empty());
     assert!(!a.clears_session_cookie(&gw));
@@ -318,7 +424,14 @@ async fn refused_token_exchange_is_403_and_keeps_the_session() {
     assert!(session_alive(&app, &cookie).await);
     // The refusal is not cached: once the IdP agrees, the route works.
     idp.heal(EXCHANGE);
-    let a = call(&app, "GET", "/p/exchange/x", &[("x-csrf", "1"), ("cookie", &cookie)], "").await;
+    let a = call(
+        &app,
+        "GET",
+        "/p/exchange/x",
+        &[("x-csrf", "1"), ("cookie", &cookie)],
+        "",
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert_eq!(upstream.hits(), 1);
 }
@@ -336,11 +449,22 @@ async fn refused_client_credentials_are_401_and_never_forwarded() {
     let app = gw.router(None);
     idp.fail(CLIENT_CREDENTIALS, 401, json!({"error": "invalid_client"}));
     for policy in ["client", "user_or_client"] {
-        let a = call(&app, "GET", &format!("/p/{policy}/x"), &[("x-csrf", "1")], "").await;
+        let a = call(
+            &app,
+            "GET",
+            &format!("/p/{policy}/x"),
+            &[("x-csrf", "1")],
+            "",
+        )
+        .await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{policy}");
         assert!(a.body.is_empty());
     }
-    idp.fail(CLIENT_CREDENTIALS, 503, json!({"error": "temporarily_unavailable"}));
+    idp.fail(
+        CLIENT_CREDENTIALS,
+        503,
+        json!({"error": "temporarily_unavailable"}),
+    );
     let a = call(&app, "GET", "/p/client/x", &[("x-csrf", "1")], "").await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(upstream.hits(), 0);

@@ -113,10 +113,7 @@ pub struct Proc {
 impl Proc {
     pub async fn spawn(name: &str, cmd: Command) -> Proc {
         Self::try_spawn(name, cmd).await.unwrap_or_else(|output| {
-            panic!(
-                "{name} exited before it was ready:\n{}",
-                output.join("\n")
-            )
+            panic!("{name} exited before it was ready:\n{}", output.join("\n"))
         })
     }
 
@@ -335,7 +332,9 @@ impl Idp {
         let by_grant = stats["token_requests"]
             .as_object()
             .unwrap_or_else(|| panic!("IdP stats without token_requests: {stats}"));
-        by_grant.get(grant).map_or(0, |n| n.as_u64().expect("a count"))
+        by_grant
+            .get(grant)
+            .map_or(0, |n| n.as_u64().expect("a count"))
     }
 
     pub async fn control(&self, path: &str, body: Value) -> Value {
@@ -527,10 +526,7 @@ impl Gateway {
         match Proc::try_spawn("gateway", cmd).await {
             Ok(p) => Ok(p),
             Err(output) if bind_failed(&output) => Err(PortTaken),
-            Err(output) => panic!(
-                "gateway exited before it was ready:\n{}",
-                output.join("\n")
-            ),
+            Err(output) => panic!("gateway exited before it was ready:\n{}", output.join("\n")),
         }
     }
 
@@ -701,11 +697,7 @@ impl Browser {
                 body.lock().unwrap().extend_from_slice(c);
             }
         });
-        Response::from(
-            builder
-                .body(reqwest::Body::wrap_stream(stream))
-                .unwrap(),
-        )
+        Response::from(builder.body(reqwest::Body::wrap_stream(stream)).unwrap())
     }
 
     /// Every response recorded so far.
@@ -963,7 +955,11 @@ pub fn session_cookie_values(seen: &[SeenResponse]) -> Vec<String> {
 /// Compares the real values, not JWT-shaped text, so opaque codes and refresh tokens count.
 /// So that it cannot pass vacuously, it requires at least one code, access, refresh and ID
 /// token from the IdP and one session cookie in `browser_seen` (call it after a login).
-pub async fn assert_no_secret_leaks(idp: &Idp, gateway_logs: &[String], browser_seen: &[SeenResponse]) {
+pub async fn assert_no_secret_leaks(
+    idp: &Idp,
+    gateway_logs: &[String],
+    browser_seen: &[SeenResponse],
+) {
     let issued = idp.issued().await;
     if let Err(e) = check_no_secret_leaks(&issued, &idp.issuer, gateway_logs, browser_seen) {
         panic!("{e}");
@@ -1014,12 +1010,18 @@ pub fn check_no_secret_leaks(
     }
 
     let mut checked = 0;
-    for r in browser_seen.iter().filter(|r| !r.url.starts_with(idp_issuer)) {
+    for r in browser_seen
+        .iter()
+        .filter(|r| !r.url.starts_with(idp_issuer))
+    {
         checked += 1;
         let body = String::from_utf8_lossy(&r.body);
         for (kind, value) in issued.all() {
             if body.contains(value) {
-                return Err(format!("an issued {kind} reached the browser in the body of {}", r.url));
+                return Err(format!(
+                    "an issued {kind} reached the browser in the body of {}",
+                    r.url
+                ));
             }
             for (name, v) in &r.headers {
                 let allowed = kind == "ID token" && name == "location" && v.starts_with(idp_issuer);
@@ -1033,7 +1035,10 @@ pub fn check_no_secret_leaks(
         }
         for cookie in &cookies {
             if body.contains(cookie.as_str()) {
-                return Err(format!("a session id reached the browser in the body of {}", r.url));
+                return Err(format!(
+                    "a session id reached the browser in the body of {}",
+                    r.url
+                ));
             }
             for (name, v) in &r.headers {
                 if name != "set-cookie" && v.contains(cookie.as_str()) {

@@ -134,7 +134,13 @@ async fn token(State(st): State<Arc<IdpState>>, body: Bytes) -> Response {
         REFRESH => "at",
         CLIENT_CREDENTIALS => "cc",
         EXCHANGE => "ex",
-        _ => return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "unsupported_grant_type"}))).into_response(),
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({"error": "unsupported_grant_type"})),
+            )
+                .into_response()
+        }
     };
     let mut answer = json!({
         "access_token": format!("{prefix}-{n}"),
@@ -227,7 +233,11 @@ pub fn routes_for_every_policy(upstream: &str) -> Vec<RouteSettings> {
         .collect()
 }
 
-pub fn settings(issuer: &str, routes: Vec<RouteSettings>, session: SessionSettings) -> GatewaySettings {
+pub fn settings(
+    issuer: &str,
+    routes: Vec<RouteSettings>,
+    session: SessionSettings,
+) -> GatewaySettings {
     let public_url: url::Url = "http://127.0.0.1:8080".parse().unwrap();
     GatewaySettings {
         cookies: CookieSettings::for_public_url(&public_url, None, SameSite::Strict).unwrap(),
@@ -356,7 +366,9 @@ pub async fn call(
     let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
     Answer {
         status,
         headers,
