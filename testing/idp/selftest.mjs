@@ -627,6 +627,20 @@ async function main() {
     assert(s.active === 0, 'bob still has an IdP session');
   });
 
+  await step('/__test/issued lists every code and token handed out, opaque ones included', async () => {
+    // (a fresh login: the restart step above zeroed the in-memory list)
+    const c = await login(issuer, new Jar(), rp);
+    const t = (await exchange(issuer, c)).body;
+    const { status, body } = await json(`${issuer}/__test/issued`);
+    assert(status === 200, `status ${status}`);
+    assert(body.authorization_codes.includes(c.code), 'the login code is missing');
+    assert(!c.code.startsWith('eyJ') && !t.refresh_token.startsWith('eyJ'), 'codes and refresh tokens are opaque here');
+    assert(body.access_tokens.includes(t.access_token), 'the access token is missing');
+    assert(body.refresh_tokens.includes(t.refresh_token), 'the refresh token is missing');
+    assert(body.id_tokens.includes(t.id_token), 'the ID token is missing');
+    assert(body.logout_tokens.includes(backchannel[0]), 'the back-channel logout token is missing');
+  });
+
   await step('refresh token rotation: reuse of a consumed token -> invalid_grant', async () => {
     const rot = await start('testing/idp/server.mjs', ['--port', '0', '--config', config({ rotate_refresh_token: true })]);
     const iss2 = rot.info.issuer;

@@ -231,6 +231,7 @@ class StateStore {
       }
 
       async upsert(id, payload, expiresIn) {
+        store.onUpsert?.(this.name, id);
         const exp = typeof expiresIn === 'number' ? Date.now() + expiresIn * 1000 : null;
         this.t.set(id, { payload: structuredClone(payload), exp });
         store.persist();
@@ -436,6 +437,24 @@ async function main() {
     ? { crit: Object.fromEntries(header.crit.filter((c) => typeof c === 'string').map((c) => [c, true])) }
     : undefined);
 
+  // Every secret value this IdP handed out, for leak checks (`GET /__test/issued`): opaque
+  // values (codes, refresh tokens) are caught where they are stored, the rest where the token
+  // endpoint answers. Bounded, as everything else in a test process.
+  const issued = {
+    authorization_codes: new Set(),
+    access_tokens: new Set(),
+    refresh_tokens: new Set(),
+    id_tokens: new Set(),
+    logout_tokens: new Set(),
+  };
+  const remember = (kind, value) => {
+    if (typeof value === 'string' && value && issued[kind].size < 10_000) issued[kind].add(value);
+  };
+  store.onUpsert = (model, id) => {
+    if (model === 'AuthorizationCode') remember('authorization_codes', id);
+    if (model === 'RefreshToken') remember('refresh_tokens', id);
+  };
+
   async function signJwt(claims, header = {}, alg = 'RS256') {
     if (alg === 'none') {
       const enc = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
@@ -625,6 +644,9 @@ async function main() {
     // such as 127.0.0.1 (SSRF protection); in this loopback-only test IdP they are the point.
     fetch: (url, options) => {
       const { dispatcher, ...rest } = options;
+      if (rest.body !== undefined) {
+        remember('logout_tokens', new URLSearchParams(String(rest.body)).get('logout_token') ?? undefined);
+      }
       return globalThis.fetch(url, rest);
     },
     async renderError(ctx, out) {
@@ -862,6 +884,11 @@ async function main() {
         ctx.body = { ...ctx.body, id_token: await resignIdToken(ctx.body.id_token, () => {}) };
       }
     }
+    if (ctx.status === 200 && ctx.body && typeof ctx.body === 'object') {
+      remember('access_tokens', ctx.body.access_token);
+      remember('refresh_tokens', ctx.body.refresh_token);
+      remember('id_tokens', ctx.body.id_token);
+    }
     return undefined;
   });
 
@@ -946,6 +973,7 @@ async function main() {
   // ---- test-control endpoints
   const testRoutes = {
     'GET /__test/stats': async () => stats,
+    'GET /__test/issued': async () => Object.fromEntries(Object.entries(issued).map(([k, v]) => [k, [...v]])),
     'POST /__test/reset': async () => { resetStats(); return { ok: true }; },
     'POST /__test/tamper-next-id-token': async () => { faults.tamperIdToken += 1; return { ok: true }; },
     'POST /__test/wrong-iss-next-id-token': async () => { faults.wrongIssIdToken += 1; return { ok: true }; },
@@ -1111,6 +1139,7 @@ async function main() {
             ...(sid ? { sid } : {}),
           };
           const logoutToken = await signJwt(claims, { typ: 'logout+jwt' }, 'RS256');
+          remember('logout_tokens', logoutToken);
           let status = 0;
           let error;
           try {

@@ -1,6 +1,7 @@
 //! One real headless Chromium run (Debian's chromium driven by playwright-core): the sample
 //! SPA served by the gateway, login through the IdP's form, the user's name from
-//! `/bff/user`, an API result, and logout. Also checks that no token reaches the page.
+//! `/bff/user`, an API result, and logout. Also checks that none of the codes and tokens the
+//! IdP issued reaches the page.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
@@ -10,18 +11,13 @@ use common::*;
 
 #[tokio::test]
 async fn browser_logs_in_calls_the_api_and_logs_out() {
-    let port = free_port();
-    let origin = format!("http://127.0.0.1:{port}");
-    let idp = Idp::start(&[origin], IdpOptions::default()).await;
-    let api = Api::start(&idp.issuer).await;
     let spa = repo_root().join("examples/spa");
-    let config = default_config(
-        port,
-        &idp.issuer,
-        &api.url,
+    let stack = Stack::start_with(
+        IdpOptions::default(),
         &format!("[spa]\ndir = \"{}\"\n", spa.display()),
-    );
-    let gw = Gateway::start(port, &config).await;
+    )
+    .await;
+    let gw = &stack.gw;
     let shot = gw.dir.join("failure.png");
     let out = tokio::time::timeout(
         std::time::Duration::from_secs(120),
@@ -34,6 +30,8 @@ async fn browser_logs_in_calls_the_api_and_logs_out() {
             .arg("bff-auth")
             .arg("--screenshot")
             .arg(&shot)
+            .arg("--idp")
+            .arg(&stack.idp.issuer)
             .output(),
     )
     .await

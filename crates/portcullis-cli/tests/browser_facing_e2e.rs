@@ -64,7 +64,7 @@ fn navigating_browser() -> Browser {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
-    Browser { http, jar }
+    Browser::with_client(http, jar)
 }
 
 /// Waits (bounded) until the gateway's output has a line containing `needle`.

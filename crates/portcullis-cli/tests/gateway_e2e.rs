@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 /// Completes RP-initiated logout at the IdP starting from the gateway's logout redirect and
 /// returns the final URL the browser lands on.
-async fn logout_via_idp(b: &Browser, gw: &Gateway, logout_url: &str) -> String {
+async fn logout_via_idp(b: &Browser, gw: &Gateway, idp: &Idp, logout_url: &str) -> String {
     let r = b.get(&gw.url(logout_url)).await;
     assert_eq!(
         r.status(),
@@ -25,9 +25,10 @@ async fn logout_via_idp(b: &Browser, gw: &Gateway, logout_url: &str) -> String {
         "session cookie cleared: {cleared:?}"
     );
     let end_session = r.headers()[LOCATION].to_str().unwrap().to_owned();
+    let hint = query_param(&end_session, "id_token_hint").expect("id_token_hint sent");
     assert!(
-        query_param(&end_session, "id_token_hint").is_some(),
-        "id_token_hint sent"
+        idp.issued().await.id_tokens.contains(&hint),
+        "id_token_hint is an ID token the IdP issued"
     );
     assert_eq!(
         query_param(&end_session, "post_logout_redirect_uri").as_deref(),
@@ -100,12 +101,6 @@ async fn login_user_api_logout_against_a_real_idp() {
         .and_then(Value::as_i64)
         .unwrap();
     assert!(expires_in > 3500 && expires_in <= 3600, "{expires_in}");
-    for (t, v) in &claims {
-        assert!(
-            !v.to_string().contains("eyJ"),
-            "a token leaked into /bff/user claim {t}"
-        );
-    }
 
     // API call: the upstream verified the JWT against the IdP's keys and saw alice.
     let r = b.get_csrf(&gw.url("/api/whoami?x=1")).await;
@@ -122,7 +117,7 @@ async fn login_user_api_logout_against_a_real_idp() {
     assert_eq!(seen["x-forwarded-host"], format!("127.0.0.1:{}", gw.port));
 
     assert!(idp.active_refresh_tokens("alice").await >= 1);
-    let final_url = logout_via_idp(&b, gw, &logout_url).await;
+    let final_url = logout_via_idp(&b, gw, idp, &logout_url).await;
     assert_eq!(final_url, gw.url("/"));
     assert!(b.user(gw).await.is_none(), "logged out");
     assert_eq!(
@@ -134,24 +129,149 @@ async fn login_user_api_logout_against_a_real_idp() {
     let r = b.get_csrf(&gw.url("/api/whoami")).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
-    // The gateway logged at debug level through all of this: no token, code or session id.
-    let session_id = session_cookie
-        .trim_start_matches("bff-auth=")
-        .split(';')
-        .next()
-        .unwrap()
+    // The gateway logged at debug level through all of this: none of the codes and tokens
+    // the IdP issued, and no session id, in the logs or in what the browser received
+    // (the /bff/user claims included).
+    let logs = gw.logs();
+    assert!(
+        logs.iter().any(|l| l.contains("login completed")),
+        "logs were captured"
+    );
+    assert!(
+        !logs.iter().any(|l| l.contains("code=")),
+        "an authorization code parameter reached the logs"
+    );
+    assert_no_secret_leaks(idp, &logs, &b.seen()).await;
+}
+
+/// Every secret the IdP hands out in a full session life (the authorization code, access
+/// tokens of every route policy, a rotated refresh token, ID tokens, a code whose login
+/// failed, a logout token) is compared, value by value, with the gateway's debug logs and
+/// with every header and body the browser received from the gateway.
+#[tokio::test]
+async fn issued_tokens_and_codes_never_reach_logs_or_browser() {
+    let stack = Stack::start_config(
+        IdpOptions {
+            access_token_ttl: 2,
+            rotate_refresh_token: true,
+            ..Default::default()
+        },
+        |port, idp, api| {
+            default_config(
+                port,
+                &idp.issuer,
+                &api.url,
+                "[[routes]]\npath = \"/api-exchanged\"\nupstream = \"API_URL\"\ntoken = \"exchange\"\naudience = \"urn:portcullis:api\"\n",
+            )
+            .replacen("data_dir = \"data\"\n", "data_dir = \"data\"\ndiagnostics = true\n", 1)
+        },
+    )
+    .await;
+    let (gw, idp) = (&stack.gw, &stack.idp);
+    let b = Browser::new();
+    b.login(gw, "alice").await;
+    let claims = b.user(gw).await.expect("logged in");
+    for path in [
+        "/api/whoami",
+        "/api-client/whoami",
+        "/api-either/whoami",
+        "/api-optional/whoami",
+        "/api-exchanged/whoami",
+        "/api-none/echo",
+        "/bff/diagnostics",
+    ] {
+        let r = b.get_csrf(&gw.url(path)).await;
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        r.bytes().await.unwrap();
+    }
+    // Access tokens live 2 s and are refreshed 1 s before expiry: a refresh (with a rotated
+    // refresh token) happens on the next call.
+    let refreshes = idp.token_requests("refresh_token").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let r = b.get_csrf(&gw.url("/api/whoami")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    r.bytes().await.unwrap();
+    assert!(
+        idp.token_requests("refresh_token").await > refreshes,
+        "the scenario includes a refresh"
+    );
+
+    // A login that fails after the code exchange: the tokens were issued, the error page
+    // and the logs must not show them.
+    let failed = Browser::new();
+    idp.control("tamper-next-id-token", json!({})).await;
+    let callback = failed.login_until_callback(gw, "alice", "/").await;
+    let r = failed.get(&callback).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    r.bytes().await.unwrap();
+    // The same code again (replayed).
+    let r = failed.get(&callback).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    r.bytes().await.unwrap();
+
+    // bob is logged out through the back channel (a logout token), alice through the IdP.
+    let bob = Browser::new();
+    bob.login(gw, "bob").await;
+    let sent = idp
+        .control("backchannel-logout", json!({"sub": "bob"}))
+        .await;
+    assert_eq!(sent["sent"][0]["status"], 200, "{sent}");
+    assert!(
+        bob.user(gw).await.is_none(),
+        "back-channel logout ended bob's session"
+    );
+    let logout_url = claim(&claims, "bff:logout_url")
+        .and_then(Value::as_str)
+        .expect("logout url")
         .to_owned();
-    let logs = gw.proc.as_ref().unwrap().output.lock().unwrap().join("\n");
-    assert!(logs.contains("login completed"), "logs were captured");
-    assert!(!logs.contains("eyJ"), "a JWT reached the logs");
+    assert_eq!(logout_via_idp(&b, gw, idp, &logout_url).await, gw.url("/"));
+
+    let issued = idp.issued().await;
+    assert!(issued.authorization_codes.len() >= 3, "{issued:?}");
     assert!(
-        !logs.contains(&session_id),
-        "the session id reached the logs"
+        issued.refresh_tokens.len() >= 3,
+        "rotation issued new refresh tokens"
     );
-    assert!(
-        !logs.contains("code="),
-        "an authorization code reached the logs"
-    );
+    assert!(!issued.logout_tokens.is_empty(), "a logout token was sent");
+    let mut seen = b.seen();
+    seen.extend(failed.seen());
+    seen.extend(bob.seen());
+    let logs = gw.logs();
+    assert_no_secret_leaks(idp, &logs, &seen).await;
+
+    // The check is not a JWT-shape check: codes and refresh tokens are opaque here, and each
+    // kind of issued value planted in a log line, a body or a header is caught.
+    assert!(issued
+        .authorization_codes
+        .iter()
+        .all(|c| !c.starts_with("eyJ")));
+    assert!(issued.refresh_tokens.iter().all(|t| !t.starts_with("eyJ")));
+    let gateway_response = seen
+        .iter()
+        .find(|r| r.url.starts_with(&gw.origin))
+        .expect("a gateway response")
+        .clone();
+    for (kind, value) in issued.all() {
+        let mut planted_log = logs.clone();
+        planted_log.push(format!("DEBUG something value={value}"));
+        let mut body = gateway_response.clone();
+        body.body
+            .extend_from_slice(format!("{{\"x\":\"{value}\"}}").as_bytes());
+        let mut header = gateway_response.clone();
+        header.headers.push(("x-debug".into(), value.to_owned()));
+        for (what, logs, extra) in [
+            ("log", &planted_log, None),
+            ("body", &logs, Some(body)),
+            ("header", &logs, Some(header)),
+        ] {
+            let mut seen = seen.clone();
+            seen.extend(extra);
+            assert!(
+                check_no_secret_leaks(&issued, &idp.issuer, logs, &seen).is_err(),
+                "a planted {kind} in a {what} went unnoticed"
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -385,7 +505,8 @@ async fn several_tabs_can_log_in_at_once_and_pending_logins_are_capped() {
         .split("; ")
         .filter(|c| c.starts_with("bff-login."))
         .count();
-    assert!(pending <= 5, "{pending} pending login cookies");
+    // The newest five survive (not zero: the cap, not a login that sets no cookie).
+    assert_eq!(pending, 5, "pending login cookies after 12 attempts, cap 5");
 }
 
 #[tokio::test]
@@ -420,27 +541,33 @@ async fn token_policies_none_optional_client_and_either() {
     let stack = Stack::start().await;
     let gw = &stack.gw;
     let anon = Browser::new();
+    // The upstream echoed the request (so it was reached) and it carried no Authorization.
+    async fn echoed_without_token(r: reqwest::Response) {
+        assert_eq!(r.status(), StatusCode::OK);
+        let v: Value = r.json().await.unwrap();
+        let headers = v["headers"]
+            .as_object()
+            .unwrap_or_else(|| panic!("not the upstream's echo: {v}"));
+        assert!(
+            headers.contains_key("x-csrf") && !headers.contains_key("authorization"),
+            "{v}"
+        );
+    }
     // none: forwarded without a token, for anyone.
-    let v: Value = anon
-        .get_csrf(&gw.url("/api-none/echo"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert!(v["headers"].get("authorization").is_none());
+    echoed_without_token(anon.get_csrf(&gw.url("/api-none/echo")).await).await;
     // user: anonymous → 401, not forwarded.
+    let before = stack.api.requests().await;
     assert_eq!(
         anon.get_csrf(&gw.url("/api/whoami")).await.status(),
         StatusCode::UNAUTHORIZED
     );
+    assert_eq!(
+        stack.api.requests().await,
+        before + 1,
+        "only /stats reached the API"
+    );
     // user_or_none: anonymous → forwarded without token.
-    let v: Value = anon
-        .get_csrf(&gw.url("/api-optional/echo"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert!(v["headers"].get("authorization").is_none());
+    echoed_without_token(anon.get_csrf(&gw.url("/api-optional/echo")).await).await;
     // client: a client-credentials token, verified by the API.
     let r = anon.get_csrf(&gw.url("/api-client/whoami")).await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -450,14 +577,15 @@ async fn token_policies_none_optional_client_and_either() {
         v["sub"].is_null() || v["sub"] == CLIENT_ID,
         "client token has no user: {v}"
     );
-    // user_or_client: anonymous → client token; logged in → user token.
-    let v: Value = anon
-        .get_csrf(&gw.url("/api-either/whoami"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_ne!(v["sub"], "alice");
+    // user_or_client: anonymous → client token (the API verified it); logged in → user token.
+    let r = anon.get_csrf(&gw.url("/api-either/whoami")).await;
+    assert_eq!(r.status(), StatusCode::OK, "a client token was attached");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["client_id"], CLIENT_ID, "{v}");
+    assert!(
+        v["sub"].is_null() || v["sub"] == CLIENT_ID,
+        "a client token, not a user's: {v}"
+    );
     let b = Browser::new();
     b.login(gw, "alice").await;
     let v: Value = b
@@ -542,24 +670,33 @@ token = "none"
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["bytes"], body.len());
-    // Server-sent events arrive frame by frame, not buffered until the end.
-    let started = std::time::Instant::now();
+    // Server-sent events arrive frame by frame, not buffered until the end. The upstream
+    // sends event 0 at once and event 2 two seconds later; no bound on how fast the machine
+    // is: the first chunk the browser gets must not hold the last event (which did not exist
+    // yet), and the last event must arrive well after the first (a buffering proxy delivers
+    // both together).
     let mut r = b
-        .get_csrf(&gw.url("/api-none/sse?count=5&interval_ms=300"))
+        .get_csrf(&gw.url("/api-none/sse?count=3&interval_ms=1000"))
         .await;
     assert_eq!(r.status(), StatusCode::OK);
     let first = r.chunk().await.unwrap().expect("first event");
-    assert!(String::from_utf8_lossy(&first).contains("data: 0"));
+    let first_at = std::time::Instant::now();
+    let first = String::from_utf8_lossy(&first).into_owned();
+    assert!(first.contains("data: 0"), "{first}");
     assert!(
-        started.elapsed() < std::time::Duration::from_millis(1000),
-        "first SSE frame was held back: {:?}",
-        started.elapsed()
+        !first.contains("data: 2"),
+        "the first SSE chunk held the last event: the stream was buffered"
     );
     let mut rest = Vec::new();
     while let Some(c) = r.chunk().await.unwrap() {
         rest.extend_from_slice(&c);
     }
-    assert!(String::from_utf8_lossy(&rest).contains("data: 4"));
+    assert!(String::from_utf8_lossy(&rest).contains("data: 2"));
+    assert!(
+        first_at.elapsed() >= std::time::Duration::from_millis(1000),
+        "the last event arrived {:?} after the first: held back",
+        first_at.elapsed()
+    );
     // Query strings (including repeated keys) are forwarded as they are.
     let v: Value = b
         .get_csrf(&gw.url("/api-none/echo/p?x=1&x=2&y=%20"))
@@ -664,4 +801,27 @@ async fn websocket_upgrades_pass_an_origin_allow_list_instead_of_the_header() {
     .unwrap()
     .unwrap();
     assert_eq!(echo, b"ping-through-the-tunnel");
+}
+
+/// `free_port` releases the port before the gateway binds it: when someone else took it in
+/// between, the harness notices the bind failure and starts again on another port.
+#[tokio::test]
+async fn harness_restarts_the_gateway_on_another_port_when_its_port_was_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let attempts = std::sync::atomic::AtomicUsize::new(0);
+    let gw = on_free_port(|port| {
+        let first = attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+        let port = if first { taken_port } else { port };
+        async move {
+            let config = default_config(port, "http://127.0.0.1:1", "http://127.0.0.1:1", "");
+            Gateway::try_start(port, &config).await
+        }
+    })
+    .await;
+    assert_eq!(attempts.into_inner(), 2, "one failed attempt, then success");
+    assert_ne!(gw.port, taken_port);
+    let r = reqwest::get(gw.url("/healthz")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    drop(taken);
 }

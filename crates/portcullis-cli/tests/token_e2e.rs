@@ -1,8 +1,10 @@
-//! Token management end to end, counted at the IdP: refresh across expiries, one refresh
-//! for many concurrent calls with rotating refresh tokens, `invalid_grant` ending the
-//! session, an IdP outage keeping it, and client-credentials caching keyed by scope.
-//! Access tokens here live 2–3 s, so these tests wait real seconds for expiry (the
-//! unit tests in `portcullis-token` use an injected clock instead).
+//! Token management end to end, counted at the real IdP: a refresh after expiry, one refresh
+//! for many concurrent calls with rotating refresh tokens, an IdP outage and recovery, and
+//! client-credentials caching keyed by scope. Access tokens here live 2–6 s, so these tests
+//! wait real seconds for expiry; everything that does not need the real IdP's processes is
+//! tested with a manual clock instead: the token crate's own tests, and the gateway's policy
+//! table in `crates/portcullis/tests/token_policy_matrix.rs` (several expiries in a row,
+//! `invalid_grant` ending the session and never retried, outages, refused exchanges).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
@@ -21,10 +23,11 @@ async fn whoami(b: &Browser, gw: &Gateway) -> (StatusCode, Value) {
 }
 
 #[tokio::test]
-async fn session_keeps_working_across_several_access_token_expiries() {
+async fn session_keeps_working_after_the_access_token_is_due_at_a_real_idp() {
     let stack = Stack::start_with(
         IdpOptions {
-            access_token_ttl: 3,
+            access_token_ttl: 2,
+            rotate_refresh_token: true,
             ..Default::default()
         },
         "",
@@ -32,17 +35,22 @@ async fn session_keeps_working_across_several_access_token_expiries() {
     .await;
     let b = Browser::new();
     b.login(&stack.gw, "alice").await;
-    let mut jtis = Vec::new();
-    for _ in 0..3 {
+    let jti = || async {
         let (status, body) = whoami(&b, &stack.gw).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["sub"], "alice");
-        jtis.push(body["token_jti"].as_str().unwrap().to_owned());
-        tokio::time::sleep(Duration::from_millis(3100)).await;
-    }
-    jtis.dedup();
-    assert_eq!(jtis.len(), 3, "a fresh access token after each expiry");
-    assert!(stack.idp.token_requests("refresh_token").await >= 2);
+        body["token_jti"].as_str().unwrap().to_owned()
+    };
+    let first = jti().await;
+    // 2 s tokens, refresh buffer capped at half the lifetime: due 1 s (of the gateway's
+    // whole-second clock) after issue.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_ne!(
+        jti().await,
+        first,
+        "a fresh access token once the first was due"
+    );
+    assert!(stack.idp.token_requests("refresh_token").await >= 1);
     assert_eq!(
         stack.idp.token_requests("authorization_code").await,
         1,
@@ -87,11 +95,10 @@ async fn two_hundred_concurrent_calls_on_an_expired_session_refresh_once_with_ro
         1,
         "exactly one refresh at the IdP"
     );
-    assert_eq!(
-        stack.idp.stats().await["token_errors"]["invalid_grant"]
-            .as_u64()
-            .unwrap_or(0),
-        0
+    let errors = stack.idp.stats().await["token_errors"].clone();
+    assert!(
+        errors.is_object() && errors.get("invalid_grant").is_none(),
+        "no invalid_grant at the IdP: {errors}"
     );
     // Late arrivals after the flight reuse the stored result.
     let (status, _) = whoami(&b, &stack.gw).await;
@@ -107,39 +114,6 @@ async fn futures_util_join(
         out.push(h.await.unwrap().unwrap_or(StatusCode::IM_A_TEAPOT));
     }
     out
-}
-
-#[tokio::test]
-async fn invalid_grant_ends_the_session_and_clears_the_cookie() {
-    let stack = Stack::start_with(
-        IdpOptions {
-            access_token_ttl: 2,
-            ..Default::default()
-        },
-        "",
-    )
-    .await;
-    let b = Browser::new();
-    b.login(&stack.gw, "alice").await;
-    assert_eq!(whoami(&b, &stack.gw).await.0, StatusCode::OK);
-    stack
-        .idp
-        .control("revoke-refresh-tokens", serde_json::json!({"sub": "alice"}))
-        .await;
-    tokio::time::sleep(Duration::from_millis(2200)).await;
-    let r = b.get_csrf(&stack.gw.url("/api/whoami")).await;
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert!(
-        set_cookies(&r)
-            .iter()
-            .any(|c| c.starts_with("bff-auth=;") && c.contains("Max-Age=0")),
-        "cookie cleared"
-    );
-    assert!(b.user(&stack.gw).await.is_none(), "session ended");
-    // The dead refresh token is not retried on every call.
-    let refreshes = stack.idp.token_requests("refresh_token").await;
-    assert_eq!(whoami(&b, &stack.gw).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(stack.idp.token_requests("refresh_token").await, refreshes);
 }
 
 #[tokio::test]
@@ -203,7 +177,13 @@ scope = "api.write"
     let write: Value = write.json().await.unwrap();
     assert_eq!(read["scope"], "api.read");
     assert_eq!(write["scope"], "api.write");
-    assert_ne!(read["token_jti"], write["token_jti"]);
+    let jti = |v: &Value| {
+        v["token_jti"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no token_jti: {v}"))
+            .to_owned()
+    };
+    assert_ne!(jti(&read), jti(&write));
     // 100 concurrent callers with the same parameters: one token request (already cached).
     let before = stack.idp.token_requests("client_credentials").await;
     assert_eq!(before, 2);
@@ -250,7 +230,9 @@ scope = "api.read"
         StatusCode::UNAUTHORIZED
     );
     b.login(gw, "alice").await;
-    let (_, user) = whoami(&b, gw).await;
+    let (status, user) = whoami(&b, gw).await;
+    assert_eq!(status, StatusCode::OK, "{user}");
+    let user_jti = user["token_jti"].as_str().expect("token_jti").to_owned();
     let r = b.get_csrf(&gw.url("/api-exchanged/whoami")).await;
     assert_eq!(r.status(), StatusCode::OK);
     let exchanged: Value = r.json().await.unwrap();
@@ -260,7 +242,8 @@ scope = "api.read"
     );
     assert_eq!(exchanged["scope"], "api.read");
     assert_ne!(
-        exchanged["token_jti"], user["token_jti"],
+        exchanged["token_jti"].as_str().expect("token_jti"),
+        user_jti,
         "a different token than the session's"
     );
     let again: Value = b

@@ -50,13 +50,47 @@ fn rand_suffix() -> u64 {
     t ^ (N.fetch_add(1, Ordering::SeqCst) << 32)
 }
 
-/// A free loopback port (bind, read, release).
+/// A free loopback port (bind, read, release). The port is released before a child binds
+/// it, so another process may take it in between: start children that need it through
+/// [`on_free_port`], which retries on a new port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The child could not bind the port it was given (someone took it after [`free_port`]).
+#[derive(Debug)]
+pub struct PortTaken;
+
+/// Runs `start` with a fresh [`free_port`] until it does not answer [`PortTaken`] (at most
+/// five attempts). Used for the gateway, whose configuration (public URL, the IdP's redirect
+/// URIs) needs its port before it starts; children that can report their port (IdP, API)
+/// bind port 0 instead.
+pub async fn on_free_port<T, F, Fut>(mut start: F) -> T
+where
+    F: FnMut(u16) -> Fut,
+    Fut: std::future::Future<Output = Result<T, PortTaken>>,
+{
+    for attempt in 1..=5 {
+        let port = free_port();
+        match start(port).await {
+            Ok(v) => return v,
+            Err(PortTaken) => eprintln!("port {port} was taken before the child bound it (attempt {attempt}); retrying on another"),
+        }
+    }
+    panic!("five free ports in a row were taken before the child could bind them");
+}
+
+/// Whether a child's output says it could not bind its listening port.
+pub fn bind_failed(output: &[String]) -> bool {
+    output.iter().any(|l| {
+        l.contains("Address already in use")
+            || l.contains("os error 98")
+            || l.contains("EADDRINUSE")
+    })
 }
 
 fn check_node_modules() {
@@ -77,7 +111,15 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub async fn spawn(name: &str, mut cmd: Command) -> Proc {
+    pub async fn spawn(name: &str, cmd: Command) -> Proc {
+        Self::try_spawn(name, cmd).await.unwrap_or_else(|output| {
+            panic!("{name} exited before it was ready:\n{}", output.join("\n"))
+        })
+    }
+
+    /// Starts the child and waits for its `READY` line; `Err` holds everything it printed
+    /// when it exited before that (e.g. a port that is already taken).
+    pub async fn try_spawn(name: &str, mut cmd: Command) -> Result<Proc, Vec<String>> {
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .stdin(Stdio::null())
@@ -107,7 +149,7 @@ impl Proc {
         });
         let label = name.to_owned();
         let out = output.clone();
-        tokio::spawn(async move {
+        let stderr_done = tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 eprintln!("[{label}] {line}");
@@ -116,14 +158,25 @@ impl Proc {
         });
         let ready = tokio::time::timeout(Duration::from_secs(60), rx)
             .await
-            .unwrap_or_else(|_| panic!("{name} did not become ready within 60 s"))
-            .unwrap_or_else(|_| panic!("{name} exited before it was ready"));
-        Proc {
+            .unwrap_or_else(|_| panic!("{name} did not become ready within 60 s"));
+        let Ok(ready) = ready else {
+            // Exited: let the stderr reader drain what the child said about why.
+            let _ = child.wait().await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), stderr_done).await;
+            let lines = output.lock().unwrap().clone();
+            return Err(lines);
+        };
+        Ok(Proc {
             child,
             ready,
             name: name.to_owned(),
             output,
-        }
+        })
+    }
+
+    /// Everything the process printed so far, one line per entry.
+    pub fn logs(&self) -> Vec<String> {
+        self.output.lock().unwrap().clone()
     }
 
     pub async fn stop(mut self) {
@@ -246,10 +299,42 @@ impl Idp {
             .unwrap()
     }
 
+    /// Every secret value the IdP handed out (`GET /__test/issued`).
+    pub async fn issued(&self) -> Issued {
+        let v: Value = self
+            .http
+            .get(format!("{}/__test/issued", self.issuer))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let list = |k: &str| -> Vec<String> {
+            v[k].as_array()
+                .unwrap_or_else(|| panic!("/__test/issued lacks {k}: {v}"))
+                .iter()
+                .map(|x| x.as_str().unwrap().to_owned())
+                .collect()
+        };
+        Issued {
+            authorization_codes: list("authorization_codes"),
+            access_tokens: list("access_tokens"),
+            refresh_tokens: list("refresh_tokens"),
+            id_tokens: list("id_tokens"),
+            logout_tokens: list("logout_tokens"),
+        }
+    }
+
+    /// Token requests of this grant type since start (or reset); 0 when none was made.
     pub async fn token_requests(&self, grant: &str) -> u64 {
-        self.stats().await["token_requests"][grant]
-            .as_u64()
-            .unwrap_or(0)
+        let stats = self.stats().await;
+        let by_grant = stats["token_requests"]
+            .as_object()
+            .unwrap_or_else(|| panic!("IdP stats without token_requests: {stats}"));
+        by_grant
+            .get(grant)
+            .map_or(0, |n| n.as_u64().expect("a count"))
     }
 
     pub async fn control(&self, path: &str, body: Value) -> Value {
@@ -402,25 +487,52 @@ impl Gateway {
     }
 
     pub async fn start_in(dir: PathBuf, port: u16, config: &str) -> Gateway {
+        Self::try_start_in(dir, port, config)
+            .await
+            .unwrap_or_else(|PortTaken| panic!("gateway port {port} is taken"))
+    }
+
+    /// Like [`Gateway::start`], but [`PortTaken`] when the port went to someone else after
+    /// [`free_port`] (for [`on_free_port`]); any other start-up failure panics.
+    pub async fn try_start(port: u16, config: &str) -> Result<Gateway, PortTaken> {
+        Self::try_start_in(temp_dir("gw"), port, config).await
+    }
+
+    pub async fn try_start_in(dir: PathBuf, port: u16, config: &str) -> Result<Gateway, PortTaken> {
         let config_path = dir.join("portcullis.toml");
         std::fs::write(&config_path, config).unwrap();
-        let proc = Self::spawn(&config_path).await;
-        Gateway {
+        let proc = Self::try_spawn(&config_path).await?;
+        Ok(Gateway {
             proc: Some(proc),
             origin: format!("http://127.0.0.1:{port}"),
             port,
             dir,
             config_path,
-        }
+        })
     }
 
     async fn spawn(config_path: &Path) -> Proc {
+        Self::try_spawn(config_path)
+            .await
+            .unwrap_or_else(|PortTaken| panic!("gateway port is taken"))
+    }
+
+    async fn try_spawn(config_path: &Path) -> Result<Proc, PortTaken> {
         let mut cmd = Command::new(gateway_binary());
         cmd.arg("serve")
             .arg("--config")
             .arg(config_path)
             .env("RUST_LOG", "info,portcullis=debug");
-        Proc::spawn("gateway", cmd).await
+        match Proc::try_spawn("gateway", cmd).await {
+            Ok(p) => Ok(p),
+            Err(output) if bind_failed(&output) => Err(PortTaken),
+            Err(output) => panic!("gateway exited before it was ready:\n{}", output.join("\n")),
+        }
+    }
+
+    /// Everything the gateway printed so far (its logs), one line per entry.
+    pub fn logs(&self) -> Vec<String> {
+        self.proc.as_ref().map(Proc::logs).unwrap_or_default()
     }
 
     pub async fn stop(&mut self) {
@@ -452,24 +564,64 @@ impl Stack {
     }
 
     pub async fn start_with(idp_opts: IdpOptions, extra_config: &str) -> Stack {
-        let port = free_port();
-        let origin = format!("http://127.0.0.1:{port}");
-        let idp = Idp::start(&[origin], idp_opts).await;
-        let api = Api::start(&idp.issuer).await;
-        let gw = Gateway::start(
-            port,
-            &default_config(port, &idp.issuer, &api.url, extra_config),
-        )
-        .await;
-        Stack { idp, api, gw }
+        Self::start_config(idp_opts, |port, idp, api| {
+            default_config(port, &idp.issuer, &api.url, extra_config)
+        })
+        .await
+    }
+
+    /// IdP + API + gateway; `edit` changes the default configuration text.
+    pub async fn start_edited(idp_opts: IdpOptions, edit: impl Fn(String) -> String) -> Stack {
+        Self::start_config(idp_opts, |port, idp, api| {
+            edit(default_config(port, &idp.issuer, &api.url, ""))
+        })
+        .await
+    }
+
+    /// IdP + API + gateway with the configuration `config(port, idp, api)` makes. Retries on
+    /// another port when the gateway's port was taken before it could bind it.
+    pub async fn start_config(
+        idp_opts: IdpOptions,
+        config: impl Fn(u16, &Idp, &Api) -> String,
+    ) -> Stack {
+        let config = &config;
+        on_free_port(|port| {
+            let idp_opts = idp_opts.clone();
+            async move {
+                let idp = Idp::start(&[format!("http://127.0.0.1:{port}")], idp_opts).await;
+                let api = Api::start(&idp.issuer).await;
+                let gw = Gateway::try_start(port, &config(port, &idp, &api)).await?;
+                Ok(Stack { idp, api, gw })
+            }
+        })
+        .await
     }
 }
 
-/// A browser-like HTTP client: a cookie jar, no automatic redirects.
+/// A browser-like HTTP client: a cookie jar, no automatic redirects. Every response that
+/// goes through [`Browser::get`], [`Browser::get_csrf`] or [`Browser::send`] is recorded
+/// (URL, headers, and the body as the test reads it) in [`Browser::seen`], for leak checks.
 #[derive(Clone)]
 pub struct Browser {
     pub http: Client,
     pub jar: Arc<reqwest::cookie::Jar>,
+    seen: Arc<std::sync::Mutex<Vec<Seen>>>,
+}
+
+/// One response a [`Browser`] received.
+#[derive(Debug, Clone)]
+pub struct SeenResponse {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    /// The body bytes the test read (all of it, unless the test stopped reading early).
+    pub body: Vec<u8>,
+}
+
+#[derive(Clone)]
+struct Seen {
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
 impl Default for Browser {
@@ -493,15 +645,73 @@ impl Browser {
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap();
-        Browser { http, jar }
+        Self::with_client(http, jar)
+    }
+
+    /// A browser over a client the test built (e.g. one that trusts a test CA); `http` must
+    /// use `jar` as its cookie store.
+    pub fn with_client(http: Client, jar: Arc<reqwest::cookie::Jar>) -> Browser {
+        Browser {
+            http,
+            jar,
+            seen: Arc::default(),
+        }
     }
 
     pub async fn get(&self, url: &str) -> Response {
-        self.http.get(url).send().await.unwrap()
+        self.send(self.http.get(url)).await
     }
 
     pub async fn get_csrf(&self, url: &str) -> Response {
-        self.http.get(url).headers(csrf()).send().await.unwrap()
+        self.send(self.http.get(url).headers(csrf())).await
+    }
+
+    /// Sends a request built on [`Browser::http`] and records the response as it is read
+    /// (the body is teed while the test consumes it, so streaming stays streaming).
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Response {
+        use futures_util::StreamExt;
+        let r = req.send().await.unwrap();
+        let body = Arc::new(std::sync::Mutex::new(Vec::new()));
+        self.seen.lock().unwrap().push(Seen {
+            url: r.url().to_string(),
+            headers: r
+                .headers()
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body: body.clone(),
+        });
+        let mut builder = http::Response::builder()
+            .status(r.status())
+            .version(r.version());
+        for (n, v) in r.headers() {
+            builder = builder.header(n, v);
+        }
+        let stream = r.bytes_stream().inspect(move |chunk| {
+            if let Ok(c) = chunk {
+                body.lock().unwrap().extend_from_slice(c);
+            }
+        });
+        Response::from(builder.body(reqwest::Body::wrap_stream(stream)).unwrap())
+    }
+
+    /// Every response recorded so far.
+    pub fn seen(&self) -> Vec<SeenResponse> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| SeenResponse {
+                url: s.url.clone(),
+                headers: s.headers.clone(),
+                body: s.body.lock().unwrap().clone(),
+            })
+            .collect()
     }
 
     /// Follows redirects like a browser (GET after 302/303), at most `max` hops; returns the
@@ -552,12 +762,12 @@ impl Browser {
             let action = form_action(&html).unwrap_or_else(|| panic!("no form at {url}: {html}"));
             let action = resolve(&url, &action);
             let r = self
-                .http
-                .post(&action)
-                .form(&[("login", user), ("password", user)])
-                .send()
-                .await
-                .unwrap();
+                .send(
+                    self.http
+                        .post(&action)
+                        .form(&[("login", user), ("password", user)]),
+                )
+                .await;
             assert!(
                 r.status().is_redirection(),
                 "login form POST answered {}",
@@ -690,4 +900,156 @@ pub async fn raw_request(port: u16, request: &str) -> String {
     let _ = tokio::time::timeout(Duration::from_secs(10), read_head).await;
     let text = String::from_utf8_lossy(&buf).into_owned();
     text.split("\r\n\r\n").next().unwrap_or_default().to_owned()
+}
+
+/// Every secret value the test IdP handed out (`GET /__test/issued`).
+#[derive(Debug, Clone, Default)]
+pub struct Issued {
+    pub authorization_codes: Vec<String>,
+    pub access_tokens: Vec<String>,
+    pub refresh_tokens: Vec<String>,
+    pub id_tokens: Vec<String>,
+    pub logout_tokens: Vec<String>,
+}
+
+impl Issued {
+    /// (kind, value) for every value.
+    pub fn all(&self) -> Vec<(&'static str, &str)> {
+        let kinds: [(&'static str, &Vec<String>); 5] = [
+            ("authorization code", &self.authorization_codes),
+            ("access token", &self.access_tokens),
+            ("refresh token", &self.refresh_tokens),
+            ("ID token", &self.id_tokens),
+            ("logout token", &self.logout_tokens),
+        ];
+        kinds
+            .into_iter()
+            .flat_map(|(k, vs)| vs.iter().map(move |v| (k, v.as_str())))
+            .collect()
+    }
+}
+
+/// Session cookie values (`bff-auth` / `__Host-bff-auth`) the gateway set in responses the
+/// browser recorded.
+pub fn session_cookie_values(seen: &[SeenResponse]) -> Vec<String> {
+    seen.iter()
+        .flat_map(|r| r.headers.iter())
+        .filter(|(n, _)| n == "set-cookie")
+        .filter_map(|(_, v)| {
+            let (name, rest) = v.split_once('=')?;
+            let value = rest.split(';').next()?;
+            (name.ends_with("bff-auth") && !value.is_empty()).then(|| value.to_owned())
+        })
+        .collect()
+}
+
+/// Asserts that no secret reached the gateway's logs or the browser:
+/// - `gateway_logs` hold none of the values the IdP issued (authorization codes, access,
+///   refresh, ID and logout tokens) and no session cookie value;
+/// - the responses in `browser_seen` that did not come from the IdP (i.e. the gateway's) hold
+///   no code, access, refresh or logout token in any header or body; an ID token only in a
+///   `Location` to the IdP (`id_token_hint` on the end-session redirect, OpenID Connect
+///   RP-Initiated Logout 1.0 §2, which needs it in the browser); a session cookie value only
+///   in `Set-Cookie`.
+///
+/// Compares the real values, not JWT-shaped text, so opaque codes and refresh tokens count.
+/// So that it cannot pass vacuously, it requires at least one code, access, refresh and ID
+/// token from the IdP and one session cookie in `browser_seen` (call it after a login).
+pub async fn assert_no_secret_leaks(
+    idp: &Idp,
+    gateway_logs: &[String],
+    browser_seen: &[SeenResponse],
+) {
+    let issued = idp.issued().await;
+    if let Err(e) = check_no_secret_leaks(&issued, &idp.issuer, gateway_logs, browser_seen) {
+        panic!("{e}");
+    }
+}
+
+/// The check behind [`assert_no_secret_leaks`], on values already fetched: `Err` names the
+/// first leak (without the secret).
+pub fn check_no_secret_leaks(
+    issued: &Issued,
+    idp_issuer: &str,
+    gateway_logs: &[String],
+    browser_seen: &[SeenResponse],
+) -> Result<(), String> {
+    for (kind, values) in [
+        ("authorization codes", &issued.authorization_codes),
+        ("access tokens", &issued.access_tokens),
+        ("refresh tokens", &issued.refresh_tokens),
+        ("ID tokens", &issued.id_tokens),
+    ] {
+        assert!(
+            !values.is_empty(),
+            "the IdP reports no issued {kind}: the leak check would check nothing"
+        );
+    }
+    let cookies = session_cookie_values(browser_seen);
+    assert!(
+        !cookies.is_empty(),
+        "no session cookie among the recorded responses: the leak check would check nothing"
+    );
+    assert!(!gateway_logs.is_empty(), "no gateway logs captured");
+
+    let logs = gateway_logs.join("\n");
+    for (kind, value) in issued.all() {
+        if logs.contains(value) {
+            return Err(format!(
+                "an issued {kind} reached the gateway's logs: {}",
+                gateway_logs
+                    .iter()
+                    .find(|l| l.contains(value))
+                    .map(|l| l.replace(value, "<SECRET>"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    if cookies.iter().any(|c| logs.contains(c.as_str())) {
+        return Err("a session id reached the gateway's logs".into());
+    }
+
+    let mut checked = 0;
+    for r in browser_seen
+        .iter()
+        .filter(|r| !r.url.starts_with(idp_issuer))
+    {
+        checked += 1;
+        let body = String::from_utf8_lossy(&r.body);
+        for (kind, value) in issued.all() {
+            if body.contains(value) {
+                return Err(format!(
+                    "an issued {kind} reached the browser in the body of {}",
+                    r.url
+                ));
+            }
+            for (name, v) in &r.headers {
+                let allowed = kind == "ID token" && name == "location" && v.starts_with(idp_issuer);
+                if !allowed && v.contains(value) {
+                    return Err(format!(
+                        "an issued {kind} reached the browser in the {name} header of {}",
+                        r.url
+                    ));
+                }
+            }
+        }
+        for cookie in &cookies {
+            if body.contains(cookie.as_str()) {
+                return Err(format!(
+                    "a session id reached the browser in the body of {}",
+                    r.url
+                ));
+            }
+            for (name, v) in &r.headers {
+                if name != "set-cookie" && v.contains(cookie.as_str()) {
+                    return Err(format!(
+                        "a session id reached the browser in the {name} header of {}",
+                        r.url
+                    ));
+                }
+            }
+        }
+    }
+    assert!(checked > 0, "no gateway response was recorded");
+    Ok(())
 }

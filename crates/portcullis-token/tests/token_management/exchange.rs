@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_token::{
-    ClientCredentialsManager, ManagedToken, ManualClock, TokenExchangeManager, TokenParams,
+    ClientCredentialsManager, ManagedToken, ManualClock, TokenError, TokenExchangeManager,
+    TokenParams,
 };
 
 use crate::idp::{Behaviour, MockIdp};
@@ -113,7 +114,14 @@ async fn concurrent_exchanges_make_one_request_and_failures_are_not_cached() {
     assert_eq!(idp.token_calls(), calls + 1);
 
     idp.set(|b| b.fail_with = Some((400, r#"{"error":"invalid_target"}"#.into())));
-    assert!(ex.exchange(&subject, &audience("other")).await.is_err());
+    let err = ex
+        .exchange(&subject, &audience("other"))
+        .await
+        .expect_err("the IdP refused this exchange");
+    assert!(
+        matches!(&err, TokenError::Rejected { status: 400, error, .. } if error == "invalid_target"),
+        "{err:?}"
+    );
     idp.set(|b| b.fail_with = None);
     assert!(
         ex.exchange(&subject, &audience("other")).await.is_ok(),

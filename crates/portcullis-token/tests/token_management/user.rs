@@ -329,7 +329,8 @@ async fn idp_down_keeps_tokens_and_backs_off() {
     assert_eq!(f.stored(), before);
     // after the back-off: tried again; recovers once the IdP is back
     f.clock.advance(1);
-    assert!(f.get().await.is_err());
+    let again = f.get().await.expect_err("the IdP is still down");
+    assert!(again.is_transient() && !again.ends_session(), "{again:?}");
     assert_eq!(f.idp.token_calls(), 2);
     f.idp.set(|b| b.fail_with = None);
     f.clock.advance(2);
@@ -628,8 +629,16 @@ async fn waiting_instance_rereads_the_store_instead_of_using_its_old_refresh_tok
                 .await
         })
     };
-    // The other instance refreshes (rt-0 is spent at the IdP) and stores its result.
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    // Once the waiting request is polling the foreign lease (seen twice, not guessed from
+    // a sleep), the other instance refreshes (rt-0 is spent at the IdP) and stores its result.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.leases.load(Ordering::SeqCst) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the waiting request never tried the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     f.idp.state.valid_refresh_tokens.lock().unwrap().clear();
     store.inner.insert(
         S,
