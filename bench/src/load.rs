@@ -25,8 +25,9 @@ pub struct Measured {
     pub rps: f64,
     pub p50_us: u64,
     pub p99_us: u64,
-    /// CPU time of this whole process (gateway, load generator, upstream, in-process store
-    /// clients) per request; `None` when `/proc/self/stat` cannot be read.
+    /// CPU time per request of the measured process: this whole process (gateway, load
+    /// generator, upstream, in-process store clients) by default, or the proxy process given
+    /// to [`run_measuring`]; `None` when its `/proc/…/stat` cannot be read.
     pub cpu_us_per_req: Option<f64>,
     /// Share of the machine's CPU time the hypervisor gave to others during the window
     /// (`steal` in `/proc/stat`), in percent: a noisy-neighbour indicator.
@@ -42,9 +43,21 @@ pub async fn run(
     warmup: Duration,
     duration: Duration,
 ) -> Result<Measured, String> {
+    run_measuring(addr, templates, expected_body, warmup, duration, None).await
+}
+
+/// [`run`], with the CPU time of process `pid` (`None`: this process) in the measured window.
+pub async fn run_measuring(
+    addr: SocketAddr,
+    templates: Vec<RequestTemplate>,
+    expected_body: &'static str,
+    warmup: Duration,
+    duration: Duration,
+    pid: Option<u32>,
+) -> Result<Measured, String> {
     let measure_start = Instant::now() + warmup;
     let measure_end = measure_start + duration;
-    let cpu = tokio::spawn(cpu_during(measure_start, measure_end));
+    let cpu = tokio::spawn(cpu_during(measure_start, measure_end, pid));
     let workers: Vec<_> = templates
         .into_iter()
         .map(|t| tokio::spawn(worker(addr, t, expected_body, measure_start, measure_end)))
@@ -151,13 +164,18 @@ fn percentile(sorted: &[u32], p: f64) -> u64 {
     u64::from(sorted[rank - 1])
 }
 
-/// Process CPU time (user + system, all threads) spent between `start` and `end`, and the
-/// machine's steal time in that window as a percentage of all CPU time.
-async fn cpu_during(start: Instant, end: Instant) -> (Option<Duration>, Option<f64>) {
+/// CPU time (user + system, all threads) of process `pid` (`None`: this one) spent between
+/// `start` and `end`, and the machine's steal time in that window as a percentage of all CPU
+/// time.
+async fn cpu_during(
+    start: Instant,
+    end: Instant,
+    pid: Option<u32>,
+) -> (Option<Duration>, Option<f64>) {
     tokio::time::sleep_until(start.into()).await;
-    let (p0, m0) = (process_cpu(), machine_cpu());
+    let (p0, m0) = (process_cpu(pid), machine_cpu());
     tokio::time::sleep_until(end.into()).await;
-    let (p1, m1) = (process_cpu(), machine_cpu());
+    let (p1, m1) = (process_cpu(pid), machine_cpu());
     let process = p0.zip(p1).map(|(a, b)| b.saturating_sub(a));
     let steal = m0.zip(m1).and_then(|((t0, s0), (t1, s1))| {
         let total = t1.saturating_sub(t0);
@@ -180,8 +198,13 @@ fn machine_cpu() -> Option<(u64, u64)> {
     Some((v.iter().sum(), *v.get(7)?))
 }
 
-fn process_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+/// utime + stime of process `pid` (`None`: this one), all threads.
+pub fn process_cpu(pid: Option<u32>) -> Option<Duration> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();

@@ -25,6 +25,7 @@
 
 mod load;
 mod servers;
+mod vs_nginx;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -117,6 +118,23 @@ struct Args {
     /// Worker threads of the async runtime (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Instead of the store scenarios: the `portcullis` binary beside nginx, each a separate
+    /// process, in front of a Content-Length (in-process) and a chunked (Node) upstream.
+    #[arg(long)]
+    vs_nginx: bool,
+    /// The gateway binary for `--vs-nginx` (default: `portcullis` next to this binary).
+    #[arg(long)]
+    portcullis_bin: Option<PathBuf>,
+    /// nginx for `--vs-nginx`.
+    #[arg(long, default_value = "/usr/sbin/nginx")]
+    nginx_bin: PathBuf,
+    /// Node.js for the chunked upstream of `--vs-nginx`.
+    #[arg(long, default_value = "node")]
+    node_bin: String,
+    /// `--vs-nginx`: run the proxy (gateway or nginx) alone on the last CPU and everything
+    /// else (load generator, upstreams) on the others (`taskset`).
+    #[arg(long)]
+    pin: bool,
 }
 
 /// The access token every benchmark session holds: JWT-sized, so tickets and the forwarded
@@ -205,7 +223,12 @@ struct Bench<'a> {
 
 async fn run(args: Args) -> i32 {
     let mut report = Report::default();
-    match run_inner(&args, &mut report).await {
+    let outcome = if args.vs_nginx {
+        vs_nginx::run(&args, &mut report.lines).await
+    } else {
+        run_inner(&args, &mut report).await
+    };
+    match outcome {
         Ok(ok) => {
             report.print();
             if ok {
@@ -706,6 +729,30 @@ async fn start_gateway(
     let keys = KeyRing::new(vec![Key::parse(&Key::generate_spec("bench"))?])?;
     let gateway = Gateway::new(settings, store, keys, Arc::new(SystemClock))?;
 
+    let (cookies, store_keys, ticket_bytes) =
+        create_sessions(&gateway, issuer, access_token, sessions).await?;
+
+    let mut tasks = gateway.spawn_background_tasks();
+    tasks.push(servers::serve_on(listener, gateway.router(None)));
+    Ok(RunningGateway {
+        gateway,
+        addr,
+        cookies,
+        keys: store_keys,
+        ticket_bytes,
+        tasks,
+        sqlite_dir,
+    })
+}
+
+/// Logged-in sessions for the benchmark user(s), created directly in the gateway's store:
+/// (`Cookie` header values, store keys, sealed ticket bytes of one session).
+async fn create_sessions(
+    gateway: &Gateway,
+    issuer: &str,
+    access_token: &str,
+    sessions: usize,
+) -> Result<(Vec<HeaderValue>, Vec<String>, usize), GatewayStartError> {
     let now = gateway.now();
     let cookie_name = gateway.sessions().cookies().session_name().to_owned();
     let mut cookies = Vec::with_capacity(sessions);
@@ -760,18 +807,7 @@ async fn start_gateway(
         );
         store_keys.push(record.key);
     }
-
-    let mut tasks = gateway.spawn_background_tasks();
-    tasks.push(servers::serve_on(listener, gateway.router(None)));
-    Ok(RunningGateway {
-        gateway,
-        addr,
-        cookies,
-        keys: store_keys,
-        ticket_bytes,
-        tasks,
-        sqlite_dir,
-    })
+    Ok((cookies, store_keys, ticket_bytes))
 }
 
 fn gateway_settings(

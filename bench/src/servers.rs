@@ -27,7 +27,13 @@ pub async fn serve(router: Router) -> std::io::Result<(SocketAddr, JoinHandle<()
     Ok((addr, serve_on(listener, router)))
 }
 
+/// Serves `router` on `listener`, with `TCP_NODELAY` on every accepted connection (as the
+/// gateway binary does).
 pub fn serve_on(listener: tokio::net::TcpListener, router: Router) -> JoinHandle<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move {
         let app = router.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app).await {

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use portcullis::Gateway;
 
 use crate::config::{Config, KeySource};
@@ -79,7 +80,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot listen on {} (admin): {e}", admin.listen))?;
         tracing::info!(addr = %admin.listen, "admin listener (sessions, metrics)");
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+            if let Err(e) = axum::serve(listener.tap_io(set_nodelay), app).await {
                 tracing::error!(error = %e, "admin listener stopped");
             }
         });
@@ -107,7 +108,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         crate::serve::tls::serve(listener, app, cert, key).await?;
     } else {
         axum::serve(
-            listener,
+            listener.tap_io(set_nodelay),
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown_signal())
@@ -119,6 +120,17 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     }
     tracing::info!("portcullis stopped");
     Ok(())
+}
+
+/// `TCP_NODELAY` on an accepted connection. With Nagle's algorithm on, the last small write
+/// of a streamed response (the terminating chunk of a chunked body, a TLS record after the
+/// headers) waits until the client ACKs the previous segment, which clients delay by up to
+/// ~40 ms: every such response would take that long. Responses are written in whole
+/// frames already, so small packets are not a concern.
+fn set_nodelay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+    }
 }
 
 async fn shutdown_signal() {
@@ -179,13 +191,14 @@ mod tls {
         let shutdown = super::shutdown_signal();
         tokio::pin!(shutdown);
         loop {
-            let (tcp, peer): (_, SocketAddr) = tokio::select! {
+            let (mut tcp, peer): (_, SocketAddr) = tokio::select! {
                 r = listener.accept() => match r {
                     Ok(c) => c,
                     Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
                 },
                 _ = &mut shutdown => return Ok(()),
             };
+            super::set_nodelay(&mut tcp);
             let acceptor = acceptor.clone();
             let app = app.clone().layer(axum::Extension(ConnectInfo(peer)));
             tokio::spawn(async move {

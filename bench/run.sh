@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Gateway vs nginx, Content-Length and chunked upstreams: builds the release binaries and runs
+# `proxy-bench --vs-nginx` (see bench/README.md). Self-contained and bounded: installs nginx
+# with apt-get if it is missing, needs Node.js (a test dependency), listens on 127.0.0.1 only,
+# and takes about 1.5 minutes after the build with the defaults below.
+#
+#   bash bench/run.sh                      # 3 rounds, 32 connections, 3 s per scenario
+#   bash bench/run.sh --rounds 5 --pin     # extra options go to proxy-bench
+#
+# Environment: CARGO_TARGET_DIR (default ~/.cache/portcullis-target), NGINX (nginx binary).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/portcullis-target}"
+
+NGINX="${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}"
+if [ ! -x "$NGINX" ]; then
+    echo "run.sh: nginx not found; installing nginx-light (or nginx) with apt-get" >&2
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light \
+        || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx
+    NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+fi
+command -v node >/dev/null || { echo "run.sh: node (Node.js) is required for the chunked upstream" >&2; exit 69; }
+command -v taskset >/dev/null || echo "run.sh: taskset missing; --pin will not work" >&2
+
+cargo build --release --locked -p portcullis-cli -p portcullis-bench
+
+# Three rounds unless the caller chose.
+ROUNDS=(--rounds 3)
+for a in "$@"; do
+    case "$a" in --rounds|--rounds=*) ROUNDS=() ;; esac
+done
+
+# A hard upper bound on the run itself (the defaults need ~90 s).
+timeout 600 "$CARGO_TARGET_DIR/release/proxy-bench" --vs-nginx \
+    --portcullis-bin "$CARGO_TARGET_DIR/release/portcullis" \
+    --nginx-bin "$NGINX" \
+    "${ROUNDS[@]}" \
+    "$@"

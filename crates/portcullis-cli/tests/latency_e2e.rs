@@ -1,0 +1,216 @@
+//! Latency end-to-end: what a proxied request costs in wall-clock time when nothing else is
+//! going on. One browser, one keep-alive connection, one request at a time, through the real
+//! binary, to a real Node upstream that answers with `Transfer-Encoding: chunked`
+//! (`testing/upstream/framing.mjs`: `res.writeHead(200)` + `res.end(body)`).
+//!
+//! A gateway socket with Nagle's algorithm on holds back the last small write of a streamed
+//! body (the terminating chunk) until the browser ACKs the previous segment, which a browser
+//! delays by ~40 ms: every such response then takes ~44 ms instead of ~1 ms. The median over
+//! 20 sequential requests must stay far below that.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::StatusCode;
+use tokio::process::Command;
+
+/// Far below the ~40 ms delayed-ACK timer, far above a loopback round trip through the
+/// gateway on a busy debug build.
+const MEDIAN_LIMIT: Duration = Duration::from_millis(15);
+const REQUESTS: usize = 20;
+const BODY: &str = r#"{"message":"chunked hello","items":[1,2,3]}"#;
+
+/// The Node upstream answering every request with `BODY` in the given framing.
+async fn framing_upstream(framing: &str) -> (Proc, String) {
+    let mut cmd = Command::new("node");
+    cmd.current_dir(repo_root()).args([
+        "testing/upstream/framing.mjs",
+        "--port",
+        "0",
+        "--framing",
+        framing,
+        "--body",
+        BODY,
+    ]);
+    let proc = Proc::spawn("upstream", cmd).await;
+    let port = proc.ready["port"].as_u64().expect("port in READY");
+    (proc, format!("http://127.0.0.1:{port}"))
+}
+
+/// Sequential authenticated GETs on the browser's one keep-alive connection; returns the
+/// median and the largest latency. Every answer must be the upstream's body, chunked.
+async fn sequential_latency(b: &Browser, url: &str) -> (Duration, Duration) {
+    // Warm up: connection, session cache, upstream pool.
+    for _ in 0..3 {
+        let r = b.get_csrf(url).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r.bytes().await.unwrap();
+    }
+    let mut times = Vec::with_capacity(REQUESTS);
+    for _ in 0..REQUESTS {
+        let start = Instant::now();
+        let r = b.get_csrf(url).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            r.headers()
+                .get("transfer-encoding")
+                .and_then(|v| v.to_str().ok()),
+            Some("chunked"),
+            "the response must be streamed (chunked) for this test to mean anything"
+        );
+        let body = r.bytes().await.unwrap();
+        times.push(start.elapsed());
+        assert_eq!(body, BODY.as_bytes());
+    }
+    times.sort();
+    (times[REQUESTS / 2], times[REQUESTS - 1])
+}
+
+/// A client that keeps at most one idle connection: every request reuses the same one.
+fn one_connection_client(
+    jar: std::sync::Arc<reqwest::cookie::Jar>,
+    ca: Option<reqwest::Certificate>,
+) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .cookie_provider(jar)
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(1)
+        .http1_only()
+        .timeout(Duration::from_secs(30));
+    if let Some(ca) = ca {
+        builder = builder.add_root_certificate(ca);
+    }
+    builder.build().unwrap()
+}
+
+#[tokio::test]
+async fn chunked_upstream_adds_no_nagle_delay() {
+    let port = free_port();
+    let idp = Idp::start(&[format!("http://127.0.0.1:{port}")], IdpOptions::default()).await;
+    let (_upstream, upstream_url) = framing_upstream("chunked").await;
+    let mut gw = Gateway::start(port, &default_config(port, &idp.issuer, &upstream_url, "")).await;
+
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    let b = Browser::with_client(one_connection_client(jar.clone(), None), jar);
+    b.login(&gw, "alice").await;
+    let (median, max) = sequential_latency(&b, &gw.url("/api/hello")).await;
+    eprintln!("chunked through the gateway (plain): median {median:?}, max {max:?}");
+    assert!(
+        median < MEDIAN_LIMIT,
+        "median latency {median:?} (max {max:?}) over {REQUESTS} sequential requests: a \
+         gateway socket waits on Nagle's algorithm"
+    );
+    gw.stop().await;
+}
+
+fn openssl(args: &[&str], dir: &std::path::Path) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl CLI (apt-get install -y openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A throw-away CA (`ca.pem`) and a leaf for 127.0.0.1 (`cert.pem`, `key.pem`) in `dir`.
+fn make_certificates(dir: &std::path::Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=portcullis test CA",
+    ]);
+    openssl(&ca, dir);
+    let mut csr = vec!["req", "-new"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "key.pem",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    openssl(&csr, dir);
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+        ],
+        dir,
+    );
+}
+
+#[tokio::test]
+async fn chunked_upstream_adds_no_nagle_delay_over_tls() {
+    let port = free_port();
+    let origin = format!("https://127.0.0.1:{port}");
+    let idp = Idp::start(std::slice::from_ref(&origin), IdpOptions::default()).await;
+    let (_upstream, upstream_url) = framing_upstream("chunked").await;
+    let dir = temp_dir("gw-tls-latency");
+    make_certificates(&dir);
+    let config = default_config(port, &idp.issuer, &upstream_url, "")
+        .replace(
+            &format!("public_url = \"http://127.0.0.1:{port}\""),
+            &format!("public_url = \"{origin}\""),
+        )
+        .replacen(
+            "data_dir = \"data\"\n",
+            "data_dir = \"data\"\n\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n",
+            1,
+        );
+    let mut gw = Gateway::start_in(dir.clone(), port, &config).await;
+    gw.origin = origin;
+
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(dir.join("ca.pem")).unwrap()).unwrap();
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    let b = Browser::with_client(one_connection_client(jar.clone(), Some(ca)), jar);
+    b.login(&gw, "alice").await;
+    let (median, max) = sequential_latency(&b, &gw.url("/api/hello")).await;
+    eprintln!("chunked through the gateway (TLS): median {median:?}, max {max:?}");
+    assert!(
+        median < MEDIAN_LIMIT,
+        "median latency {median:?} (max {max:?}) over {REQUESTS} sequential requests over TLS: \
+         a gateway socket waits on Nagle's algorithm"
+    );
+    gw.stop().await;
+}
