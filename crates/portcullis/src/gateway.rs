@@ -334,7 +334,10 @@ async fn api_inner(
         ) => match gw.tokens().user_token(session, &route.settings).await {
             Ok(t) => Some(t),
             Err(TokenFailure::SessionEnded(reason)) if policy == TokenPolicy::UserOrNone => {
-                tracing::info!(reason = %untrusted(&reason), "user token unavailable; forwarding without a token");
+                // The token service has ended the session: forward anonymously, and tell the
+                // browser its cookie is dead.
+                tracing::info!(reason = %untrusted(&reason), "session ended; forwarding without a token");
+                clear_cookie = true;
                 None
             }
             Err(TokenFailure::SessionEnded(reason)) => {

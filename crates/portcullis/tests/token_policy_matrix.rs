@@ -319,8 +319,12 @@ async fn expired_access_token_without_refresh_token_ends_the_session() {
 
 #[tokio::test]
 async fn user_or_none_forwards_without_a_token_when_the_user_token_is_unavailable() {
-    // invalid_grant and an IdP outage alike: the route works without a token.
-    for (status, error) in [(400, "invalid_grant"), (503, "temporarily_unavailable")] {
+    // invalid_grant and an IdP outage alike: the route works without a token; invalid_grant
+    // ends the session (and clears its cookie), an outage keeps it.
+    for (status, error, ended) in [
+        (400, "invalid_grant", true),
+        (503, "temporarily_unavailable", false),
+    ] {
         let (idp, upstream, gw, app, cookie) = expired_session(true).await;
         idp.fail(REFRESH, status, json!({"error": error}));
         let a = call(
@@ -333,8 +337,9 @@ async fn user_or_none_forwards_without_a_token_when_the_user_token_is_unavailabl
         .await;
         assert_eq!(a.status, StatusCode::OK, "{error}");
         assert_eq!(a.json()["authorization"], Value::Null, "{error}");
-        assert!(!a.clears_session_cookie(&gw), "{error}");
+        assert_eq!(a.clears_session_cookie(&gw), ended, "{error}");
         assert_eq!(upstream.hits(), 1, "{error}");
+        assert_eq!(session_alive(&app, &cookie).await, !ended, "{error}");
     }
 }
 
