@@ -75,7 +75,7 @@ pub struct OAuthClientConfig {
     /// [`insecure_allow_http`](Self::insecure_allow_http) is set.
     pub token_endpoint: Url,
     /// The revocation endpoint (RFC 7009 §2), if the IdP has one; without it
-    /// [`OAuthClient::revoke`] answers [`TokenError::NotSupported`](crate::TokenError::NotSupported).
+    /// [`OAuthClient::revoke`] answers [`TokenError::NotSupported`].
     pub revocation_endpoint: Option<Url>,
     /// Per-request timeout (connect + response). Default 10 s.
     pub timeout: Duration,
