@@ -32,5 +32,8 @@ cargo fmt --all -- --check
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "docs"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
 step "tests"
 cargo nextest run --workspace --locked --no-fail-fast "${filter[@]}" "$@"

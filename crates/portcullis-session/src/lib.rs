@@ -42,6 +42,8 @@
 //! - Redis Cluster works (every atomic step stays in one hash slot), with caveats listed in
 //!   [`redis`].
 
+#![warn(missing_docs)]
+
 pub mod memory;
 pub mod postgres;
 pub mod redis;

@@ -118,6 +118,7 @@ impl Inner {
 }
 
 impl MemoryStore {
+    /// An empty in-process store.
     pub fn new() -> Self {
         Self::default()
     }

@@ -45,7 +45,9 @@ pub struct SessionRecord {
     pub key: String,
     /// The frontend (application) this session belongs to.
     pub partition: String,
+    /// Subject (`sub` claim) of the user.
     pub sub: String,
+    /// IdP session id (`sid` claim), if any.
     pub sid: Option<String>,
     /// Unix seconds.
     pub created: i64,
@@ -78,14 +80,18 @@ impl std::fmt::Debug for SessionRecord {
 /// (an empty filter is refused with [`StoreError::InvalidFilter`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionFilter {
+    /// The partition (frontend) to search; filters never cross partitions.
     pub partition: String,
+    /// Match sessions of this subject, if set.
     pub sub: Option<String>,
+    /// Match sessions with this IdP session id, if set (with `sub` too, both must match).
     pub sid: Option<String>,
 }
 
 /// Result of a compare-and-set update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CasOutcome {
+    /// The record was written; the stored version is now `record.version`.
     Updated,
     /// Someone else wrote first; re-read and retry.
     Conflict,
@@ -94,6 +100,7 @@ pub enum CasOutcome {
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Why a store operation failed.
 pub enum StoreError {
     /// The backend cannot be reached or answered with an error. Transient: 503.
     #[error("session store unavailable: {0}")]
@@ -121,12 +128,29 @@ pub enum Invalidation {
 }
 
 #[async_trait]
+/// The storage contract every backend implements (see the crate docs). Times are Unix
+/// seconds; `now` parameters come from the caller's clock so tests can control expiry.
+/// Every method can fail with [`StoreError::Unavailable`] (transient: answer 503, keep the
+/// cookie); a store that is down is never reported as "no session".
 pub trait SessionStore: Send + Sync + 'static {
     /// A short name for logs and metrics ("memory", "sqlite", ...).
     fn kind(&self) -> &'static str;
 
+    /// The unexpired session with store key `key` at `now` (`expires > now`), or `None`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] when the backend fails; [`StoreError::Corrupt`] when the
+    /// record cannot be read back.
     async fn get(&self, key: &str, now: i64) -> Result<Option<SessionRecord>, StoreError>;
 
+    /// Inserts a new session. A session of the same partition, `sub` and `sid` is replaced
+    /// (deleted), so a repeated login never fails on a duplicate.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] when the backend fails; [`StoreError::Config`] for a record
+    /// the contract refuses.
     async fn create(&self, record: &SessionRecord) -> Result<(), StoreError>;
 
     /// Compare-and-set: writes `record` (whose `version` must be `expected_version + 1`)
@@ -140,17 +164,37 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Deletes one session; `Ok(None)` if it did not exist. Returns the deleted record.
     async fn delete(&self, key: &str) -> Result<Option<SessionRecord>, StoreError>;
 
+    /// The unexpired sessions (at `now`) in the filter's partition matching its `sub` and/or
+    /// `sid`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidFilter`] if neither `sub` nor `sid` is set;
+    /// [`StoreError::Unavailable`] when the backend fails.
     async fn find(
         &self,
         filter: &SessionFilter,
         now: i64,
     ) -> Result<Vec<SessionRecord>, StoreError>;
 
+    /// Deletes every session matching the filter and returns the deleted
+    /// records. Used by back-channel logout.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidFilter`] if neither `sub` nor `sid` is set;
+    /// [`StoreError::Unavailable`] when the backend fails.
     async fn delete_matching(
         &self,
         filter: &SessionFilter,
     ) -> Result<Vec<SessionRecord>, StoreError>;
 
+    /// Deletes sessions with `expires <= now`; returns how many were removed. Backends may
+    /// also purge expired replay and lease records here.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] when the backend fails.
     async fn cleanup_expired(&self, now: i64) -> Result<u64, StoreError>;
 
     /// Records `id` as seen until `expires` (unix seconds). Returns `true` the first time,

@@ -30,9 +30,14 @@ use crate::{Secret, TokenError};
 /// How the client proves its identity to the token endpoint.
 #[derive(Clone)]
 pub enum ClientAuth {
+    /// `client_secret_basic` (RFC 6749 §2.3.1): HTTP Basic with the form-urlencoded `client_id`
+    /// and secret.
     ClientSecretBasic(Secret),
+    /// `client_secret_post` (RFC 6749 §2.3.1): `client_id` and `client_secret` in the form body.
     ClientSecretPost(Secret),
+    /// `private_key_jwt` (OIDC Core §9, RFC 7523): a signed assertion in `client_assertion`.
     PrivateKeyJwt(PrivateKeyJwt),
+    /// A public client: only `client_id` in the form body.
     None,
 }
 
@@ -51,17 +56,24 @@ impl std::fmt::Debug for ClientAuth {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientAuthError {
     #[error("unsupported signing algorithm {0:?} (use ES256, RS256, PS256 or EdDSA)")]
+    /// The algorithm is not one of ES256, RS256, PS256 or EdDSA.
     UnsupportedAlgorithm(String),
     #[error("invalid private key: {0}")]
+    /// The key cannot be read (not PEM/JWK, wrong type for the algorithm, private part missing,
+    /// ...). The message never contains key material.
     InvalidKey(String),
 }
 
 /// Signing algorithms accepted for `private_key_jwt`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SigningAlg {
+    /// ECDSA P-256 with SHA-256 (EC key).
     ES256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (RSA key).
     RS256,
+    /// RSASSA-PSS with SHA-256 (RSA key).
     PS256,
+    /// Ed25519 (OKP key).
     EdDSA,
 }
 
@@ -164,10 +176,12 @@ impl PrivateKeyJwt {
         self
     }
 
+    /// The signing algorithm of the assertions.
     pub fn alg(&self) -> SigningAlg {
         self.alg
     }
 
+    /// The `kid` header of the assertions, if set.
     pub fn kid(&self) -> Option<&str> {
         self.kid.as_deref()
     }

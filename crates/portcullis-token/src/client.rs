@@ -67,9 +67,15 @@ const RESERVED: &[&str] = &[
 /// Configuration of an [`OAuthClient`].
 #[derive(Debug, Clone)]
 pub struct OAuthClientConfig {
+    /// `client_id` (RFC 6749 §2.2), sent with every request.
     pub client_id: String,
+    /// How the client authenticates (RFC 6749 §2.3, OIDC Core §9).
     pub auth: ClientAuth,
+    /// The token endpoint (RFC 6749 §3.2); must be https unless the host is loopback or
+    /// [`insecure_allow_http`](Self::insecure_allow_http) is set.
     pub token_endpoint: Url,
+    /// The revocation endpoint (RFC 7009 §2), if the IdP has one; without it
+    /// [`OAuthClient::revoke`] answers [`TokenError::NotSupported`].
     pub revocation_endpoint: Option<Url>,
     /// Per-request timeout (connect + response). Default 10 s.
     pub timeout: Duration,
@@ -78,6 +84,7 @@ pub struct OAuthClientConfig {
 }
 
 impl OAuthClientConfig {
+    /// A configuration with no revocation endpoint, a 10 s timeout and https required.
     pub fn new(client_id: impl Into<String>, auth: ClientAuth, token_endpoint: Url) -> Self {
         Self {
             client_id: client_id.into(),
@@ -100,11 +107,13 @@ impl OAuthClientConfig {
         config
     }
 
+    /// Sets the RFC 7009 revocation endpoint.
     pub fn with_revocation_endpoint(mut self, url: Url) -> Self {
         self.revocation_endpoint = Some(url);
         self
     }
 
+    /// Sets the per-request timeout (connect + response).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -114,7 +123,9 @@ impl OAuthClientConfig {
 /// The `token_type_hint` of a revocation request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenTypeHint {
+    /// `refresh_token`.
     RefreshToken,
+    /// `access_token`.
     AccessToken,
 }
 
@@ -161,6 +172,8 @@ fn field(name: &str, value: impl Into<String>) -> (String, String) {
 }
 
 impl OAuthClient {
+    /// Builds the client from its configuration, a shared `reqwest::Client` and a clock (for
+    /// `private_key_jwt` assertion times). Does no I/O.
     pub fn new(config: OAuthClientConfig, http: reqwest::Client, clock: SharedClock) -> Self {
         Self {
             client_id: config.client_id,
@@ -182,14 +195,17 @@ impl OAuthClient {
             .build()
     }
 
+    /// The configured `client_id`.
     pub fn client_id(&self) -> &str {
         &self.client_id
     }
 
+    /// The token endpoint.
     pub fn token_endpoint(&self) -> &Url {
         &self.token_endpoint
     }
 
+    /// The revocation endpoint, if configured.
     pub fn revocation_endpoint(&self) -> Option<&Url> {
         self.revocation_endpoint.as_ref()
     }

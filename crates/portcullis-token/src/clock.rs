@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Source of the current time, in whole seconds since the Unix epoch.
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
+    /// The current time, whole seconds since the Unix epoch.
     fn now_unix(&self) -> i64;
 }
 
@@ -32,12 +33,15 @@ impl Clock for SystemClock {
 pub struct ManualClock(Arc<AtomicI64>);
 
 impl ManualClock {
+    /// A clock standing at `now_unix` (seconds since the Unix epoch) until moved.
     pub fn new(now_unix: i64) -> Self {
         Self(Arc::new(AtomicI64::new(now_unix)))
     }
+    /// Moves the clock by `secs` seconds (negative moves it back).
     pub fn advance(&self, secs: i64) {
         self.0.fetch_add(secs, Ordering::SeqCst);
     }
+    /// Sets the clock to `now_unix` (seconds since the Unix epoch).
     pub fn set(&self, now_unix: i64) {
         self.0.store(now_unix, Ordering::SeqCst);
     }

@@ -15,9 +15,12 @@ use crate::TokenError;
 /// The endpoints of an authorization server.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct ProviderMetadata {
+    /// `issuer`; checked to equal the issuer that was asked for.
     pub issuer: Url,
+    /// `token_endpoint` (RFC 6749 §3.2).
     pub token_endpoint: Url,
     #[serde(default)]
+    /// `revocation_endpoint` (RFC 7009), if advertised.
     pub revocation_endpoint: Option<Url>,
 }
 

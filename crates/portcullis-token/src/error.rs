@@ -17,13 +17,22 @@ use serde::Deserialize;
 pub enum TokenError {
     /// The grant (refresh token, code) is invalid, expired or revoked. Ends the user session.
     #[error("token endpoint answered invalid_grant ({})", description.as_deref().unwrap_or("no description"))]
-    InvalidGrant { description: Option<String> },
+    InvalidGrant {
+        /// The IdP's `error_description` (control characters removed, at most 256
+        /// characters), if any.
+        description: Option<String>,
+    },
     /// Any other OAuth error response (`invalid_client`, `invalid_scope`, `unauthorized_client`,
     /// ...) or a 3xx/4xx answer without an OAuth error body (`error` is then `http_<status>`).
     #[error("token endpoint rejected the request: HTTP {status}, {error} ({})", description.as_deref().unwrap_or("no description"))]
     Rejected {
+        /// HTTP status code of the answer.
         status: u16,
+        /// The RFC 6749 §5.2 `error` code (at most 64 characters), or `http_<status>` when
+        /// the body carries none.
         error: String,
+        /// The IdP's `error_description` (control characters removed, at most 256
+        /// characters), if any.
         description: Option<String>,
     },
     /// The token endpoint refused a refresh with a 4xx other than 429 (`invalid_client`,
@@ -33,8 +42,13 @@ pub enum TokenError {
     /// `invalid_grant` does. Only the refresh path produces it ([`OAuthClient::refresh`](crate::OAuthClient::refresh)).
     #[error("token endpoint refused the refresh: HTTP {status}, {error} ({})", description.as_deref().unwrap_or("no description"))]
     RefreshRefused {
+        /// HTTP status code of the answer.
         status: u16,
+        /// The RFC 6749 §5.2 `error` code (at most 64 characters), or `http_<status>` when
+        /// the body carries none.
         error: String,
+        /// The IdP's `error_description` (control characters removed, at most 256
+        /// characters), if any.
         description: Option<String>,
     },
     /// A 2xx refresh response that the [`RefreshValidator`](crate::RefreshValidator) refused

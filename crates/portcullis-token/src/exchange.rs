@@ -37,6 +37,9 @@ impl std::fmt::Debug for TokenExchangeManager {
 }
 
 impl TokenExchangeManager {
+    /// Builds an RFC 8693 token-exchange manager. Exchanged tokens are cached (in memory, up to
+    /// 100 000 entries) and exchanged again when they expire within `buffer` (capped at half
+    /// their lifetime).
     pub fn new(client: Arc<OAuthClient>, clock: SharedClock, buffer: Duration) -> Self {
         Self {
             client,

@@ -37,15 +37,22 @@ use crate::{
 pub enum TokenSource {
     /// A client-credentials token of a named client.
     Client {
+        /// The client-credentials manager (caches and renews tokens).
         manager: Arc<ClientCredentialsManager>,
+        /// Name of the client registered in `manager`.
         name: String,
+        /// Resource/scope/extra parameters of the token.
         params: TokenParams,
     },
     /// The token of one user session (create one `TokenClient` per session; they are cheap).
     User {
+        /// The user-token manager (refreshes tokens, one refresh at a time per session).
         manager: Arc<UserTokenManager>,
+        /// Where the session's tokens are stored.
         store: Arc<dyn UserTokenStore>,
+        /// The session's key in `store`.
         session: String,
+        /// Resource/scope/extra parameters of the token.
         params: TokenParams,
     },
 }
@@ -126,10 +133,12 @@ pub struct TokenClient {
 }
 
 impl TokenClient {
+    /// Wraps `http`; every request sent through [`send`](Self::send) gets a token from `source`.
     pub fn new(http: reqwest::Client, source: TokenSource) -> Self {
         Self { http, source }
     }
 
+    /// Where this client gets its tokens.
     pub fn source(&self) -> &TokenSource {
         &self.source
     }

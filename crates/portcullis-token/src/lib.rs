@@ -45,6 +45,8 @@
 //! Token values are [`Secret`]s: redacted in `Debug`, never logged (logs and spans carry
 //! [`Secret::fingerprint`]s). Time comes from an injectable [`Clock`].
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod client;
 pub mod client_credentials;

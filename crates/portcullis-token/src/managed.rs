@@ -48,6 +48,7 @@ impl ManagedToken {
         self.expires_at
     }
 
+    /// The token's `token_type` (the `Authorization` scheme: `Bearer`, `DPoP`, ...).
     pub fn token_type(&self) -> &TokenType {
         &self.token_type
     }

@@ -10,9 +10,14 @@
 //!
 //! Labels are low-cardinality by construction: never a session id, client id or token.
 
+/// Counter of requests to the token and revocation endpoints; label `grant_type`
+/// (`revocation` for RFC 7009 calls).
 pub const TOKEN_REQUESTS_TOTAL: &str = "portcullis_token_requests_total";
+/// Counter of user-token refreshes attempted at the IdP; no labels.
 pub const TOKEN_REFRESH_TOTAL: &str = "portcullis_token_refresh_total";
+/// Counter of failed user-token refreshes; label `kind` = [`TokenError::kind`](crate::TokenError::kind).
 pub const TOKEN_REFRESH_FAILURES_TOTAL: &str = "portcullis_token_refresh_failures_total";
+/// Counter of client-credentials cache look-ups; label `result` = `hit` or `miss`.
 pub const CLIENT_TOKEN_CACHE_TOTAL: &str = "portcullis_client_token_cache_total";
 
 /// Register descriptions with the installed recorder (optional).

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret value (token, client secret, key text).
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }

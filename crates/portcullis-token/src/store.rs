@@ -69,6 +69,7 @@ struct Inner {
 }
 
 impl InMemoryUserTokenStore {
+    /// An empty store; `clock` (Unix seconds) times refresh leases.
     pub fn new(clock: SharedClock) -> Self {
         Self {
             clock,
@@ -116,6 +117,7 @@ impl InMemoryUserTokenStore {
         self.inner().sessions.len()
     }
 
+    /// True when no session's tokens are stored.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -21,12 +21,16 @@ use crate::{Secret, TokenError};
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub enum TokenType {
     #[default]
+    /// `Bearer` (RFC 6750). Also the reading of a missing or `null` `token_type`.
     Bearer,
+    /// `DPoP` (RFC 9449): the token is sender-constrained and needs a DPoP proof.
     DPoP,
+    /// Any other type, spelled as the IdP sent it.
     Other(String),
 }
 
 impl TokenType {
+    /// Parses a `token_type` value case-insensitively; unknown values become [`Self::Other`].
     pub fn parse(s: &str) -> Self {
         if s.eq_ignore_ascii_case("bearer") {
             Self::Bearer
@@ -64,13 +68,17 @@ impl<'de> Deserialize<'de> for TokenType {
 /// An access token as stored in a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessToken {
+    /// The access token itself (redacted in `Debug`).
     pub value: Secret,
     #[serde(default)]
+    /// Its `token_type` (`Bearer` when the IdP omitted it).
     pub token_type: TokenType,
     /// Unix seconds; `None` when the IdP gave no `expires_in` (treated as valid until an API
     /// answers 401).
     pub expires_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Granted `scope` (space-separated), when the IdP returned one or it was carried over from
+    /// the request (RFC 6749 §5.1: omitted when equal to the requested scope).
     pub scope: Option<String>,
     /// Unix seconds when the token was received; with `expires_at` it gives the issued
     /// lifetime that caps the refresh buffer. `None` for tokens stored before this field existed.
@@ -121,10 +129,13 @@ impl AccessToken {
 /// The tokens of one user session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserTokens {
+    /// The main access token (default resource and scope).
     pub access_token: AccessToken,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The refresh token (RFC 6749 §6), if the IdP issued one (empty values are dropped).
     pub refresh_token: Option<Secret>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The OIDC ID token (compact JWS), kept as `id_token_hint` for logout.
     pub id_token: Option<Secret>,
     /// Per-resource/scope access tokens, keyed by [`TokenParams::cache_key`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -191,16 +202,21 @@ fn non_empty(s: Option<Secret>) -> Option<Secret> {
 /// A successful token endpoint response (RFC 6749 §5.1, RFC 8693 §2.2.1).
 #[derive(Clone, Serialize, Deserialize)]
 pub struct TokenResponse {
+    /// The access token.
     pub access_token: Secret,
     #[serde(default)]
+    /// `token_type` (`Bearer` when missing or `null`).
     pub token_type: TokenType,
     /// Seconds; accepted as a JSON number or numeric string (some IdPs send `"3600"`).
     #[serde(default, deserialize_with = "de_expires_in")]
     pub expires_in: Option<i64>,
+    /// A refresh token (RFC 6749 §5.1, §6), if issued.
     #[serde(default)]
     pub refresh_token: Option<Secret>,
+    /// An OIDC ID token (OIDC Core §3.1.3.3), if issued.
     #[serde(default)]
     pub id_token: Option<Secret>,
+    /// Granted `scope`; absent when equal to the requested one (RFC 6749 §5.1).
     #[serde(default)]
     pub scope: Option<String>,
     /// Every other member (`issued_token_type`, `refresh_expires_in`, ...).
@@ -284,6 +300,7 @@ pub struct TokenParams {
     /// RFC 8707 `resource` indicator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
+    /// `scope` to request (space-separated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
     /// Additional form fields. Protocol fields (`grant_type`, `client_id`, `scope`, ...) are
@@ -293,14 +310,18 @@ pub struct TokenParams {
 }
 
 impl TokenParams {
+    /// Sets the RFC 8707 `resource`.
     pub fn with_resource(mut self, resource: impl Into<String>) -> Self {
         self.resource = Some(resource.into());
         self
     }
+    /// Sets the `scope`.
     pub fn with_scope(mut self, scope: impl Into<String>) -> Self {
         self.scope = Some(scope.into());
         self
     }
+    /// Adds an extra form field (protocol fields are refused when the request is built,
+    /// with [`TokenError::InvalidParams`]).
     pub fn with_extra(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.extra.insert(name.into(), value.into());
         self

@@ -178,6 +178,7 @@ impl std::fmt::Debug for UserTokenManager {
 }
 
 impl UserTokenManager {
+    /// Builds the manager for one OAuth client. Does no I/O; no refresh validator is set.
     pub fn new(client: Arc<OAuthClient>, options: UserTokenOptions, clock: SharedClock) -> Self {
         let failures = moka::sync::Cache::builder()
             .max_capacity(100_000)
@@ -210,10 +211,12 @@ impl UserTokenManager {
         self
     }
 
+    /// The refresh options (buffer, back-off, ...).
     pub fn options(&self) -> &UserTokenOptions {
         &self.options
     }
 
+    /// The OAuth client refreshes go to.
     pub fn client(&self) -> &Arc<OAuthClient> {
         &self.client
     }

@@ -76,6 +76,19 @@ pub fn join_path(base: &str, path: &str) -> String {
 }
 
 impl Gateway {
+    /// Builds a gateway from validated settings, a session store, the ticket key ring and a
+    /// clock. Does no I/O: the IdP's discovery document and keys are fetched lazily on first
+    /// use, so a gateway can start while the IdP is down.
+    ///
+    /// Call [`router`](Self::router) to serve it and
+    /// [`spawn_background_tasks`](Self::spawn_background_tasks) to start cleanup and cache
+    /// invalidation.
+    ///
+    /// # Errors
+    ///
+    /// A message if an HTTP client cannot be built: the IdP client (`HTTP client: ...`) or the
+    /// upstream forwarder's TLS setup (`TLS setup failed: ...`), e.g. when no root certificates
+    /// can be loaded. Settings are not re-validated here.
     pub fn new(
         settings: GatewaySettings,
         store: Arc<dyn SessionStore>,
@@ -140,36 +153,49 @@ impl Gateway {
         })
     }
 
+    /// The settings the gateway was built with.
     pub fn settings(&self) -> &GatewaySettings {
         &self.inner.settings
     }
+    /// The session manager (store, key ring, cache).
     pub fn sessions(&self) -> &Sessions {
         &self.inner.sessions
     }
+    /// The OpenID Provider client (discovery and JWKS, cached).
     pub fn provider(&self) -> &Provider {
         &self.inner.provider
     }
+    /// Token management: user tokens (refresh), client-credentials and exchanged tokens.
     pub fn tokens(&self) -> &TokenService {
         &self.inner.tokens
     }
+    /// Current time from the gateway's clock, seconds since the Unix epoch.
     pub fn now(&self) -> i64 {
         self.inner.clock.now_unix()
     }
+    /// The OIDC `redirect_uri`: public origin + [`GatewaySettings::callback_path`].
     pub fn redirect_uri(&self) -> &str {
         &self.inner.redirect_uri
     }
+    /// The post-logout redirect URI: public origin + [`GatewaySettings::signed_out_callback_path`].
     pub fn signed_out_uri(&self) -> &str {
         &self.inner.signed_out_uri
     }
+    /// Where the browser goes after login/logout by default: the path of the public URL (`/`
+    /// when it has none).
     pub fn home(&self) -> &str {
         &self.inner.home
     }
+    /// Path of the logout endpoint (`{base_path}/logout`).
     pub fn logout_path(&self) -> &str {
         &self.inner.logout_path
     }
+    /// Path of the silent-login callback (`{base_path}/silent-login-callback`).
     pub fn silent_callback_path(&self) -> &str {
         &self.inner.silent_callback_path
     }
+    /// Lifetime of a pending login in seconds ([`SessionSettings::login_timeout`](crate::settings::SessionSettings::login_timeout); 600 if it
+    /// does not fit an `i64`).
     pub fn login_timeout_secs(&self) -> i64 {
         i64::try_from(self.inner.settings.session.login_timeout.as_secs()).unwrap_or(600)
     }

@@ -35,6 +35,8 @@
 //!
 //! The library reads no files and no environment; the `portcullis` binary does that.
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod bff;
 pub mod cookie;

@@ -40,12 +40,15 @@ pub struct CurrentUser {
 }
 
 impl CurrentUser {
+    /// The user's `sub` (subject) claim.
     pub fn sub(&self) -> &str {
         &self.session.ticket.sub
     }
+    /// The IdP session id (`sid` claim), if the IdP issued one.
     pub fn sid(&self) -> Option<&str> {
         self.session.ticket.sid.as_deref()
     }
+    /// All the user's claims, in IdP order.
     pub fn claims(&self) -> &[Claim] {
         &self.session.ticket.claims
     }

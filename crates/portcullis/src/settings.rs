@@ -19,13 +19,23 @@ pub struct GatewaySettings {
     pub public_url: Url,
     /// Base path of the management endpoints (`/bff`, or empty for `/`).
     pub base_path: String,
+    /// Path of the OIDC redirect URI (`redirect_uri` = public origin + this path), e.g.
+    /// `/signin-oidc`.
     pub callback_path: String,
+    /// Path of the post-logout redirect URI (public origin + this path), e.g.
+    /// `/signout-callback-oidc`.
     pub signed_out_callback_path: String,
+    /// The OpenID Provider and this client's registration with it.
     pub oidc: OidcSettings,
+    /// Session lifetimes, partitioning and caching.
     pub session: SessionSettings,
+    /// Session cookie name and attributes.
     pub cookies: CookieSettings,
+    /// How API and management requests prove they come from the frontend (`X-CSRF: 1`).
     pub anti_forgery: AntiForgery,
+    /// Proxied API routes, matched by path prefix.
     pub routes: Vec<RouteSettings>,
+    /// Access-token refresh and client-credentials settings.
     pub tokens: TokenSettings,
     /// Serve `/bff/diagnostics` (token fingerprints and session metadata, never token values).
     pub diagnostics: bool,
@@ -36,13 +46,18 @@ pub struct GatewaySettings {
     pub websocket_origins: Vec<String>,
 }
 
+/// The OpenID Provider (issuer) and how this gateway authenticates to it as an OAuth 2.0
+/// confidential client (OIDC Core; RFC 6749).
 #[derive(Debug, Clone)]
 pub struct OidcSettings {
     /// Issuer identifier exactly as the IdP spells it (compared byte for byte with the
     /// discovery document and the `iss` of every token).
     pub issuer: String,
+    /// `client_id` registered at the IdP (RFC 6749 §2.2).
     pub client_id: String,
+    /// How the gateway authenticates at the token, revocation and exchange endpoints.
     pub client_auth: ClientAuthSettings,
+    /// Scopes requested at login (space-joined into `scope`); should include `openid`.
     pub scopes: Vec<String>,
     /// Extra parameters sent on the authorization request (e.g. `audience`).
     pub extra_authorize_params: Vec<(String, String)>,
@@ -68,12 +83,14 @@ pub struct OidcSettings {
 /// OAuth 2.0 response mode of the authorization request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResponseMode {
+    /// The IdP redirects the browser to the callback with the response in the query string.
     Query,
     /// The IdP POSTs the response to the callback; login cookies become `SameSite=None`.
     FormPost,
 }
 
 impl ResponseMode {
+    /// The `response_mode` parameter value: `"query"` or `"form_post"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Query => "query",
@@ -83,13 +100,21 @@ impl ResponseMode {
 }
 
 #[derive(Clone)]
+/// Client authentication at the IdP's endpoints (RFC 6749 §2.3.1, OIDC Core §9). `Debug`
+/// never shows secrets or keys.
 pub enum ClientAuthSettings {
+    /// `client_secret_basic`: the secret in an HTTP Basic `Authorization` header.
     ClientSecretBasic(Secret),
+    /// `client_secret_post`: `client_id` and `client_secret` in the form body.
     ClientSecretPost(Secret),
     /// PEM or JWK text of the private key, plus the algorithm and key id.
+    /// `private_key_jwt`: a signed client assertion (RFC 7523) instead of a secret.
     PrivateKeyJwt {
+        /// The private key, PEM or JWK text.
         key_pem: Secret,
+        /// JWS algorithm of the assertion, e.g. `"RS256"` or `"ES256"`.
         alg: String,
+        /// `kid` header of the assertion, if the IdP needs one to find the key.
         kid: Option<String>,
     },
 }
@@ -109,6 +134,9 @@ impl std::fmt::Debug for ClientAuthSettings {
 }
 
 #[derive(Debug, Clone)]
+/// Session lifetimes, partitioning and caching. `Default` gives 8 h idle, 7 days absolute,
+/// partition `"default"`, cleanup every 5 min, 5 pending logins of 10 min, a 10 s cache of
+/// up to 100 000 sessions.
 pub struct SessionSettings {
     /// Sliding (idle) timeout.
     pub idle_timeout: Duration,
@@ -150,16 +178,23 @@ impl Default for SessionSettings {
 /// The token a proxied route attaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenPolicy {
+    /// No token: the request is forwarded without `Authorization`.
     None,
+    /// The user's access token; anonymous requests are refused (401).
     User,
+    /// The user's access token when logged in; anonymous requests are forwarded without one.
     UserOrNone,
+    /// A client-credentials token (RFC 6749 §4.4) of the gateway or a named client.
     Client,
+    /// The user's access token when logged in, otherwise a client-credentials token.
     UserOrClient,
     /// The user's token exchanged (RFC 8693) for this route's audience/resource/scope.
     Exchange,
 }
 
 impl TokenPolicy {
+    /// Parses the configuration spelling: `none`, `user`, `user_or_none`, `client`,
+    /// `user_or_client` or `exchange`. `None` for anything else.
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "none" => Self::None,
@@ -178,12 +213,15 @@ impl TokenPolicy {
 pub struct RouteSettings {
     /// Normalised prefix: starts with `/`, no trailing slash (except `/` itself is refused).
     pub path: String,
+    /// Upstream base URL the prefix maps to.
     pub upstream: Url,
+    /// Which token is attached to forwarded requests.
     pub token: TokenPolicy,
     /// `false` only through the loudly named opt-out.
     pub anti_forgery: bool,
     /// RFC 8707 resource for this route's user/client token.
     pub resource: Option<String>,
+    /// Scope requested for this route's token (client-credentials or exchange).
     pub scope: Option<String>,
     /// `audience` parameter for token exchange (RFC 8693).
     pub audience: Option<String>,
@@ -196,8 +234,13 @@ pub struct RouteSettings {
 }
 
 #[derive(Debug, Clone)]
+/// Access-token timing and extra clients. `Default`: refresh 60 s before expiry, client
+/// token buffer 60 s, no extra clients.
 pub struct TokenSettings {
+    /// Refresh a user's access token when it expires within this duration (per-route
+    /// override: [`RouteSettings::refresh_before_expiry`]).
     pub refresh_before_expiry: Duration,
+    /// A cached client-credentials token is renewed when it expires within this duration.
     pub client_token_buffer: Duration,
     /// Extra named client-credentials clients.
     pub clients: Vec<NamedClientSettings>,
@@ -214,13 +257,21 @@ impl Default for TokenSettings {
 }
 
 #[derive(Debug, Clone)]
+/// An extra client-credentials client (RFC 6749 §4.4) that routes name in
+/// [`RouteSettings::client`].
 pub struct NamedClientSettings {
+    /// Name routes refer to it by.
     pub name: String,
     /// Token endpoint; `None` = the OIDC issuer's.
     pub token_endpoint: Option<Url>,
+    /// `client_id` at the token endpoint.
     pub client_id: String,
+    /// How this client authenticates at the token endpoint.
     pub client_auth: ClientAuthSettings,
+    /// `scope` requested, if any.
     pub scope: Option<String>,
+    /// RFC 8707 `resource` requested, if any.
     pub resource: Option<String>,
+    /// Extra form parameters sent on the token request (e.g. `audience`).
     pub extra: Vec<(String, String)>,
 }

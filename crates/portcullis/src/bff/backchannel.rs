@@ -23,6 +23,10 @@ use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::oidc::logout_token::{self, Expectations};
 
+/// Handler of `POST {base}/backchannel` (OIDC Back-Channel Logout 1.0 §2.5): `200` when the
+/// logout token is valid and its sessions ended, `400` with an empty body when it is
+/// invalid; other failures (store or IdP unavailable) keep their usual status, typically
+/// `503`, so the IdP may retry.
 pub async fn backchannel(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes) -> Response {
     let mut r = match handle(&gw, &headers, &body).await {
         Ok(()) => StatusCode::OK.into_response(),

@@ -46,6 +46,8 @@ const SINGLES: [&str; 6] = [
     "session_state",
 ];
 
+/// `GET` on the redirect URI (`response_mode=query`): finishes the login from the query
+/// string. See the module docs for the order of checks. Errors become responses here.
 pub async fn callback_get(
     State(gw): State<Gateway>,
     RawQuery(query): RawQuery,
@@ -54,6 +56,8 @@ pub async fn callback_get(
     finish(gw, query.unwrap_or_default().as_bytes(), headers).await
 }
 
+/// `POST` on the redirect URI (`response_mode=form_post`): finishes the login from the
+/// `application/x-www-form-urlencoded` body.
 pub async fn callback_post(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes) -> Response {
     finish(gw, &body, headers).await
 }

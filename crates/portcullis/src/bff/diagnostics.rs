@@ -10,6 +10,13 @@ use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::session::Lookup;
 
+/// Handler of `GET {base}/diagnostics`: session metadata and token fingerprints/expiry as
+/// JSON, never token values.
+///
+/// # Errors
+///
+/// 404 unless [`GatewaySettings::diagnostics`](crate::settings::GatewaySettings::diagnostics)
+/// is on; otherwise the usual session errors (e.g. 503 when the store is unavailable).
 pub async fn diagnostics(
     State(gw): State<Gateway>,
     headers: HeaderMap,

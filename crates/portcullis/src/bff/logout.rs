@@ -32,6 +32,12 @@ struct LogoutState {
     exp: i64,
 }
 
+/// Handler of `GET {base}/logout?sid=…&returnUrl=…` (see the module docs).
+///
+/// # Errors
+///
+/// 400 for duplicated or malformed parameters, a non-local `returnUrl`, or a `sid` that does
+/// not match the session; 503 when the store is unavailable.
 pub async fn logout(
     State(gw): State<Gateway>,
     RawQuery(query): RawQuery,

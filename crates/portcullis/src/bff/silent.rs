@@ -12,6 +12,12 @@ use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::session::Lookup;
 
+/// Handler of the silent-login callback: a small HTML page whose script posts
+/// `{source: 'bff-silent-login', isLoggedIn}` to the parent window on the same origin.
+///
+/// # Errors
+///
+/// [`GatewayError`] (503) when the session store is unavailable.
 pub async fn silent_login_callback(
     State(gw): State<Gateway>,
     headers: HeaderMap,

@@ -17,6 +17,15 @@ const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUME
     .remove(b'_')
     .remove(b'~');
 
+/// Handler of `GET {base}/user`: the session's claims as a JSON array of `{type, value}`
+/// (Duende.BFF shape), followed by `bff:logout_url`, `bff:session_expires_in` (seconds) and,
+/// if present, `bff:session_state`. `?slide=false` checks without extending the idle
+/// timeout. Anonymous: `401` (or `200 null` when configured), clearing a stale cookie.
+///
+/// # Errors
+///
+/// 400 without the anti-forgery header or with bad parameters; 503 when the store is
+/// unavailable.
 pub async fn user(
     State(gw): State<Gateway>,
     RawQuery(query): RawQuery,

@@ -19,8 +19,11 @@ use url::Url;
 /// `SameSite` attribute values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SameSite {
+    /// `SameSite=Strict`: never sent on cross-site requests.
     Strict,
+    /// `SameSite=Lax`: sent on top-level cross-site navigations (GET).
     Lax,
+    /// `SameSite=None`: sent on every request; requires `Secure`.
     None,
 }
 
@@ -104,9 +107,11 @@ impl CookieSettings {
         Ok(self)
     }
 
+    /// Name of the session cookie.
     pub fn session_name(&self) -> &str {
         &self.session_name
     }
+    /// Whether cookies carry `Secure` (the public URL is https).
     pub fn is_secure(&self) -> bool {
         self.secure
     }
@@ -122,6 +127,7 @@ impl CookieSettings {
         )
     }
 
+    /// `Set-Cookie` that deletes the session cookie (empty value, `Max-Age=0`).
     pub fn clear_session_cookie(&self) -> HeaderValue {
         self.build(&self.session_name, "", self.same_site, Some(0))
     }
@@ -136,10 +142,14 @@ impl CookieSettings {
         )
     }
 
+    /// `Set-Cookie` for a login-transaction cookie `name` (see
+    /// [`login_cookie_name`](Self::login_cookie_name)) holding the sealed transaction `value`,
+    /// for `max_age_secs` seconds. Uses the login `SameSite` (`None` with `form_post`).
     pub fn login_cookie(&self, name: &str, value: &str, max_age_secs: i64) -> HeaderValue {
         self.build(name, value, self.login_same_site, Some(max_age_secs))
     }
 
+    /// `Set-Cookie` that deletes the login-transaction cookie `name`.
     pub fn clear_cookie_named(&self, name: &str) -> HeaderValue {
         self.build(name, "", self.login_same_site, Some(0))
     }
@@ -220,6 +230,7 @@ pub fn is_loopback_url(url: &Url) -> bool {
 pub struct SessionId(String);
 
 impl SessionId {
+    /// A fresh random session id (256 bits from the OS-seeded RNG).
     pub fn generate() -> Self {
         let bytes: [u8; 32] = rand::random();
         Self(URL_SAFE_NO_PAD.encode(bytes))
@@ -234,6 +245,7 @@ impl SessionId {
         .then(|| Self(value.to_owned()))
     }
 
+    /// The id as sent in the cookie (43 base64url characters).
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -58,6 +58,7 @@ impl AntiForgery {
         Ok(Self { name, value })
     }
 
+    /// Name of the anti-forgery request header (default `X-CSRF`).
     pub fn header_name(&self) -> &HeaderName {
         &self.name
     }

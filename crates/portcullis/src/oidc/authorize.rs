@@ -8,12 +8,19 @@ use sha2::{Digest, Sha256};
 /// A pending login. Sealed into a per-`state` cookie bound to the browser; lives minutes.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct LoginTransaction {
+    /// OAuth 2.0 `state` (RFC 6749 §10.12): 256 random bits, base64url; binds the callback to
+    /// this transaction and names its cookie.
     pub state: String,
+    /// OIDC `nonce` (OIDC Core §3.1.2.1): 256 random bits, base64url; must come back in the ID
+    /// token.
     pub nonce: String,
+    /// PKCE `code_verifier` (RFC 7636 §4.1): 256 random bits, base64url (43 characters).
     pub pkce_verifier: String,
+    /// Local path (already validated) to send the browser to after login.
     pub return_url: String,
     /// `prompt=none`: the flow ends at the silent-login callback.
     pub silent: bool,
+    /// When the transaction was created, seconds since the Unix epoch.
     pub created: i64,
 }
 
@@ -28,6 +35,8 @@ impl std::fmt::Debug for LoginTransaction {
 }
 
 impl LoginTransaction {
+    /// A fresh transaction with random `state`, `nonce` and PKCE verifier; `now` is the current
+    /// time in Unix seconds.
     pub fn new(return_url: String, silent: bool, now: i64) -> Self {
         Self {
             state: random_token(),
@@ -54,17 +63,34 @@ pub fn random_token() -> String {
 /// Parameters of one authorization request.
 #[derive(Debug)]
 pub struct AuthorizeRequest<'a> {
+    /// The IdP's `authorization_endpoint` from discovery (absolute URL).
     pub authorization_endpoint: &'a str,
+    /// `client_id` (RFC 6749 §4.1.1).
     pub client_id: &'a str,
+    /// `redirect_uri`: the gateway's callback URL.
     pub redirect_uri: &'a str,
+    /// Scopes, space-joined into `scope`.
     pub scopes: &'a [String],
+    /// `prompt` (OIDC Core §3.1.2.1), e.g. `none` for silent login.
     pub prompt: Option<&'a str>,
+    /// RFC 8707 `resource` indicator.
     pub resource: Option<&'a str>,
+    /// `response_mode`: `query` or `form_post`.
     pub response_mode: &'a str,
+    /// Extra query parameters appended as given (e.g. `audience`).
     pub extra: &'a [(String, String)],
 }
 
 /// Builds the authorization URL (code flow, PKCE S256, state, nonce).
+///
+/// Adds `response_type=code`, `client_id`, `redirect_uri`, `scope`, `state`, `nonce`,
+/// `code_challenge` + `code_challenge_method=S256`, `response_mode`, then `prompt`,
+/// `resource` and the extra parameters when set (OIDC Core §3.1.2.1, RFC 7636 §4.3,
+/// RFC 8707 §2).
+///
+/// # Errors
+///
+/// A message if `authorization_endpoint` is not a URL.
 pub fn authorization_url(
     req: &AuthorizeRequest<'_>,
     tx: &LoginTransaction,
@@ -99,10 +125,13 @@ pub fn authorization_url(
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ReturnUrlError {
     #[error("returnUrl must be a local path starting with a single '/'")]
+    /// Not a path starting with exactly one `/` (absolute URLs, `//host`, `/\host` are refused).
     NotLocal,
     #[error("returnUrl must not contain control characters")]
+    /// Contains control characters, raw or percent-encoded.
     ControlCharacters,
     #[error("returnUrl is too long")]
+    /// Longer than 2 KiB.
     TooLong,
 }
 

@@ -42,6 +42,7 @@ pub enum JwtError {
     /// No usable key in the JWKS matches the token's `kid` and `alg`.
     #[error("no matching key")]
     NoKey,
+    /// The signature does not verify with any candidate key.
     #[error("signature invalid")]
     Signature,
     /// A claim or header rule of the caller failed.
@@ -52,9 +53,12 @@ pub enum JwtError {
 /// The verified header and claims.
 #[derive(Debug, Clone)]
 pub struct Verified {
+    /// The JOSE header, typed (`alg`, `kid`, `typ`, ...).
     pub header: jsonwebtoken::Header,
     /// The JOSE header as sent (every member, for rules the typed header cannot express).
     pub header_json: Map<String, Value>,
+    /// The payload's claims, unchecked apart from the signature (the caller validates
+    /// `iss`, `aud`, `exp`, ...).
     pub claims: Map<String, Value>,
 }
 
@@ -74,9 +78,23 @@ fn raw_header(token: &str) -> Result<Map<String, Value>, JwtError> {
 /// the allow-list (from discovery); empty means "the default allow-list". Claims are not
 /// checked here.
 ///
-/// Errors: the outer `Err(Ok(_))` is a token that is refused ([`JwtError`]: answer 400 or
-/// fail the login); `Err(Err(_))` is the IdP failing to deliver its keys ([`GatewayError`],
-/// usually 503).
+/// Steps (RFC 7515 §5.2): parse the JOSE header, refuse `crit` (§4.1.11), check `alg`
+/// against the allow-list (RS/PS 256–512, ES256, ES384, EdDSA; never `none` or HMAC) and
+/// `allowed_algs`, get the IdP's keys through [`Provider::jwks_for`] with the header's `kid`,
+/// then try every usable key whose `kid` matches (every key when the token has no `kid`) and
+/// whose type and declared `alg` fit. `exp`, `nbf`, `aud` and all other claims are left to
+/// the caller.
+///
+/// # Errors
+///
+/// The error is a nested `Result` so the two kinds of failure cannot be confused:
+///
+/// - `Err(Ok(JwtError))`: the token is refused: it is malformed, carries `crit`, uses an
+///   algorithm that is not allowed, no key matches, or the signature does not verify (the
+///   error of the last key tried is reported). Answer 400 or fail the login; retrying will
+///   not help.
+/// - `Err(Err(GatewayError))`: the IdP failed to deliver its JWKS (network, status, parse).
+///   The token was not judged; usually a 503, and the user may retry.
 pub async fn verify(
     provider: &Provider,
     token: &str,
@@ -160,7 +178,8 @@ fn key_fits(key: &UsableKey, alg: Algorithm) -> bool {
     )
 }
 
-/// Reads a numeric claim (seconds).
+/// Reads a numeric claim such as `exp`, `iat` or `nbf` (NumericDate: seconds since the Unix
+/// epoch, RFC 7519 §2). Fractions are truncated; `None` when absent or not a number.
 pub fn num(claims: &Map<String, Value>, name: &str) -> Option<i64> {
     claims
         .get(name)

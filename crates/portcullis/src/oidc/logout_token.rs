@@ -43,23 +43,36 @@ pub struct LogoutClaims {
     pub replay_until: i64,
 }
 
-/// What a logout token must match.
+/// What a logout token must match. All times are whole seconds; `now` is a Unix timestamp,
+/// the others are durations.
+///
+/// A token is accepted when `now - max_age - skew <= iat <= now + skew` and, if it has an
+/// `exp`, `exp + skew > now` (OIDC Back-Channel Logout 1.0 §2.6).
 #[derive(Debug)]
 pub struct Expectations<'a> {
     /// Our `client_id`: must be in `aud`.
     pub client_id: &'a str,
-    /// Now, unix seconds (from the injected clock).
+    /// Now, seconds since the Unix epoch (from the injected clock).
     pub now: i64,
-    /// Allowed clock skew, seconds.
+    /// Allowed clock skew in seconds, applied to both `iat` and `exp`; negative values count
+    /// as 0.
     pub skew: i64,
-    /// How old `iat` may be, seconds.
+    /// How old `iat` may be, in seconds (before skew).
     pub max_age: i64,
 }
 
 /// Verifies the signature, the JOSE header and the claims of a logout token.
 ///
-/// Returns `Ok(Err(_))` for a token that is refused (answer 400) and `Err(_)` when the IdP's
-/// keys cannot be fetched (answer 503, the IdP may retry).
+/// Signature and header as in [`jwt::verify`] plus [`check_header`]; claims as in
+/// [`check_claims`], against the provider's issuer.
+///
+/// # Errors
+///
+/// The result is nested so the two failures cannot be confused:
+///
+/// - `Ok(Err(JwtError))`: the token is refused (bad signature, header or claims): answer 400.
+/// - `Err(GatewayError)`: the IdP's keys cannot be fetched: answer 503; the token was not
+///   judged and the IdP may retry.
 pub async fn validate(
     provider: &Provider,
     token: &str,
@@ -77,7 +90,12 @@ pub async fn validate(
     Ok(check_claims(&verified.claims, provider.issuer(), expect))
 }
 
-/// The JOSE header rules: `typ` absent, `JWT`, `logout+jwt` or `application/logout+jwt`.
+/// The JOSE header rules: `typ` absent or (case-insensitively) `JWT`, `application/jwt`,
+/// `logout+jwt` or `application/logout+jwt`.
+///
+/// # Errors
+///
+/// [`JwtError::Claim`] for any other `typ`, or a `typ` that is not a string.
 pub fn check_header(header: &Map<String, Value>) -> Result<(), JwtError> {
     match header.get("typ") {
         None => Ok(()),
@@ -107,6 +125,13 @@ fn optional_string(claims: &Map<String, Value>, name: &str) -> Result<Option<Str
 
 /// The claim rules of §2.6 (time from `expect`), separate from the signature so they can be
 /// tested as a table.
+///
+/// # Errors
+///
+/// [`JwtError::Claim`] naming the first failed rule: `iss` differs from `issuer`, `aud`
+/// lacks `client_id`, `iat` missing or outside the window, expired or non-numeric `exp`, no
+/// back-channel logout event in `events`, a `nonce`, neither `sub` nor `sid`, a `sub`/`sid`
+/// that is not a non-empty string, or a missing or empty `jti`.
 pub fn check_claims(
     claims: &Map<String, Value>,
     issuer: &str,

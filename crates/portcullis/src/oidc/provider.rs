@@ -57,19 +57,32 @@ const MAX_REMEMBERED_KIDS: usize = 1024;
 pub struct ProviderMetadata {
     /// The issuer identifier; must equal the configured one byte for byte.
     pub issuer: String,
+    /// `authorization_endpoint` (required; OAuth 2.0 RFC 6749 §3.1): where the browser is sent to
+    /// log in.
     pub authorization_endpoint: String,
+    /// `token_endpoint` (required; RFC 6749 §3.2): code exchange, refresh, client credentials,
+    /// token exchange.
     pub token_endpoint: String,
+    /// `jwks_uri` (required; RFC 7517): the IdP's signing keys for ID and logout tokens.
     pub jwks_uri: String,
+    /// `userinfo_endpoint` (OIDC Core §5.3), if advertised and an absolute URL.
     pub userinfo_endpoint: Option<String>,
+    /// `end_session_endpoint` (OIDC RP-Initiated Logout 1.0), if advertised; without it logout
+    /// ends only the local session.
     pub end_session_endpoint: Option<String>,
+    /// `revocation_endpoint` (RFC 7009, advertised per RFC 8414), if any; without it the refresh
+    /// token is not revoked at logout.
     pub revocation_endpoint: Option<String>,
     /// Signature algorithms of ID tokens (`RS256`, ...); empty when not advertised.
     pub id_token_signing_alg_values_supported: Vec<String>,
+    /// `prompt` values the IdP supports (e.g. `none` for silent login); `None` when not
+    /// advertised.
     pub prompt_values_supported: Option<Vec<String>>,
     /// RFC 9207: the IdP sends `iss` on authorization responses.
     pub authorization_response_iss_parameter_supported: bool,
     /// RFC 8414 §2 / RFC 7636: PKCE methods; `None` when not advertised (many IdPs omit it).
     pub code_challenge_methods_supported: Option<Vec<String>>,
+    /// `backchannel_logout_supported` (OIDC Back-Channel Logout 1.0 §2.1); `false` when absent.
     pub backchannel_logout_supported: bool,
 }
 
@@ -146,6 +159,7 @@ pub struct UsableKey {
 /// skipped while parsing (RFC 7517 §5).
 #[derive(Clone, Default)]
 pub struct KeySet {
+    /// The usable keys, in document order.
     pub keys: Vec<UsableKey>,
 }
 

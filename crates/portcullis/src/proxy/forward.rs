@@ -38,9 +38,11 @@ pub type SessionEnd = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + S
 /// Facts about the incoming request that the upstream should know.
 #[derive(Debug, Clone)]
 pub struct ForwardContext<'a> {
+    /// The browser's address as the gateway saw it (for `X-Forwarded-For`), if known.
     pub client_addr: Option<SocketAddr>,
     /// Scheme and host the browser used (from the public URL).
     pub public_proto: &'a str,
+    /// Host (and port) the browser used, from the public URL.
     pub public_host: &'a str,
     /// Keep and extend client-supplied `X-Forwarded-*` (a trusted proxy is in front).
     pub trust_forwarded: bool,
@@ -60,6 +62,12 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 impl Forwarder {
+    /// Builds the upstream HTTP client: HTTP/1.1 and HTTP/2, https with the webpki root
+    /// certificates, TCP_NODELAY, 5 s connect timeout.
+    ///
+    /// # Errors
+    ///
+    /// A message (`TLS setup failed: ...`) if the rustls configuration cannot be built.
     pub fn new() -> Result<Self, String> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);

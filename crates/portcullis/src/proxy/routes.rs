@@ -13,6 +13,7 @@ use crate::settings::RouteSettings;
 /// One configured route: a path prefix in front of a fixed upstream URL.
 #[derive(Debug)]
 pub struct Route {
+    /// The route's configuration (prefix, upstream, token policy, ...).
     pub settings: RouteSettings,
 }
 

@@ -34,7 +34,15 @@ impl std::fmt::Debug for Key {
 }
 
 impl Key {
-    /// `id` is 1–64 characters of `[A-Za-z0-9._-]`; `material` is 32 bytes.
+    /// Builds a key from its id and raw material.
+    ///
+    /// `id` is 1–64 characters of `[A-Za-z0-9._-]` (it is written into every sealed blob);
+    /// `material` is 32 bytes.
+    ///
+    /// # Errors
+    ///
+    /// A human-readable message (naming the id, never the material) if the id or the
+    /// material length is invalid.
     pub fn new(id: &str, material: &[u8]) -> Result<Self, String> {
         if id.is_empty()
             || id.len() > 64
@@ -60,7 +68,13 @@ impl Key {
         })
     }
 
-    /// Parses `id:base64(32 bytes)`.
+    /// Parses a key spec `id:base64(32 bytes)` (standard base64 alphabet, padded; surrounding
+    /// whitespace after the colon is ignored).
+    ///
+    /// # Errors
+    ///
+    /// A message if there is no `:`, the base64 does not decode, or [`Key::new`] refuses the
+    /// id or material.
     pub fn parse(spec: &str) -> Result<Self, String> {
         let (id, b64) = spec
             .split_once(':')
@@ -77,18 +91,29 @@ impl Key {
         format!("{id}:{}", STANDARD.encode(material))
     }
 
+    /// The key id, as written into every blob this key seals.
     pub fn id(&self) -> &str {
         &self.id
     }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// Why [`KeyRing::open`] refused a sealed blob.
+///
+/// The gateway treats every variant the same way (the blob is unusable: a session ticket is
+/// stale, a login transaction is refused); the variants exist for logs and tests.
 pub enum SealError {
     #[error("sealed data is malformed")]
+    /// The blob is not a v1 sealed blob: empty, wrong format byte, shorter than
+    /// `2 + id_len + 24 + 16` bytes, or a key id that is not UTF-8.
     Malformed,
     #[error("sealed with unknown key {0:?}")]
+    /// The blob names a key id that is not in the ring (the key was removed, or the blob was
+    /// sealed by another deployment). Carries the id (never key material).
     UnknownKey(String),
     #[error("sealed data failed authentication")]
+    /// The Poly1305 tag does not verify: the ciphertext, nonce or key id was altered, the key
+    /// material differs, or the associated data does not match the one used to seal.
     Forged,
 }
 
@@ -99,7 +124,11 @@ pub struct KeyRing {
 }
 
 impl KeyRing {
-    /// The first key is the current one. Duplicate ids are refused.
+    /// The first key is the current one (it seals); all keys open.
+    ///
+    /// # Errors
+    ///
+    /// A message if `keys` is empty or two keys share an id.
     pub fn new(keys: Vec<Key>) -> Result<Self, String> {
         if keys.is_empty() {
             return Err("the key ring needs at least one key".into());
@@ -112,10 +141,35 @@ impl KeyRing {
         Ok(Self { keys })
     }
 
+    /// Id of the current key: the one [`seal`](Self::seal) uses.
     pub fn current_id(&self) -> &str {
         &self.keys[0].id
     }
 
+    /// Encrypts `plaintext` under the current key with a fresh random 24-byte nonce, binding
+    /// `aad` (associated data, authenticated but not stored in the blob).
+    ///
+    /// # Sealed blob format (v1)
+    ///
+    /// This byte layout is a compatibility surface: blobs are persisted in session stores and
+    /// cookies, and every node in a deployment must read what the others wrote.
+    ///
+    /// | offset | length | content |
+    /// |---|---|---|
+    /// | 0 | 1 | format version, `0x01` |
+    /// | 1 | 1 | `id_len`: length of the key id in bytes (1–64) |
+    /// | 2 | `id_len` | key id, ASCII `[A-Za-z0-9._-]` |
+    /// | 2 + `id_len` | 24 | XChaCha20 nonce (random) |
+    /// | 26 + `id_len` | rest | XChaCha20-Poly1305 ciphertext of `plaintext`, followed by the 16-byte Poly1305 tag |
+    ///
+    /// The key id and nonce are not covered by the associated data, but a changed key id selects
+    /// another key and a changed nonce breaks the tag, so either is detected by [`open`](Self::open).
+    /// Callers pass a purpose-specific `aad` (for session tickets `b"portcullis.ticket.v1:"`
+    /// followed by the session key; for login transactions and logout state a fixed purpose
+    /// string), so a blob only opens for the purpose and record it was sealed for.
+    ///
+    /// Infallible in practice: encryption only fails for plaintexts over ~256 GiB, in which case
+    /// the ciphertext part is empty and [`open`](Self::open) will report the blob as forged.
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
         let key = &self.keys[0];
         let nonce_bytes: [u8; NONCE_LEN] = rand::random();
@@ -140,6 +194,16 @@ impl KeyRing {
         out
     }
 
+    /// Decrypts a blob produced by [`seal`](Self::seal) (by this ring or any ring sharing the
+    /// key named in the blob), checking it against `aad`. Returns the plaintext.
+    ///
+    /// # Errors
+    ///
+    /// - [`SealError::Malformed`] if the blob does not follow the v1 layout documented on
+    ///   [`seal`](Self::seal);
+    /// - [`SealError::UnknownKey`] if the named key id is not in the ring;
+    /// - [`SealError::Forged`] if authentication fails (tampering, wrong key material, or a
+    ///   different `aad`).
     pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, SealError> {
         let (&format, rest) = sealed.split_first().ok_or(SealError::Malformed)?;
         if format != FORMAT_V1 {

@@ -19,11 +19,14 @@ use crate::settings::SessionSettings;
 /// A session found through the request's cookie.
 #[derive(Debug, Clone)]
 pub struct ActiveSession {
+    /// The stored record (metadata and the sealed ticket).
     pub record: SessionRecord,
+    /// The opened ticket: claims and tokens.
     pub ticket: Ticket,
 }
 
 impl ActiveSession {
+    /// The store key: base64url(SHA-256(session id)), never the cookie value.
     pub fn key(&self) -> &str {
         &self.record.key
     }
@@ -73,6 +76,8 @@ const TICKET_AAD: &[u8] = b"portcullis.ticket.v1:";
 pub const TUNNEL_RECHECK: Duration = Duration::from_secs(2);
 
 impl Sessions {
+    /// Builds the session manager over a store, the ticket key ring, a clock and the session
+    /// and cookie settings. Does no I/O.
     pub fn new(
         store: Arc<dyn SessionStore>,
         keys: Arc<KeyRing>,
@@ -122,18 +127,23 @@ impl Sessions {
         }
     }
 
+    /// The underlying session store.
     pub fn store(&self) -> &Arc<dyn SessionStore> {
         &self.store
     }
+    /// The key ring that seals tickets (and login/logout state).
     pub fn keys(&self) -> &Arc<KeyRing> {
         &self.keys
     }
+    /// Session and login cookie settings.
     pub fn cookies(&self) -> &CookieSettings {
         &self.cookies
     }
+    /// Session lifetimes, partition and cache settings.
     pub fn settings(&self) -> &SessionSettings {
         &self.settings
     }
+    /// Current time from the clock, seconds since the Unix epoch.
     pub fn now(&self) -> i64 {
         self.clock.now_unix()
     }
@@ -232,6 +242,13 @@ impl Sessions {
         }
     }
 
+    /// Opens a record's sealed ticket (associated data: `portcullis.ticket.v1:` + store key) and
+    /// parses its JSON.
+    ///
+    /// # Errors
+    ///
+    /// A message (no secrets) if the blob does not open ([`SealError`](super::SealError): unknown
+    /// key, tampered, malformed, or copied from another record) or the JSON does not parse.
     pub fn open(&self, record: &SessionRecord) -> Result<Ticket, String> {
         let plain = self
             .keys
@@ -240,6 +257,12 @@ impl Sessions {
         serde_json::from_slice(&plain).map_err(|e| format!("ticket does not parse: {e}"))
     }
 
+    /// Serializes `ticket` as JSON and seals it for the record with store key `key` (see
+    /// [`Ticket`] for the format).
+    ///
+    /// # Errors
+    ///
+    /// [`GatewayError::Internal`] if serialization fails.
     pub fn seal(&self, key: &str, ticket: &Ticket) -> Result<Vec<u8>, GatewayError> {
         let plain = serde_json::to_vec(ticket)
             .map_err(|e| GatewayError::Internal(format!("ticket serialization: {e}")))?;
@@ -339,6 +362,12 @@ impl Sessions {
         outcome
     }
 
+    /// Deletes the session with store key `key` and drops it from the in-process cache. Returns
+    /// the deleted record, `None` if there was none.
+    ///
+    /// # Errors
+    ///
+    /// [`GatewayError`] when the store is unavailable (the cache entry is dropped anyway).
     pub async fn end(&self, key: &str) -> Result<Option<SessionRecord>, GatewayError> {
         let deleted = self.store.delete(key).await;
         self.forget(key).await;

@@ -104,6 +104,7 @@ impl std::fmt::Debug for TokenService {
 }
 
 impl TokenService {
+    /// Builds the token service. Does no I/O: clients are built on first use from discovery.
     pub fn new(
         provider: Arc<Provider>,
         settings: Arc<GatewaySettings>,
@@ -228,6 +229,13 @@ impl TokenService {
             })
     }
 
+    /// Turns a token-endpoint response into the tokens stored in a session (expiry computed from
+    /// `expires_in` and the clock).
+    ///
+    /// # Errors
+    ///
+    /// [`GatewayError::LoginRejected`] if the response is unusable (see
+    /// [`UserTokens::from_response`]).
     pub fn user_tokens_from(&self, response: TokenResponse) -> Result<UserTokens, GatewayError> {
         UserTokens::from_response(response, self.clock.now_unix()).map_err(|e| {
             GatewayError::LoginRejected(format!("The token response is unusable: {e}"))
