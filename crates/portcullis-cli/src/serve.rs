@@ -94,7 +94,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         .layer(
             // Spans carry the path only: query strings hold authorization codes and states.
             tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-                tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+                tracing::info_span!("request", method = %req.method(), path = %portcullis::log_safe::untrusted(req.uri().path()))
             }),
         );
     let listener = tokio::net::TcpListener::bind(cfg.listen)

@@ -314,6 +314,17 @@ async fn api_inner(
     request: Request,
 ) -> Result<Response, GatewayError> {
     crate::proxy::check_method(request.method())?;
+    // RFC 9112 §3.2: a request with more than one Host is a 400; never let the gateway and
+    // the upstream pick different ones.
+    if request
+        .headers()
+        .get_all(header::HOST)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(GatewayError::bad_param("Host", "more than one Host header"));
+    }
     let s = gw.settings();
     let headers = request.headers();
     // Browsers cannot add headers to a WebSocket handshake, so upgrades prove their origin

@@ -364,6 +364,17 @@ async fn odd_requests_on_api_routes_are_4xx_or_upstream_failures() {
         ("GET", "/api-none/%2e%2e%3b/secret", &[("x-csrf", "1")], 400),
         // No ConnectInfo in-process: still forwarded (502 from the dead upstream), not 500.
         ("GET", "/api-none/x", &[("x-csrf", "1")], 502),
+        // RFC 9112 §3.2: two Host headers are a 400, never forwarded with either.
+        (
+            "GET",
+            "/api-none/x",
+            &[
+                ("x-csrf", "1"),
+                ("host", "evil"),
+                ("host", "127.0.0.1:8080"),
+            ],
+            400,
+        ),
         // The prefix with a trailing slash is the route too, not a 404.
         ("GET", "/api-none/", &[("x-csrf", "1")], 502),
         (

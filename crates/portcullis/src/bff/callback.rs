@@ -269,12 +269,26 @@ pub(crate) fn append_query_param(url: &str, name: &str, value: &str) -> String {
     let pair: String = form_urlencoded::Serializer::new(String::new())
         .append_pair(name, value)
         .finish();
-    let separator = match before.find('?') {
-        None => "?",
-        Some(_) if before.ends_with('?') || before.ends_with('&') => "",
-        Some(_) => "&",
+    let (path, query) = match before.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (before, ""),
     };
-    format!("{before}{separator}{pair}{fragment}")
+    // A returnUrl may already carry the parameter (a crafted link): the IdP's answer replaces
+    // it, so an SPA reading the first value never sees a planted one.
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|piece| !piece.is_empty())
+        .filter(|piece| {
+            form_urlencoded::parse(piece.as_bytes())
+                .next()
+                .is_none_or(|(k, _)| k != name)
+        })
+        .collect();
+    if kept.is_empty() {
+        format!("{path}?{pair}{fragment}")
+    } else {
+        format!("{path}?{}&{pair}{fragment}", kept.join("&"))
+    }
 }
 
 /// Arrays become repeated claims, as in a .NET `ClaimsPrincipal`.
@@ -301,7 +315,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn error_parameter_is_added_to_any_return_url() {
+    fn error_parameter_replaces_any_planted_one_in_the_return_url() {
         let cases = [
             ("/", "/?bff_error=access_denied"),
             ("/orders", "/orders?bff_error=access_denied"),
@@ -312,6 +326,12 @@ mod tests {
             (
                 "/o?x=1#frag?not=query",
                 "/o?x=1&bff_error=access_denied#frag?not=query",
+            ),
+            // A planted value is replaced, not kept in front of the real one.
+            ("/p?bff_error=fake", "/p?bff_error=access_denied"),
+            (
+                "/p?a=1&bff_error=fake&b=2&bff%5Ferror=x",
+                "/p?a=1&b=2&bff_error=access_denied",
             ),
         ];
         for (url, want) in cases {

@@ -50,9 +50,10 @@ pub struct ForwardContext<'a> {
     pub own_cookie_names: &'a [String],
 }
 
-const HOP_BY_HOP: [&str; 8] = [
+const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
+    "proxy-connection",
     "proxy-authenticate",
     "proxy-authorization",
     "te",
@@ -284,8 +285,10 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
 /// upstream may believe (rate limits, audit logs, allow-lists, absolute URLs). Removed unless
 /// a trusted proxy in front of the gateway set them. Every `X-Forwarded-*` header is part of
 /// the family too (matched by [`FORWARDED_PREFIX`]).
-pub const CLIENT_CLAIM_HEADERS: [&str; 17] = [
+pub const CLIENT_CLAIM_HEADERS: [&str; 19] = [
     "forwarded",
+    "forwarded-for",
+    "x-forwarded",
     "x-real-ip",
     "true-client-ip",
     "cf-connecting-ip",
@@ -335,24 +338,28 @@ pub fn sanitize_request_headers(headers: &mut HeaderMap, ctx: &ForwardContext<'_
     headers.remove(header::AUTHORIZATION);
     headers.remove("dpop");
     headers.remove(header::HOST);
-    for name in REWRITE_HEADERS {
+    // Names are compared with `_` folded to `-`: CGI-style servers (PHP-FPM, Rack, older
+    // gunicorn) read `X_Real_IP` as `X-Real-IP`. A spelling with `_` is never one a trusted
+    // proxy sets, so it goes even when the proxy in front is trusted.
+    let trusted = ctx.trust_forwarded;
+    let refused: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| {
+            let raw = n.as_str();
+            let folded = raw.replace('_', "-");
+            let claim = folded.starts_with(FORWARDED_PREFIX)
+                || CLIENT_CLAIM_HEADERS.contains(&folded.as_str());
+            REWRITE_HEADERS.contains(&folded.as_str()) || (claim && (!trusted || raw.contains('_')))
+        })
+        .cloned()
+        .collect();
+    for name in refused {
         headers.remove(name);
     }
     let client_ip = ctx.client_addr.map(|a| a.ip());
-    if ctx.trust_forwarded {
+    if trusted {
         extend_forwarded_chain(headers, client_ip);
     } else {
-        let claims: Vec<HeaderName> = headers
-            .keys()
-            .filter(|n| {
-                n.as_str().starts_with(FORWARDED_PREFIX)
-                    || CLIENT_CLAIM_HEADERS.contains(&n.as_str())
-            })
-            .cloned()
-            .collect();
-        for name in claims {
-            headers.remove(name);
-        }
         if let Some(ip) = client_ip {
             set(headers, "x-forwarded-for", &ip.to_string());
         }
@@ -611,5 +618,46 @@ mod tests {
         strip_own_cookies(&mut h, &["__Host-bff-auth".to_owned()]);
         let left: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
         assert_eq!(left, vec![HeaderValue::from_static("pref=dark; Path=/")]);
+    }
+
+    #[test]
+    fn underscore_spellings_of_forwarding_headers_are_stripped_even_when_trusted() {
+        for trusted in [false, true] {
+            let mut h = HeaderMap::new();
+            for name in [
+                "x_real_ip",
+                "x_forwarded_for",
+                "true_client_ip",
+                "x_original_url",
+                "x-forwarded_host",
+                "x_http_method_override",
+            ] {
+                h.insert(
+                    HeaderName::from_static(name),
+                    HeaderValue::from_static("6.6.6.6"),
+                );
+            }
+            sanitize_request_headers(&mut h, &ctx(trusted), "/api");
+            let left: Vec<&str> = h
+                .keys()
+                .map(HeaderName::as_str)
+                .filter(|n| n.contains('_'))
+                .collect();
+            assert!(
+                left.is_empty(),
+                "trusted={trusted}: {left:?} were forwarded"
+            );
+        }
+        // Bare `X-Forwarded` and `Forwarded-For` (read by e.g. npm request-ip) are claims too.
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded", HeaderValue::from_static("for=6.6.6.6"));
+        h.insert("forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        sanitize_request_headers(&mut h, &ctx(false), "/api");
+        assert!(!h.contains_key("x-forwarded") && !h.contains_key("forwarded-for"));
+        assert!(
+            !h.contains_key("proxy-connection"),
+            "non-standard hop-by-hop header"
+        );
     }
 }
