@@ -346,10 +346,16 @@ pub fn sanitize_request_headers(headers: &mut HeaderMap, ctx: &ForwardContext<'_
         .keys()
         .filter(|n| {
             let raw = n.as_str();
-            let folded = raw.replace('_', "-");
+            let underscore = raw.contains('_');
+            // Only the rare underscore spelling pays for a folded copy.
+            let folded = if underscore {
+                std::borrow::Cow::Owned(raw.replace('_', "-"))
+            } else {
+                std::borrow::Cow::Borrowed(raw)
+            };
             let claim = folded.starts_with(FORWARDED_PREFIX)
-                || CLIENT_CLAIM_HEADERS.contains(&folded.as_str());
-            REWRITE_HEADERS.contains(&folded.as_str()) || (claim && (!trusted || raw.contains('_')))
+                || CLIENT_CLAIM_HEADERS.contains(&folded.as_ref());
+            REWRITE_HEADERS.contains(&folded.as_ref()) || (claim && (!trusted || underscore))
         })
         .cloned()
         .collect();

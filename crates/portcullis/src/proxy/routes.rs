@@ -143,6 +143,10 @@ pub fn check_path(rest: &str) -> Result<(), PathRefusal> {
     let mut form: Cow<'_, [u8]> = Cow::Borrowed(raw);
     for round in 0..=MAX_DECODE_ROUNDS {
         check_form(&form, slashes)?;
+        if !form.contains(&b'%') {
+            // Nothing left to decode (the common case): no copy.
+            return Ok(());
+        }
         let next: Vec<u8> = percent_encoding::percent_decode(&form).collect();
         if next.as_slice() == &*form {
             return Ok(());
