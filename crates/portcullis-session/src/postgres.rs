@@ -244,38 +244,84 @@ impl PostgresStore {
         rows.iter().map(from_row).collect()
     }
 
+    /// Writes `record`, replacing any row with the same key or (when `sid` is set) the same
+    /// partition + sub + sid.
+    ///
+    /// Two unique indexes can conflict, and `ON CONFLICT` arbitrates only one, so concurrent
+    /// creates of one session (a browser retrying the callback) could fail on the other. The
+    /// write therefore runs in one transaction that first takes transaction-scoped advisory
+    /// locks on the identity and then on the key (always in that order, so two creates cannot
+    /// deadlock), deletes what it replaces and inserts.
     async fn upsert(&self, record: &SessionRecord, version: i64) -> Result<(), sqlx::Error> {
-        let sql = if record.sid.is_some() {
-            // The partial unique index is the arbiter: a second login of the same sub + sid
-            // takes over the row (new key included) instead of failing.
-            "INSERT INTO portcullis_sessions (key, partition, sub, sid, created, renewed, expires, version, ticket) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (partition, sub, sid) WHERE sid IS NOT NULL DO UPDATE SET \
-             key = EXCLUDED.key, created = EXCLUDED.created, renewed = EXCLUDED.renewed, \
-             expires = EXCLUDED.expires, version = EXCLUDED.version, ticket = EXCLUDED.ticket"
-        } else {
-            "INSERT INTO portcullis_sessions (key, partition, sub, sid, created, renewed, expires, version, ticket) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (key) DO UPDATE SET \
-             partition = EXCLUDED.partition, sub = EXCLUDED.sub, sid = EXCLUDED.sid, \
-             created = EXCLUDED.created, renewed = EXCLUDED.renewed, \
-             expires = EXCLUDED.expires, version = EXCLUDED.version, ticket = EXCLUDED.ticket"
+        const INSERT: &str = "INSERT INTO portcullis_sessions \
+             (key, partition, sub, sid, created, renewed, expires, version, ticket) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+        let Some(sid) = &record.sid else {
+            // Only the primary key can conflict: one statement arbitrates it.
+            let sql = format!(
+                "{INSERT} ON CONFLICT (key) DO UPDATE SET \
+                 partition = EXCLUDED.partition, sub = EXCLUDED.sub, sid = EXCLUDED.sid, \
+                 created = EXCLUDED.created, renewed = EXCLUDED.renewed, \
+                 expires = EXCLUDED.expires, version = EXCLUDED.version, ticket = EXCLUDED.ticket"
+            );
+            bind_record(sqlx::query(&sql), record, version)
+                .execute(&self.pool)
+                .await?;
+            return Ok(());
         };
-        sqlx::query(sql)
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2 || chr(31) || $3 || chr(31) || $4))",
+        )
+        .bind(LOCK_CLASS_IDENTITY)
+        .bind(&record.partition)
+        .bind(&record.sub)
+        .bind(sid)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(LOCK_CLASS_KEY)
             .bind(&record.key)
-            .bind(&record.partition)
-            .bind(&record.sub)
-            .bind(&record.sid)
-            .bind(record.created)
-            .bind(record.renewed)
-            .bind(record.expires)
-            .bind(version)
-            .bind(&record.ticket)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        sqlx::query(
+            "DELETE FROM portcullis_sessions WHERE key = $1 \
+             OR (partition = $2 AND sub = $3 AND sid = $4)",
+        )
+        .bind(&record.key)
+        .bind(&record.partition)
+        .bind(&record.sub)
+        .bind(sid)
+        .execute(&mut *tx)
+        .await?;
+        bind_record(sqlx::query(INSERT), record, version)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
     }
 }
+
+/// Binds the nine columns of `record` in table order.
+fn bind_record<'q>(
+    q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    record: &'q SessionRecord,
+    version: i64,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    q.bind(&record.key)
+        .bind(&record.partition)
+        .bind(&record.sub)
+        .bind(&record.sid)
+        .bind(record.created)
+        .bind(record.renewed)
+        .bind(record.expires)
+        .bind(version)
+        .bind(&record.ticket)
+}
+
+/// First key of the advisory locks `upsert` takes on a session identity (partition, sub, sid).
+const LOCK_CLASS_IDENTITY: i32 = 0x5043_0001;
+/// First key of the advisory locks `upsert` takes on a session key.
+const LOCK_CLASS_KEY: i32 = 0x5043_0002;
 
 fn from_row(row: &PgRow) -> Result<SessionRecord, StoreError> {
     Ok(SessionRecord {
@@ -339,10 +385,6 @@ where
         }
         r => r,
     }
-}
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
 
 /// Forwards `NOTIFY portcullis_invalidate` to `tx` until aborted, reconnecting with backoff.
@@ -409,24 +451,7 @@ impl SessionStore for PostgresStore {
     async fn create(&self, record: &SessionRecord) -> Result<(), StoreError> {
         let version = version_to_i64(record.version)?;
         bounded(with_retry(|t| async move {
-            let mut attempts = 0;
-            loop {
-                attempts += 1;
-                match self.upsert(record, version).await {
-                    Ok(()) => return Ok(()),
-                    Err(e) if is_connection_error(&e) => return Err(t.fail(e)),
-                    // The key exists with another partition/sub/sid (the arbiter above only
-                    // covers one unique index): overwrite means drop that row, then retry.
-                    Err(e) if is_unique_violation(&e) && attempts < 3 => {
-                        sqlx::query("DELETE FROM portcullis_sessions WHERE key = $1")
-                            .bind(&record.key)
-                            .execute(&self.pool)
-                            .await
-                            .map_err(|e| t.fail(e))?;
-                    }
-                    Err(e) => return Err(t.fail(e)),
-                }
-            }
+            self.upsert(record, version).await.map_err(|e| t.fail(e))
         }))
         .await
     }
