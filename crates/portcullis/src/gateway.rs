@@ -6,7 +6,7 @@
 //!                    │ {base}/login ──▶ IdP (302)           │
 //!                    │ {callback}  ──▶ code exchange, ID token → session + cookie
 //!                    │ {base}/user  [anti-forgery] ─▶ cookie → session → claims
-//!                    │ {base}/logout, signed-out, silent-login(-callback), backchannel, diagnostics
+//!                    │ {base}/logout, signed-out, silent-login(-callback), backchannel, diagnostics, client.js
 //!                    │ route prefix [anti-forgery | WS origin]
 //!                    │     └▶ cookie → session → token (policy, refresh) → proxy → upstream
 //!                    │ fallback: the SPA (static files, index.html for client routes)
@@ -251,6 +251,10 @@ impl Gateway {
             .route(
                 &join_path(base, "/diagnostics"),
                 get(bff::diagnostics::diagnostics),
+            )
+            .route(
+                &join_path(base, "/client.js"),
+                get(bff::client_js::client_js),
             );
         for route in self.inner.routes.routes() {
             let path = &route.settings.path;

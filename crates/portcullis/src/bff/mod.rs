@@ -11,9 +11,11 @@
 //! | `GET {base}/silent-login-callback` | no | [`silent`] |
 //! | `POST {base}/backchannel` | no (server-to-server) | [`backchannel`] |
 //! | `GET {base}/diagnostics` | no, 404 unless enabled | [`diagnostics`] |
+//! | `GET {base}/client.js` | no (public file) | [`client_js`] |
 
 pub mod backchannel;
 pub mod callback;
+pub mod client_js;
 pub mod diagnostics;
 pub mod login;
 pub mod logout;
@@ -37,6 +39,7 @@ pub const MANAGEMENT_ENDPOINTS: &[&str] = &[
     "/logout",
     "/backchannel",
     "/diagnostics",
+    "/client.js",
 ];
 
 /// The query parameter that carries an IdP's user-resolvable `error` code (RFC 6749
