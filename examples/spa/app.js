@@ -1,50 +1,34 @@
 // Sample SPA for a Duende.BFF-compatible backend-for-frontend (Portcullis or Duende.BFF).
-// The browser holds only the BFF's HttpOnly session cookie; every call carries `X-CSRF: 1`.
+// It uses the browser client the gateway serves at /bff/client.js (clients/js/ in this
+// repository, npm `@portcullis/bff-client`): every BFF call carries `X-CSRF: 1`, the session
+// is polled (without extending it), and the page reacts when it ends or is about to.
+// The browser holds only the BFF's HttpOnly session cookie.
 
-const CSRF = { 'X-CSRF': '1' };
+import { createBffClient } from '/bff/client.js';
+
 const $ = (id) => document.getElementById(id);
+const bff = createBffClient({
+  sessionExpiringBefore: 60_000,
+  onSessionEnded: () => {
+    $('ended').hidden = false;
+  },
+  onSessionExpiring: () => {
+    $('expiring').hidden = false;
+  },
+});
 
-function claimValue(claims, type) {
-  const claim = claims.find((c) => c.type === type);
-  return claim === undefined ? undefined : claim.value;
-}
-
-async function loadUser() {
-  let res;
-  try {
-    res = await fetch('/bff/user', { headers: CSRF, credentials: 'same-origin' });
-  } catch (err) {
-    $('status').textContent = `Cannot reach the BFF: ${err.message}`;
-    return;
-  }
-  if (res.status === 401) {
-    $('status').textContent = '';
-    $('anonymous').hidden = false;
-    return;
-  }
-  if (!res.ok) {
-    $('status').textContent = `Session check failed: HTTP ${res.status}`;
-    return;
-  }
-  const claims = (await res.json()) ?? [];
-  if (!Array.isArray(claims) || claims.length === 0) {
-    // some BFFs answer 200 with `null` for anonymous users
-    $('status').textContent = '';
-    $('anonymous').hidden = false;
-    return;
-  }
-  showUser(claims);
-}
-
-function showUser(claims) {
+function show(user) {
   $('status').textContent = '';
-  $('user-name').textContent = claimValue(claims, 'name') ?? claimValue(claims, 'sub') ?? '(unknown)';
-  const expiresIn = claimValue(claims, 'bff:session_expires_in');
-  $('session-expires-in').textContent = expiresIn === undefined ? 'unknown' : String(expiresIn);
-  $('logout').href = claimValue(claims, 'bff:logout_url') ?? '/bff/logout';
-
-  const body = $('claims').tBodies[0];
-  body.replaceChildren(...claims.map(({ type, value }) => {
+  $('anonymous').hidden = user !== null;
+  $('authenticated').hidden = user === null;
+  $('expiring').hidden = true;
+  if (user === null) return;
+  $('ended').hidden = true;
+  const name = user.claims.name ?? user.sub ?? '(unknown)';
+  $('user-name').textContent = Array.isArray(name) ? name.join(', ') : name;
+  $('session-expires-in').textContent = user.expiresIn === undefined ? 'unknown' : String(user.expiresIn);
+  $('logout').href = user.logoutUrl ?? '/bff/logout';
+  const rows = Object.entries(user.claims).map(([type, value]) => {
     const row = document.createElement('tr');
     for (const text of [type, typeof value === 'string' ? value : JSON.stringify(value)]) {
       const cell = document.createElement('td');
@@ -52,8 +36,8 @@ function showUser(claims) {
       row.append(cell);
     }
     return row;
-  }));
-  $('authenticated').hidden = false;
+  });
+  $('claims').tBodies[0].replaceChildren(...rows);
 }
 
 async function callApi() {
@@ -61,11 +45,10 @@ async function callApi() {
   out.classList.remove('error');
   out.textContent = 'Calling /api/whoami…';
   try {
-    const res = await fetch('/api/whoami', { headers: CSRF, credentials: 'same-origin' });
+    // A 401 here (session gone) sends the browser to the login page once, and back here.
+    const res = await bff.fetch('/api/whoami');
     const text = await res.text();
-    if (!res.ok) {
-      throw new Error(`HTTP ${res.status}${text ? `: ${text}` : ''}`);
-    }
+    if (!res.ok) throw new Error(`HTTP ${res.status}${text ? `: ${text}` : ''}`);
     const data = JSON.parse(text);
     out.textContent = `sub: ${data.sub}\nscope: ${data.scope ?? ''}\nclient_id: ${data.client_id ?? ''}`;
   } catch (err) {
@@ -74,5 +57,18 @@ async function callApi() {
   }
 }
 
+$('login').href = bff.loginUrl({ returnUrl: '/' });
 $('call-api').addEventListener('click', callApi);
-loadUser();
+$('logout').addEventListener('click', (e) => {
+  e.preventDefault();
+  bff.logout({ returnUrl: '/' });
+});
+// "Stay signed in": any request that is not a poll extends the idle timeout.
+$('stay').addEventListener('click', async () => {
+  await bff.user({ refresh: true }).catch(() => {});
+  $('expiring').hidden = true;
+});
+bff.addEventListener('userChanged', (e) => show(e.detail.user));
+bff.user().catch((err) => {
+  $('status').textContent = `Session check failed: ${err.message}`;
+});
