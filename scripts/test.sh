@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: formatting, lints, unit tests, store contract tests against real
-# PostgreSQL, Redis and a Redis Cluster, end-to-end tests against a real OpenID provider, and one real
-# headless Chromium run. Installs what it needs (npm packages, chromium, database servers).
+# PostgreSQL, Redis and a Redis Cluster, end-to-end tests against a real OpenID provider, real
+# headless Chromium runs, and the browser client's node unit tests. Installs what it needs (npm
+# packages, chromium, database servers).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -34,6 +35,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
+step "browser client unit tests (clients/js)"
+node --test clients/js/test/
 
 step "tests"
 cargo nextest run --workspace --locked --no-fail-fast "${filter[@]}" "$@"

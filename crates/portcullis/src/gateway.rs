@@ -99,6 +99,10 @@ impl Gateway {
         let http = reqwest::Client::builder()
             .timeout(settings.oidc.http_timeout)
             .connect_timeout(std::time::Duration::from_secs(5))
+            // Close idle IdP connections before the IdP does: Node's and Apache's default
+            // keep-alive is 5 s, and a token request sent on a connection the server is just
+            // closing fails with "connection reset" (seen as a failed login after 6 s idle).
+            .pool_idle_timeout(std::time::Duration::from_secs(4))
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
             .build()
