@@ -7,8 +7,8 @@
 //   node testing/browser/mock-bff.mjs --port <P> --issuer <idp> --api <http://127.0.0.1:port>
 //        [--client-id spa-bff] [--client-secret secret-for-tests-only-0123456789]
 //
-// Prints `READY {"port":<port>}`. Serves examples/spa at /, /bff/login, /signin-oidc,
-// /bff/user, /bff/logout, /signout-callback-oidc and proxies /api/* to --api with the user's
+// Prints `READY {"port":<port>}`. Serves examples/spa at /, /bff/client.js, /bff/login,
+// /signin-oidc, /bff/user, /bff/logout, /signout-callback-oidc and proxies /api/* to --api with the user's
 // access token.
 
 import * as crypto from 'node:crypto';
@@ -36,6 +36,7 @@ if (!args.issuer || !args.api) {
 }
 
 const spaDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../examples/spa');
+const clientJs = path.resolve(spaDir, '../../clients/js/src/index.js');
 const COOKIE = 'bff-auth';
 const SESSION_SECONDS = 3600;
 const basic = `Basic ${Buffer.from(`${encodeURIComponent(args['client-id'])}:${encodeURIComponent(args['client-secret'])}`).toString('base64')}`;
@@ -177,6 +178,12 @@ async function handle(req, res, origin) {
       headers: { authorization: `Bearer ${session.tokens.access_token}`, 'x-csrf': '1' },
     });
     send(res, upstream.status, Buffer.from(await upstream.arrayBuffer()), { 'content-type': upstream.headers.get('content-type') ?? 'application/octet-stream' });
+    return;
+  }
+
+  if (url.pathname === '/bff/client.js') {
+    // the browser client the sample SPA imports, as the gateway serves it
+    send(res, 200, fs.readFileSync(clientJs), { 'content-type': 'text/javascript' });
     return;
   }
 
