@@ -59,5 +59,7 @@ fi
 # (tests/deploy_examples.rs); systemd-analyze verifies deploy/systemd/ where systemd is.
 if ! command -v kubernetes-validate >/dev/null 2>&1 && command -v python3 >/dev/null 2>&1; then
   run python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
-  command -v pyenv >/dev/null 2>&1 && run pyenv rehash
+  if command -v pyenv >/dev/null 2>&1; then
+    run pyenv rehash
+  fi
 fi
