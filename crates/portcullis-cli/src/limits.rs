@@ -152,7 +152,7 @@ impl BodyLimits {
     /// From the listener's limits.
     pub fn new(limits: &Limits) -> Self {
         let mut routes = limits.route_body_limits.clone();
-        routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         Self {
             default: limits.max_request_body,
             routes,
