@@ -3,6 +3,7 @@
 #   - npm packages from package-lock.json (npm ci) when node_modules is missing or older
 #     than the lock file;
 #   - Debian's chromium (for testing/browser/e2e.mjs) when /usr/bin/chromium is missing.
+#   - kubernetes-validate (PyPI) for the deployment-example test when it is missing.
 # Prints nothing on success; on failure prints the failing step's output and exits non-zero.
 set -euo pipefail
 
@@ -52,4 +53,13 @@ if [ ! -x /usr/bin/chromium ]; then
   export DEBIAN_FRONTEND=noninteractive
   run "${sudo[@]}" apt-get update
   run "${sudo[@]}" apt-get install -y chromium
+fi
+
+# kubernetes-validate (PyPI) checks deploy/kubernetes/ against the Kubernetes API schemas
+# (tests/deploy_examples.rs); systemd-analyze verifies deploy/systemd/ where systemd is.
+if ! command -v kubernetes-validate >/dev/null 2>&1 && command -v python3 >/dev/null 2>&1; then
+  run python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
+  if command -v pyenv >/dev/null 2>&1; then
+    run pyenv rehash
+  fi
 fi

@@ -21,6 +21,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use url::Url;
 
+use crate::limits::{self, Limits, RawSize};
+
 /// Environment variables the binary reads.
 pub const ENV_CLIENT_SECRET: &str = "PORTCULLIS_OIDC_CLIENT_SECRET";
 pub const ENV_SESSION_KEYS: &str = "PORTCULLIS_SESSION_KEYS";
@@ -39,6 +41,16 @@ struct RawServer {
     diagnostics: Option<bool>,
     log_format: Option<String>,
     tls: Option<RawTls>,
+    // Limits (crate::limits).
+    max_header_size: Option<RawSize>,
+    header_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_request_body: Option<RawSize>,
+    max_connections: Option<usize>,
+    http2_max_concurrent_streams: Option<u32>,
+    http2_max_pending_reset_streams: Option<usize>,
+    shutdown_delay: Option<String>,
+    shutdown_grace: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +147,7 @@ struct RawRoute {
     refresh_before_expiry: Option<String>,
     client: Option<String>,
     timeout: Option<String>,
+    max_body: Option<RawSize>,
 }
 
 #[derive(Default, Deserialize)]
@@ -162,6 +175,8 @@ pub struct Config {
     pub spa_dir: Option<PathBuf>,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub log_json: bool,
+    /// Limits of the public listener against hostile traffic.
+    pub limits: Limits,
     /// The operators' listener: session administration and metrics.
     pub admin: Option<AdminConfig>,
     /// Warnings to log at start-up (insecure but allowed choices).
@@ -311,6 +326,7 @@ pub fn parse(
             false
         }
     };
+    let mut server_limits = server_limits(&server, &mut errors);
     let tls = server.tls.map(|t| (resolve(&t.cert), resolve(&t.key)));
     if let (Some(url), Some(_)) = (&public_url, &tls) {
         if url.scheme() != "https" {
@@ -718,6 +734,10 @@ pub fn parse(
             Duration::from_secs(30),
             &mut errors,
         );
+        if let Some(max_body) = &r.max_body {
+            let limit = limits::size(Some(max_body), &format!("{ctx}.max_body"), 0, &mut errors);
+            server_limits.route_body_limits.push((path.clone(), limit));
+        }
         if let Some(upstream) = upstream {
             routes.push(RouteSettings {
                 path,
@@ -827,9 +847,91 @@ pub fn parse(
         spa_dir,
         tls,
         log_json,
+        limits: server_limits,
         admin,
         warnings,
     })
+}
+
+/// The `[server]` limits (see [`Limits`] for their meaning and defaults).
+fn server_limits(server: &RawServer, errors: &mut Vec<String>) -> Limits {
+    let d = Limits::default();
+    let max_header_size = limits::size(
+        server.max_header_size.as_ref(),
+        "server.max_header_size",
+        d.max_header_size as u64,
+        errors,
+    );
+    if !(limits::MIN_HEADER_SIZE as u64..=16 * 1024 * 1024).contains(&max_header_size) {
+        errors.push(format!(
+            "server.max_header_size must be between {} bytes and 16MiB",
+            limits::MIN_HEADER_SIZE
+        ));
+    }
+    let positive = |v: Option<&str>, name: &str, default: Duration, errors: &mut Vec<String>| {
+        let t = duration(v, name, default, errors);
+        if t.is_zero() {
+            errors.push(format!("{name} must be longer than zero"));
+        }
+        t
+    };
+    let limits = Limits {
+        max_header_size: usize::try_from(max_header_size).unwrap_or(d.max_header_size),
+        header_read_timeout: positive(
+            server.header_read_timeout.as_deref(),
+            "server.header_read_timeout",
+            d.header_read_timeout,
+            errors,
+        ),
+        idle_timeout: positive(
+            server.idle_timeout.as_deref(),
+            "server.idle_timeout",
+            d.idle_timeout,
+            errors,
+        ),
+        max_request_body: limits::size(
+            server.max_request_body.as_ref(),
+            "server.max_request_body",
+            d.max_request_body,
+            errors,
+        ),
+        route_body_limits: Vec::new(),
+        max_connections: server.max_connections.unwrap_or(d.max_connections),
+        http2_max_concurrent_streams: server
+            .http2_max_concurrent_streams
+            .unwrap_or(d.http2_max_concurrent_streams),
+        http2_max_pending_reset_streams: server
+            .http2_max_pending_reset_streams
+            .unwrap_or(d.http2_max_pending_reset_streams),
+        shutdown_delay: duration(
+            server.shutdown_delay.as_deref(),
+            "server.shutdown_delay",
+            d.shutdown_delay,
+            errors,
+        ),
+        shutdown_grace: duration(
+            server.shutdown_grace.as_deref(),
+            "server.shutdown_grace",
+            d.shutdown_grace,
+            errors,
+        ),
+    };
+    for (name, value) in [
+        ("server.max_connections", limits.max_connections),
+        (
+            "server.http2_max_concurrent_streams",
+            limits.http2_max_concurrent_streams as usize,
+        ),
+        (
+            "server.http2_max_pending_reset_streams",
+            limits.http2_max_pending_reset_streams,
+        ),
+    ] {
+        if value == 0 {
+            errors.push(format!("{name} must be at least 1"));
+        }
+    }
+    limits
 }
 
 /// Deserializes one top-level table, recording unknown keys and type errors.
@@ -1210,5 +1312,51 @@ token = "admin"
         let c = parse(&text, Path::new("/"), &no_env).unwrap();
         assert!(!c.gateway.routes[0].anti_forgery);
         assert!(c.warnings.iter().any(|w| w.starts_with("INSECURE")));
+    }
+
+    #[test]
+    fn limits_default_when_absent_and_are_read_with_units() {
+        let c = parse(MINIMAL, Path::new("/etc/portcullis"), &no_env).unwrap();
+        assert_eq!(c.limits.max_header_size, 64 * 1024);
+        assert_eq!(c.limits.max_request_body, 10 * 1024 * 1024);
+        assert_eq!(c.limits.header_read_timeout, Duration::from_secs(10));
+        assert!(c.limits.route_body_limits.is_empty());
+        let text = MINIMAL.replace(
+            "public_url = \"https://app.example.com\"",
+            "public_url = \"https://app.example.com\"\nmax_header_size = \"16KiB\"\nmax_request_body = 1000\nheader_read_timeout = \"2s\"\nidle_timeout = \"5s\"\nmax_connections = 7\nhttp2_max_concurrent_streams = 9\nshutdown_grace = \"3s\"",
+        ) + "max_body = \"1MiB\"\n";
+        let c = parse(&text, Path::new("/etc/portcullis"), &no_env).unwrap();
+        assert_eq!(c.limits.max_header_size, 16 * 1024);
+        assert_eq!(c.limits.max_request_body, 1000);
+        assert_eq!(c.limits.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(5));
+        assert_eq!(c.limits.max_connections, 7);
+        assert_eq!(c.limits.http2_max_concurrent_streams, 9);
+        assert_eq!(c.limits.shutdown_grace, Duration::from_secs(3));
+        assert_eq!(
+            c.limits.route_body_limits,
+            vec![("/api".to_owned(), 1024 * 1024)]
+        );
+    }
+
+    #[test]
+    fn bad_limits_are_each_reported() {
+        let text = MINIMAL.replace(
+            "public_url = \"https://app.example.com\"",
+            "public_url = \"https://app.example.com\"\nmax_header_size = 100\nmax_request_body = \"lots\"\nheader_read_timeout = \"0s\"\nmax_connections = 0",
+        ) + "max_body = \"1 parsec\"\n";
+        let errors = parse(&text, Path::new("/etc/portcullis"), &no_env).unwrap_err();
+        for needle in [
+            "server.max_header_size",
+            "server.max_request_body",
+            "server.header_read_timeout",
+            "server.max_connections",
+            "routes[0].max_body",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.contains(needle)),
+                "{needle}: {errors:?}"
+            );
+        }
     }
 }

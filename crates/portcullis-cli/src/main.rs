@@ -3,12 +3,23 @@
 
 mod config;
 mod keyfile;
+mod limits;
+mod listener;
 mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// `portcullis --version`: the crate version and the git commit it was built from (see
+/// `build.rs`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PORTCULLIS_GIT_COMMIT"),
+    ")"
+);
 
 /// Exit code for an invalid configuration (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -18,7 +29,7 @@ const EXIT_UNAVAILABLE: u8 = 69;
 #[derive(Parser)]
 #[command(
     name = "portcullis",
-    version,
+    version = VERSION,
     about = "Backend-for-Frontend security gateway"
 )]
 struct Cli {

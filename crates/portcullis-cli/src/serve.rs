@@ -1,6 +1,5 @@
 //! Start-up: logging, keys, store, router, listener, graceful shutdown.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::serve::ListenerExt;
@@ -97,24 +96,34 @@ pub async fn run(cfg: Config) -> Result<(), String> {
                 tracing::info_span!("request", method = %req.method(), path = %portcullis::log_safe::untrusted(req.uri().path()))
             }),
         );
+    // Limits and shutdown (crate::listener, crate::limits): outermost, so that a body over
+    // the limit and a draining /readyz are answered before anything else runs.
+    let draining = crate::listener::Draining::default();
+    let body_limits = Arc::new(crate::limits::BodyLimits::new(&cfg.limits));
+    let max_header_size = cfg.limits.max_header_size;
+    let app = app
+        .layer(axum::middleware::from_fn(move |req, next| {
+            body_limits.clone().apply(req, next)
+        }))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            crate::limits::header_size_layer(max_header_size, req, next)
+        }))
+        .layer(axum::middleware::from_fn({
+            let draining = draining.clone();
+            move |req, next| crate::listener::readiness_layer(draining.clone(), req, next)
+        }));
+    let tls = match &cfg.tls {
+        Some((cert, key)) => Some(tls::acceptor(cert, key)?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(%addr, public_url = %gateway.settings().public_url, "portcullis listening");
+    tracing::info!(%addr, public_url = %gateway.settings().public_url, version = crate::VERSION, "portcullis listening");
     // A line tests and scripts can wait for.
     println!("READY {{\"listen\":\"{addr}\"}}");
-    if let Some((cert, key)) = &cfg.tls {
-        crate::serve::tls::serve(listener, app, cert, key).await?;
-    } else {
-        axum::serve(
-            listener.tap_io(set_nodelay),
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| format!("server error: {e}"))?;
-    }
+    crate::listener::serve(listener, app, tls, &cfg.limits, draining, shutdown_signal()).await;
     for task in background {
         task.abort();
     }
@@ -133,7 +142,8 @@ fn set_nodelay(tcp: &mut tokio::net::TcpStream) {
     }
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -156,22 +166,14 @@ async fn shutdown_signal() {
 
 mod tls {
     //! TLS termination with rustls.
-    use std::net::SocketAddr;
     use std::path::Path;
     use std::sync::Arc;
 
-    use axum::extract::ConnectInfo;
-    use axum::Router;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::service::TowerToHyperService;
     use tokio_rustls::TlsAcceptor;
 
-    pub async fn serve(
-        listener: tokio::net::TcpListener,
-        app: Router,
-        cert: &Path,
-        key: &Path,
-    ) -> Result<(), String> {
+    /// A rustls acceptor for the certificate chain and key in these PEM files (ALPN `h2`,
+    /// `http/1.1`).
+    pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
         let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
             std::fs::File::open(cert).map_err(|e| format!("{}: {e}", cert.display()))?,
         ))
@@ -187,29 +189,6 @@ mod tls {
             .with_single_cert(certs, key)
             .map_err(|e| format!("TLS configuration: {e}"))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = TlsAcceptor::from(Arc::new(config));
-        let shutdown = super::shutdown_signal();
-        tokio::pin!(shutdown);
-        loop {
-            let (mut tcp, peer): (_, SocketAddr) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
-                },
-                _ = &mut shutdown => return Ok(()),
-            };
-            super::set_nodelay(&mut tcp);
-            let acceptor = acceptor.clone();
-            let app = app.clone().layer(axum::Extension(ConnectInfo(peer)));
-            tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = TowerToHyperService::new(app);
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+        Ok(TlsAcceptor::from(Arc::new(config)))
     }
 }

@@ -80,6 +80,15 @@ pub enum GatewayError {
     /// A request target longer than the gateway serves: 414.
     #[error("request target too long")]
     UriTooLong,
+    /// A request body larger than the route allows (`max_body`, `server.max_request_body`):
+    /// 413 (RFC 9110 §15.5.14), with `Connection: close` since the rest of the body is not
+    /// read.
+    #[error("request body larger than the limit")]
+    PayloadTooLarge,
+    /// A request head (request line and headers) larger than `server.max_header_size`: 431
+    /// (RFC 6585 §5), with `Connection: close`.
+    #[error("request header fields larger than the limit")]
+    HeaderFieldsTooLarge,
     /// No (valid) session, or anti-forgery failed: 401 with an empty body.
     #[error("unauthorized: {0}")]
     Unauthorized(&'static str),
@@ -165,6 +174,8 @@ impl GatewayError {
             | Self::BadNavigation(_)
             | Self::BadRequestTarget
             | Self::UriTooLong
+            | Self::PayloadTooLarge
+            | Self::HeaderFieldsTooLarge
             | Self::Unauthorized(_)
             | Self::Forbidden(_)
             | Self::NotFound
@@ -188,6 +199,8 @@ impl GatewayError {
             | Self::BadRequestTarget
             | Self::LoginRejected(_) => StatusCode::BAD_REQUEST,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeaderFieldsTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -263,6 +276,15 @@ impl GatewayError {
             Self::UriTooLong => page(
                 "Address too long",
                 "The address is longer than this site serves.".into(),
+            ),
+            Self::PayloadTooLarge => page(
+                "Request too large",
+                "The request body is larger than this address accepts.".into(),
+            ),
+            Self::HeaderFieldsTooLarge => page(
+                "Request headers too large",
+                "The request carries more header data (often cookies) than this site accepts. Deleting this site's cookies usually helps."
+                    .into(),
             ),
             Self::Unauthorized(_) => page(
                 "You are not signed in",
@@ -368,6 +390,12 @@ impl IntoResponse for GatewayError {
                 let mut r = status.into_response();
                 r.headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
+                r
+            }
+            Self::PayloadTooLarge | Self::HeaderFieldsTooLarge => {
+                let mut r = status.into_response();
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 r
             }
             _ => status.into_response(),

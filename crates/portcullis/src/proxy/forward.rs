@@ -99,7 +99,7 @@ impl Forwarder {
     ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, body) = request.into_parts();
         prepare(&mut parts, route, token, ctx)?;
-        let (body, body_failed) = BrowserBody::wrap(body);
+        let (body, body_failed, body_too_large) = BrowserBody::wrap(body);
         let upstream_request = Request::from_parts(parts, body);
         let response = match tokio::time::timeout(
             route.settings.timeout,
@@ -107,6 +107,10 @@ impl Forwarder {
         )
         .await
         {
+            // A request body over the limit a layer in front set (`http_body_util::Limited`).
+            Err(_) | Ok(Err(_)) if body_too_large.load(Ordering::Relaxed) => {
+                return Err(GatewayError::PayloadTooLarge)
+            }
             // A request body the browser broke (malformed chunking, cut off) fails the
             // upstream call too: it is the browser's fault, not the upstream's.
             Err(_) | Ok(Err(_)) if body_failed.load(Ordering::Relaxed) => {
@@ -232,17 +236,33 @@ fn prepare(
 struct BrowserBody {
     inner: Body,
     failed: Arc<AtomicBool>,
+    /// A length limit cut the body.
+    too_large: Arc<AtomicBool>,
 }
 
 impl BrowserBody {
-    fn wrap(inner: Body) -> (Body, Arc<AtomicBool>) {
+    fn wrap(inner: Body) -> (Body, Arc<AtomicBool>, Arc<AtomicBool>) {
         let failed = Arc::new(AtomicBool::new(false));
+        let too_large = Arc::new(AtomicBool::new(false));
         let body = Body::new(Self {
             inner,
             failed: failed.clone(),
+            too_large: too_large.clone(),
         });
-        (body, failed)
+        (body, failed, too_large)
     }
+}
+
+/// Whether `e` (or an error it wraps) is `http_body_util`'s length-limit error.
+fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        current = err.source();
+    }
+    false
 }
 
 impl http_body::Body for BrowserBody {
@@ -254,7 +274,10 @@ impl http_body::Body for BrowserBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = &polled {
+        if let Poll::Ready(Some(Err(e))) = &polled {
+            if is_length_limit(e) {
+                self.too_large.store(true, Ordering::Relaxed);
+            }
             self.failed.store(true, Ordering::Relaxed);
         }
         polled
