@@ -4,6 +4,7 @@
 mod config;
 mod keyfile;
 mod serve;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -116,7 +117,14 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(errors) => return report_config_errors(&config, &errors),
             };
-            serve::init_logging(cfg.log_json);
+            // Flushes buffered spans when `serve` returns (dropped after the runtime).
+            let _telemetry = match telemetry::init(cfg.log_json, &cfg.telemetry) {
+                Ok(guard) => Some(guard),
+                Err(e) => {
+                    eprintln!("portcullis: {e}");
+                    return ExitCode::from(EXIT_UNAVAILABLE);
+                }
+            };
             match runtime().and_then(|rt| rt.block_on(serve::run(cfg))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -50,6 +50,7 @@ pub mod proxy;
 pub mod session;
 pub mod settings;
 pub mod spa;
+pub mod telemetry;
 pub mod token;
 
 pub use gateway::{join_path, Gateway};

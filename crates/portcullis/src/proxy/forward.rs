@@ -211,6 +211,8 @@ fn prepare(
 ) -> Result<(), GatewayError> {
     let uri = route.upstream_uri(parts.uri.path(), parts.uri.query())?;
     sanitize_request_headers(&mut parts.headers, ctx, &route.settings.path);
+    // The browser's trace context never reaches an upstream; ours does when tracing is on.
+    crate::telemetry::inject(&mut parts.headers);
     if let Some(authority) = uri.authority() {
         if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
             parts.headers.insert(header::HOST, host);
