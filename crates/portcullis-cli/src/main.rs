@@ -2,6 +2,8 @@
 //! configuration file, sets up logging, keys and the session store, and serves.
 
 mod config;
+#[cfg(test)]
+mod config_properties;
 mod keyfile;
 mod serve;
 mod telemetry;

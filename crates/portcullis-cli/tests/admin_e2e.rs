@@ -132,7 +132,12 @@ async fn operators_list_and_end_a_users_sessions() {
     for (name, labels) in [
         (
             "portcullis_request_duration_seconds_bucket",
-            &["route=\"/api\"", "method=\"GET\"", "status=\"200\"", "le=\"0.005\""][..],
+            &[
+                "route=\"/api\"",
+                "method=\"GET\"",
+                "status=\"200\"",
+                "le=\"0.005\"",
+            ][..],
         ),
         (
             "portcullis_request_duration_seconds_count",
@@ -151,7 +156,10 @@ async fn operators_list_and_end_a_users_sessions() {
             &["route=\"/api\"", "stage=\"upstream\"", "le=\"+Inf\""][..],
         ),
     ] {
-        assert!(has(name, labels), "no {name} with {labels:?} in:\n{metrics}");
+        assert!(
+            has(name, labels),
+            "no {name} with {labels:?} in:\n{metrics}"
+        );
     }
 
     // The CLI reaches the same store (SQLite, concurrently with the running gateway).

@@ -46,6 +46,8 @@ mod gateway;
 pub mod local_api;
 pub mod log_safe;
 pub mod oidc;
+#[cfg(test)]
+mod properties;
 pub mod proxy;
 pub mod session;
 pub mod settings;
