@@ -142,6 +142,7 @@ pub fn init(json: bool, telemetry: &TelemetryConfig) -> Result<TelemetryGuard, S
                 opentelemetry::global::set_text_map_propagator(
                     opentelemetry_sdk::propagation::TraceContextPropagator::new(),
                 );
+                portcullis::telemetry::set_exporting(true);
                 let tracer = provider.tracer("portcullis");
                 let layer = tracing_opentelemetry::layer()
                     .with_tracer(tracer)

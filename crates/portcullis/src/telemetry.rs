@@ -14,7 +14,8 @@
 //! │  ├─ token.lease_wait
 //! │  └─ user_token_refresh
 //! │     └─ token_request       (client; grant_type, server.address)  ── traceparent ──▶ IdP
-//! └─ upstream                  (client; server.address, url.path, http.response.status_code)
+//! └─ upstream                  (client; server.address, server.port, portcullis.route,
+//!                              http.response.status_code)
 //!                                                                  ── traceparent ──▶ API
 //! ```
 //!
@@ -58,6 +59,19 @@ pub const DURATION_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Tells the request middleware that spans are exported (the binary calls this when it
+/// installs an OpenTelemetry layer). Without it the request span gets only what log lines
+/// need, and a client's trace context is not even read.
+pub fn set_exporting(on: bool) {
+    EXPORTING.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// How the request span treats a `traceparent` the client sent.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestTelemetry {
@@ -92,7 +106,7 @@ impl RequestTelemetry {
             error.type = Empty,
             portcullis.error.origin = Empty,
         );
-        if !span.is_disabled() {
+        if exporting() && !span.is_disabled() {
             span.record(
                 "otel.name",
                 format!("{method} {}", route.as_deref().unwrap_or("")).trim_end(),
@@ -113,7 +127,7 @@ impl RequestTelemetry {
         }
         let response = next.run(request).instrument(span.clone()).await;
         let status = response.status();
-        if !span.is_disabled() {
+        if exporting() && !span.is_disabled() {
             span.record("http.response.status_code", status.as_u16());
             if status.is_server_error() {
                 span.record("otel.status_code", "ERROR");
