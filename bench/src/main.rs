@@ -25,6 +25,7 @@
 
 mod load;
 mod servers;
+mod tracing_cost;
 mod vs_nginx;
 
 use std::net::SocketAddr;
@@ -118,6 +119,10 @@ struct Args {
     /// Worker threads of the async runtime (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Instead of the store scenarios: the user route (memory store, cache on) with
+    /// OpenTelemetry tracing off, on with sampling ratio 0, and on with ratio 1.
+    #[arg(long)]
+    tracing: bool,
     /// Instead of the store scenarios: the `portcullis` binary beside nginx, each a separate
     /// process, in front of a Content-Length (in-process) and a chunked (Node) upstream.
     #[arg(long)]
@@ -246,6 +251,9 @@ async fn run(args: Args) -> i32 {
 }
 
 async fn run_inner(args: &Args, report: &mut Report) -> Result<bool, String> {
+    if args.tracing {
+        tracing_cost::install().await;
+    }
     let sessions_per_gateway = if args.sessions == 0 {
         args.concurrency
     } else {
@@ -513,8 +521,12 @@ async fn run_round(
         });
     }
 
+    if args.tracing {
+        tracing_rows(b, round, &mut rows).await?;
+    }
     let tmp = std::env::temp_dir().join(format!("{}-{round}", b.run_id));
-    for &kind in &args.stores {
+    let stores: &[StoreKind] = if args.tracing { &[] } else { &args.stores };
+    for &kind in stores {
         for cache in [true, false] {
             let cache_label = if cache { "on " } else { "off" };
             let label = format!("scenario=gateway store={} cache={cache_label}", kind.name());
@@ -598,6 +610,55 @@ async fn run_round(
     check_upstream(&b.upstream, false, "baseline")?;
     rows.push(baseline_row(m));
     Ok(rows)
+}
+
+/// `--tracing`: the user route with tracing off, sampling 0 and sampling 1 (the order
+/// rotates by round so drift does not favour one mode).
+async fn tracing_rows(b: &Bench<'_>, round: usize, rows: &mut Vec<Row>) -> Result<(), String> {
+    use tracing_cost::Mode;
+    let mut modes = [Mode::Off, Mode::Sample0, Mode::Sample1];
+    modes.rotate_left((round - 1) % 3);
+    for mode in modes {
+        let label = format!(
+            "scenario=gateway store=memory cache=on tracing={:<7}",
+            mode.name()
+        );
+        progress(round, &label);
+        tracing_cost::set(mode);
+        let gw = start_gateway(
+            "memory",
+            Duration::from_secs(10),
+            &b.idp.issuer,
+            b.upstream_addr,
+            &format!("{}-{round}-{}", b.run_id, mode.name()),
+            &b.token,
+            b.sessions_per_gateway,
+        )
+        .await
+        .map_err(|e| match e {
+            GatewayStartError::Store(e) | GatewayStartError::Other(e) => e,
+        })?;
+        let t: Vec<_> = (0..b.args.concurrency)
+            .map(|i| {
+                template(
+                    gw.addr,
+                    "/api/hello",
+                    Some(&gw.cookies[i % gw.cookies.len()]),
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        let m = load::run(gw.addr, t, UPSTREAM_BODY, b.args.warmup, b.args.duration).await;
+        gw.stop().await;
+        let m = m?;
+        check_upstream(&b.upstream, true, &label)?;
+        rows.push(Row {
+            label,
+            baseline: false,
+            measured: m,
+        });
+    }
+    tracing_cost::set(Mode::Off);
+    Ok(())
 }
 
 fn progress(round: usize, what: &str) {
@@ -733,7 +794,10 @@ async fn start_gateway(
         create_sessions(&gateway, issuer, access_token, sessions).await?;
 
     let mut tasks = gateway.spawn_background_tasks();
-    tasks.push(servers::serve_on(listener, gateway.router(None)));
+    tasks.push(servers::serve_on(
+        listener,
+        tracing_cost::wrap(gateway.router(None)),
+    ));
     Ok(RunningGateway {
         gateway,
         addr,

@@ -181,6 +181,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Warnings to log at start-up (insecure but allowed choices).
     pub warnings: Vec<String>,
+    /// `[telemetry]`: OpenTelemetry trace export.
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// The admin listener.
@@ -228,6 +230,7 @@ pub fn parse(
             "routes",
             "spa",
             "admin",
+            "telemetry",
         ]
         .contains(&key.as_str())
         {
@@ -241,6 +244,9 @@ pub fn parse(
     let tokens: RawTokens = section(&table, "tokens", &mut errors).unwrap_or_default();
     let spa: RawSpa = section(&table, "spa", &mut errors).unwrap_or_default();
     let raw_admin: Option<RawAdmin> = section(&table, "admin", &mut errors);
+    let raw_telemetry: crate::telemetry::RawTelemetry =
+        section(&table, "telemetry", &mut errors).unwrap_or_default();
+    let telemetry = crate::telemetry::TelemetryConfig::from_raw(raw_telemetry, &mut errors);
     let mut raw_routes: Vec<RawRoute> = Vec::new();
     match table.get("routes") {
         None => {}
@@ -850,6 +856,7 @@ pub fn parse(
         limits: server_limits,
         admin,
         warnings,
+        telemetry,
     })
 }
 

@@ -2,10 +2,13 @@
 //! configuration file, sets up logging, keys and the session store, and serves.
 
 mod config;
+#[cfg(test)]
+mod config_properties;
 mod keyfile;
 mod limits;
 mod listener;
 mod serve;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -127,7 +130,14 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(errors) => return report_config_errors(&config, &errors),
             };
-            serve::init_logging(cfg.log_json);
+            // Flushes buffered spans when `serve` returns (dropped after the runtime).
+            let _telemetry = match telemetry::init(cfg.log_json, &cfg.telemetry) {
+                Ok(guard) => Some(guard),
+                Err(e) => {
+                    eprintln!("portcullis: {e}");
+                    return ExitCode::from(EXIT_UNAVAILABLE);
+                }
+            };
             match runtime().and_then(|rt| rt.block_on(serve::run(cfg))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

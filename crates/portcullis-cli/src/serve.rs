@@ -8,20 +8,6 @@ use portcullis::Gateway;
 use crate::config::{Config, KeySource};
 use crate::keyfile;
 
-pub fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 /// Keys, store and gateway from a validated configuration (shared by `serve` and
 /// `sessions`).
 pub async fn build_gateway(
@@ -69,7 +55,11 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     }
     if let Some(admin) = &cfg.admin {
         let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-            .install_recorder()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Suffix("_duration_seconds".into()),
+                &portcullis::telemetry::DURATION_BUCKETS,
+            )
+            .and_then(|b| b.install_recorder())
             .map(|handle| -> portcullis::admin::MetricsRender { Arc::new(move || handle.render()) })
             .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
             .ok();
@@ -90,12 +80,12 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         .map(|dir| portcullis::spa::Spa::for_gateway(dir, &gateway).router());
     let app = gateway
         .router(fallback)
-        .layer(
-            // Spans carry the path only: query strings hold authorization codes and states.
-            tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-                tracing::info_span!("request", method = %req.method(), path = %portcullis::log_safe::untrusted(req.uri().path()))
-            }),
-        );
+        // The request span (path only: query strings hold authorization codes and states),
+        // the trace context and the request duration histogram.
+        .layer(axum::middleware::from_fn({
+            let telemetry = cfg.telemetry.request();
+            move |request, next| telemetry.middleware(request, next)
+        }));
     // Limits and shutdown (crate::listener, crate::limits): outermost, so that a body over
     // the limit and a draining /readyz are answered before anything else runs.
     let draining = crate::listener::Draining::default();

@@ -122,6 +122,45 @@ async fn operators_list_and_end_a_users_sessions() {
     assert_eq!(r.status(), StatusCode::OK);
     let metrics = r.text().await.unwrap();
     assert!(metrics.contains("portcullis_"), "{metrics}");
+    // Request and stage duration histograms (buckets, so the gateway's added latency can be
+    // read per route and stage).
+    let has = |name: &str, labels: &[&str]| {
+        metrics
+            .lines()
+            .any(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x)))
+    };
+    for (name, labels) in [
+        (
+            "portcullis_request_duration_seconds_bucket",
+            &[
+                "route=\"/api\"",
+                "method=\"GET\"",
+                "status=\"200\"",
+                "le=\"0.005\"",
+            ][..],
+        ),
+        (
+            "portcullis_request_duration_seconds_count",
+            &["route=\"/signin-oidc\"", "status=\"302\""][..],
+        ),
+        (
+            "portcullis_stage_duration_seconds_bucket",
+            &["route=\"/api\"", "stage=\"session\""][..],
+        ),
+        (
+            "portcullis_stage_duration_seconds_bucket",
+            &["route=\"/api\"", "stage=\"token\""][..],
+        ),
+        (
+            "portcullis_stage_duration_seconds_bucket",
+            &["route=\"/api\"", "stage=\"upstream\"", "le=\"+Inf\""][..],
+        ),
+    ] {
+        assert!(
+            has(name, labels),
+            "no {name} with {labels:?} in:\n{metrics}"
+        );
+    }
 
     // The CLI reaches the same store (SQLite, concurrently with the running gateway).
     let cli = |args: &[&str]| cli(gw, args);

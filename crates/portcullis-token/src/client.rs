@@ -293,6 +293,8 @@ impl OAuthClient {
         ];
         let span = tracing::debug_span!(
             "token_revocation",
+            otel.kind = "client",
+            server.address = endpoint.host_str(),
             client_id = %self.client_id,
             endpoint = %endpoint_label(&endpoint),
             token = %token.fingerprint(),
@@ -321,6 +323,8 @@ impl OAuthClient {
         form.insert(0, field("grant_type", grant_type));
         let span = tracing::debug_span!(
             "token_request",
+            otel.kind = "client",
+            server.address = self.token_endpoint.host_str(),
             grant_type,
             client_id = %self.client_id,
             endpoint = %endpoint_label(&self.token_endpoint),
@@ -367,7 +371,8 @@ impl OAuthClient {
             .http
             .post(endpoint.clone())
             .timeout(self.timeout)
-            .header(ACCEPT, "application/json");
+            .header(ACCEPT, "application/json")
+            .headers(crate::trace_context::headers());
         match &self.auth {
             ClientAuth::ClientSecretBasic(secret) => {
                 // RFC 6749 §2.3.1: both parts are form-urlencoded before base64.

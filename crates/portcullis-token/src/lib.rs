@@ -60,6 +60,7 @@ pub mod managed;
 pub mod metrics;
 pub mod secret;
 pub mod store;
+pub mod trace_context;
 pub mod types;
 pub mod user;
 

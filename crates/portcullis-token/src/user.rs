@@ -240,9 +240,12 @@ impl UserTokenManager {
         let (tokens, _) = load(store, session).await?;
         if let Some(token) = tokens.token_for(params) {
             if !token.needs_refresh(self.clock.now_unix(), buffer) {
+                // The caller's span (the gateway's `token` span) declares this field.
+                tracing::Span::current().record("token.cache", "hit");
                 return ManagedToken::new(token);
             }
         }
+        tracing::Span::current().record("token.cache", "miss");
         self.obtain(store, session, params, Mode::IfNeeded { buffer })
             .await
     }
@@ -282,7 +285,11 @@ impl UserTokenManager {
         F: FnOnce() -> Fut,
         Fut: Future<Output = T>,
     {
-        let _flight = self.flights.lock(session).await;
+        let _flight = self
+            .flights
+            .lock(session)
+            .instrument(tracing::debug_span!("token.single_flight_wait"))
+            .await;
         let holder = format!("{}/{}", self.instance, uuid::Uuid::new_v4().simple());
         let give_up_at = tokio::time::Instant::now() + self.options.lease_wait;
         let leased = loop {
@@ -365,7 +372,9 @@ impl UserTokenManager {
                         continue;
                     }
                     Ok(false) if tokio::time::Instant::now() < give_up_at => {
-                        tokio::time::sleep(self.options.lease_poll_interval).await;
+                        tokio::time::sleep(self.options.lease_poll_interval)
+                            .instrument(tracing::debug_span!("token.lease_wait"))
+                            .await;
                         continue;
                     }
                     Ok(false) => {

@@ -221,6 +221,10 @@ impl GatewayError {
     /// response (e.g. a silent login that reports failure to its iframe page).
     pub(crate) fn report(&self) {
         metrics::counter!("portcullis_errors_total", "origin" => self.origin().as_str(), "status" => self.status().as_str().to_owned()).increment(1);
+        // The request span (see `telemetry`) declares these; elsewhere this is a no-op.
+        let span = tracing::Span::current();
+        span.record("error.type", self.status().as_str());
+        span.record("portcullis.error.origin", self.origin().as_str());
         // Parts of every message may come from the network (IdP error descriptions, parse
         // errors quoting input): escaped and bounded here, once for all.
         let text = self.to_string();

@@ -28,6 +28,8 @@ use axum::routing::{any, get};
 use axum::Router;
 use portcullis_session::SessionStore;
 use portcullis_token::{ManagedToken, SharedClock};
+use tracing::field::Empty;
+use tracing::Instrument as _;
 
 use crate::bff;
 use crate::csrf;
@@ -353,7 +355,17 @@ async fn api_inner(
     let session = if matches!(policy, TokenPolicy::None | TokenPolicy::Client) {
         None
     } else {
-        match gw.sessions().lookup(headers).await? {
+        let started = std::time::Instant::now();
+        let looked_up = gw
+            .sessions()
+            .lookup(headers)
+            .instrument(tracing::debug_span!(
+                "session.lookup",
+                session.cache = Empty
+            ))
+            .await;
+        crate::telemetry::observe_stage(&route.settings.path, "session", started.elapsed());
+        match looked_up? {
             Lookup::Active(mut session) => {
                 // API activity counts as activity: extend the idle timeout (rate-limited).
                 gw.sessions().slide(&mut session).await?;
@@ -367,6 +379,8 @@ async fn api_inner(
         }
     };
 
+    let started = std::time::Instant::now();
+    let token_span = tracing::debug_span!("token", token.policy = ?policy, token.cache = Empty);
     let token: Option<ManagedToken> = match (policy, &session) {
         (TokenPolicy::None, _) => None,
         (TokenPolicy::User | TokenPolicy::Exchange, None) => {
@@ -376,7 +390,12 @@ async fn api_inner(
         (
             TokenPolicy::User | TokenPolicy::UserOrClient | TokenPolicy::UserOrNone,
             Some(session),
-        ) => match gw.tokens().user_token(session, &route.settings).await {
+        ) => match gw
+            .tokens()
+            .user_token(session, &route.settings)
+            .instrument(token_span.clone())
+            .await
+        {
             Ok(t) => Some(t),
             Err(TokenFailure::SessionEnded(reason)) if policy == TokenPolicy::UserOrNone => {
                 // The token service has ended the session: forward anonymously, and tell the
@@ -401,7 +420,12 @@ async fn api_inner(
         },
         (TokenPolicy::UserOrNone, None) => None,
         (TokenPolicy::Exchange, Some(session)) => {
-            match gw.tokens().exchanged_token(session, &route.settings).await {
+            match gw
+                .tokens()
+                .exchanged_token(session, &route.settings)
+                .instrument(token_span.clone())
+                .await
+            {
                 Ok(t) => Some(t),
                 Err(TokenFailure::SessionEnded(reason)) => {
                     return end_session(gw, session, &reason).await
@@ -414,7 +438,12 @@ async fn api_inner(
             }
         }
         (TokenPolicy::Client, _) | (TokenPolicy::UserOrClient, None) => {
-            match gw.tokens().client_token(&route.settings).await {
+            match gw
+                .tokens()
+                .client_token(&route.settings)
+                .instrument(token_span.clone())
+                .await
+            {
                 Ok(t) => Some(t),
                 Err(TokenFailure::Unavailable(e)) => return Err(e),
                 Err(TokenFailure::SessionEnded(reason) | TokenFailure::Rejected(reason)) => {
@@ -424,6 +453,10 @@ async fn api_inner(
             }
         }
     };
+
+    if token.is_some() {
+        crate::telemetry::observe_stage(&route.settings.path, "token", started.elapsed());
+    }
 
     let ctx = ForwardContext {
         client_addr: peer,
@@ -435,6 +468,8 @@ async fn api_inner(
     let (parts, body) = request.into_parts();
     let request = http::Request::from_parts(parts, Body::new(body));
     let forwarder = &gw.inner.forwarder;
+    let upstream_span = upstream_span(route);
+    let started = std::time::Instant::now();
     let response = if upgrade {
         // A tunnel lives no longer than its session.
         let session_end = session.as_ref().map(|s| {
@@ -443,13 +478,30 @@ async fn api_inner(
         });
         forwarder
             .forward_upgrade(route, request, token.as_ref(), &ctx, session_end)
+            .instrument(upstream_span.clone())
             .await?
     } else {
         forwarder
             .forward(route, request, token.as_ref(), &ctx)
+            .instrument(upstream_span.clone())
             .await?
     };
+    upstream_span.record("http.response.status_code", response.status().as_u16());
+    crate::telemetry::observe_stage(&route.settings.path, "upstream", started.elapsed());
     Ok(with_clear(gw, response, clear_cookie))
+}
+
+/// The client span of the upstream call (the upstream's `traceparent` names it as parent).
+fn upstream_span(route: &Route) -> tracing::Span {
+    let upstream = &route.settings.upstream;
+    tracing::debug_span!(
+        "upstream",
+        otel.kind = "client",
+        server.address = upstream.host_str(),
+        server.port = upstream.port_or_known_default(),
+        portcullis.route = %route.settings.path,
+        http.response.status_code = Empty,
+    )
 }
 
 /// The session can get no more tokens (`invalid_grant`, no refresh token): end it, 401, and

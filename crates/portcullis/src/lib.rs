@@ -46,10 +46,13 @@ mod gateway;
 pub mod local_api;
 pub mod log_safe;
 pub mod oidc;
+#[cfg(test)]
+mod properties;
 pub mod proxy;
 pub mod session;
 pub mod settings;
 pub mod spa;
+pub mod telemetry;
 pub mod token;
 
 pub use gateway::{join_path, Gateway};

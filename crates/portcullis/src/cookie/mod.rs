@@ -192,15 +192,16 @@ impl CookieSettings {
     }
 }
 
-/// Iterates over `name=value` pairs of every `Cookie` header.
+/// Iterates over `name=value` pairs of every `Cookie` header. Pairs are split on the bytes,
+/// so one pair that is not UTF-8 (another application's cookie on the same host) is skipped
+/// alone instead of hiding every other cookie of its header.
 pub fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
         .filter_map(|pair| {
-            let (n, v) = pair.trim().split_once('=')?;
+            let (n, v) = std::str::from_utf8(pair).ok()?.trim().split_once('=')?;
             Some((n.trim(), v.trim()))
         })
 }

@@ -21,6 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::DecodingKey;
@@ -365,13 +366,23 @@ impl Provider {
 
     /// GET `url` and read the body (at most [`MAX_IDP_BODY`]); non-2xx is an error.
     async fn get(&self, url: &str, what: &str) -> Result<Vec<u8>, GatewayError> {
+        let span = tracing::debug_span!(
+            "idp_fetch",
+            otel.name = %format_args!("idp.{}", what.to_ascii_lowercase()),
+            otel.kind = "client",
+            server.address = url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned)),
+            http.response.status_code = tracing::field::Empty,
+        );
         let resp = self
             .http
             .get(url)
             .header(reqwest::header::ACCEPT, "application/json")
+            .headers(span.in_scope(portcullis_token::trace_context::headers))
             .send()
+            .instrument(span.clone())
             .await
             .map_err(map_reqwest)?;
+        span.record("http.response.status_code", resp.status().as_u16());
         if !resp.status().is_success() {
             return Err(GatewayError::IdpUnavailable(format!(
                 "{what} ({url}) answered {}",

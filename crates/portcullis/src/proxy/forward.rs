@@ -215,6 +215,8 @@ fn prepare(
 ) -> Result<(), GatewayError> {
     let uri = route.upstream_uri(parts.uri.path(), parts.uri.query())?;
     sanitize_request_headers(&mut parts.headers, ctx, &route.settings.path);
+    // The browser's trace context never reaches an upstream; ours does when tracing is on.
+    crate::telemetry::inject(&mut parts.headers);
     if let Some(authority) = uri.authority() {
         if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
             parts.headers.insert(header::HOST, host);
@@ -456,7 +458,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// An upstream must not set or clear the gateway's own cookies.
-fn strip_own_cookies(headers: &mut HeaderMap, own: &[String]) {
+pub(crate) fn strip_own_cookies(headers: &mut HeaderMap, own: &[String]) {
     if own.is_empty() || !headers.contains_key(header::SET_COOKIE) {
         return;
     }
@@ -464,8 +466,16 @@ fn strip_own_cookies(headers: &mut HeaderMap, own: &[String]) {
         .get_all(header::SET_COOKIE)
         .iter()
         .filter(|v| {
-            let name = v.to_str().ok().and_then(|s| s.split('=').next()).map(str::trim);
-            !matches!(name, Some(n) if own.iter().any(|o| n == o.as_str() || n.starts_with("__Host-bff-login.") || n.starts_with("bff-login.")))
+            // On the bytes: a value that is not visible ASCII must not get a cookie past.
+            let name = v
+                .as_bytes()
+                .split(|b| *b == b'=')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii();
+            !(own.iter().any(|o| name == o.as_bytes())
+                || name.starts_with(b"__Host-bff-login.")
+                || name.starts_with(b"bff-login."))
         })
         .cloned()
         .collect();

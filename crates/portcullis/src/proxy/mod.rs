@@ -22,6 +22,8 @@
 mod forward;
 mod routes;
 
+#[cfg(test)]
+pub(crate) use forward::strip_own_cookies;
 pub use forward::{ForwardContext, Forwarder, SessionEnd};
 pub use routes::{
     check_method, check_path, PathRefusal, Route, RouteTable, MAX_DECODE_ROUNDS, REFUSED_METHODS,

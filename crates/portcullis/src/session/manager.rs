@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use axum::http::HeaderMap;
 use portcullis_session::{
@@ -205,6 +206,7 @@ impl Sessions {
                 if hit.record.expires > self.now() {
                     metrics::counter!("portcullis_session_cache_total", "result" => "hit")
                         .increment(1);
+                    tracing::Span::current().record("session.cache", "hit");
                     return Ok(Lookup::Active(hit));
                 }
                 cache.invalidate(key).await;
@@ -213,6 +215,10 @@ impl Sessions {
         if self.cache.is_some() {
             metrics::counter!("portcullis_session_cache_total", "result" => "miss").increment(1);
         }
+        tracing::Span::current().record(
+            "session.cache",
+            if self.cache.is_some() { "miss" } else { "off" },
+        );
         self.lookup_key_fresh(key).await
     }
 
@@ -220,7 +226,15 @@ impl Sessions {
     pub async fn lookup_key_fresh(&self, key: &str) -> Result<Lookup, GatewayError> {
         let before = self.cache.as_ref().map(SessionCache::epoch);
         let now = self.now();
-        let Some(record) = self.store.get(key, now).await? else {
+        let Some(record) = self
+            .store
+            .get(key, now)
+            .instrument(tracing::debug_span!(
+                "session.store",
+                store = self.store.kind()
+            ))
+            .await?
+        else {
             self.forget(key).await;
             return Ok(Lookup::Stale);
         };

@@ -253,6 +253,7 @@ impl TokenService {
             .get(endpoint)
             .bearer_auth(access_token.expose_secret())
             .timeout(self.settings.oidc.http_timeout)
+            .headers(portcullis_token::trace_context::headers())
             .send()
             .await
             .map_err(crate::oidc::provider_error)?;
