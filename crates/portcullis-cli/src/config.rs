@@ -17,6 +17,8 @@ use portcullis::settings::{
     RouteSettings, SessionSettings, TokenPolicy, TokenSettings,
 };
 use portcullis_token::Secret;
+mod spa;
+
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use url::Url;
@@ -39,6 +41,7 @@ struct RawServer {
     diagnostics: Option<bool>,
     log_format: Option<String>,
     tls: Option<RawTls>,
+    cors: Option<spa::RawCors>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,12 +148,6 @@ struct RawAdmin {
     token_file: Option<PathBuf>,
 }
 
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSpa {
-    dir: Option<PathBuf>,
-}
-
 /// Everything the binary needs besides the library settings.
 #[derive(Debug)]
 pub struct Config {
@@ -159,7 +156,12 @@ pub struct Config {
     pub store_url: String,
     pub data_dir: PathBuf,
     pub keys: KeySource,
-    pub spa_dir: Option<PathBuf>,
+    /// Where the SPA comes from (`[spa]`).
+    pub spa: portcullis::spa::SpaSource,
+    /// The CSP hash of the script `[spa.index_html_inject]` adds, for `check` to print.
+    pub spa_script_hash: Option<String>,
+    /// `[server.cors]`: split-origin deployments.
+    pub cors: Option<portcullis::cors::CorsSettings>,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub log_json: bool,
     /// The operators' listener: session administration and metrics.
@@ -224,7 +226,7 @@ pub fn parse(
     let session: RawSession = section(&table, "session", &mut errors).unwrap_or_default();
     let af: RawAntiForgery = section(&table, "anti_forgery", &mut errors).unwrap_or_default();
     let tokens: RawTokens = section(&table, "tokens", &mut errors).unwrap_or_default();
-    let spa: RawSpa = section(&table, "spa", &mut errors).unwrap_or_default();
+    let spa: spa::RawSpa = section(&table, "spa", &mut errors).unwrap_or_default();
     let raw_admin: Option<RawAdmin> = section(&table, "admin", &mut errors);
     let mut raw_routes: Vec<RawRoute> = Vec::new();
     match table.get("routes") {
@@ -312,6 +314,7 @@ pub fn parse(
         }
     };
     let tls = server.tls.map(|t| (resolve(&t.cert), resolve(&t.key)));
+    let cors = spa::cors(server.cors, &mut errors);
     if let (Some(url), Some(_)) = (&public_url, &tls) {
         if url.scheme() != "https" {
             warnings.push("server.tls is set but public_url is http://".into());
@@ -734,12 +737,8 @@ pub fn parse(
         }
     }
 
-    let spa_dir = spa.dir.map(|d| resolve(&d));
-    if let Some(d) = &spa_dir {
-        if !d.join("index.html").is_file() {
-            errors.push(format!("spa.dir {} has no index.html", d.display()));
-        }
-    }
+    let spa = spa::spa_source(spa, "spa", &resolve, &mut errors, &mut warnings);
+    let spa_script_hash = spa::injected_script_hash(&spa);
 
     let admin = raw_admin.and_then(|a| {
         let admin_listen = a
@@ -768,7 +767,18 @@ pub fn parse(
         Some(AdminConfig { listen: admin_listen, token: Secret::new(token) })
     });
 
-    let websocket_origins = af.websocket_origins.unwrap_or_default();
+    let mut websocket_origins = af.websocket_origins.unwrap_or_default();
+    // A listed CORS origin is the SPA's: its WebSocket upgrades are accepted too.
+    if let (Some(c), Some(u)) = (&cors, &public_url) {
+        if websocket_origins.is_empty() {
+            websocket_origins.push(u.origin().ascii_serialization());
+        }
+        websocket_origins.extend(
+            c.allowed_origins
+                .iter()
+                .filter_map(|o| o.to_str().ok().map(str::to_owned)),
+        );
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -824,7 +834,9 @@ pub fn parse(
         store_url,
         data_dir,
         keys,
-        spa_dir,
+        spa,
+        spa_script_hash,
+        cors,
         tls,
         log_json,
         admin,
