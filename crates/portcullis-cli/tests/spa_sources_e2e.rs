@@ -2,6 +2,7 @@
 //! server the test starts, `testing/cdn/server.mjs`, counting requests and honouring
 //! `If-None-Match`), a development server proxied with a client-side route fallback, and
 //! split-origin CORS with the real IdP and API.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
 mod common;
 

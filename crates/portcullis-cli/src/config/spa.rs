@@ -197,6 +197,7 @@ fn toml_to_json(v: toml::Value) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     fn parse(text: &str) -> (SpaSource, Vec<String>, Vec<String>) {
@@ -250,6 +251,67 @@ flags = { beta = true, n = 2, when = 1979-05-27T07:32:00Z }
             "index_html_url = \"http://cdn.example.com/index.html\"\nindex_html_cache = \"soon\"",
         );
         assert_eq!(errors.len(), 2, "{errors:?}");
+    }
+
+    /// `portcullis check` lists the SPA and CORS mistakes with every other error.
+    #[test]
+    fn spa_and_cors_errors_are_reported_with_the_others() {
+        let text = r#"
+[server]
+public_url = "https://app.example.com"
+[server.cors]
+allowed_origins = ["https://spa.example.com/"]
+[oidc]
+issuer = "https://idp.example.com"
+client_id = "spa-bff"
+client_secret = "s3cret"
+[session]
+idle_timeout = "forever"
+[spa]
+index_html_url = "https://cdn.example.com/index.html"
+static_assets_url = "http://127.0.0.1:5173/"
+"#;
+        let errors = super::super::parse(text, Path::new("/"), &|_| None).unwrap_err();
+        let joined = errors.join("\n");
+        for needle in [
+            "server.cors.allowed_origins",
+            "session.idle_timeout",
+            "spa: set only one of dir, index_html_url, static_assets_url (found index_html_url, static_assets_url)",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+        }
+    }
+
+    /// A listed CORS origin may open WebSockets, and the public origin keeps that right.
+    #[test]
+    fn cors_origins_join_the_websocket_origins() {
+        let base = r#"
+[server]
+public_url = "https://bff.example.com"
+[oidc]
+issuer = "https://idp.example.com"
+client_id = "spa-bff"
+client_secret = "s3cret"
+"#;
+        let parse = |t: &str| super::super::parse(t, Path::new("/"), &|_| None).unwrap();
+        assert!(
+            parse(base).gateway.websocket_origins.is_empty(),
+            "library default: the public origin"
+        );
+        let cors = base.replace(
+            "[oidc]",
+            "[server.cors]\nallowed_origins = [\"https://app.example.com\"]\n[oidc]",
+        );
+        assert_eq!(
+            parse(&cors).gateway.websocket_origins,
+            ["https://bff.example.com", "https://app.example.com"]
+        );
+        let explicit =
+            format!("{cors}[anti_forgery]\nwebsocket_origins = [\"https://ws.example.com\"]\n");
+        assert_eq!(
+            parse(&explicit).gateway.websocket_origins,
+            ["https://ws.example.com", "https://app.example.com"]
+        );
     }
 
     #[test]
