@@ -14,8 +14,8 @@
 //! | anything from an origin not listed, or without `Origin` | the gateway's answer with **no** `Access-Control-*` header (a preflight falls through to the route: 401 for want of the anti-forgery header, or 405), plus `Vary: Origin` |
 //! | other paths (the SPA, callbacks, health) | untouched |
 //!
-//! Origins match exactly (scheme, host and port, ASCII case-insensitive as browsers serialize
-//! them in lower case); there is no wildcard. On these paths the gateway is the only source of
+//! Origins match exactly, byte for byte (scheme, host and port as a browser serializes them,
+//! in lower case); there is no wildcard. On these paths the gateway is the only source of
 //! CORS headers: an upstream's own `Access-Control-*` response headers are dropped.
 //!
 //! The header work is tower-http's [`CorsLayer`]; this module decides to whom and where it
@@ -152,12 +152,10 @@ impl Cors {
         }
     }
 
-    /// Whether `origin` is listed (exact, ASCII case-insensitive).
+    /// Whether `origin` is listed: byte for byte, as tower-http compares it (browsers
+    /// serialize origins in lower case, and the configuration is checked to be so).
     pub fn allows(&self, origin: &HeaderValue) -> bool {
-        self.inner
-            .origins
-            .iter()
-            .any(|o| o.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
+        self.inner.origins.iter().any(|o| o == origin)
     }
 
     /// The middleware: `router.layer(axum::middleware::from_fn(move |r, n| cors.clone().handle(r, n)))`,
@@ -227,5 +225,147 @@ fn remove_cors_headers(headers: &mut axum::http::HeaderMap) {
         .collect();
     for n in names {
         headers.remove(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use axum::body::Body;
+    use axum::routing::get;
+    use axum::Router;
+
+    /// An API that sets its own (too generous) CORS headers, and a page outside the scope.
+    fn app() -> Router {
+        let api = || async {
+            (
+                [
+                    ("access-control-allow-origin", "*"),
+                    ("access-control-expose-headers", "x-secret"),
+                    ("vary", "accept-encoding"),
+                ],
+                "api",
+            )
+        };
+        let router = Router::new()
+            .route("/api/x", get(api))
+            .route("/page", get(|| async { "page" }));
+        let settings = CorsSettings {
+            allowed_origins: vec![HeaderValue::from_static("https://app.example.com")],
+            allowed_headers: vec![],
+            max_age: Duration::from_secs(60),
+        };
+        Cors::new(
+            &settings,
+            vec!["/api".into()],
+            vec![HeaderName::from_static("x-csrf")],
+        )
+        .apply(router)
+    }
+
+    async fn send(method: Method, path: &str, headers: &[(&str, &str)]) -> Response {
+        let mut req = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        app()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// The `access-control-*` headers, sorted.
+    fn cors_headers(r: &Response) -> Vec<(String, String)> {
+        let mut h: Vec<(String, String)> = r
+            .headers()
+            .iter()
+            .filter(|(k, _)| k.as_str().starts_with("access-control-"))
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        h.sort();
+        h
+    }
+
+    fn vary(r: &Response) -> String {
+        r.headers()
+            .get_all(header::VARY)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    #[tokio::test]
+    async fn only_listed_origins_get_cors_headers_and_only_in_scope() {
+        const APP: &str = "https://app.example.com";
+        let preflight = [
+            ("origin", APP),
+            ("access-control-request-method", "POST"),
+            ("access-control-request-headers", "x-csrf"),
+        ];
+        let r = send(Method::OPTIONS, "/api/x", &preflight).await;
+        assert_eq!(r.status(), 200);
+        let h = cors_headers(&r);
+        assert!(
+            h.contains(&("access-control-allow-origin".into(), APP.into())),
+            "{h:?}"
+        );
+        assert!(h.contains(&("access-control-allow-credentials".into(), "true".into())));
+        assert!(h.contains(&("access-control-allow-headers".into(), "x-csrf".into())));
+        assert!(vary(&r).contains("origin"));
+
+        // The actual call: the gateway's headers replace the API's own.
+        let r = send(Method::GET, "/api/x", &[("origin", APP)]).await;
+        let h = cors_headers(&r);
+        assert_eq!(
+            h,
+            [
+                (
+                    "access-control-allow-credentials".to_owned(),
+                    "true".to_owned()
+                ),
+                ("access-control-allow-origin".to_owned(), APP.to_owned()),
+            ],
+            "{h:?}"
+        );
+        assert!(
+            vary(&r).contains("accept-encoding") && vary(&r).contains("origin"),
+            "{}",
+            vary(&r)
+        );
+
+        // Not listed, no Origin, two Origins: no CORS header at all, the API's dropped too,
+        // and a preflight reaches the route (here: 405, GET only).
+        for headers in [
+            &[("origin", "https://evil.example")][..],
+            &[][..],
+            &[("origin", APP), ("origin", "https://evil.example")][..],
+            &[("origin", "HTTPS://APP.EXAMPLE.COM")][..],
+        ] {
+            let r = send(Method::GET, "/api/x", headers).await;
+            assert!(
+                cors_headers(&r).is_empty(),
+                "{headers:?}: {:?}",
+                cors_headers(&r)
+            );
+            assert!(vary(&r).contains("origin"), "{headers:?}");
+        }
+        let r = send(
+            Method::OPTIONS,
+            "/api/x",
+            &[
+                ("origin", "https://evil.example"),
+                ("access-control-request-method", "GET"),
+            ],
+        )
+        .await;
+        assert_eq!(r.status(), 405);
+        assert!(cors_headers(&r).is_empty());
+
+        // Outside the scope nothing changes, whoever asks.
+        let r = send(Method::GET, "/page", &[("origin", APP)]).await;
+        assert!(cors_headers(&r).is_empty());
+        assert!(!vary(&r).contains("origin"));
     }
 }
