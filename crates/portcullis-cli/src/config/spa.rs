@@ -61,14 +61,15 @@ pub fn spa_source(
             }
         }
     }
-    if let Some(d) = raw.dir {
+    // Every key given is checked, so that `check` lists all the mistakes at once.
+    let dir = raw.dir.map(|d| {
         let d = resolve(&d);
         if !d.join("index.html").is_file() {
             errors.push(format!("{ctx}.dir {} has no index.html", d.display()));
         }
-        return SpaSource::Dir(d);
-    }
-    if let Some(u) = raw.index_html_url {
+        SpaSource::Dir(d)
+    });
+    let index_html = raw.index_html_url.map(|u| {
         let url = match Url::parse(&u) {
             Ok(url)
                 if (url.scheme() == "https"
@@ -93,43 +94,39 @@ pub fn spa_source(
                 Duration::from_secs(300)
             }),
         };
-        let inject = raw
-            .index_html_inject
-            .map(|t| match toml_to_json(toml::Value::Table(t)) {
-                serde_json::Value::Object(m) => m,
-                _ => serde_json::Map::new(),
-            });
-        return match url {
+        let inject = raw.index_html_inject.map(|t| match toml_to_json(toml::Value::Table(t)) {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        });
+        match url {
             Some(url) => SpaSource::IndexHtmlUrl(IndexHtmlUrl {
                 url,
                 cache_for,
                 inject,
             }),
             None => SpaSource::None,
-        };
-    }
-    if let Some(u) = raw.static_assets_url {
-        return match Url::parse(&u) {
-            Ok(url)
-                if matches!(url.scheme(), "http" | "https")
-                    && url.host().is_some()
-                    && url.query().is_none()
-                    && url.fragment().is_none() =>
-            {
-                warnings.push(format!(
-                    "{ctx}.static_assets_url: every page and script comes from the development server {u}; for development only"
-                ));
-                SpaSource::StaticAssetsUrl(url)
-            }
-            _ => {
-                errors.push(format!(
-                    "{ctx}.static_assets_url {u:?} must be an http(s) URL without query or fragment"
-                ));
-                SpaSource::None
-            }
-        };
-    }
-    SpaSource::None
+        }
+    });
+    let dev_server = raw.static_assets_url.map(|u| match Url::parse(&u) {
+        Ok(url)
+            if matches!(url.scheme(), "http" | "https")
+                && url.host().is_some()
+                && url.query().is_none()
+                && url.fragment().is_none() =>
+        {
+            warnings.push(format!(
+                "{ctx}.static_assets_url: every page and script comes from the development server {u}; for development only"
+            ));
+            SpaSource::StaticAssetsUrl(url)
+        }
+        _ => {
+            errors.push(format!(
+                "{ctx}.static_assets_url {u:?} must be an http(s) URL without query or fragment"
+            ));
+            SpaSource::None
+        }
+    });
+    dir.or(index_html).or(dev_server).unwrap_or_default()
 }
 
 /// The CSP hash of the script the built-in transformer injects, if it injects one.
@@ -232,9 +229,17 @@ flags = { beta = true, n = 2, when = 1979-05-27T07:32:00Z }
     #[test]
     fn more_than_one_source_and_orphan_keys_are_errors() {
         let (_, errors, _) = parse(
-            "dir = \"/nonexistent\"\nindex_html_url = \"https://cdn/x\"\nstatic_assets_url = \"http://127.0.0.1:5173/\"",
+            "dir = \"/nonexistent\"\nindex_html_url = \"http://cdn/x\"\nindex_html_cache = \"soon\"\nstatic_assets_url = \"ftp://x/\"",
         );
         let joined = errors.join("\n");
+        for needle in [
+            "spa.dir /nonexistent has no index.html",
+            "spa.index_html_url \"http://cdn/x\" must be an https URL",
+            "spa.index_html_cache \"soon\"",
+            "spa.static_assets_url \"ftp://x/\"",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+        }
         assert!(
             joined.contains("set only one of dir, index_html_url, static_assets_url (found dir, index_html_url, static_assets_url)"),
             "{joined}"
