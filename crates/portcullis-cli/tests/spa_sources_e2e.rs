@@ -17,6 +17,9 @@ use tokio::process::Command;
 const NAV: &str = "text/html,application/xhtml+xml,*/*;q=0.8";
 /// Nothing listens here: the IdP and API of the tests that need neither.
 const NOWHERE: &str = "http://127.0.0.1:9";
+/// Just over the `index_html_cache = "2s"` of the CDN test: long enough for each step's
+/// requests to fit in one cache period on a busy machine.
+const CACHE_DUE: Duration = Duration::from_millis(2100);
 
 struct Cdn {
     proc: Proc,
@@ -87,7 +90,7 @@ async fn cdn_index_html_is_transformed_cached_revalidated_and_served_stale() {
         r#"
 [spa]
 index_html_url = "{}/app/index.html"
-index_html_cache = "1s"
+index_html_cache = "2s"
 [spa.index_html_inject]
 apiBase = "/api"
 evil = "</script><script>alert(1)</script><!--"
@@ -132,7 +135,7 @@ evil = "</script><script>alert(1)</script><!--"
 
     // Revalidated: after index_html_cache the gateway asks with If-None-Match, gets 304 and
     // serves the same page.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(CACHE_DUE).await;
     let (_, h, again) = get(&gw.url("/"), NAV, &[]).await;
     assert_eq!(again, body);
     assert_eq!(h[ETAG].to_str().unwrap(), etag);
@@ -146,7 +149,7 @@ evil = "</script><script>alert(1)</script><!--"
         "<html><head><title>v2</title></head><body></body></html>",
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(CACHE_DUE).await;
     let (_, h, v2) = get(&gw.url("/"), NAV, &[]).await;
     assert!(
         v2.starts_with("<html><head><title>v2</title><script>window.__PORTCULLIS__"),
@@ -154,16 +157,40 @@ evil = "</script><script>alert(1)</script><!--"
     );
     assert_ne!(h[ETAG].to_str().unwrap(), etag);
     assert_eq!(n(&cdn.stats().await, "full"), 2);
+    // HEAD: the headers of the page, no body.
+    let head = Client::new()
+        .head(gw.url("/"))
+        .header(ACCEPT, NAV)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-length"], v2.len().to_string());
+    assert_eq!(head.headers()[CACHE_CONTROL], "no-cache");
+    assert!(head.text().await.unwrap().is_empty());
+
+    // One fetch at a time: many navigations when the copy is due cause one CDN request.
+    tokio::time::sleep(CACHE_DUE).await;
+    let before = n(&cdn.stats().await, "requests");
+    let pages = futures_util::future::join_all((0..20).map(|i| {
+        let url = gw.url(&format!("/route/{i}"));
+        async move { get(&url, NAV, &[]).await }
+    }))
+    .await;
+    assert!(pages
+        .iter()
+        .all(|(status, _, page)| *status == 200 && *page == v2));
+    assert_eq!(n(&cdn.stats().await, "requests"), before + 1);
 
     // Stale: a failing CDN (503), then a dead one; the last good copy is served, with a warning.
     cdn.control("/__test/fail?status=503", "").await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(CACHE_DUE).await;
     let (status, _, stale) = get(&gw.url("/client/route"), NAV, &[]).await;
     assert_eq!((status, stale == v2), (200, true), "{stale}");
     let failed_at = n(&cdn.stats().await, "requests");
-    assert_eq!(failed_at, 4, "the failed fetch reached the CDN");
+    assert_eq!(failed_at, 5, "the failed fetch reached the CDN");
     cdn.proc.stop().await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(CACHE_DUE).await;
     for _ in 0..3 {
         let (status, _, stale) = get(&gw.url("/"), NAV, &[]).await;
         assert_eq!((status, stale == v2), (200, true));
