@@ -376,3 +376,82 @@ fn describe(e: &reqwest::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A library user's transformer: marks the page, refuses pages that say "broken".
+    struct Marker;
+
+    #[async_trait]
+    impl IndexHtmlTransformer for Marker {
+        async fn transform(
+            &self,
+            html: String,
+            ctx: &IndexHtmlContext,
+        ) -> Result<String, TransformError> {
+            if html.contains("broken") {
+                return Err(TransformError("refused".into()));
+            }
+            Ok(html.replace("</body>", &format!("<p>{}</p></body>", ctx.url.path())))
+        }
+    }
+
+    /// A CDN on a loopback port serving whatever `page` holds, counting requests.
+    async fn cdn(page: Arc<std::sync::Mutex<String>>, hits: Arc<AtomicUsize>) -> Url {
+        let app = Router::new().route(
+            "/index.html",
+            axum::routing::get(move || {
+                let page = page.lock().unwrap().clone();
+                hits.fetch_add(1, Ordering::SeqCst);
+                async move { page }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}/index.html").parse().unwrap()
+    }
+
+    async fn body(service: &IndexHtml, path: &str) -> (StatusCode, String) {
+        let req = Request::builder()
+            .uri(path)
+            .header(header::ACCEPT, "text/html")
+            .body(Body::empty())
+            .unwrap();
+        let r = service.serve(req).await;
+        let status = r.status();
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_library_transformer_is_applied_and_its_failure_keeps_the_last_copy() {
+        let page = Arc::new(std::sync::Mutex::new("<body>v1</body>".to_owned()));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let url = cdn(page.clone(), hits.clone()).await;
+        let mut settings = IndexHtmlUrl::new(url);
+        settings.cache_for = Duration::ZERO;
+        let service = IndexHtml::with_reserved(settings, Marker, vec!["/bff".into()]).unwrap();
+
+        assert_eq!(
+            body(&service, "/").await,
+            (StatusCode::OK, "<body>v1<p>/index.html</p></body>".into())
+        );
+        assert_eq!(body(&service, "/bff/x").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+        // A version the transformer refuses is not served; the last good copy is.
+        *page.lock().unwrap() = "<body>broken</body>".into();
+        let (status, text) = body(&service, "/client/route").await;
+        assert_eq!(
+            (status, text.as_str()),
+            (StatusCode::OK, "<body>v1<p>/index.html</p></body>")
+        );
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+    }
+}
