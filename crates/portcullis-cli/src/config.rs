@@ -17,6 +17,8 @@ use portcullis::settings::{
     RouteSettings, SessionSettings, TokenPolicy, TokenSettings,
 };
 use portcullis_token::Secret;
+mod spa;
+
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use url::Url;
@@ -51,6 +53,7 @@ struct RawServer {
     http2_max_pending_reset_streams: Option<usize>,
     shutdown_delay: Option<String>,
     shutdown_grace: Option<String>,
+    cors: Option<spa::RawCors>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,12 +161,6 @@ struct RawAdmin {
     token_file: Option<PathBuf>,
 }
 
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSpa {
-    dir: Option<PathBuf>,
-}
-
 /// Everything the binary needs besides the library settings.
 #[derive(Debug)]
 pub struct Config {
@@ -172,7 +169,12 @@ pub struct Config {
     pub store_url: String,
     pub data_dir: PathBuf,
     pub keys: KeySource,
-    pub spa_dir: Option<PathBuf>,
+    /// Where the SPA comes from (`[spa]`).
+    pub spa: portcullis::spa::SpaSource,
+    /// The CSP hash of the script `[spa.index_html_inject]` adds, for `check` to print.
+    pub spa_script_hash: Option<String>,
+    /// `[server.cors]`: split-origin deployments.
+    pub cors: Option<portcullis::cors::CorsSettings>,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub log_json: bool,
     /// Limits of the public listener against hostile traffic.
@@ -242,7 +244,7 @@ pub fn parse(
     let session: RawSession = section(&table, "session", &mut errors).unwrap_or_default();
     let af: RawAntiForgery = section(&table, "anti_forgery", &mut errors).unwrap_or_default();
     let tokens: RawTokens = section(&table, "tokens", &mut errors).unwrap_or_default();
-    let spa: RawSpa = section(&table, "spa", &mut errors).unwrap_or_default();
+    let spa: spa::RawSpa = section(&table, "spa", &mut errors).unwrap_or_default();
     let raw_admin: Option<RawAdmin> = section(&table, "admin", &mut errors);
     let raw_telemetry: crate::telemetry::RawTelemetry =
         section(&table, "telemetry", &mut errors).unwrap_or_default();
@@ -334,6 +336,7 @@ pub fn parse(
     };
     let mut server_limits = server_limits(&server, &mut errors);
     let tls = server.tls.map(|t| (resolve(&t.cert), resolve(&t.key)));
+    let cors = spa::cors(server.cors, &mut errors);
     if let (Some(url), Some(_)) = (&public_url, &tls) {
         if url.scheme() != "https" {
             warnings.push("server.tls is set but public_url is http://".into());
@@ -760,12 +763,8 @@ pub fn parse(
         }
     }
 
-    let spa_dir = spa.dir.map(|d| resolve(&d));
-    if let Some(d) = &spa_dir {
-        if !d.join("index.html").is_file() {
-            errors.push(format!("spa.dir {} has no index.html", d.display()));
-        }
-    }
+    let spa = spa::spa_source(spa, "spa", &resolve, &mut errors, &mut warnings);
+    let spa_script_hash = spa::injected_script_hash(&spa);
 
     let admin = raw_admin.and_then(|a| {
         let admin_listen = a
@@ -794,7 +793,18 @@ pub fn parse(
         Some(AdminConfig { listen: admin_listen, token: Secret::new(token) })
     });
 
-    let websocket_origins = af.websocket_origins.unwrap_or_default();
+    let mut websocket_origins = af.websocket_origins.unwrap_or_default();
+    // A listed CORS origin is the SPA's: its WebSocket upgrades are accepted too.
+    if let (Some(c), Some(u)) = (&cors, &public_url) {
+        if websocket_origins.is_empty() {
+            websocket_origins.push(u.origin().ascii_serialization());
+        }
+        websocket_origins.extend(
+            c.allowed_origins
+                .iter()
+                .filter_map(|o| o.to_str().ok().map(str::to_owned)),
+        );
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -850,7 +860,9 @@ pub fn parse(
         store_url,
         data_dir,
         keys,
-        spa_dir,
+        spa,
+        spa_script_hash,
+        cors,
         tls,
         log_json,
         limits: server_limits,

@@ -120,6 +120,9 @@ fn main() -> ExitCode {
                 for w in &c.warnings {
                     eprintln!("warning: {w}");
                 }
+                if let Some(hash) = &c.spa_script_hash {
+                    println!("spa.index_html_inject: the injected script's hash is {hash} (list it in script-src if your Content-Security-Policy forbids inline scripts)");
+                }
                 println!("{}: configuration is valid", config.display());
                 ExitCode::SUCCESS
             }

@@ -74,12 +74,15 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             }
         });
     }
-    let fallback = cfg
-        .spa_dir
-        .as_ref()
-        .map(|dir| portcullis::spa::Spa::for_gateway(dir, &gateway).router());
-    let app = gateway
-        .router(fallback)
+    let fallback = cfg.spa.router(&gateway, "/")?;
+    if let Some(hash) = &cfg.spa_script_hash {
+        tracing::info!(csp_source = %hash, "index.html gets an inline script; a Content-Security-Policy that forbids inline scripts must list this hash in script-src");
+    }
+    let mut app = gateway.router(fallback);
+    if let Some(cors) = &cfg.cors {
+        app = portcullis::cors::Cors::for_gateway(cors, &gateway, &[]).apply(app);
+    }
+    let app = app
         // The request span (path only: query strings hold authorization codes and states),
         // the trace context and the request duration histogram.
         .layer(axum::middleware::from_fn({

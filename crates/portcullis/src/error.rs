@@ -140,6 +140,10 @@ pub enum GatewayError {
     /// The upstream API did not answer in time: 504.
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// The SPA's `index.html` (from `index_html_url`) or its development server cannot be
+    /// reached and there is no earlier copy to serve: 502.
+    #[error("single-page app unavailable: {0}")]
+    SpaUnavailable(String),
     /// A bug or a local failure: 500.
     #[error("internal error: {0}")]
     Internal(String),
@@ -186,7 +190,9 @@ impl GatewayError {
             | Self::LoginRejected(_)
             | Self::IdpBadResponse(_)
             | Self::IdpRefusedLogin { .. } => Origin::Idp,
-            Self::UpstreamUnavailable(_) | Self::UpstreamTimeout => Origin::Upstream,
+            Self::UpstreamUnavailable(_) | Self::UpstreamTimeout | Self::SpaUnavailable(_) => {
+                Origin::Upstream
+            }
             Self::Internal(_) => Origin::Internal,
         }
     }
@@ -211,7 +217,9 @@ impl GatewayError {
             Self::IdpRefusedLogin { .. } => StatusCode::BAD_GATEWAY,
             Self::StoreUnavailable(_) | Self::IdpUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::IdpTimeout | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::UpstreamUnavailable(_) | Self::IdpBadResponse(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamUnavailable(_) | Self::IdpBadResponse(_) | Self::SpaUnavailable(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -343,6 +351,11 @@ impl GatewayError {
             Self::UpstreamUnavailable(_) | Self::UpstreamTimeout => page(
                 "Service unavailable",
                 "A service behind the gateway did not answer. Please try again in a moment."
+                    .into(),
+            ),
+            Self::SpaUnavailable(_) => page(
+                "The application could not be loaded",
+                "The gateway could not fetch this application's start page from its content server. Please try again in a moment; if this persists, the operator can find the details in the gateway's log."
                     .into(),
             ),
             Self::Internal(_) => page(
@@ -555,6 +568,7 @@ mod tests {
             (GatewayError::IdpBadResponse("foreign sub".into()), 502),
             (GatewayError::UpstreamUnavailable("refused".into()), 502),
             (GatewayError::UpstreamTimeout, 504),
+            (GatewayError::SpaUnavailable("cdn down".into()), 502),
         ];
         for (err, status) in cases {
             assert_eq!(err.into_response().status().as_u16(), status);

@@ -40,6 +40,7 @@
 pub mod admin;
 pub mod bff;
 pub mod cookie;
+pub mod cors;
 pub mod csrf;
 pub mod error;
 mod gateway;

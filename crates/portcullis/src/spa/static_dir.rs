@@ -1,4 +1,4 @@
-//! The single-page app's static files, and `index.html` for its client-side routes.
+//! `dir`: the single-page app's static files, and `index.html` for its client-side routes.
 //!
 //! Mounted as the gateway's fallback (`Gateway::router(Some(Spa::for_gateway(dir, &gw).router()))`),
 //! so it only sees requests that no management endpoint and no API route took. For those:
@@ -34,15 +34,9 @@ use axum::Router;
 use sha2::{Digest, Sha256};
 use tower_http::services::ServeDir;
 
-use crate::error::{accepts_html, GatewayError};
-use crate::gateway::{join_path, Gateway};
-
-/// Request targets (path and query) longer than this are answered 414.
-pub const MAX_TARGET_BYTES: usize = 8 * 1024;
-/// Longest file name looked up on disk (`NAME_MAX` on Linux and macOS).
-const MAX_SEGMENT_BYTES: usize = 255;
-/// Longest decoded path looked up on disk.
-const MAX_FILE_PATH_BYTES: usize = 1024;
+use super::{can_name_a_file, is_client_route, reserved_paths, Reserved, MAX_TARGET_BYTES};
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
 
 /// The SPA service: static files from one directory plus the client-route fallback.
 #[derive(Clone, Debug)]
@@ -54,7 +48,7 @@ pub struct Spa {
 struct Inner {
     files: ServeDir,
     /// Path prefixes that belong to the gateway: never served from the SPA directory.
-    reserved: Vec<String>,
+    reserved: Reserved,
 }
 
 impl Spa {
@@ -66,19 +60,7 @@ impl Spa {
     /// Serves `dir` for `gateway`: the management base path (unless it is `/`), both
     /// callback paths and every route prefix are reserved (404, never `index.html`).
     pub fn for_gateway(dir: impl AsRef<Path>, gateway: &Gateway) -> Self {
-        let s = gateway.settings();
-        let mut reserved = vec![s.callback_path.clone(), s.signed_out_callback_path.clone()];
-        if !s.base_path.trim_end_matches('/').is_empty() {
-            reserved.push(s.base_path.clone());
-        } else {
-            reserved.extend(
-                crate::bff::MANAGEMENT_ENDPOINTS
-                    .iter()
-                    .map(|p| join_path(&s.base_path, p)),
-            );
-        }
-        reserved.extend(s.routes.iter().map(|r| r.path.clone()));
-        Self::with_reserved(dir.as_ref().to_path_buf(), reserved)
+        Self::with_reserved(dir.as_ref().to_path_buf(), reserved_paths(gateway))
     }
 
     /// Serves `dir`; `reserved` path prefixes answer 404.
@@ -87,13 +69,11 @@ impl Spa {
             .append_index_html_on_directories(false)
             .precompressed_br()
             .precompressed_gzip();
-        let reserved = reserved
-            .into_iter()
-            .map(|p| p.trim_end_matches('/').to_owned())
-            .filter(|p| !p.is_empty())
-            .collect();
         Self {
-            inner: Arc::new(Inner { files, reserved }),
+            inner: Arc::new(Inner {
+                files,
+                reserved: Reserved::new(reserved),
+            }),
         }
     }
 
@@ -123,7 +103,7 @@ impl Spa {
         if target_len > MAX_TARGET_BYTES {
             return Err(GatewayError::UriTooLong);
         }
-        if self.is_reserved(path) {
+        if self.inner.reserved.contains(path) {
             return Err(GatewayError::NotFound);
         }
         if request.method() != Method::GET && request.method() != Method::HEAD {
@@ -149,13 +129,6 @@ impl Spa {
             return self.file(request, Some("/index.html")).await;
         }
         Err(GatewayError::NotFound)
-    }
-
-    fn is_reserved(&self, path: &str) -> bool {
-        self.inner.reserved.iter().any(|p| {
-            path.strip_prefix(p.as_str())
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        })
     }
 
     /// Serves one file (`rewrite` replaces the request's path), adding validators and
@@ -214,28 +187,6 @@ impl Spa {
         }
         Ok(Response::from_parts(parts, Body::new(body)))
     }
-}
-
-/// Whether a decoded path can be looked up on disk at all.
-fn can_name_a_file(decoded: &[u8]) -> bool {
-    decoded.len() <= MAX_FILE_PATH_BYTES
-        && decoded
-            .split(|b| *b == b'/')
-            .all(|seg| seg.len() <= MAX_SEGMENT_BYTES && !seg.contains(&0))
-}
-
-/// A navigation that looks like a client-side route: `Accept` lists `text/html` and the last
-/// (decoded) segment has no file extension.
-fn is_client_route(headers: &HeaderMap, decoded_path: &[u8]) -> bool {
-    let last = decoded_path
-        .rsplit(|b| *b == b'/')
-        .next()
-        .unwrap_or_default();
-    let has_extension = last
-        .iter()
-        .rposition(|b| *b == b'.')
-        .is_some_and(|i| i > 0 && i + 1 < last.len());
-    !has_extension && accepts_html(headers)
 }
 
 /// `"<16 hex>"` from `Last-Modified`, `Content-Length` and `Content-Encoding`: a new file
