@@ -651,6 +651,8 @@ async fn tracing_rows(b: &Bench<'_>, round: usize, rows: &mut Vec<Row>) -> Resul
         gw.stop().await;
         let m = m?;
         check_upstream(&b.upstream, true, &label)?;
+        let (exports, bytes) = tracing_cost::exported();
+        eprintln!("proxy-bench: OTLP exports so far: {exports} requests, {bytes} bytes");
         rows.push(Row {
             label,
             baseline: false,

@@ -44,6 +44,30 @@ struct State {
 
 static STATE: OnceLock<State> = OnceLock::new();
 static MIDDLEWARE: AtomicBool = AtomicBool::new(false);
+static EXPORT_ON: AtomicBool = AtomicBool::new(false);
+static EXPORTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static EXPORTED_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// OTLP export requests and their protobuf bytes received so far.
+pub fn exported() -> (u64, u64) {
+    (
+        EXPORTS.load(Ordering::Relaxed),
+        EXPORTED_BYTES.load(Ordering::Relaxed),
+    )
+}
+
+/// The binary's export filter (the gateway's spans down to DEBUG, events from INFO) while
+/// tracing is on; nothing while it is off.
+fn export_filter(meta: &tracing::Metadata<'_>) -> bool {
+    if !EXPORT_ON.load(Ordering::SeqCst) {
+        return false;
+    }
+    if meta.is_span() && meta.target().starts_with("portcullis") {
+        *meta.level() <= tracing::Level::DEBUG
+    } else {
+        *meta.level() <= tracing::Level::INFO
+    }
+}
 
 /// Installs the subscriber (log formatter to a sink + reloadable OpenTelemetry layer) and
 /// starts the discarding OTLP endpoint. Call once, inside the runtime.
@@ -52,15 +76,31 @@ pub async fn install() {
     let endpoint = format!("http://{}/v1/traces", listener.local_addr().unwrap());
     let app = Router::new().route(
         "/v1/traces",
-        axum::routing::post(|_body: axum::body::Bytes| async { "" }),
+        axum::routing::post(|body: axum::body::Bytes| async move {
+            EXPORTS.fetch_add(1, Ordering::Relaxed);
+            EXPORTED_BYTES.fetch_add(body.len() as u64, Ordering::Relaxed);
+            ""
+        }),
     );
     tokio::spawn(async move { axum::serve(listener, app).await });
     let (layer, handle) = reload::Layer::new(None::<OtelLayer>);
+    // A per-layer filter cannot be reloaded, so the filter sits around the reload layer and
+    // follows the mode: off enables nothing (callsites are disabled, as without the layer).
+    let filter = tracing_subscriber::filter::DynFilterFn::new(|meta, _| export_filter(meta))
+        .with_callsite_filter(|meta| {
+            if export_filter(meta) {
+                tracing_core::Interest::always()
+            } else {
+                tracing_core::Interest::never()
+            }
+        });
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::sink)
         .with_filter(tracing_subscriber::EnvFilter::new("info"));
-    // The OpenTelemetry layer first: `reload` needs it directly on the registry.
-    tracing_subscriber::registry().with(layer).with(fmt).init();
+    tracing_subscriber::registry()
+        .with(layer.with_filter(filter))
+        .with(fmt)
+        .init();
     MIDDLEWARE.store(true, Ordering::SeqCst);
     let _ = STATE.set(State {
         handle,
@@ -89,25 +129,17 @@ pub fn set(mode: Mode) {
                 .build();
             let tracer = provider.tracer("portcullis");
             state.providers.lock().unwrap().push(provider);
-            // The binary's export filter: the gateway's spans down to DEBUG, events from INFO.
-            let filter = tracing_subscriber::filter::filter_fn(|meta| {
-                if meta.is_span() && meta.target().starts_with("portcullis") {
-                    *meta.level() <= tracing::Level::DEBUG
-                } else {
-                    *meta.level() <= tracing::Level::INFO
-                }
-            });
             Some(
                 tracing_opentelemetry::layer()
                     .with_tracer(tracer)
                     .with_location(false)
                     .with_threads(false)
                     .with_tracked_inactivity(false)
-                    .with_filter(filter)
                     .boxed(),
             )
         }
     };
+    EXPORT_ON.store(layer.is_some(), Ordering::SeqCst);
     portcullis::telemetry::set_exporting(layer.is_some());
     if layer.is_some() {
         opentelemetry::global::set_text_map_propagator(

@@ -405,6 +405,8 @@ async function main() {
     discovery_requests: 0,
     // RFC 8707 `resource` of each token request, per grant type ("" when absent; last 50)
     token_resources: {},
+    // W3C `traceparent` of each token-endpoint POST ("" when absent; last 50)
+    token_traceparents: [],
   });
   resetStats();
   const faults = {
@@ -785,6 +787,8 @@ async function main() {
       stats.revocations += 1;
       return next();
     }
+    stats.token_traceparents.push(ctx.get('traceparent'));
+    if (stats.token_traceparents.length > 50) stats.token_traceparents.shift();
 
     if (faults.tokenDelayMs > 0 && !faults.tokenDelayAfter) {
       await new Promise((r) => { setTimeout(r, faults.tokenDelayMs); });

@@ -2,7 +2,8 @@
 //! receiver started by the test, which decodes them with the official protobuf definitions
 //! (`opentelemetry-proto`, prost). Asserted: the span tree of a login's callback and of a
 //! proxied call that refreshes its token, the `traceparent` the upstream (the Node example
-//! API) received naming the gateway's upstream span, a browser's `traceparent` ignored by
+//! API) received naming the gateway's upstream span, the one the IdP's token endpoint
+//! received naming the refresh's `token_request` span, a browser's `traceparent` ignored by
 //! default and continued when `trust_incoming_trace_context = true`, and no attribute or
 //! event holding a secret (every value the IdP issued, the client secret, the session
 //! cookie).
@@ -299,6 +300,16 @@ async fn login_and_refreshing_api_call_export_span_trees_with_trace_context_and_
         .expect("the expired token is refreshed under the token span");
     let refresh_call = child(&spans, &refresh, "token_request");
     assert_eq!(attr(refresh_call, "grant_type"), "refresh_token");
+    let at_idp = stack.idp.stats().await["token_traceparents"].clone();
+    let expected = format!("00-{}-{}-01", api.trace_id, refresh_call.span_id);
+    assert!(
+        at_idp
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t.as_str() == Some(expected.as_str())),
+        "the IdP's token endpoint did not see the refresh's traceparent {expected}: {at_idp}"
+    );
     let upstream = child(&spans, &api, "upstream");
     assert_eq!(attr(upstream, "http.response.status_code"), "200");
     assert_eq!(attr(upstream, "server.address"), "127.0.0.1");

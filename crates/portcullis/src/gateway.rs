@@ -380,7 +380,11 @@ async fn api_inner(
     };
 
     let started = std::time::Instant::now();
-    let token_span = tracing::debug_span!("token", token.policy = ?policy, token.cache = Empty);
+    let token_span = if policy == TokenPolicy::None {
+        tracing::Span::none()
+    } else {
+        tracing::debug_span!("token", token.policy = ?policy, token.cache = Empty)
+    };
     let token: Option<ManagedToken> = match (policy, &session) {
         (TokenPolicy::None, _) => None,
         (TokenPolicy::User | TokenPolicy::Exchange, None) => {
