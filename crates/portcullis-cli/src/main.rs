@@ -10,12 +10,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc instead of the system allocator: a proxied request allocates and frees dozens of
-/// small blocks (header maps, URIs, futures); glibc's `malloc`/`free` took ~6 % of the
-/// gateway's CPU under load (`bench/RESULTS.md`, run 5).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit code for an invalid configuration (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 /// Exit code when start-up fails for another reason (EX_UNAVAILABLE).
