@@ -345,6 +345,66 @@ async fn user_endpoint_never_reports_dead_session() {
     );
 }
 
+/// Issue 7.11, the corner without a refresh token: once the access token has expired, a
+/// session that has no refresh token can get no token for its `user` routes (they would answer
+/// 401 and end it). `/bff/user` ends it at once instead of reporting it until an API call.
+#[tokio::test]
+async fn user_endpoint_ends_session_whose_token_expired_without_refresh_token() {
+    let stack = Stack::start_with(
+        IdpOptions {
+            access_token_ttl: TTL,
+            refresh_tokens: false,
+            ..Default::default()
+        },
+        "",
+    )
+    .await;
+    let gw = &stack.gw;
+    let b = Browser::new();
+    b.login(gw, "alice").await;
+    assert_eq!(whoami(&b, gw).await.0, StatusCode::OK);
+    let cookie = b.cookie_header(&gw.origin);
+    assert_eq!(
+        user_status_with(gw, &cookie).await,
+        StatusCode::OK,
+        "an unexpired token without a refresh token is a live session"
+    );
+    tokio::time::sleep(PAST_EXPIRY).await;
+    let r = reqwest::Client::new()
+        .get(gw.url("/bff/user"))
+        .header("x-csrf", "1")
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "/bff/user must not report a session that can get no more tokens"
+    );
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .any(|c| c.starts_with("bff-auth=;") && c.contains("Max-Age=0")),
+        "cookie cleared: {:?}",
+        set_cookies(&r)
+    );
+    // Ended, not only hidden: the old cookie gets no API call either.
+    let r = reqwest::Client::new()
+        .get(gw.url("/api/whoami"))
+        .header("x-csrf", "1")
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        stack.idp.token_requests("refresh_token").await,
+        0,
+        "no refresh token was issued, none was tried"
+    );
+}
+
 #[tokio::test]
 async fn token_endpoint_log_keeps_port() {
     let stack = Stack::start().await;

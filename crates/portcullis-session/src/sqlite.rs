@@ -19,10 +19,21 @@
 //! or (live) deleted record to a change log table (`portcullis_changes`, the last
 //! 10,000 entries kept); [`SessionStore::poll_changes`] returns the keys logged since the
 //! previous call. The gateway calls it before every cache hit, so an end takes effect on the
-//! very next request. Cheap when nothing changed: the call compares the length and
-//! modification time of the database file and its write-ahead log with those seen at the
-//! last log read (two `stat` calls, no query); the log is read only when they differ, or
-//! while a file was modified within the last 3 s (timestamp granularity).
+//! very next request. Cheap when nothing changed, and no query then:
+//!
+//! - On Linux, an inotify watch on the database's directory reports every write to the
+//!   database file and its write-ahead log (and their creation, removal or renaming); the
+//!   call drains it with one non-blocking `read` and reads the log only after such an event.
+//! - Elsewhere (or when inotify cannot be set up), the call compares the length and
+//!   modification time of both files with those seen at the last log read (two `stat` calls)
+//!   and reads the log when they differ.
+//!
+//! Equal metadata, or no event, does not prove "no change" for a moment after a write: an
+//! event is queued when the log frames are written, a moment before the commit is visible to
+//! readers, and a modification time has clock-tick granularity (a second write in the same
+//! tick that does not change a file's length keeps both). So for a while after a write (1 s
+//! after an event, 3 s after a modification time) the log is also read again, at most every
+//! 100 ms: such a change is seen within 100 ms, every other one on the next call.
 //!
 //! Caveats: one host only. Several processes on the same file work (SQLite locks), several
 //! hosts on a network file system do not.
@@ -115,6 +126,14 @@ const CHANGES_KEPT: i64 = 10_000;
 /// time changing (timestamp granularity: a clock tick, or whole seconds on some file
 /// systems), so its metadata does not prove "no change" yet.
 const MTIME_MARGIN: Duration = Duration::from_secs(3);
+/// While the files are inside [`MTIME_MARGIN`] and their metadata is unchanged, the change log
+/// is read again at most this often (a gateway under load with sessions sliding writes the
+/// file every few seconds; reading the log on every request cost a query per request).
+const UNSETTLED_RECHECK: Duration = Duration::from_millis(100);
+/// How long after an inotify event the files count as "just written" (the commit that
+/// caused it may become visible to readers a moment after the event).
+#[cfg(target_os = "linux")]
+const EVENT_MARGIN: Duration = Duration::from_secs(1);
 
 const COLUMNS: &str = "key, partition, sub, sid, created, renewed, expires, version, ticket";
 
@@ -134,26 +153,183 @@ struct ChangeWatch {
     state: tokio::sync::Mutex<WatchState>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct WatchState {
-    /// Metadata of the files when the log was last read, if it was old enough to prove
-    /// that nothing was written since (see [`MTIME_MARGIN`]).
-    baseline: Option<Fingerprint>,
+    /// How a poll learns that the files may have changed.
+    detector: Detector,
+    /// Whether the log was read since the last failed read (the first poll always reads).
+    primed: bool,
+    /// When the change signal was taken before the last log read.
+    read_at: std::time::Instant,
     /// Highest change-log `seq` seen.
     cursor: i64,
+}
+
+/// The change signal of [`SessionStore::poll_changes`].
+enum Detector {
+    /// inotify on the database's directory: one non-blocking `read` per poll.
+    #[cfg(target_os = "linux")]
+    Events {
+        inotify: inotify::Inotify,
+        /// File names that count: the database and its write-ahead log.
+        names: [std::ffi::OsString; 2],
+        /// When the last event that counts was drained.
+        last_event: Option<std::time::Instant>,
+    },
+    /// Length and modification time of both files (two `stat` calls per poll).
+    Metadata {
+        /// Metadata taken just before the last successful log read.
+        baseline: Option<Fingerprint>,
+        /// Metadata taken by the current poll, kept as `baseline` once the log is read.
+        pending: Option<Fingerprint>,
+    },
+}
+
+impl std::fmt::Debug for Detector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            #[cfg(target_os = "linux")]
+            Self::Events { .. } => f.write_str("Detector::Events"),
+            Self::Metadata { .. } => f.write_str("Detector::Metadata"),
+        }
+    }
+}
+
+/// What a poll saw.
+struct Signal {
+    /// Something was written since the last observation.
+    changed: bool,
+    /// Nothing was written lately, so "no change" can be trusted.
+    quiet: bool,
+}
+
+impl Detector {
+    /// inotify on the directory of `files[0]` when available, file metadata otherwise.
+    fn new(files: &[PathBuf; 2]) -> Self {
+        #[cfg(target_os = "linux")]
+        {
+            let dir = match files[0].parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let names = files
+                .each_ref()
+                .map(|f| f.file_name().map(ToOwned::to_owned).unwrap_or_default());
+            let mask = inotify::WatchMask::MODIFY
+                | inotify::WatchMask::CREATE
+                | inotify::WatchMask::DELETE
+                | inotify::WatchMask::MOVED_FROM
+                | inotify::WatchMask::MOVED_TO
+                | inotify::WatchMask::DELETE_SELF
+                | inotify::WatchMask::MOVE_SELF;
+            match inotify::Inotify::init().and_then(|i| {
+                i.watches().add(&dir, mask)?;
+                Ok(i)
+            }) {
+                Ok(inotify) => {
+                    return Self::Events {
+                        inotify,
+                        names,
+                        last_event: None,
+                    }
+                }
+                Err(e) => tracing::info!(
+                    error = %e,
+                    dir = %dir.display(),
+                    "no inotify watch on the session database; polling file metadata instead"
+                ),
+            }
+        }
+        Self::Metadata {
+            baseline: None,
+            pending: None,
+        }
+    }
+
+    fn observe(&mut self, files: &[PathBuf; 2]) -> Signal {
+        match self {
+            #[cfg(target_os = "linux")]
+            Self::Events {
+                inotify,
+                names,
+                last_event,
+            } => {
+                let mut changed = false;
+                let mut lost = false;
+                let mut buffer = [0u8; 4096];
+                loop {
+                    match inotify.read_events(&mut buffer) {
+                        Ok(events) => {
+                            for event in events {
+                                let mask = event.mask;
+                                if mask.intersects(
+                                    inotify::EventMask::IGNORED
+                                        | inotify::EventMask::DELETE_SELF
+                                        | inotify::EventMask::MOVE_SELF
+                                        | inotify::EventMask::UNMOUNT,
+                                ) {
+                                    lost = true;
+                                }
+                                changed |= mask.contains(inotify::EventMask::Q_OVERFLOW)
+                                    || event.name.is_some_and(|n| names.iter().any(|m| m == n));
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(_) => {
+                            lost = true;
+                            break;
+                        }
+                    }
+                }
+                if lost {
+                    // The directory went away or the watch broke: metadata from now on.
+                    tracing::warn!(
+                        "inotify watch on the session database lost; polling file metadata instead"
+                    );
+                    *self = Self::Metadata {
+                        baseline: None,
+                        pending: None,
+                    };
+                    return self.observe(files);
+                }
+                let now = std::time::Instant::now();
+                if changed {
+                    *last_event = Some(now);
+                }
+                Signal {
+                    changed,
+                    quiet: last_event.is_none_or(|t| now.duration_since(t) >= EVENT_MARGIN),
+                }
+            }
+            Self::Metadata { baseline, pending } => {
+                let fp = fingerprint(files);
+                let signal = Signal {
+                    changed: baseline.as_ref() != Some(&fp),
+                    quiet: settled(&fp),
+                };
+                *pending = Some(fp);
+                signal
+            }
+        }
+    }
+
+    /// The log was read after the last [`Detector::observe`].
+    fn read(&mut self) {
+        if let Self::Metadata { baseline, pending } = self {
+            *baseline = pending.take();
+        }
+    }
 }
 
 /// Length and modification time of each watched file (`None`: missing).
 type Fingerprint = [Option<(u64, SystemTime)>; 2];
 
-impl ChangeWatch {
-    fn fingerprint(&self) -> Fingerprint {
-        self.files.each_ref().map(|f| {
-            std::fs::metadata(f)
-                .ok()
-                .and_then(|m| Some((m.len(), m.modified().ok()?)))
-        })
-    }
+fn fingerprint(files: &[PathBuf; 2]) -> Fingerprint {
+    files.each_ref().map(|f| {
+        std::fs::metadata(f)
+            .ok()
+            .and_then(|m| Some((m.len(), m.modified().ok()?)))
+    })
 }
 
 /// Whether every file of `fp` was last modified long enough ago that a later write must
@@ -210,12 +386,15 @@ impl SqliteStore {
                 .fetch_one(&store.pool)
                 .await
                 .map_err(map_err)?;
+            let files = [file, PathBuf::from(wal)];
             store.watch = Some(Arc::new(ChangeWatch {
-                files: [file, PathBuf::from(wal)],
                 state: tokio::sync::Mutex::new(WatchState {
-                    baseline: None,
+                    detector: Detector::new(&files),
+                    primed: false,
+                    read_at: std::time::Instant::now(),
                     cursor: cursor.unwrap_or(0),
                 }),
+                files,
             }));
         }
         Ok(store)
@@ -541,12 +720,18 @@ impl SessionStore for SqliteStore {
             return Ok(Vec::new());
         };
         let mut state = watch.state.lock().await;
-        // Metadata first, the log second: a write after this point changes the metadata
-        // again, so the next poll reads the log again.
-        let fp = watch.fingerprint();
-        if state.baseline.as_ref() == Some(&fp) {
+        // The signal first, the log second: a write after this point signals again, so the
+        // next poll reads the log again.
+        let signal = state.detector.observe(&watch.files);
+        let taken = std::time::Instant::now();
+        if state.primed
+            && !signal.changed
+            && (signal.quiet || taken.duration_since(state.read_at) < UNSETTLED_RECHECK)
+        {
             return Ok(Vec::new());
         }
+        // Until this read succeeds, every poll reads (the drained signal is gone).
+        state.primed = false;
         let cursor = state.cursor;
         let (changes, new_cursor) = bounded(async {
             let (low, high): (Option<i64>, Option<i64>) =
@@ -574,7 +759,9 @@ impl SessionStore for SqliteStore {
         })
         .await?;
         state.cursor = new_cursor;
-        state.baseline = settled(&fp).then_some(fp);
+        state.detector.read();
+        state.primed = true;
+        state.read_at = taken;
         Ok(changes)
     }
 
@@ -587,5 +774,92 @@ impl SessionStore for SqliteStore {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a panic is a failure report
+
+    use super::*;
+
+    fn record(key: &str, version: u64) -> SessionRecord {
+        let now = now_secs();
+        SessionRecord {
+            key: key.to_owned(),
+            partition: "p".into(),
+            sub: "alice".into(),
+            sid: None,
+            created: now,
+            renewed: now,
+            expires: now + 3600,
+            version,
+            ticket: vec![version as u8],
+        }
+    }
+
+    /// Every write of another connection (another process: `portcullis sessions end`) is
+    /// reported by the very next poll, write after write with no pause between them, by both
+    /// change signals; a poll right after one that read the log does not read it again.
+    async fn every_write_is_reported_by_the_next_poll(metadata: bool) {
+        let dir = std::env::temp_dir().join(format!(
+            "portcullis-sqlite-signal-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let url = format!("sqlite://{}", dir.join("sessions.db").display());
+        let gateway = SqliteStore::connect(&url).await.unwrap();
+        let cli = SqliteStore::connect(&url).await.unwrap();
+        let watch = gateway.watch.clone().unwrap();
+        if metadata {
+            watch.state.lock().await.detector = Detector::Metadata {
+                baseline: None,
+                pending: None,
+            };
+        } else {
+            assert!(
+                matches!(watch.state.lock().await.detector, Detector::Events { .. }),
+                "inotify is available on Linux"
+            );
+        }
+        gateway.create(&record("k", 1)).await.unwrap();
+        let _ = gateway.poll_changes().await.unwrap();
+        let read_at = watch.state.lock().await.read_at;
+        assert!(gateway.poll_changes().await.unwrap().is_empty());
+        assert_eq!(
+            watch.state.lock().await.read_at,
+            read_at,
+            "no write, no log read"
+        );
+        for version in 2..12u64 {
+            let outcome = cli
+                .update(&record("k", version), version - 1)
+                .await
+                .unwrap();
+            assert_eq!(outcome, CasOutcome::Updated);
+            assert_eq!(
+                gateway.poll_changes().await.unwrap(),
+                vec![Invalidation::Key("k".into())],
+                "write {version} seen by the next poll (metadata: {metadata})"
+            );
+        }
+        assert!(cli.delete("k").await.unwrap().is_some());
+        assert_eq!(
+            gateway.poll_changes().await.unwrap(),
+            vec![Invalidation::Key("k".into())]
+        );
+        drop((gateway, cli));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn inotify_signal_reports_every_write_of_another_process() {
+        every_write_is_reported_by_the_next_poll(false).await;
+    }
+
+    #[tokio::test]
+    async fn metadata_signal_reports_every_write_of_another_process() {
+        every_write_is_reported_by_the_next_poll(true).await;
     }
 }

@@ -203,6 +203,9 @@ pub struct IdpOptions {
     pub rotate_refresh_token: bool,
     pub state_file: Option<PathBuf>,
     pub port: u16,
+    /// Whether the gateway's client may use the `refresh_token` grant (the IdP then issues
+    /// refresh tokens to it); `false` for sessions without a refresh token.
+    pub refresh_tokens: bool,
 }
 
 impl Default for IdpOptions {
@@ -212,6 +215,7 @@ impl Default for IdpOptions {
             rotate_refresh_token: false,
             state_file: None,
             port: 0,
+            refresh_tokens: true,
         }
     }
 }
@@ -236,7 +240,11 @@ impl Idp {
             "backchannel_logout_uri": format!("{}/bff/backchannel", gateway_origins[0]),
             "backchannel_logout_session_required": true,
             "token_endpoint_auth_method": "client_secret_basic",
-            "grant_types": ["authorization_code", "refresh_token", "client_credentials"],
+            "grant_types": if opts.refresh_tokens {
+                json!(["authorization_code", "refresh_token", "client_credentials"])
+            } else {
+                json!(["authorization_code", "client_credentials"])
+            },
             "scope": "openid profile email offline_access api api.read api.write",
         })];
         let mut config = json!({

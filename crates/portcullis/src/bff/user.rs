@@ -8,7 +8,8 @@ use serde_json::{json, Value};
 use super::parse_params;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::session::Lookup;
+use crate::session::{ActiveSession, Lookup};
+use crate::settings::TokenPolicy;
 
 /// Everything but RFC 3986 unreserved characters is encoded.
 const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
@@ -20,7 +21,9 @@ const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUME
 /// Handler of `GET {base}/user`: the session's claims as a JSON array of `{type, value}`
 /// (Duende.BFF shape), followed by `bff:logout_url`, `bff:session_expires_in` (seconds) and,
 /// if present, `bff:session_state`. `?slide=false` checks without extending the idle
-/// timeout. Anonymous: `401` (or `200 null` when configured), clearing a stale cookie.
+/// timeout. Anonymous: `401` (or `200 null` when configured), clearing a stale cookie. A
+/// session that can get no user access token any more (expired, no refresh token) while a
+/// route needs one is ended here and answered as anonymous.
 ///
 /// # Errors
 ///
@@ -39,23 +42,17 @@ pub async fn user(
         .unwrap_or(true);
     let mut session = match gw.sessions().lookup_uncached(&headers).await? {
         Lookup::Active(s) => s,
-        other => {
-            let mut r = if gw.sessions().settings().anonymous_user_is_null {
-                (StatusCode::OK, axum::Json(Value::Null)).into_response()
-            } else {
-                StatusCode::UNAUTHORIZED.into_response()
-            };
-            if matches!(other, Lookup::Stale) {
-                r.headers_mut().append(
-                    header::SET_COOKIE,
-                    gw.sessions().cookies().clear_session_cookie(),
-                );
-            }
-            r.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            return Ok(r);
-        }
+        other => return Ok(anonymous(&gw, matches!(other, Lookup::Stale))),
     };
+    if !can_get_user_token(&gw, &session) {
+        // Issue 7.11: such a session answers every `user` route with 401 and is ended by the
+        // first one; it must not look logged in here until then.
+        tracing::info!(
+            "the session's access token has expired and there is no refresh token; ending it"
+        );
+        gw.sessions().end(session.key()).await?;
+        return Ok(anonymous(&gw, true));
+    }
     if slide {
         gw.sessions().slide(&mut session).await?;
     }
@@ -82,4 +79,42 @@ pub async fn user(
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(r)
+}
+
+/// The anonymous answer: `401` (or `200 null` when configured), clearing the cookie of a
+/// session that is gone (`stale`).
+fn anonymous(gw: &Gateway, stale: bool) -> Response {
+    let mut r = if gw.sessions().settings().anonymous_user_is_null {
+        (StatusCode::OK, axum::Json(Value::Null)).into_response()
+    } else {
+        StatusCode::UNAUTHORIZED.into_response()
+    };
+    if stale {
+        r.headers_mut().append(
+            header::SET_COOKIE,
+            gw.sessions().cookies().clear_session_cookie(),
+        );
+    }
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// Whether the session can still get the user's access token that `user`, `user_or_none`,
+/// `user_or_client` and `exchange` routes send: it holds a refresh token, or its access token
+/// has not expired (judged like the token service does: no buffer, a token inside the refresh
+/// buffer is still used when no refresh is possible). A gateway without such routes needs no
+/// user token, so every session qualifies.
+fn can_get_user_token(gw: &Gateway, session: &ActiveSession) -> bool {
+    let needs_user_token = gw.settings().routes.iter().any(|r| {
+        matches!(
+            r.token,
+            TokenPolicy::User
+                | TokenPolicy::UserOrNone
+                | TokenPolicy::UserOrClient
+                | TokenPolicy::Exchange
+        )
+    });
+    let tokens = &session.ticket.tokens;
+    !needs_user_token || tokens.refresh_token.is_some() || !tokens.access_token.is_expired(gw.now())
 }

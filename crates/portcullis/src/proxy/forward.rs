@@ -50,16 +50,28 @@ pub struct ForwardContext<'a> {
     pub own_cookie_names: &'a [String],
 }
 
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+// Header names used on every request, parsed once (a `&str` name is parsed on every
+// `HeaderMap` call).
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static DPOP: HeaderName = HeaderName::from_static("dpop");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// RFC 9110 §7.6.1's fixed hop-by-hop set, plus `Proxy-Connection` (non-standard, still sent).
+static HOP_BY_HOP: [&HeaderName; 9] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::PROXY_AUTHENTICATE,
+    &header::PROXY_AUTHORIZATION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
 ];
 
 impl Forwarder {
@@ -99,7 +111,13 @@ impl Forwarder {
     ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, body) = request.into_parts();
         prepare(&mut parts, route, token, ctx)?;
-        let (body, body_failed, body_too_large) = BrowserBody::wrap(body);
+        // A request that has ended (no body: most GETs) cannot fail while it is sent.
+        let (body, body_failed) = if http_body::Body::is_end_stream(&body) {
+            (body, None)
+        } else {
+            let (body, failed, too_large) = BrowserBody::wrap(body);
+            (body, Some((failed, too_large)))
+        };
         let upstream_request = Request::from_parts(parts, body);
         let response = match tokio::time::timeout(
             route.settings.timeout,
@@ -108,12 +126,20 @@ impl Forwarder {
         .await
         {
             // A request body over the limit a layer in front set (`http_body_util::Limited`).
-            Err(_) | Ok(Err(_)) if body_too_large.load(Ordering::Relaxed) => {
+            Err(_) | Ok(Err(_))
+                if body_failed
+                    .as_ref()
+                    .is_some_and(|(_, too_large)| too_large.load(Ordering::Relaxed)) =>
+            {
                 return Err(GatewayError::PayloadTooLarge)
             }
             // A request body the browser broke (malformed chunking, cut off) fails the
             // upstream call too: it is the browser's fault, not the upstream's.
-            Err(_) | Ok(Err(_)) if body_failed.load(Ordering::Relaxed) => {
+            Err(_) | Ok(Err(_))
+                if body_failed
+                    .as_ref()
+                    .is_some_and(|(failed, _)| failed.load(Ordering::Relaxed)) =>
+            {
                 return Err(GatewayError::bad_param(
                     "body",
                     "the request body is malformed or was cut off",
@@ -214,13 +240,11 @@ fn prepare(
     ctx: &ForwardContext<'_>,
 ) -> Result<(), GatewayError> {
     let uri = route.upstream_uri(parts.uri.path(), parts.uri.query())?;
-    sanitize_request_headers(&mut parts.headers, ctx, &route.settings.path);
+    sanitize_headers(&mut parts.headers, ctx, route.prefix_header());
     // The browser's trace context never reaches an upstream; ours does when tracing is on.
     crate::telemetry::inject(&mut parts.headers);
-    if let Some(authority) = uri.authority() {
-        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-            parts.headers.insert(header::HOST, host);
-        }
+    if let Some(host) = route.host_header() {
+        parts.headers.insert(header::HOST, host.clone());
     }
     if let Some(token) = token {
         parts
@@ -357,11 +381,17 @@ pub const REWRITE_HEADERS: [&str; 6] = [
 /// (the public URL's) and `-Prefix` (the route prefix) are set. With it, those headers are
 /// kept, `X-Forwarded-For` and `Forwarded` (RFC 7239) are extended with the peer address, and
 /// missing `-Proto`/`-Host`/`-Prefix` are set.
-pub fn sanitize_request_headers(headers: &mut HeaderMap, ctx: &ForwardContext<'_>, prefix: &str) {
+///
+/// `prefix` is the route prefix as a ready header value (`None`: no `X-Forwarded-Prefix`).
+fn sanitize_headers(
+    headers: &mut HeaderMap,
+    ctx: &ForwardContext<'_>,
+    prefix: Option<&HeaderValue>,
+) {
     strip_hop_by_hop(headers);
     headers.remove(header::COOKIE);
     headers.remove(header::AUTHORIZATION);
-    headers.remove("dpop");
+    headers.remove(&DPOP);
     headers.remove(header::HOST);
     // Names are compared with `_` folded to `-`: CGI-style servers (PHP-FPM, Rack, older
     // gunicorn) read `X_Real_IP` as `X-Real-IP`. A spelling with `_` is never one a trusted
@@ -390,25 +420,34 @@ pub fn sanitize_request_headers(headers: &mut HeaderMap, ctx: &ForwardContext<'_
     let client_ip = ctx.client_addr.map(|a| a.ip());
     if trusted {
         extend_forwarded_chain(headers, client_ip);
-    } else {
-        if let Some(ip) = client_ip {
-            set(headers, "x-forwarded-for", &ip.to_string());
+    } else if let Some(ip) = client_ip {
+        if let Ok(v) = HeaderValue::try_from(ip.to_string()) {
+            headers.insert(&X_FORWARDED_FOR, v);
         }
     }
-    for (name, value) in [
-        ("x-forwarded-proto", ctx.public_proto),
-        ("x-forwarded-host", ctx.public_host),
-        ("x-forwarded-prefix", prefix),
-    ] {
-        if !headers.contains_key(name) {
-            set(headers, name, value);
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        let proto = match ctx.public_proto {
+            "https" => Some(HeaderValue::from_static("https")),
+            "http" => Some(HeaderValue::from_static("http")),
+            other => HeaderValue::from_str(other).ok(),
+        };
+        if let Some(v) = proto {
+            headers.insert(&X_FORWARDED_PROTO, v);
+        }
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        set(headers, &X_FORWARDED_HOST, ctx.public_host);
+    }
+    if let Some(prefix) = prefix {
+        if !headers.contains_key(&X_FORWARDED_PREFIX) {
+            headers.insert(&X_FORWARDED_PREFIX, prefix.clone());
         }
     }
 }
 
-fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+fn set(headers: &mut HeaderMap, name: &'static HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(HeaderName::from_static(name), v);
+        headers.insert(name, v);
     }
 }
 
@@ -416,7 +455,7 @@ fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
 /// `Forwarded` (RFC 7239 §4, §6: IPv6 quoted and bracketed). Several header lines are
 /// joined into one list.
 fn extend_forwarded_chain(headers: &mut HeaderMap, client_ip: Option<std::net::IpAddr>) {
-    let joined = |headers: &HeaderMap, name: &str| -> Option<String> {
+    let joined = |headers: &HeaderMap, name: &HeaderName| -> Option<String> {
         let values: Vec<&str> = headers
             .get_all(name)
             .iter()
@@ -424,24 +463,30 @@ fn extend_forwarded_chain(headers: &mut HeaderMap, client_ip: Option<std::net::I
             .collect();
         (!values.is_empty()).then(|| values.join(", "))
     };
-    let xff = joined(headers, "x-forwarded-for");
+    let xff = joined(headers, &X_FORWARDED_FOR);
     match (xff, client_ip) {
-        (Some(prev), Some(ip)) => set(headers, "x-forwarded-for", &format!("{prev}, {ip}")),
-        (Some(prev), None) => set(headers, "x-forwarded-for", &prev),
-        (None, Some(ip)) => set(headers, "x-forwarded-for", &ip.to_string()),
+        (Some(prev), Some(ip)) => set(headers, &X_FORWARDED_FOR, &format!("{prev}, {ip}")),
+        (Some(prev), None) => set(headers, &X_FORWARDED_FOR, &prev),
+        (None, Some(ip)) => set(headers, &X_FORWARDED_FOR, &ip.to_string()),
         (None, None) => {}
     }
-    if let (Some(prev), Some(ip)) = (joined(headers, "forwarded"), client_ip) {
+    if let (Some(prev), Some(ip)) = (joined(headers, &FORWARDED), client_ip) {
         let node = match ip {
             std::net::IpAddr::V4(v4) => v4.to_string(),
             std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
         };
-        set(headers, "forwarded", &format!("{prev}, for={node}"));
+        set(headers, &FORWARDED, &format!("{prev}, for={node}"));
     }
 }
 
 /// RFC 9110 §7.6.1: the fixed hop-by-hop set plus every header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::CONNECTION) {
+        for name in &HOP_BY_HOP[1..] {
+            headers.remove(*name);
+        }
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -488,6 +533,10 @@ pub(crate) fn strip_own_cookies(headers: &mut HeaderMap, own: &[String]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sanitize_request_headers(headers: &mut HeaderMap, ctx: &ForwardContext<'_>, prefix: &str) {
+        sanitize_headers(headers, ctx, HeaderValue::from_str(prefix).ok().as_ref());
+    }
 
     fn ctx(trust: bool) -> ForwardContext<'static> {
         ForwardContext {

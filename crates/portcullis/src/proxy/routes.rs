@@ -5,7 +5,8 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use http::{Method, Uri};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Method, Uri};
 
 use crate::error::GatewayError;
 use crate::settings::RouteSettings;
@@ -15,9 +16,50 @@ use crate::settings::RouteSettings;
 pub struct Route {
     /// The route's configuration (prefix, upstream, token policy, ...).
     pub settings: RouteSettings,
+    /// The upstream's scheme and authority, parsed once (`None`: the upstream URL has none
+    /// that `http` accepts, and every request is refused).
+    target: Option<(Scheme, Authority)>,
+    /// The upstream's path without its trailing `/`.
+    base_path: String,
+    /// `Host` for the upstream (its authority).
+    host: Option<HeaderValue>,
+    /// `X-Forwarded-Prefix`: the route prefix.
+    prefix: Option<HeaderValue>,
 }
 
 impl Route {
+    /// A route over `settings`; the per-request parts of the upstream URL are prepared once.
+    pub fn new(settings: RouteSettings) -> Self {
+        let base = &settings.upstream;
+        let authority = match base.port() {
+            Some(port) => format!("{}:{port}", base.host_str().unwrap_or_default()),
+            None => base.host_str().unwrap_or_default().to_owned(),
+        };
+        let target = Scheme::try_from(base.scheme())
+            .ok()
+            .zip(Authority::try_from(authority.as_str()).ok());
+        let host = target
+            .as_ref()
+            .and_then(|(_, a)| HeaderValue::from_str(a.as_str()).ok());
+        Self {
+            base_path: base.path().trim_end_matches('/').to_owned(),
+            prefix: HeaderValue::from_str(&settings.path).ok(),
+            target,
+            host,
+            settings,
+        }
+    }
+
+    /// The `Host` header value for the upstream.
+    pub(crate) fn host_header(&self) -> Option<&HeaderValue> {
+        self.host.as_ref()
+    }
+
+    /// The `X-Forwarded-Prefix` header value (the route prefix).
+    pub(crate) fn prefix_header(&self) -> Option<&HeaderValue> {
+        self.prefix.as_ref()
+    }
+
     /// The upstream URI for a request path below this route's prefix.
     ///
     /// `path` is the raw (still percent-encoded) request path, `query` the raw query. The
@@ -34,23 +76,26 @@ impl Route {
             .filter(|r| r.is_empty() || r.starts_with('/'))
             .ok_or(GatewayError::NotFound)?;
         check_path(rest).map_err(|refusal| GatewayError::bad_param("path", refusal.message()))?;
-        let base = &self.settings.upstream;
-        let mut path = format!("{}{rest}", base.path().trim_end_matches('/'));
-        if path.is_empty() {
-            path.push('/');
+        let unforwardable =
+            || GatewayError::bad_param("path", "the request path cannot be forwarded");
+        let (scheme, authority) = self.target.clone().ok_or_else(unforwardable)?;
+        let mut target = String::with_capacity(
+            self.base_path.len() + rest.len() + 2 + query.map_or(0, str::len),
+        );
+        target.push_str(&self.base_path);
+        target.push_str(rest);
+        if target.is_empty() {
+            target.push('/');
         }
-        let authority = match base.port() {
-            Some(port) => format!("{}:{port}", base.host_str().unwrap_or_default()),
-            None => base.host_str().unwrap_or_default().to_owned(),
-        };
-        let mut target = format!("{}://{authority}{path}", base.scheme());
         if let Some(q) = query {
             target.push('?');
             target.push_str(q);
         }
-        target
-            .parse::<Uri>()
-            .map_err(|_| GatewayError::bad_param("path", "the request path cannot be forwarded"))
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(scheme);
+        parts.authority = Some(authority);
+        parts.path_and_query = Some(PathAndQuery::try_from(target).map_err(|_| unforwardable())?);
+        Uri::from_parts(parts).map_err(|_| unforwardable())
     }
 }
 
@@ -224,7 +269,7 @@ impl RouteTable {
         Self {
             routes: settings
                 .into_iter()
-                .map(|s| Arc::new(Route { settings: s }))
+                .map(|s| Arc::new(Route::new(s)))
                 .collect(),
         }
     }

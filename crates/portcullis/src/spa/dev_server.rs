@@ -61,20 +61,18 @@ impl DevServer {
         };
         Ok(Self {
             inner: Arc::new(Inner {
-                route: Route {
-                    settings: RouteSettings {
-                        path: String::new(),
-                        upstream: url,
-                        token: TokenPolicy::None,
-                        anti_forgery: false,
-                        resource: None,
-                        scope: None,
-                        audience: None,
-                        refresh_before_expiry: None,
-                        client: None,
-                        timeout: Duration::from_secs(30),
-                    },
-                },
+                route: Route::new(RouteSettings {
+                    path: String::new(),
+                    upstream: url,
+                    token: TokenPolicy::None,
+                    anti_forgery: false,
+                    resource: None,
+                    scope: None,
+                    audience: None,
+                    refresh_before_expiry: None,
+                    client: None,
+                    timeout: Duration::from_secs(30),
+                }),
                 forwarder: Forwarder::new()?,
                 reserved: Reserved::new(reserved_paths(gateway)),
                 public_proto: public.scheme().to_owned(),
