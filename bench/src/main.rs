@@ -866,5 +866,6 @@ fn gateway_settings(
         diagnostics: false,
         trust_forwarded_headers: false,
         websocket_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
     })
 }

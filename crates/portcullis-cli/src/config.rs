@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use portcullis::cookie::{CookieSettings, SameSite};
 use portcullis::csrf::AntiForgery;
+use portcullis::frontend::FrontendSettings;
 use portcullis::settings::{
     ClientAuthSettings, GatewaySettings, NamedClientSettings, OidcSettings, ResponseMode,
     RouteSettings, SessionSettings, TokenPolicy, TokenSettings,
@@ -39,6 +40,7 @@ struct RawServer {
     diagnostics: Option<bool>,
     log_format: Option<String>,
     tls: Option<RawTls>,
+    allowed_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,6 +157,8 @@ struct RawSpa {
 #[derive(Debug)]
 pub struct Config {
     pub gateway: GatewaySettings,
+    /// `[[frontends]]`, each already merged with the top-level settings.
+    pub frontends: Vec<FrontendConfig>,
     pub listen: SocketAddr,
     pub store_url: String,
     pub data_dir: PathBuf,
@@ -166,6 +170,14 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Warnings to log at start-up (insecure but allowed choices).
     pub warnings: Vec<String>,
+}
+
+/// One `[[frontends]]` entry: selection, effective settings, and its static part (the same
+/// value `[spa]` gives the default frontend).
+#[derive(Debug)]
+pub struct FrontendConfig {
+    pub settings: FrontendSettings,
+    pub spa_dir: Option<PathBuf>,
 }
 
 /// The admin listener.
@@ -198,11 +210,69 @@ pub fn parse(
     base_dir: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, Vec<String>> {
-    let mut errors = Vec::new();
-    let table: toml::Table = match text.parse() {
+    let mut table: toml::Table = match text.parse() {
         Ok(t) => t,
         Err(e) => return Err(vec![format!("not valid TOML: {e}")]),
     };
+    let raw_frontends = table.remove("frontends");
+    let top = parse_table(&table, base_dir, env);
+    let top_errors: Vec<String> = top.as_ref().err().cloned().unwrap_or_default();
+    let top_warnings: Vec<String> = top
+        .as_ref()
+        .map(|c| c.warnings.clone())
+        .unwrap_or_default();
+    let mut errors = top_errors.clone();
+    let mut warnings = Vec::new();
+    let mut frontends = Vec::new();
+    match raw_frontends {
+        None => {}
+        Some(toml::Value::Array(items)) => {
+            for (i, item) in items.into_iter().enumerate() {
+                let parsed = crate::frontends::parse_frontend(
+                    &table,
+                    item,
+                    i,
+                    base_dir,
+                    env,
+                    &mut |e| {
+                        if !top_errors.contains(&e.1) {
+                            errors.push(format!("{}: {}", e.0, e.1));
+                        }
+                    },
+                    &mut |w| {
+                        if !top_warnings.contains(&w.1) {
+                            warnings.push(format!("{}: {}", w.0, w.1));
+                        }
+                    },
+                );
+                if let Some(f) = parsed {
+                    frontends.push(f);
+                }
+            }
+        }
+        Some(_) => errors.push("`frontends` must be an array of tables ([[frontends]])".into()),
+    }
+    let mut config = match top {
+        Ok(c) if errors.is_empty() => c,
+        _ => return Err(errors),
+    };
+    let settings: Vec<FrontendSettings> = frontends.iter().map(|f: &FrontendConfig| f.settings.clone()).collect();
+    let invalid = portcullis::frontend::validate(&config.gateway, &settings);
+    if !invalid.is_empty() {
+        return Err(invalid);
+    }
+    config.frontends = frontends;
+    config.warnings.extend(warnings);
+    Ok(config)
+}
+
+/// Parses one configuration table (the top level, or a frontend's merged view of it).
+pub(crate) fn parse_table(
+    table: &toml::Table,
+    base_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<String>> {
+    let mut errors = Vec::new();
     for key in table.keys() {
         if ![
             "server",
@@ -536,6 +606,17 @@ pub fn parse(
         }
     }
 
+    let allowed_hosts: Vec<String> = server
+        .allowed_hosts
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|h| {
+            portcullis::frontend::normalize_host(&h)
+                .map_err(|e| errors.push(format!("server.allowed_hosts: {e}")))
+                .ok()
+        })
+        .collect();
+
     // [anti_forgery]
     let anti_forgery = AntiForgery::new(
         af.header_name.as_deref().unwrap_or("X-CSRF"),
@@ -819,7 +900,9 @@ pub fn parse(
             diagnostics: server.diagnostics.unwrap_or(false),
             trust_forwarded_headers: server.trust_forwarded_headers.unwrap_or(false),
             websocket_origins,
+            allowed_hosts,
         },
+        frontends: Vec::new(),
         listen,
         store_url,
         data_dir,

@@ -42,6 +42,7 @@ pub mod bff;
 pub mod cookie;
 pub mod csrf;
 pub mod error;
+pub mod frontend;
 mod gateway;
 pub mod local_api;
 pub mod log_safe;
@@ -52,6 +53,7 @@ pub mod settings;
 pub mod spa;
 pub mod token;
 
-pub use gateway::{join_path, Gateway};
+pub use frontend::{Frontend, FrontendSettings};
+pub use gateway::{join_path, FrontendSpec, Gateway};
 pub use portcullis_session as store;
 pub use portcullis_token as tokens;

@@ -66,7 +66,12 @@ impl Spa {
     /// Serves `dir` for `gateway`: the management base path (unless it is `/`), both
     /// callback paths and every route prefix are reserved (404, never `index.html`).
     pub fn for_gateway(dir: impl AsRef<Path>, gateway: &Gateway) -> Self {
-        let s = gateway.settings();
+        Self::for_settings(dir, &gateway.settings())
+    }
+
+    /// Serves `dir` for a frontend with these settings (paths relative to the frontend):
+    /// reserves what [`for_gateway`](Self::for_gateway) reserves.
+    pub fn for_settings(dir: impl AsRef<Path>, s: &crate::settings::GatewaySettings) -> Self {
         let mut reserved = vec![s.callback_path.clone(), s.signed_out_callback_path.clone()];
         if !s.base_path.trim_end_matches('/').is_empty() {
             reserved.push(s.base_path.clone());

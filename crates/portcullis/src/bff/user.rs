@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::parse_params;
 use crate::error::GatewayError;
-use crate::gateway::Gateway;
+use crate::frontend::Frontend;
 use crate::session::Lookup;
 
 /// Everything but RFC 3986 unreserved characters is encoded.
@@ -27,7 +27,7 @@ const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUME
 /// 400 without the anti-forgery header or with bad parameters; 503 when the store is
 /// unavailable.
 pub async fn user(
-    State(gw): State<Gateway>,
+    State(gw): State<Frontend>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, GatewayError> {

@@ -107,6 +107,20 @@ impl CookieSettings {
         Ok(self)
     }
 
+    /// The same settings for a named (non-default) frontend: its login-transaction cookies
+    /// get their own prefix (`__Host-bff-login.{frontend}.`), so one frontend's logins never
+    /// count against, clear or complete another's. The session cookie name is kept as given
+    /// (the configuration derives a distinct one per frontend).
+    pub fn for_frontend(mut self, frontend: &str) -> Self {
+        self.login_prefix = format!("{}{frontend}.", self.login_prefix);
+        self
+    }
+
+    /// Prefix of this frontend's login-transaction cookie names.
+    pub fn login_prefix(&self) -> &str {
+        &self.login_prefix
+    }
+
     /// Name of the session cookie.
     pub fn session_name(&self) -> &str {
         &self.session_name
@@ -156,8 +170,17 @@ impl CookieSettings {
 
     /// All login-transaction cookies the browser sent: `(name, value)`.
     pub fn login_cookies<'a>(&self, headers: &'a HeaderMap) -> Vec<(&'a str, &'a str)> {
+        // Exactly prefix + the 16 base64url characters of `login_cookie_name`: another
+        // frontend's prefix extends this one (`__Host-bff-login.` + `admin.`), never matches.
         request_cookies(headers)
-            .filter(|(n, _)| n.starts_with(&self.login_prefix))
+            .filter(|(n, _)| {
+                n.strip_prefix(self.login_prefix.as_str()).is_some_and(|rest| {
+                    rest.len() == 16
+                        && rest
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
+            })
             .collect()
     }
 
