@@ -253,13 +253,17 @@ pub fn parse(
         Some(_) => errors.push("`frontends` must be an array of tables ([[frontends]])".into()),
     }
     let mut config = match top {
-        Ok(c) if errors.is_empty() => c,
-        _ => return Err(errors),
+        Ok(c) => c,
+        Err(_) => return Err(errors),
     };
-    let settings: Vec<FrontendSettings> = frontends.iter().map(|f: &FrontendConfig| f.settings.clone()).collect();
-    let invalid = portcullis::frontend::validate(&config.gateway, &settings);
-    if !invalid.is_empty() {
-        return Err(invalid);
+    // Duplicates and clashes between the frontends that parsed, reported with the rest.
+    let settings: Vec<FrontendSettings> = frontends
+        .iter()
+        .map(|f: &FrontendConfig| f.settings.clone())
+        .collect();
+    errors.extend(portcullis::frontend::validate(&config.gateway, &settings));
+    if !errors.is_empty() {
+        return Err(errors);
     }
     config.frontends = frontends;
     config.warnings.extend(warnings);

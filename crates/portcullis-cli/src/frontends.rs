@@ -99,6 +99,18 @@ pub(crate) fn parse_frontend(
         error((ctx.clone(), msg));
         ok = false;
     };
+    if !portcullis::frontend::is_valid_name(&name) || name == portcullis::frontend::DEFAULT_FRONTEND
+    {
+        fail(format!(
+            "name must be 1 to 64 characters of A-Z a-z 0-9 _ . + - and not \"{}\"",
+            portcullis::frontend::DEFAULT_FRONTEND
+        ));
+    }
+    // Derived names stay parseable (so the rest of the entry is still checked).
+    let safe_name: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "_.+-".contains(c) { c } else { '_' })
+        .collect();
     for key in entry.keys() {
         if !KEYS.contains(&key.as_str()) && !STATIC_SOURCES.contains(&key.as_str()) {
             fail(format!("unknown key `{key}`"));
@@ -190,7 +202,7 @@ pub(crate) fn parse_frontend(
     if !cookie_given {
         session.insert(
             "cookie_name".into(),
-            toml::Value::String(format!("{top_cookie}-{name}")),
+            toml::Value::String(format!("{top_cookie}-{safe_name}")),
         );
     }
     if let Some(cookie) = session.get("cookie_name").and_then(toml::Value::as_str) {
@@ -204,7 +216,7 @@ pub(crate) fn parse_frontend(
         }
     }
     if !session.contains_key("partition") {
-        session.insert("partition".into(), toml::Value::String(name.clone()));
+        session.insert("partition".into(), toml::Value::String(safe_name.clone()));
     }
     merged.insert("session".into(), toml::Value::Table(session));
     match entry.get("routes") {
