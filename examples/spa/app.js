@@ -2,6 +2,9 @@
 // The browser holds only the BFF's HttpOnly session cookie; every call carries `X-CSRF: 1`.
 
 const CSRF = { 'X-CSRF': '1' };
+// The path the page is served under: '' at the root, '/admin' for a frontend mapped to /admin
+// (the gateway's endpoints and routes of that frontend live below it).
+const BASE = new URL('.', document.currentScript?.src ?? document.baseURI).pathname.replace(/\/$/, '');
 const $ = (id) => document.getElementById(id);
 
 function claimValue(claims, type) {
@@ -12,7 +15,7 @@ function claimValue(claims, type) {
 async function loadUser() {
   let res;
   try {
-    res = await fetch('/bff/user', { headers: CSRF, credentials: 'same-origin' });
+    res = await fetch(`${BASE}/bff/user`, { headers: CSRF, credentials: 'same-origin' });
   } catch (err) {
     $('status').textContent = `Cannot reach the BFF: ${err.message}`;
     return;
@@ -41,7 +44,7 @@ function showUser(claims) {
   $('user-name').textContent = claimValue(claims, 'name') ?? claimValue(claims, 'sub') ?? '(unknown)';
   const expiresIn = claimValue(claims, 'bff:session_expires_in');
   $('session-expires-in').textContent = expiresIn === undefined ? 'unknown' : String(expiresIn);
-  $('logout').href = claimValue(claims, 'bff:logout_url') ?? '/bff/logout';
+  $('logout').href = claimValue(claims, 'bff:logout_url') ?? `${BASE}/bff/logout`;
 
   const body = $('claims').tBodies[0];
   body.replaceChildren(...claims.map(({ type, value }) => {
@@ -61,7 +64,7 @@ async function callApi() {
   out.classList.remove('error');
   out.textContent = 'Calling /api/whoami…';
   try {
-    const res = await fetch('/api/whoami', { headers: CSRF, credentials: 'same-origin' });
+    const res = await fetch(`${BASE}/api/whoami`, { headers: CSRF, credentials: 'same-origin' });
     const text = await res.text();
     if (!res.ok) {
       throw new Error(`HTTP ${res.status}${text ? `: ${text}` : ''}`);
@@ -74,5 +77,6 @@ async function callApi() {
   }
 }
 
+$('login').href = `${BASE}/bff/login?returnUrl=${encodeURIComponent(`${BASE}/`)}`;
 $('call-api').addEventListener('click', callApi);
 loadUser();

@@ -217,10 +217,7 @@ pub fn parse(
     let raw_frontends = table.remove("frontends");
     let top = parse_table(&table, base_dir, env);
     let top_errors: Vec<String> = top.as_ref().err().cloned().unwrap_or_default();
-    let top_warnings: Vec<String> = top
-        .as_ref()
-        .map(|c| c.warnings.clone())
-        .unwrap_or_default();
+    let top_warnings: Vec<String> = top.as_ref().map(|c| c.warnings.clone()).unwrap_or_default();
     let mut errors = top_errors.clone();
     let mut warnings = Vec::new();
     let mut frontends = Vec::new();
@@ -1297,5 +1294,126 @@ token = "admin"
         let c = parse(&text, Path::new("/"), &no_env).unwrap();
         assert!(!c.gateway.routes[0].anti_forgery);
         assert!(c.warnings.iter().any(|w| w.starts_with("INSECURE")));
+    }
+
+    const ADMIN: &str = r#"
+[[frontends]]
+name = "admin"
+match_path = "/admin"
+[frontends.oidc]
+client_id = "admin-spa"
+client_secret = "admin-s3cret"
+scopes = ["openid", "admin-api"]
+[[frontends.routes]]
+path = "/api"
+upstream = "https://admin-api.internal/"
+"#;
+
+    #[test]
+    fn frontend_overrides_oidc_fields_and_gets_its_own_cookie_partition_and_routes() {
+        let env = |n: &str| (n == ENV_CLIENT_SECRET).then(|| "top-from-env".to_owned());
+        let c = parse(
+            &format!("{MINIMAL}{ADMIN}"),
+            Path::new("/etc/portcullis"),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.frontends.len(), 1);
+        let f = &c.frontends[0].settings;
+        assert_eq!(
+            (f.name.as_str(), f.match_path.as_deref()),
+            ("admin", Some("/admin"))
+        );
+        let s = &f.settings;
+        assert_eq!(s.oidc.client_id, "admin-spa");
+        assert_eq!(s.oidc.issuer, "https://idp.example.com", "inherited");
+        assert_eq!(
+            s.oidc.scopes,
+            vec!["openid".to_owned(), "admin-api".to_owned()]
+        );
+        match &s.oidc.client_auth {
+            ClientAuthSettings::ClientSecretBasic(x) => {
+                assert_eq!(
+                    x.expose_secret(),
+                    "admin-s3cret",
+                    "not the top-level (env) secret"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        match &c.gateway.oidc.client_auth {
+            ClientAuthSettings::ClientSecretBasic(x) => {
+                assert_eq!(x.expose_secret(), "top-from-env")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.cookies.session_name(), "__Host-bff-auth-admin");
+        assert_eq!(s.session.partition, "admin");
+        assert_eq!(c.gateway.session.partition, "default");
+        assert_eq!(s.routes.len(), 1, "top-level routes are not inherited");
+        assert_eq!(s.routes[0].upstream.as_str(), "https://admin-api.internal/");
+        // Without a client of its own, a frontend keeps the top-level client and secret.
+        let plain = "[[frontends]]\nname = \"b\"\nmatch_host = \"B.example.com\"\n";
+        let c = parse(&format!("{MINIMAL}{plain}"), Path::new("/"), &env).unwrap();
+        let s = &c.frontends[0].settings;
+        assert_eq!(s.match_host.as_deref(), Some("b.example.com"));
+        assert_eq!(s.settings.oidc.client_id, "spa-bff");
+        assert!(s.settings.routes.is_empty());
+    }
+
+    #[test]
+    fn check_reports_every_frontend_error_at_once() {
+        let text = format!(
+            r#"{MINIMAL}{ADMIN}
+[[frontends]]
+name = "admin"
+match_path = "/admin"
+[[frontends]]
+name = "bad name!"
+match_host = "x.example.com"
+[[frontends]]
+name = "nocriteria"
+[[frontends]]
+name = "two-sources"
+match_host = "t.example.com"
+static_dir = "/nonexistent"
+index_html_url = "https://cdn.example.com/index.html"
+[[frontends]]
+name = "cookies"
+match_host = "c.example.com"
+typo = 1
+[frontends.session]
+cookie_name = "__host-sid"
+store = "memory"
+[[frontends]]
+name = "dupcookie"
+match_host = "d.example.com"
+[frontends.session]
+cookie_name = "__Host-bff-auth"
+[[frontends]]
+name = "default"
+match_path = "/d"
+[[frontends]]
+name = "shadow"
+match_path = "/bff/x"
+"#
+        );
+        let errors = parse(&text, Path::new("/"), &no_env).unwrap_err();
+        let joined = errors.join("\n");
+        for needle in [
+            "frontend \"admin\": name is used twice",
+            "same match_host and match_path as frontend \"admin\"",
+            "(bad name!): name must be",
+            "nocriteria\": needs match_host, match_path or both",
+            "more than one static source (static_dir, index_html_url)",
+            "spells the __Host- prefix in another case",
+            "session.store is shared by all frontends",
+            "unknown key `typo`",
+            "session cookie \"__Host-bff-auth\" is also frontend \"default\"'s",
+            "(default): name must be",
+            "overlaps the default frontend's endpoint /bff",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+        }
     }
 }

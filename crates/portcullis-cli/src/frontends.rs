@@ -109,7 +109,13 @@ pub(crate) fn parse_frontend(
     // Derived names stay parseable (so the rest of the entry is still checked).
     let safe_name: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "_.+-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.+-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     for key in entry.keys() {
         if !KEYS.contains(&key.as_str()) && !STATIC_SOURCES.contains(&key.as_str()) {
@@ -259,13 +265,9 @@ pub(crate) fn parse_frontend(
         settings: FrontendSettings {
             name,
             match_host: match_host.map(|h| h.to_ascii_lowercase()),
-            match_path: match_path.map(|p| p.trim_end_matches('/').to_owned()).map(|p| {
-                if p.is_empty() {
-                    "/".to_owned()
-                } else {
-                    p
-                }
-            }),
+            match_path: match_path
+                .map(|p| p.trim_end_matches('/').to_owned())
+                .map(|p| if p.is_empty() { "/".to_owned() } else { p }),
             settings: config.gateway,
         },
         spa_dir: config.spa_dir.map(PathBuf::from),

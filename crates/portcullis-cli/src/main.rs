@@ -242,7 +242,10 @@ fn sessions(command: SessionsCommand) -> ExitCode {
 
 /// `portcullis check`: what each frontend answers for and which cookie it uses.
 fn print_frontends(c: &config::Config) {
-    let line = |name: &str, host: Option<&str>, path: Option<&str>, s: &portcullis::settings::GatewaySettings| {
+    let line = |name: &str,
+                host: Option<&str>,
+                path: Option<&str>,
+                s: &portcullis::settings::GatewaySettings| {
         println!(
             "frontend {name}: host {}, path {}, client_id {}, session cookie {} (Path=/), partition {:?}",
             host.unwrap_or("any"),
@@ -252,10 +255,20 @@ fn print_frontends(c: &config::Config) {
             s.session.partition,
         );
     };
-    line(portcullis::frontend::DEFAULT_FRONTEND, None, None, &c.gateway);
+    line(
+        portcullis::frontend::DEFAULT_FRONTEND,
+        None,
+        None,
+        &c.gateway,
+    );
     for f in &c.frontends {
         let s = &f.settings;
-        line(&s.name, s.match_host.as_deref(), s.match_path.as_deref(), &s.settings);
+        line(
+            &s.name,
+            s.match_host.as_deref(),
+            s.match_path.as_deref(),
+            &s.settings,
+        );
     }
     if c.frontends.iter().any(|f| f.settings.match_path.is_some()) {
         println!("note: path frontends share Path=/ cookies (the __Host- prefix requires Path=/) and are kept apart by cookie name and session partition");

@@ -182,8 +182,7 @@ impl Restart {
 async fn reload_on_hangup(gateway: Gateway, path: std::path::PathBuf, restart: Restart) {
     #[cfg(unix)]
     {
-        let Ok(mut hup) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {
             tracing::warn!("cannot listen for SIGHUP; configuration reload disabled");
             return;
@@ -206,7 +205,10 @@ async fn reload(gateway: &Gateway, path: &std::path::Path, restart: &Restart) {
             for e in &errors {
                 tracing::error!(error = %e, "configuration reload refused");
             }
-            tracing::error!(errors = errors.len(), "configuration reload refused; the running configuration stays");
+            tracing::error!(
+                errors = errors.len(),
+                "configuration reload refused; the running configuration stays"
+            );
             return;
         }
     };

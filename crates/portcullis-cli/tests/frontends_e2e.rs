@@ -32,7 +32,10 @@ struct Multi {
 }
 
 fn admin_client(port: u16) -> Value {
-    let base = format!("http://127.0.0.1:{port}/admin");
+    admin_client_at(&format!("http://127.0.0.1:{port}/admin"))
+}
+
+fn admin_client_at(base: &str) -> Value {
     json!({
         "client_id": ADMIN_ID,
         "client_secret": ADMIN_SECRET,
@@ -46,7 +49,13 @@ fn admin_client(port: u16) -> Value {
     })
 }
 
-fn frontends_config(port: u16, issuer: &str, api: &str, admin_api: &str, with_local: bool) -> String {
+fn frontends_config(
+    port: u16,
+    issuer: &str,
+    api: &str,
+    admin_api: &str,
+    with_local: bool,
+) -> String {
     let mut c = format!(
         r#"
 [server]
@@ -149,8 +158,16 @@ async fn login_at(b: &Browser, base: &str, user: &str) {
             let r = b.get(&url).await;
             assert_eq!(r.status(), StatusCode::FOUND, "callback {url}");
             let home = r.headers()[LOCATION].to_str().unwrap().to_owned();
-            let prefix = url::Url::parse(base).unwrap().path().trim_end_matches('/').to_owned();
-            assert_eq!(home, format!("{prefix}/"), "login returns to the frontend's home");
+            let prefix = url::Url::parse(base)
+                .unwrap()
+                .path()
+                .trim_end_matches('/')
+                .to_owned();
+            assert_eq!(
+                home,
+                format!("{prefix}/"),
+                "login returns to the frontend's home"
+            );
             return;
         }
         let r = b.get(&url).await;
@@ -167,7 +184,11 @@ async fn login_at(b: &Browser, base: &str, user: &str) {
             .replace("&amp;", "&");
         let action = resolve(&url, &action);
         let r = b
-            .send(b.http.post(&action).form(&[("login", user), ("password", user)]))
+            .send(
+                b.http
+                    .post(&action)
+                    .form(&[("login", user), ("password", user)]),
+            )
             .await;
         assert!(r.status().is_redirection(), "login POST {}", r.status());
         url = resolve(&action, r.headers()[LOCATION].to_str().unwrap());
@@ -243,25 +264,40 @@ async fn frontends_keep_users_tokens_cookies_and_logouts_apart() {
         "{logout_url}"
     );
     assert_eq!(
-        claim(&user_claims(&c, &format!("{local}/bff/user")).await.unwrap(), "sub").unwrap(),
+        claim(
+            &user_claims(&c, &format!("{local}/bff/user")).await.unwrap(),
+            "sub"
+        )
+        .unwrap(),
         "alice"
     );
     // Not logged in on the frontends they did not use.
-    assert!(user_claims(&a, &m.gw.url("/admin/bff/user")).await.is_none());
+    assert!(user_claims(&a, &m.gw.url("/admin/bff/user"))
+        .await
+        .is_none());
     assert!(user_claims(&b, &m.gw.url("/bff/user")).await.is_none());
     assert!(user_claims(&c, &m.gw.url("/bff/user")).await.is_none());
 
     // Each API gets the right user's token, for its own audience and client.
     let (s, w) = whoami(&a, &m.gw.url("/api/whoami")).await;
     assert_eq!(s, StatusCode::OK, "{w}");
-    assert_eq!((w["sub"].as_str(), w["client_id"].as_str()), (Some("alice"), Some(CLIENT_ID)));
+    assert_eq!(
+        (w["sub"].as_str(), w["client_id"].as_str()),
+        (Some("alice"), Some(CLIENT_ID))
+    );
     assert_eq!(w["aud"], "urn:portcullis:api");
     let (s, w) = whoami(&b, &m.gw.url("/admin/api/whoami")).await;
     assert_eq!(s, StatusCode::OK, "{w}");
-    assert_eq!((w["sub"].as_str(), w["client_id"].as_str()), (Some("bob"), Some(ADMIN_ID)));
+    assert_eq!(
+        (w["sub"].as_str(), w["client_id"].as_str()),
+        (Some("bob"), Some(ADMIN_ID))
+    );
     assert_eq!(w["aud"], ADMIN_AUDIENCE);
     let scope = w["scope"].as_str().unwrap_or_default();
-    assert!(scope.contains("api.read") && !scope.split(' ').any(|s| s == "api"), "{scope}");
+    assert!(
+        scope.contains("api.read") && !scope.split(' ').any(|s| s == "api"),
+        "{scope}"
+    );
     let (s, w) = whoami(&c, &format!("{local}/api/whoami")).await;
     assert_eq!((s, w["sub"].as_str()), (StatusCode::OK, Some("alice")));
     // Without an admin session the admin route refuses the call (no token of another frontend).
@@ -274,10 +310,26 @@ async fn frontends_keep_users_tokens_cookies_and_logouts_apart() {
     let admin_cookie = cookie_value(&b, &root, "bff-auth-admin");
     let default_cookie = cookie_value(&a, &root, "bff-auth");
     for (url, host, cookie) in [
-        (m.gw.url("/bff/user"), None, format!("bff-auth={admin_cookie}")),
-        (m.gw.url("/api/whoami"), None, format!("bff-auth={admin_cookie}")),
-        (m.gw.url("/admin/bff/user"), None, format!("bff-auth-admin={default_cookie}")),
-        (m.gw.url("/admin/bff/user"), None, format!("bff-auth={default_cookie}")),
+        (
+            m.gw.url("/bff/user"),
+            None,
+            format!("bff-auth={admin_cookie}"),
+        ),
+        (
+            m.gw.url("/api/whoami"),
+            None,
+            format!("bff-auth={admin_cookie}"),
+        ),
+        (
+            m.gw.url("/admin/bff/user"),
+            None,
+            format!("bff-auth-admin={default_cookie}"),
+        ),
+        (
+            m.gw.url("/admin/bff/user"),
+            None,
+            format!("bff-auth={default_cookie}"),
+        ),
         (
             m.gw.url("/bff/user"),
             Some(format!("localhost:{port}")),
@@ -292,14 +344,24 @@ async fn frontends_keep_users_tokens_cookies_and_logouts_apart() {
     }
     // ... and accepted on its own (the same request shape works).
     assert_eq!(
-        status_with_cookie(&m.gw.url("/admin/bff/user"), None, &format!("bff-auth-admin={admin_cookie}")).await,
+        status_with_cookie(
+            &m.gw.url("/admin/bff/user"),
+            None,
+            &format!("bff-auth-admin={admin_cookie}")
+        )
+        .await,
         StatusCode::OK
     );
 
     // Unknown hosts are refused before anything runs, API routes included.
     for path in ["/bff/user", "/api/whoami", "/admin/bff/login", "/"] {
         assert_eq!(
-            status_with_cookie(&m.gw.url(path), Some("evil.example"), &format!("bff-auth={default_cookie}")).await,
+            status_with_cookie(
+                &m.gw.url(path),
+                Some("evil.example"),
+                &format!("bff-auth={default_cookie}")
+            )
+            .await,
             StatusCode::MISDIRECTED_REQUEST,
             "{path}"
         );
@@ -308,13 +370,20 @@ async fn frontends_keep_users_tokens_cookies_and_logouts_apart() {
     // Back-channel logout for the admin client ends bob's admin session only.
     let sent = m
         .idp
-        .control("backchannel-logout", json!({"sub": "bob", "client_id": ADMIN_ID}))
+        .control(
+            "backchannel-logout",
+            json!({"sub": "bob", "client_id": ADMIN_ID}),
+        )
         .await;
     assert_eq!(sent["sent"][0]["client_id"], ADMIN_ID, "{sent}");
     assert_eq!(sent["sent"][0]["status"], 200, "{sent}");
-    assert!(user_claims(&b, &m.gw.url("/admin/bff/user")).await.is_none());
+    assert!(user_claims(&b, &m.gw.url("/admin/bff/user"))
+        .await
+        .is_none());
     assert!(user_claims(&a, &m.gw.url("/bff/user")).await.is_some());
-    assert!(user_claims(&c, &format!("{local}/bff/user")).await.is_some());
+    assert!(user_claims(&c, &format!("{local}/bff/user"))
+        .await
+        .is_some());
     // A logout token for the admin client is refused by the default frontend (wrong audience).
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -342,7 +411,12 @@ async fn frontends_keep_users_tokens_cookies_and_logouts_apart() {
 
 async fn wait_for_log(gw: &Gateway, needle: &str, seen_before: usize) {
     for _ in 0..100 {
-        if gw.logs().iter().skip(seen_before).any(|l| l.contains(needle)) {
+        if gw
+            .logs()
+            .iter()
+            .skip(seen_before)
+            .any(|l| l.contains(needle))
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -401,7 +475,11 @@ match_path = "/beta"
     );
     // The default frontend's session survived the reload.
     assert_eq!(
-        claim(&user_claims(&a, &m.gw.url("/bff/user")).await.unwrap(), "sub").unwrap(),
+        claim(
+            &user_claims(&a, &m.gw.url("/bff/user")).await.unwrap(),
+            "sub"
+        )
+        .unwrap(),
         "alice"
     );
     let (s, w) = whoami(&a, &m.gw.url("/api/whoami")).await;
@@ -414,7 +492,12 @@ match_path = "/beta"
     std::fs::write(&m.gw.config_path, broken).unwrap();
     let before = m.gw.logs().len();
     hangup(&m.gw);
-    wait_for_log(&m.gw, "reload refused; the running configuration stays", before).await;
+    wait_for_log(
+        &m.gw,
+        "reload refused; the running configuration stays",
+        before,
+    )
+    .await;
     let logs = m.gw.logs()[before..].join("\n");
     assert!(logs.contains("name is used twice"), "{logs}");
     assert!(logs.contains("name must be"), "{logs}");
@@ -424,4 +507,93 @@ match_path = "/beta"
     );
     let (s, _) = whoami(&a, &m.gw.url("/api/whoami")).await;
     assert_eq!(s, StatusCode::OK);
+}
+
+/// One real headless Chromium, two SPAs on two path frontends (`/a`: client `spa-bff`,
+/// `/b`: client `admin-bff`): log into both, each shows its own user and API result; log out
+/// of one, the other stays logged in.
+#[tokio::test]
+async fn browser_two_spas_on_path_frontends_stay_apart() {
+    let port = free_port();
+    let a = format!("http://127.0.0.1:{port}/a");
+    let mut spa_client = Idp::default_client(&[a.clone()]);
+    spa_client["backchannel_logout_uri"] = json!(format!("{a}/bff/backchannel"));
+    let idp = Idp::start_clients(
+        vec![
+            spa_client,
+            admin_client_at(&format!("http://127.0.0.1:{port}/b")),
+        ],
+        IdpOptions::default(),
+    )
+    .await;
+    let api = Api::start(&idp.issuer).await;
+    let admin_api = Api::start_for(&idp.issuer, ADMIN_AUDIENCE).await;
+    let spa = repo_root().join("examples/spa");
+    let issuer = &idp.issuer;
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+public_url = "http://127.0.0.1:{port}"
+data_dir = "data"
+
+[oidc]
+issuer = "{issuer}"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+scopes = ["openid", "profile", "email", "offline_access", "api"]
+
+[[frontends]]
+name = "a"
+match_path = "/a"
+static_dir = "{spa}"
+[[frontends.routes]]
+path = "/api"
+upstream = "{api}"
+
+[[frontends]]
+name = "b"
+match_path = "/b"
+static_dir = "{spa}"
+[frontends.oidc]
+client_id = "{ADMIN_ID}"
+client_secret = "{ADMIN_SECRET}"
+scopes = ["openid", "profile", "offline_access", "api.read"]
+resource = "{ADMIN_AUDIENCE}"
+[[frontends.routes]]
+path = "/api"
+upstream = "{admin_api}"
+"#,
+        spa = spa.display(),
+        api = api.url,
+        admin_api = admin_api.url,
+    );
+    let gw = Gateway::start(port, &config).await;
+    let shot = gw.dir.join("failure.png");
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("node")
+            .current_dir(repo_root())
+            .arg("testing/browser/two-frontends.mjs")
+            .arg("--gateway")
+            .arg(&gw.origin)
+            .arg("--screenshot")
+            .arg(&shot)
+            .output(),
+    )
+    .await
+    .expect("browser run finished in time")
+    .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "browser run failed (screenshot: {}):\n{}",
+        shot.display(),
+        gw.logs().join("\n")
+    );
+    assert!(
+        stdout.contains("ok - /a stays logged in, /b is anonymous"),
+        "{stdout}"
+    );
 }

@@ -184,9 +184,7 @@ pub fn validate(default: &GatewaySettings, frontends: &[FrontendSettings]) -> Ve
             };
             for g in GLOBAL_PATHS {
                 if under(g) {
-                    errors.push(format!(
-                        "{ctx}: match_path {p} overlaps the gateway's {g}"
-                    ));
+                    errors.push(format!("{ctx}: match_path {p} overlaps the gateway's {g}"));
                 }
             }
             if host.is_none() {
@@ -289,8 +287,7 @@ impl Selector {
         for e in s.hosts.values_mut() {
             e.paths.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         }
-        s.path_only
-            .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        s.path_only.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         for h in known_hosts {
             s.known.insert(h.to_ascii_lowercase());
         }
@@ -572,6 +569,9 @@ impl Frontend {
     pub fn now(&self) -> i64 {
         self.inner.clock.now_unix()
     }
+    pub(crate) fn settings_arc(&self) -> Arc<GatewaySettings> {
+        self.inner.settings.clone()
+    }
     pub(crate) fn provider_arc(&self) -> Arc<Provider> {
         self.inner.provider.clone()
     }
@@ -631,13 +631,13 @@ mod tests {
         let c = |h: Option<&str>, p: Option<&str>| (h.map(str::to_owned), p.map(str::to_owned));
         Selector::new(
             &[
-                c(None, None),                          // 0 default
-                c(Some("a.example"), None),             // 1
-                c(None, Some("/b")),                    // 2
-                c(Some("a.example"), Some("/c")),       // 3
+                c(None, None),                           // 0 default
+                c(Some("a.example"), None),              // 1
+                c(None, Some("/b")),                     // 2
+                c(Some("a.example"), Some("/c")),        // 3
                 c(Some("a.example"), Some("/c/deeper")), // 4
-                c(Some("p.example:8443"), None),        // 5
-                c(None, Some("/b/longer")),             // 6
+                c(Some("p.example:8443"), None),         // 5
+                c(None, Some("/b/longer")),              // 6
             ],
             0,
             &["App.Example".to_owned()],
@@ -671,10 +671,21 @@ mod tests {
     #[test]
     fn known_hosts_ignore_case_and_port_unless_the_pattern_has_one() {
         let s = selector();
-        for ok in ["app.example", "APP.example:8080", "a.example:1", "p.example:8443"] {
+        for ok in [
+            "app.example",
+            "APP.example:8080",
+            "a.example:1",
+            "p.example:8443",
+        ] {
             assert!(s.is_known(ok), "{ok}");
         }
-        for bad in ["evil.example", "p.example", "p.example:1", "app.example.evil", ""] {
+        for bad in [
+            "evil.example",
+            "p.example",
+            "p.example:1",
+            "app.example.evil",
+            "",
+        ] {
             assert!(!s.is_known(bad), "{bad}");
         }
     }
@@ -685,7 +696,10 @@ mod tests {
         for bad in ["", "a b", "a/b", "ä", &"x".repeat(65)] {
             assert!(!is_valid_name(bad), "{bad}");
         }
-        assert_eq!(normalize_host("Admin.Example.com:8443").unwrap(), "admin.example.com:8443");
+        assert_eq!(
+            normalize_host("Admin.Example.com:8443").unwrap(),
+            "admin.example.com:8443"
+        );
         assert_eq!(normalize_host("[::1]:80").unwrap(), "[::1]:80");
         for bad in ["https://a.example", "a.example/x", "a.example:x", "", "a@b"] {
             assert!(normalize_host(bad).is_err(), "{bad}");

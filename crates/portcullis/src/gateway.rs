@@ -104,7 +104,11 @@ impl std::fmt::Debug for Gateway {
         f.debug_struct("Gateway")
             .field(
                 "frontends",
-                &snap.frontends.iter().map(|c| c.frontend.name()).collect::<Vec<_>>(),
+                &snap
+                    .frontends
+                    .iter()
+                    .map(|c| c.frontend.name())
+                    .collect::<Vec<_>>(),
             )
             .field("settings", &snap.frontends[0].frontend.settings())
             .finish_non_exhaustive()
@@ -154,8 +158,8 @@ impl Gateway {
         clock: SharedClock,
     ) -> Result<Self, String> {
         let shared = Shared::new(store, keys, clock, &settings)?;
-        let snapshot = compile(&shared, None, settings, None, &[], frontends)
-            .map_err(|e| e.join("; "))?;
+        let snapshot =
+            compile(&shared, None, settings, None, &[], frontends).map_err(|e| e.join("; "))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 shared,
@@ -208,10 +212,7 @@ impl Gateway {
             .map(|c| c.frontend.settings().oidc.issuer.as_str())
             .collect();
         self.inner.shared.retain_providers(&issuers);
-        tracing::info!(
-            frontends = next.frontends.len(),
-            "configuration reloaded"
-        );
+        tracing::info!(frontends = next.frontends.len(), "configuration reloaded");
         self.inner.snapshot.store(Arc::new(next));
         Ok(())
     }
@@ -253,7 +254,7 @@ impl Gateway {
 
     /// The default frontend's settings.
     pub fn settings(&self) -> Arc<GatewaySettings> {
-        Arc::new(self.default_frontend().settings().clone())
+        self.default_frontend().settings_arc()
     }
     /// The default frontend's session manager (store, key ring, cache).
     pub fn sessions(&self) -> Sessions {

@@ -30,8 +30,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 
 use crate::error::GatewayError;
-use crate::session::{ActiveSession, Claim, Lookup};
 use crate::frontend::Frontend;
+use crate::session::{ActiveSession, Claim, Lookup};
 
 /// The logged-in user of a local API request.
 #[derive(Debug, Clone)]

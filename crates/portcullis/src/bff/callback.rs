@@ -58,7 +58,11 @@ pub async fn callback_get(
 
 /// `POST` on the redirect URI (`response_mode=form_post`): finishes the login from the
 /// `application/x-www-form-urlencoded` body.
-pub async fn callback_post(State(gw): State<Frontend>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn callback_post(
+    State(gw): State<Frontend>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     finish(gw, &body, headers).await
 }
 

@@ -174,12 +174,13 @@ impl CookieSettings {
         // frontend's prefix extends this one (`__Host-bff-login.` + `admin.`), never matches.
         request_cookies(headers)
             .filter(|(n, _)| {
-                n.strip_prefix(self.login_prefix.as_str()).is_some_and(|rest| {
-                    rest.len() == 16
-                        && rest
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                })
+                n.strip_prefix(self.login_prefix.as_str())
+                    .is_some_and(|rest| {
+                        rest.len() == 16
+                            && rest
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    })
             })
             .collect()
     }
