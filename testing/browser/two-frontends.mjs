@@ -1,7 +1,10 @@
 #!/usr/bin/env node
 // Browser check of two SPAs on two path frontends of one gateway, in ONE browser context:
-// log into /a as alice and /b as bob (a second login with prompt=login), each page shows its
-// own user and its own API result (sub and client_id); log out of /b, /a stays logged in.
+// log into /a as alice and /b as bob, each page shows its own user and its own API result
+// (sub and client_id); log out of /b, /a stays logged in. Between the two logins the test
+// IdP's own cookies (`idp_*`) are dropped, so the second login is a new IdP session for
+// another user (switching users inside one IdP session makes the IdP end the first one,
+// with a back-channel logout, which is not what is tested here).
 //
 //   node testing/browser/two-frontends.mjs --gateway http://127.0.0.1:<port> [--screenshot f.png]
 //
@@ -117,8 +120,12 @@ async function main() {
     await shows('/a', 'Alice Smith', 'alice', args['client-a']);
     await anonymous('/b');
   });
-  await step('log into /b as bob (prompt=login)', async () => {
-    await page.goto(`${origin}/b/bff/login?prompt=login&returnUrl=%2Fb%2F`, { waitUntil: 'domcontentloaded' });
+  await step('log into /b as bob', async () => {
+    const keep = (await context.cookies()).filter((c) => !c.name.startsWith('idp_'));
+    await context.clearCookies();
+    await context.addCookies(keep);
+    await page.goto(`${origin}/b/`, { waitUntil: 'domcontentloaded' });
+    await page.locator('#login').click();
     await signIn('bob');
     check(new URL(page.url()).pathname.startsWith('/b/'), `back at ${page.url()}`);
   });
