@@ -290,13 +290,13 @@ pub(crate) fn parse_table(
             errors.push(format!("unknown key `{key}`"));
         }
     }
-    let server: RawServer = section(&table, "server", &mut errors).unwrap_or_default();
-    let oidc: RawOidc = section(&table, "oidc", &mut errors).unwrap_or_default();
-    let session: RawSession = section(&table, "session", &mut errors).unwrap_or_default();
-    let af: RawAntiForgery = section(&table, "anti_forgery", &mut errors).unwrap_or_default();
-    let tokens: RawTokens = section(&table, "tokens", &mut errors).unwrap_or_default();
-    let spa: RawSpa = section(&table, "spa", &mut errors).unwrap_or_default();
-    let raw_admin: Option<RawAdmin> = section(&table, "admin", &mut errors);
+    let server: RawServer = section(table, "server", &mut errors).unwrap_or_default();
+    let oidc: RawOidc = section(table, "oidc", &mut errors).unwrap_or_default();
+    let session: RawSession = section(table, "session", &mut errors).unwrap_or_default();
+    let af: RawAntiForgery = section(table, "anti_forgery", &mut errors).unwrap_or_default();
+    let tokens: RawTokens = section(table, "tokens", &mut errors).unwrap_or_default();
+    let spa: RawSpa = section(table, "spa", &mut errors).unwrap_or_default();
+    let raw_admin: Option<RawAdmin> = section(table, "admin", &mut errors);
     let mut raw_routes: Vec<RawRoute> = Vec::new();
     match table.get("routes") {
         None => {}

@@ -22,7 +22,7 @@
 //! top-level `[[routes]]` and `[spa]`); a frontend that names its own client does not inherit
 //! the top-level client secret (nor `PORTCULLIS_OIDC_CLIENT_SECRET`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use portcullis::frontend::FrontendSettings;
 
@@ -270,6 +270,6 @@ pub(crate) fn parse_frontend(
                 .map(|p| if p.is_empty() { "/".to_owned() } else { p }),
             settings: config.gateway,
         },
-        spa_dir: config.spa_dir.map(PathBuf::from),
+        spa_dir: config.spa_dir,
     })
 }

@@ -7,6 +7,8 @@
 //!   `/admin/api` → API for `urn:portcullis:admin-api`;
 //! - `local`: host frontend `localhost`, client `spa-bff`, its own cookie and partition.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
 mod common;
 
 use std::net::SocketAddr;
@@ -516,7 +518,7 @@ match_path = "/beta"
 async fn browser_two_spas_on_path_frontends_stay_apart() {
     let port = free_port();
     let a = format!("http://127.0.0.1:{port}/a");
-    let mut spa_client = Idp::default_client(&[a.clone()]);
+    let mut spa_client = Idp::default_client(std::slice::from_ref(&a));
     spa_client["backchannel_logout_uri"] = json!(format!("{a}/bff/backchannel"));
     let idp = Idp::start_clients(
         vec![
