@@ -2,7 +2,7 @@
 //! client, cookie, session partition, API routes and static files (Duende.BFF v4's
 //! multi-frontend model).
 //!
-//! A request is resolved to one frontend *before* anything else runs (see [`Selector`]); every
+//! A request is resolved to one frontend *before* anything else runs (see `Selector`); every
 //! handler then works with that frontend's [`Frontend`] context only, so a session, login
 //! transaction or token of one frontend can never serve another.
 //!
