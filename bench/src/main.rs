@@ -16,7 +16,9 @@
 //! Scenarios, in order: baseline (start), gateway route with `token = "none"` on the memory
 //! store (forwarding cost without session or token), then for each store the `token = "user"`
 //! route with the cache on (`cache_ttl` = 10 s) and off (`cache_ttl` = 0), and the baseline
-//! again (end). `ratio_to_baseline` divides by the mean of the round's two baseline runs.
+//! again (end). Before the store scenarios, frontend selection: the `user` route on a gateway
+//! with 1 frontend and on one with 100 (requests selected by host, then by path; memory
+//! store, cache on), comparable with each other in the same round (`--skip-frontends`). `ratio_to_baseline` divides by the mean of the round's two baseline runs.
 //! `--rounds N` repeats the whole sequence and adds per-scenario median/min/max lines, which
 //! is what to read on a small, shared machine.
 
@@ -103,6 +105,10 @@ struct Args {
     /// Skip the gateway route without session or token.
     #[arg(long)]
     skip_open_route: bool,
+    /// Skip the frontend-selection scenarios (1 frontend, and 100 frontends selected by
+    /// host and by path; memory store, cache on).
+    #[arg(long)]
+    skip_frontends: bool,
     #[arg(
         long,
         env = "PORTCULLIS_TEST_REDIS_URL",
@@ -521,6 +527,59 @@ async fn run_round(
         });
     }
 
+    // Frontend selection: the same authenticated GET on a gateway with one frontend, and on
+    // one with 100 (50 selected by host, 50 by path), the request going to the 50th of each.
+    if !args.skip_frontends {
+        for (label, frontends, target) in [
+            (
+                "scenario=gateway frontends=1   select=default store=memory cache=on ",
+                0,
+                Target::Default,
+            ),
+            (
+                "scenario=gateway frontends=100 select=host    store=memory cache=on ",
+                100,
+                Target::Host(49),
+            ),
+            (
+                "scenario=gateway frontends=100 select=path    store=memory cache=on ",
+                100,
+                Target::Path(49),
+            ),
+        ] {
+            progress(round, label);
+            let gw = start_gateway_with(
+                "memory",
+                Duration::from_secs(10),
+                &b.idp.issuer,
+                b.upstream_addr,
+                &format!("{}-{round}-fe{frontends}", b.run_id),
+                &b.token,
+                b.sessions_per_gateway,
+                frontends,
+                target,
+            )
+            .await?;
+            let (host, path) = match target {
+                Target::Default => (gw.addr.to_string(), "/api/hello".to_owned()),
+                Target::Host(i) => (format!("h{i}.bench"), "/api/hello".to_owned()),
+                Target::Path(i) => (gw.addr.to_string(), format!("/p{i}/api/hello")),
+            };
+            let t: Vec<_> = (0..args.concurrency)
+                .map(|i| template_for(&host, &path, Some(&gw.cookies[i % gw.cookies.len()])))
+                .collect::<Result<_, _>>()?;
+            let m = load::run(gw.addr, t, UPSTREAM_BODY, args.warmup, args.duration).await;
+            gw.stop().await;
+            let m = m?;
+            check_upstream(&b.upstream, true, label)?;
+            rows.push(Row {
+                label: label.into(),
+                baseline: false,
+                measured: m,
+            });
+        }
+    }
+
     if args.tracing {
         tracing_rows(b, round, &mut rows).await?;
     }
@@ -690,8 +749,17 @@ fn template(
     path: &str,
     cookie: Option<&HeaderValue>,
 ) -> Result<RequestTemplate, String> {
+    template_for(&addr.to_string(), path, cookie)
+}
+
+/// A request naming `host` in its `Host` header.
+fn template_for(
+    host: &str,
+    path: &str,
+    cookie: Option<&HeaderValue>,
+) -> Result<RequestTemplate, String> {
     let mut headers = HeaderMap::new();
-    let host = HeaderValue::from_str(&addr.to_string()).map_err(|e| e.to_string())?;
+    let host = HeaderValue::from_str(host).map_err(|e| e.to_string())?;
     headers.insert(header::HOST, host);
     headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
     headers.insert("x-csrf", HeaderValue::from_static("1"));
@@ -753,6 +821,16 @@ impl RunningGateway {
     }
 }
 
+/// Which frontend the measured requests go to.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Default,
+    /// `h{i}.bench`, selected by host.
+    Host(usize),
+    /// `/p{i}`, selected by path.
+    Path(usize),
+}
+
 async fn start_gateway(
     store_url: &str,
     cache_ttl: Duration,
@@ -761,6 +839,34 @@ async fn start_gateway(
     partition: &str,
     access_token: &str,
     sessions: usize,
+) -> Result<RunningGateway, GatewayStartError> {
+    start_gateway_with(
+        store_url,
+        cache_ttl,
+        issuer,
+        upstream,
+        partition,
+        access_token,
+        sessions,
+        0,
+        Target::Default,
+    )
+    .await
+}
+
+/// A gateway with `frontends` extra frontends (half `h{i}.bench` by host, half `/p{i}` by
+/// path, each with the default's routes), sessions created in `target`'s partition.
+#[allow(clippy::too_many_arguments)]
+async fn start_gateway_with(
+    store_url: &str,
+    cache_ttl: Duration,
+    issuer: &str,
+    upstream: SocketAddr,
+    partition: &str,
+    access_token: &str,
+    sessions: usize,
+    frontends: usize,
+    target: Target,
 ) -> Result<RunningGateway, GatewayStartError> {
     let store = match tokio::time::timeout(
         Duration::from_secs(10),
@@ -790,10 +896,47 @@ async fn start_gateway(
         partition.to_owned(),
     )?;
     let keys = KeyRing::new(vec![Key::parse(&Key::generate_spec("bench"))?])?;
-    let gateway = Gateway::new(settings, store, keys, Arc::new(SystemClock))?;
+    let mut specs = Vec::with_capacity(frontends);
+    for i in 0..frontends {
+        let by_host = i < frontends / 2;
+        let n = if by_host { i } else { i - frontends / 2 };
+        let name = if by_host {
+            format!("h{n}")
+        } else {
+            format!("p{n}")
+        };
+        let mut s = settings.clone();
+        s.cookies = CookieSettings::for_public_url(
+            &s.public_url,
+            Some(&format!("bff-auth-{name}")),
+            SameSite::Strict,
+        )
+        .map_err(|e| e.join("; "))?;
+        s.session.partition = format!("{partition}-{name}");
+        specs.push(portcullis::FrontendSpec {
+            settings: portcullis::FrontendSettings {
+                match_host: by_host.then(|| format!("h{n}.bench")),
+                match_path: (!by_host).then(|| format!("/p{n}")),
+                name,
+                settings: s,
+            },
+            fallback: None,
+        });
+    }
+    let gateway = Gateway::with_frontends(settings, specs, store, keys, Arc::new(SystemClock))?;
+    let target_name = match target {
+        Target::Default => portcullis::frontend::DEFAULT_FRONTEND.to_owned(),
+        Target::Host(i) => format!("h{i}"),
+        Target::Path(i) => format!("p{i}"),
+    };
+    let sessions_of = gateway
+        .frontend(&target_name)
+        .ok_or_else(|| format!("no frontend {target_name}"))?
+        .sessions()
+        .clone();
 
     let (cookies, store_keys, ticket_bytes) =
-        create_sessions(&gateway, issuer, access_token, sessions).await?;
+        create_sessions(&gateway, &sessions_of, issuer, access_token, sessions).await?;
 
     let mut tasks = gateway.spawn_background_tasks();
     tasks.push(servers::serve_on(
@@ -815,12 +958,13 @@ async fn start_gateway(
 /// (`Cookie` header values, store keys, sealed ticket bytes of one session).
 async fn create_sessions(
     gateway: &Gateway,
+    sessions_of: &portcullis::session::Sessions,
     issuer: &str,
     access_token: &str,
     sessions: usize,
 ) -> Result<(Vec<HeaderValue>, Vec<String>, usize), GatewayStartError> {
     let now = gateway.now();
-    let cookie_name = gateway.sessions().cookies().session_name().to_owned();
+    let cookie_name = sessions_of.cookies().session_name().to_owned();
     let mut cookies = Vec::with_capacity(sessions);
     let mut store_keys = Vec::with_capacity(sessions);
     let mut ticket_bytes = 0;
@@ -861,7 +1005,7 @@ async fn create_sessions(
             session_state: None,
             tokens,
         };
-        let (id, record) = match gateway.sessions().create(ticket).await {
+        let (id, record) = match sessions_of.create(ticket).await {
             Ok(v) => v,
             // The store connected but cannot write: skip like an unreachable one.
             Err(e) => return Err(GatewayStartError::Store(format!("create session: {e}"))),
@@ -932,5 +1076,6 @@ fn gateway_settings(
         diagnostics: false,
         trust_forwarded_headers: false,
         websocket_origins: Vec::new(),
+        allowed_hosts: Vec::new(),
     })
 }

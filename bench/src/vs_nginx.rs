@@ -390,7 +390,7 @@ async fn run_in(
         let keys = KeyRing::new(vec![Key::parse(&key_spec)?])?;
         let gw = Gateway::new(settings, store, keys, Arc::new(SystemClock))?;
         let (cookies, _keys, bytes) =
-            create_sessions(&gw, &idp.issuer, &token, args.concurrency).await?;
+            create_sessions(&gw, &gw.sessions(), &idp.issuer, &token, args.concurrency).await?;
         (cookies, bytes)
     };
 

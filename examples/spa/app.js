@@ -4,10 +4,14 @@
 // is polled (without extending it), and the page reacts when it ends or is about to.
 // The browser holds only the BFF's HttpOnly session cookie.
 
-import { createBffClient } from '/bff/client.js';
+// The path the page is served under: '' at the root, '/admin' for a frontend mapped to /admin
+// (the gateway's endpoints and routes of that frontend live below it).
+const BASE = new URL('.', import.meta.url).pathname.replace(/\/$/, '');
+const { createBffClient } = await import(`${BASE}/bff/client.js`);
 
 const $ = (id) => document.getElementById(id);
 const bff = createBffClient({
+  basePath: `${BASE}/bff`,
   sessionExpiringBefore: 60_000,
   onSessionEnded: () => {
     $('ended').hidden = false;
@@ -27,7 +31,7 @@ function show(user) {
   const name = user.claims.name ?? user.sub ?? '(unknown)';
   $('user-name').textContent = Array.isArray(name) ? name.join(', ') : name;
   $('session-expires-in').textContent = user.expiresIn === undefined ? 'unknown' : String(user.expiresIn);
-  $('logout').href = user.logoutUrl ?? '/bff/logout';
+  $('logout').href = user.logoutUrl ?? `${BASE}/bff/logout`;
   const rows = Object.entries(user.claims).map(([type, value]) => {
     const row = document.createElement('tr');
     for (const text of [type, typeof value === 'string' ? value : JSON.stringify(value)]) {
@@ -46,7 +50,7 @@ async function callApi() {
   out.textContent = 'Calling /api/whoami…';
   try {
     // A 401 here (session gone) sends the browser to the login page once, and back here.
-    const res = await bff.fetch('/api/whoami');
+    const res = await bff.fetch(`${BASE}/api/whoami`);
     const text = await res.text();
     if (!res.ok) throw new Error(`HTTP ${res.status}${text ? `: ${text}` : ''}`);
     const data = JSON.parse(text);
@@ -57,7 +61,7 @@ async function callApi() {
   }
 }
 
-$('login').href = bff.loginUrl({ returnUrl: '/' });
+$('login').href = bff.loginUrl({ returnUrl: `${BASE}/` });
 $('call-api').addEventListener('click', callApi);
 $('logout').addEventListener('click', (e) => {
   e.preventDefault();

@@ -1130,6 +1130,8 @@ async function main() {
       const now = Math.floor(Date.now() / 1000);
       for (const client of cfg.clients) {
         if (!client.backchannel_logout_uri) continue;
+        // optional `client_id`: notify only that client (its sessions end; other clients' do not)
+        if (typeof body.client_id === 'string' && body.client_id !== client.client_id) continue;
         const sids = [...(sidsByClient.get(client.client_id) ?? [])];
         for (const sid of sids.length ? sids : [undefined]) {
           const claims = {

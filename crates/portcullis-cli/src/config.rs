@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use portcullis::cookie::{CookieSettings, SameSite};
 use portcullis::csrf::AntiForgery;
+use portcullis::frontend::FrontendSettings;
 use portcullis::settings::{
     ClientAuthSettings, GatewaySettings, NamedClientSettings, OidcSettings, ResponseMode,
     RouteSettings, SessionSettings, TokenPolicy, TokenSettings,
@@ -54,6 +55,7 @@ struct RawServer {
     shutdown_delay: Option<String>,
     shutdown_grace: Option<String>,
     cors: Option<spa::RawCors>,
+    allowed_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,6 +167,8 @@ struct RawAdmin {
 #[derive(Debug)]
 pub struct Config {
     pub gateway: GatewaySettings,
+    /// `[[frontends]]`, each already merged with the top-level settings.
+    pub frontends: Vec<FrontendConfig>,
     pub listen: SocketAddr,
     pub store_url: String,
     pub data_dir: PathBuf,
@@ -185,6 +189,19 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// `[telemetry]`: OpenTelemetry trace export.
     pub telemetry: crate::telemetry::TelemetryConfig,
+}
+
+/// One `[[frontends]]` entry: selection, effective settings, and its static part (the same
+/// value `[spa]` gives the default frontend).
+#[derive(Debug)]
+pub struct FrontendConfig {
+    pub settings: FrontendSettings,
+    /// Where the frontend's SPA comes from (`static_dir`, `index_html_url` or
+    /// `static_assets_url`, read as the `[spa]` keys `dir`, `index_html_url`,
+    /// `static_assets_url`).
+    pub spa: portcullis::spa::SpaSource,
+    /// The CSP hash of the script its `index_html_inject` adds, for `check` to print.
+    pub spa_script_hash: Option<String>,
 }
 
 /// The admin listener.
@@ -217,11 +234,70 @@ pub fn parse(
     base_dir: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, Vec<String>> {
-    let mut errors = Vec::new();
-    let table: toml::Table = match text.parse() {
+    let mut table: toml::Table = match text.parse() {
         Ok(t) => t,
         Err(e) => return Err(vec![format!("not valid TOML: {e}")]),
     };
+    let raw_frontends = table.remove("frontends");
+    let top = parse_table(&table, base_dir, env);
+    let top_errors: Vec<String> = top.as_ref().err().cloned().unwrap_or_default();
+    let top_warnings: Vec<String> = top.as_ref().map(|c| c.warnings.clone()).unwrap_or_default();
+    let mut errors = top_errors.clone();
+    let mut warnings = Vec::new();
+    let mut frontends = Vec::new();
+    match raw_frontends {
+        None => {}
+        Some(toml::Value::Array(items)) => {
+            for (i, item) in items.into_iter().enumerate() {
+                let parsed = crate::frontends::parse_frontend(
+                    &table,
+                    item,
+                    i,
+                    base_dir,
+                    env,
+                    &mut |e| {
+                        if !top_errors.contains(&e.1) {
+                            errors.push(format!("{}: {}", e.0, e.1));
+                        }
+                    },
+                    &mut |w| {
+                        if !top_warnings.contains(&w.1) {
+                            warnings.push(format!("{}: {}", w.0, w.1));
+                        }
+                    },
+                );
+                if let Some(f) = parsed {
+                    frontends.push(f);
+                }
+            }
+        }
+        Some(_) => errors.push("`frontends` must be an array of tables ([[frontends]])".into()),
+    }
+    let mut config = match top {
+        Ok(c) => c,
+        Err(_) => return Err(errors),
+    };
+    // Duplicates and clashes between the frontends that parsed, reported with the rest.
+    let settings: Vec<FrontendSettings> = frontends
+        .iter()
+        .map(|f: &FrontendConfig| f.settings.clone())
+        .collect();
+    errors.extend(portcullis::frontend::validate(&config.gateway, &settings));
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    config.frontends = frontends;
+    config.warnings.extend(warnings);
+    Ok(config)
+}
+
+/// Parses one configuration table (the top level, or a frontend's merged view of it).
+pub(crate) fn parse_table(
+    table: &toml::Table,
+    base_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<String>> {
+    let mut errors = Vec::new();
     for key in table.keys() {
         if ![
             "server",
@@ -239,15 +315,15 @@ pub fn parse(
             errors.push(format!("unknown key `{key}`"));
         }
     }
-    let server: RawServer = section(&table, "server", &mut errors).unwrap_or_default();
-    let oidc: RawOidc = section(&table, "oidc", &mut errors).unwrap_or_default();
-    let session: RawSession = section(&table, "session", &mut errors).unwrap_or_default();
-    let af: RawAntiForgery = section(&table, "anti_forgery", &mut errors).unwrap_or_default();
-    let tokens: RawTokens = section(&table, "tokens", &mut errors).unwrap_or_default();
-    let spa: spa::RawSpa = section(&table, "spa", &mut errors).unwrap_or_default();
-    let raw_admin: Option<RawAdmin> = section(&table, "admin", &mut errors);
+    let server: RawServer = section(table, "server", &mut errors).unwrap_or_default();
+    let oidc: RawOidc = section(table, "oidc", &mut errors).unwrap_or_default();
+    let session: RawSession = section(table, "session", &mut errors).unwrap_or_default();
+    let af: RawAntiForgery = section(table, "anti_forgery", &mut errors).unwrap_or_default();
+    let tokens: RawTokens = section(table, "tokens", &mut errors).unwrap_or_default();
+    let spa: spa::RawSpa = section(table, "spa", &mut errors).unwrap_or_default();
+    let raw_admin: Option<RawAdmin> = section(table, "admin", &mut errors);
     let raw_telemetry: crate::telemetry::RawTelemetry =
-        section(&table, "telemetry", &mut errors).unwrap_or_default();
+        section(table, "telemetry", &mut errors).unwrap_or_default();
     let telemetry = crate::telemetry::TelemetryConfig::from_raw(raw_telemetry, &mut errors);
     let mut raw_routes: Vec<RawRoute> = Vec::new();
     match table.get("routes") {
@@ -561,6 +637,17 @@ pub fn parse(
         }
     }
 
+    let allowed_hosts: Vec<String> = server
+        .allowed_hosts
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|h| {
+            portcullis::frontend::normalize_host(&h)
+                .map_err(|e| errors.push(format!("server.allowed_hosts: {e}")))
+                .ok()
+        })
+        .collect();
+
     // [anti_forgery]
     let anti_forgery = AntiForgery::new(
         af.header_name.as_deref().unwrap_or("X-CSRF"),
@@ -855,7 +942,9 @@ pub fn parse(
             diagnostics: server.diagnostics.unwrap_or(false),
             trust_forwarded_headers: server.trust_forwarded_headers.unwrap_or(false),
             websocket_origins,
+            allowed_hosts,
         },
+        frontends: Vec::new(),
         listen,
         store_url,
         data_dir,
@@ -1376,6 +1465,127 @@ token = "admin"
                 errors.iter().any(|e| e.contains(needle)),
                 "{needle}: {errors:?}"
             );
+        }
+    }
+
+    const ADMIN: &str = r#"
+[[frontends]]
+name = "admin"
+match_path = "/admin"
+[frontends.oidc]
+client_id = "admin-spa"
+client_secret = "admin-s3cret"
+scopes = ["openid", "admin-api"]
+[[frontends.routes]]
+path = "/api"
+upstream = "https://admin-api.internal/"
+"#;
+
+    #[test]
+    fn frontend_overrides_oidc_fields_and_gets_its_own_cookie_partition_and_routes() {
+        let env = |n: &str| (n == ENV_CLIENT_SECRET).then(|| "top-from-env".to_owned());
+        let c = parse(
+            &format!("{MINIMAL}{ADMIN}"),
+            Path::new("/etc/portcullis"),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.frontends.len(), 1);
+        let f = &c.frontends[0].settings;
+        assert_eq!(
+            (f.name.as_str(), f.match_path.as_deref()),
+            ("admin", Some("/admin"))
+        );
+        let s = &f.settings;
+        assert_eq!(s.oidc.client_id, "admin-spa");
+        assert_eq!(s.oidc.issuer, "https://idp.example.com", "inherited");
+        assert_eq!(
+            s.oidc.scopes,
+            vec!["openid".to_owned(), "admin-api".to_owned()]
+        );
+        match &s.oidc.client_auth {
+            ClientAuthSettings::ClientSecretBasic(x) => {
+                assert_eq!(
+                    x.expose_secret(),
+                    "admin-s3cret",
+                    "not the top-level (env) secret"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        match &c.gateway.oidc.client_auth {
+            ClientAuthSettings::ClientSecretBasic(x) => {
+                assert_eq!(x.expose_secret(), "top-from-env")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.cookies.session_name(), "__Host-bff-auth-admin");
+        assert_eq!(s.session.partition, "admin");
+        assert_eq!(c.gateway.session.partition, "default");
+        assert_eq!(s.routes.len(), 1, "top-level routes are not inherited");
+        assert_eq!(s.routes[0].upstream.as_str(), "https://admin-api.internal/");
+        // Without a client of its own, a frontend keeps the top-level client and secret.
+        let plain = "[[frontends]]\nname = \"b\"\nmatch_host = \"B.example.com\"\n";
+        let c = parse(&format!("{MINIMAL}{plain}"), Path::new("/"), &env).unwrap();
+        let s = &c.frontends[0].settings;
+        assert_eq!(s.match_host.as_deref(), Some("b.example.com"));
+        assert_eq!(s.settings.oidc.client_id, "spa-bff");
+        assert!(s.settings.routes.is_empty());
+    }
+
+    #[test]
+    fn check_reports_every_frontend_error_at_once() {
+        let text = format!(
+            r#"{MINIMAL}{ADMIN}
+[[frontends]]
+name = "admin"
+match_path = "/admin"
+[[frontends]]
+name = "bad name!"
+match_host = "x.example.com"
+[[frontends]]
+name = "nocriteria"
+[[frontends]]
+name = "two-sources"
+match_host = "t.example.com"
+static_dir = "/nonexistent"
+index_html_url = "https://cdn.example.com/index.html"
+[[frontends]]
+name = "cookies"
+match_host = "c.example.com"
+typo = 1
+[frontends.session]
+cookie_name = "__host-sid"
+store = "memory"
+[[frontends]]
+name = "dupcookie"
+match_host = "d.example.com"
+[frontends.session]
+cookie_name = "__Host-bff-auth"
+[[frontends]]
+name = "default"
+match_path = "/d"
+[[frontends]]
+name = "shadow"
+match_path = "/bff/x"
+"#
+        );
+        let errors = parse(&text, Path::new("/"), &no_env).unwrap_err();
+        let joined = errors.join("\n");
+        for needle in [
+            "frontend \"admin\": name is used twice",
+            "same match_host and match_path as frontend \"admin\"",
+            "(bad name!): name must be",
+            "nocriteria\": needs match_host, match_path or both",
+            "more than one static source (static_dir, index_html_url)",
+            "spells the __Host- prefix in another case",
+            "session.store is shared by all frontends",
+            "unknown key `typo`",
+            "session cookie \"__Host-bff-auth\" is also frontend \"default\"'s",
+            "(default): name must be",
+            "overlaps the default frontend's endpoint /bff",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
         }
     }
 }

@@ -4,6 +4,7 @@
 mod config;
 #[cfg(test)]
 mod config_properties;
+mod frontends;
 mod keyfile;
 mod limits;
 mod listener;
@@ -79,6 +80,9 @@ enum SessionsCommand {
         sub: Option<String>,
         #[arg(long)]
         sid: Option<String>,
+        /// The frontend whose sessions to list (default: the top-level one).
+        #[arg(long)]
+        frontend: Option<String>,
     },
     /// End sessions of a user (all, or the one with `--sid`), or one by `--key`.
     End {
@@ -90,6 +94,9 @@ enum SessionsCommand {
         sid: Option<String>,
         #[arg(long)]
         key: Option<String>,
+        /// The frontend whose sessions to end (default: the top-level one).
+        #[arg(long)]
+        frontend: Option<String>,
     },
 }
 
@@ -120,6 +127,7 @@ fn main() -> ExitCode {
                 for w in &c.warnings {
                     eprintln!("warning: {w}");
                 }
+                print_frontends(&c);
                 if let Some(hash) = &c.spa_script_hash {
                     println!("spa.index_html_inject: the injected script's hash is {hash} (list it in script-src if your Content-Security-Policy forbids inline scripts)");
                 }
@@ -141,7 +149,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_UNAVAILABLE);
                 }
             };
-            match runtime().and_then(|rt| rt.block_on(serve::run(cfg))) {
+            match runtime().and_then(|rt| rt.block_on(serve::run(cfg, &config))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "portcullis stopped");
@@ -196,14 +204,20 @@ fn main() -> ExitCode {
 }
 
 fn sessions(command: SessionsCommand) -> ExitCode {
-    let (config, sub, sid, key, end) = match command {
-        SessionsCommand::List { config, sub, sid } => (config, sub, sid, None, false),
+    let (config, sub, sid, key, end, frontend) = match command {
+        SessionsCommand::List {
+            config,
+            sub,
+            sid,
+            frontend,
+        } => (config, sub, sid, None, false, frontend),
         SessionsCommand::End {
             config,
             sub,
             sid,
             key,
-        } => (config, sub, sid, key, true),
+            frontend,
+        } => (config, sub, sid, key, true, frontend),
     };
     if sub.is_none() && sid.is_none() && key.is_none() {
         eprintln!("portcullis sessions: give --sub and/or --sid (or --key to end one session)");
@@ -215,8 +229,16 @@ fn sessions(command: SessionsCommand) -> ExitCode {
     };
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
-            let gw =
-                serve::build_gateway(cfg.gateway, &cfg.keys, &cfg.store_url, &cfg.data_dir).await?;
+            let gw = serve::build_gateway(
+                cfg.gateway,
+                serve::frontend_specs(cfg.frontends)?,
+                &cfg.keys,
+                &cfg.store_url,
+                &cfg.data_dir,
+            )
+            .await?;
+            let gw = portcullis::admin::frontend(&gw, frontend.as_deref())
+                .map_err(|_| format!("no frontend named {:?}", frontend.unwrap_or_default()))?;
             let result = match (key, end) {
                 (Some(key), _) => {
                     let ended = portcullis::admin::end_session(&gw, &key).await;
@@ -239,6 +261,46 @@ fn sessions(command: SessionsCommand) -> ExitCode {
             eprintln!("portcullis sessions: {e}");
             ExitCode::from(EXIT_UNAVAILABLE)
         }
+    }
+}
+
+/// `portcullis check`: what each frontend answers for and which cookie it uses.
+fn print_frontends(c: &config::Config) {
+    let line = |name: &str,
+                host: Option<&str>,
+                path: Option<&str>,
+                s: &portcullis::settings::GatewaySettings| {
+        println!(
+            "frontend {name}: host {}, path {}, client_id {}, session cookie {} (Path=/), partition {:?}",
+            host.unwrap_or("any"),
+            path.unwrap_or("/"),
+            s.oidc.client_id,
+            s.cookies.session_name(),
+            s.session.partition,
+        );
+    };
+    line(
+        portcullis::frontend::DEFAULT_FRONTEND,
+        None,
+        None,
+        &c.gateway,
+    );
+    for f in &c.frontends {
+        let s = &f.settings;
+        line(
+            &s.name,
+            s.match_host.as_deref(),
+            s.match_path.as_deref(),
+            &s.settings,
+        );
+    }
+    for f in &c.frontends {
+        if let Some(hash) = &f.spa_script_hash {
+            println!("frontend {}: index_html_inject: the injected script's hash is {hash} (list it in script-src if your Content-Security-Policy forbids inline scripts)", f.settings.name);
+        }
+    }
+    if c.frontends.iter().any(|f| f.settings.match_path.is_some()) {
+        println!("note: path frontends share Path=/ cookies (the __Host- prefix requires Path=/) and are kept apart by cookie name and session partition");
     }
 }
 

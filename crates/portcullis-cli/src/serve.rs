@@ -1,17 +1,19 @@
 //! Start-up: logging, keys, store, router, listener, graceful shutdown.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::serve::ListenerExt;
 use portcullis::Gateway;
 
-use crate::config::{Config, KeySource};
+use crate::config::{Config, FrontendConfig, KeySource};
 use crate::keyfile;
 
 /// Keys, store and gateway from a validated configuration (shared by `serve` and
 /// `sessions`).
 pub async fn build_gateway(
     settings: portcullis::settings::GatewaySettings,
+    frontends: Vec<portcullis::FrontendSpec>,
     keys: &KeySource,
     store_url: &str,
     data_dir: &std::path::Path,
@@ -35,19 +37,50 @@ pub async fn build_gateway(
         .await
         .map_err(|e| format!("session store: {e}"))?;
     tracing::info!(store = store.kind(), "session store connected");
-    Gateway::new(
+    Gateway::with_frontends(
         settings,
+        frontends,
         store,
         keys,
         Arc::new(portcullis_token::SystemClock),
     )
 }
 
-pub async fn run(cfg: Config) -> Result<(), String> {
+/// Library frontend specs from the configuration: settings plus each one's SPA source
+/// (mounted under the frontend's path, if it has one).
+///
+/// # Errors
+/// A message naming the frontend when its SPA source cannot be built (HTTP client setup).
+pub fn frontend_specs(
+    frontends: Vec<FrontendConfig>,
+) -> Result<Vec<portcullis::FrontendSpec>, String> {
+    let mut specs = Vec::with_capacity(frontends.len());
+    for f in frontends {
+        let mount = f.settings.match_path.as_deref().unwrap_or("/");
+        let fallback = f
+            .spa
+            .router_for(&f.settings.settings, mount)
+            .map_err(|e| format!("frontend {}: {e}", f.settings.name))?;
+        specs.push(portcullis::FrontendSpec {
+            fallback,
+            settings: f.settings,
+        });
+    }
+    Ok(specs)
+}
+
+pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<(), String> {
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
-    let gateway = build_gateway(cfg.gateway, &cfg.keys, &cfg.store_url, &cfg.data_dir).await?;
+    let gateway = build_gateway(
+        cfg.gateway,
+        frontend_specs(cfg.frontends)?,
+        &cfg.keys,
+        &cfg.store_url,
+        &cfg.data_dir,
+    )
+    .await?;
     let background = gateway.spawn_background_tasks();
     // Warm the discovery cache; failure is not fatal (the IdP may start after us).
     if let Err(e) = gateway.provider().metadata().await {
@@ -78,6 +111,11 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     if let Some(hash) = &cfg.spa_script_hash {
         tracing::info!(csp_source = %hash, "index.html gets an inline script; a Content-Security-Policy that forbids inline scripts must list this hash in script-src");
     }
+    let reloader = tokio::spawn(reload_on_hangup(
+        gateway.clone(),
+        config_path.to_path_buf(),
+        Restart::of(&cfg.listen, &cfg.store_url, &cfg.keys, &cfg.tls, &cfg.admin),
+    ));
     let mut app = gateway.router(fallback);
     if let Some(cors) = &cfg.cors {
         app = portcullis::cors::Cors::for_gateway(cors, &gateway, &[]).apply(app);
@@ -120,8 +158,102 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     for task in background {
         task.abort();
     }
+    reloader.abort();
     tracing::info!("portcullis stopped");
     Ok(())
+}
+
+/// The settings a reload cannot change (listeners, store, keys, TLS, admin): a changed value
+/// is logged and ignored until the next restart.
+#[derive(PartialEq)]
+struct Restart(String);
+
+impl Restart {
+    fn of(
+        listen: &SocketAddr,
+        store: &str,
+        keys: &KeySource,
+        tls: &Option<(std::path::PathBuf, std::path::PathBuf)>,
+        admin: &Option<crate::config::AdminConfig>,
+    ) -> Self {
+        let keys = match keys {
+            KeySource::File(p) => format!("file {}", p.display()),
+            KeySource::Inline(specs) => specs
+                .iter()
+                .map(|s| s.expose_secret().split(':').next().unwrap_or("").to_owned())
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        let admin = admin.as_ref().map(|a| a.listen);
+        Self(format!("{listen}|{store}|{keys}|{tls:?}|{admin:?}"))
+    }
+}
+
+/// `SIGHUP`: re-read the configuration file and swap in the new frontends and routes. An
+/// invalid file is refused with every error logged; the running configuration stays.
+async fn reload_on_hangup(gateway: Gateway, path: std::path::PathBuf, restart: Restart) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP; configuration reload disabled");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            reload(&gateway, &path, &restart).await;
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (gateway, path, restart);
+    }
+}
+
+async fn reload(gateway: &Gateway, path: &std::path::Path, restart: &Restart) {
+    tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+    let cfg = match crate::config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors {
+                tracing::error!(error = %e, "configuration reload refused");
+            }
+            tracing::error!(
+                errors = errors.len(),
+                "configuration reload refused; the running configuration stays"
+            );
+            return;
+        }
+    };
+    if Restart::of(&cfg.listen, &cfg.store_url, &cfg.keys, &cfg.tls, &cfg.admin) != *restart {
+        tracing::warn!("listen addresses, session store, keys, TLS or admin settings changed: they take effect only after a restart");
+    }
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+    let built = cfg
+        .spa
+        .router_for(&cfg.gateway, "/")
+        .and_then(|fallback| frontend_specs(cfg.frontends).map(|frontends| (fallback, frontends)));
+    let (fallback, frontends) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
+            return;
+        }
+    };
+    let had_fallback = fallback.is_some();
+    match gateway.reload(cfg.gateway, fallback, frontends).await {
+        Ok(()) => {
+            if !had_fallback {
+                tracing::debug!("default frontend keeps its static files");
+            }
+        }
+        Err(errors) => {
+            for e in &errors {
+                tracing::error!(error = %e, "configuration reload refused");
+            }
+        }
+    }
 }
 
 /// `TCP_NODELAY` on an accepted connection. With Nagle's algorithm on, the last small write

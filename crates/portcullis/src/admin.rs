@@ -5,9 +5,12 @@
 //!
 //! | endpoint | purpose |
 //! |---|---|
-//! | `GET /sessions?sub=…[&sid=…]` | a user's sessions (metadata only, never tokens) |
-//! | `DELETE /sessions?sub=…[&sid=…]` | end them; their refresh tokens are revoked |
-//! | `DELETE /sessions/{key}` | end one session by its store key |
+//! | `GET /sessions?sub=…[&sid=…][&frontend=…]` | a user's sessions (metadata only, never tokens) |
+//! | `DELETE /sessions?sub=…[&sid=…][&frontend=…]` | end them; their refresh tokens are revoked |
+//! | `DELETE /sessions/{key}[?frontend=…]` | end one session by its store key |
+//!
+//! Every operation works on one frontend's sessions (its partition): `frontend` names it, the
+//! default (top-level) frontend when absent; an unknown name is a 404.
 //! | `GET /metrics` | Prometheus text, when the binary installed a recorder |
 
 use std::sync::Arc;
@@ -24,6 +27,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::error::GatewayError;
+use crate::frontend::{Frontend, DEFAULT_FRONTEND};
 use crate::Gateway;
 
 /// Renders the current metrics (Prometheus text format).
@@ -40,6 +44,22 @@ struct AdminState {
 struct Selector {
     sub: Option<String>,
     sid: Option<String>,
+    frontend: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FrontendParam {
+    frontend: Option<String>,
+}
+
+/// The frontend named `name` (the default one for `None`); 404 when there is none.
+///
+/// # Errors
+///
+/// [`GatewayError::NotFound`] for an unknown name.
+pub fn frontend(gw: &Gateway, name: Option<&str>) -> Result<Frontend, GatewayError> {
+    gw.frontend(name.unwrap_or(DEFAULT_FRONTEND))
+        .ok_or(GatewayError::NotFound)
 }
 
 /// The admin router. Every request needs `Authorization: Bearer <token>`.
@@ -73,7 +93,7 @@ fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), GatewayError
 ///
 /// Sessions of `sub` and/or `sid` in this gateway's partition: metadata only, never tickets.
 pub async fn list_sessions(
-    gw: &Gateway,
+    gw: &Frontend,
     sub: Option<String>,
     sid: Option<String>,
 ) -> Result<serde_json::Value, GatewayError> {
@@ -94,7 +114,7 @@ pub async fn list_sessions(
 
 /// Ends the sessions of `sub` and/or `sid` and revokes their refresh tokens; returns how many.
 pub async fn end_sessions(
-    gw: &Gateway,
+    gw: &Frontend,
     sub: Option<String>,
     sid: Option<String>,
 ) -> Result<usize, GatewayError> {
@@ -111,7 +131,12 @@ pub async fn end_sessions(
 }
 
 /// Ends one session by store key and revokes its refresh token; `false` if it did not exist.
-pub async fn end_session(gw: &Gateway, key: &str) -> Result<bool, GatewayError> {
+pub async fn end_session(gw: &Frontend, key: &str) -> Result<bool, GatewayError> {
+    // Only a session of this frontend: another frontend's key is "not found" here.
+    match gw.sessions().store().get(key, gw.now()).await? {
+        Some(r) if r.partition == gw.sessions().settings().partition => {}
+        _ => return Ok(false),
+    }
     let Some(record) = gw.sessions().end(key).await? else {
         return Ok(false);
     };
@@ -123,7 +148,7 @@ pub async fn end_session(gw: &Gateway, key: &str) -> Result<bool, GatewayError> 
 }
 
 fn filter(
-    gw: &Gateway,
+    gw: &Frontend,
     sub: Option<String>,
     sid: Option<String>,
 ) -> Result<SessionFilter, GatewayError> {
@@ -143,7 +168,8 @@ async fn list(
     Query(sel): Query<Selector>,
 ) -> Result<Response, GatewayError> {
     authorize(&state, &headers)?;
-    Ok(axum::Json(list_sessions(&state.gateway, sel.sub, sel.sid).await?).into_response())
+    let fe = frontend(&state.gateway, sel.frontend.as_deref())?;
+    Ok(axum::Json(list_sessions(&fe, sel.sub, sel.sid).await?).into_response())
 }
 
 async fn end_matching(
@@ -152,7 +178,8 @@ async fn end_matching(
     Query(sel): Query<Selector>,
 ) -> Result<Response, GatewayError> {
     authorize(&state, &headers)?;
-    let ended = end_sessions(&state.gateway, sel.sub, sel.sid).await?;
+    let fe = frontend(&state.gateway, sel.frontend.as_deref())?;
+    let ended = end_sessions(&fe, sel.sub, sel.sid).await?;
     Ok(axum::Json(json!({ "ended": ended })).into_response())
 }
 
@@ -160,9 +187,11 @@ async fn end_one(
     State(state): State<AdminState>,
     headers: HeaderMap,
     Path(key): Path<String>,
+    Query(sel): Query<FrontendParam>,
 ) -> Result<Response, GatewayError> {
     authorize(&state, &headers)?;
-    match end_session(&state.gateway, &key).await? {
+    let fe = frontend(&state.gateway, sel.frontend.as_deref())?;
+    match end_session(&fe, &key).await? {
         true => Ok(axum::Json(json!({ "ended": 1 })).into_response()),
         false => Err(GatewayError::NotFound),
     }

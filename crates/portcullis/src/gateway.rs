@@ -1,8 +1,11 @@
-//! Assembling the gateway: state shared by all handlers and the request pipeline.
+//! Assembling the gateway: frontend selection, the per-frontend routers, live reload.
 //!
 //! ```text
-//!                    ┌─────────────── Router ───────────────┐
-//! browser ──HTTP──▶  │ /healthz /readyz                     │
+//! browser ──HTTP──▶ /healthz /readyz (any host)
+//!                   known Host? (public URL, frontends' match_host, allowed_hosts) ── no ─▶ 421
+//!                   select the frontend (host map, then path prefixes; else the default)
+//!                   strip its path prefix ─▶ the frontend's router (state: its `Frontend`):
+//!                    ┌──────────────────────────────────────┐
 //!                    │ {base}/login ──▶ IdP (302)           │
 //!                    │ {callback}  ──▶ code exchange, ID token → session + cookie
 //!                    │ {base}/user  [anti-forgery] ─▶ cookie → session → claims
@@ -16,58 +19,100 @@
 //! Every proxied route goes through [`api`], which checks anti-forgery before anything else;
 //! the only way around it is a route whose settings say `anti_forgery: false`, which the
 //! configuration calls out loudly.
+//!
+//! The frontends and their routers are compiled into an immutable snapshot held in an
+//! [`ArcSwap`]: a request loads it once; [`Gateway::reload`] compiles a new one (keeping the
+//! token caches of frontends that did not change and the providers of issuers still in use)
+//! and swaps it in. Requests in flight finish on the snapshot they started with; sessions live
+//! in the store and are untouched.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use portcullis_session::SessionStore;
 use portcullis_token::{ManagedToken, SharedClock};
+use tower::ServiceExt;
 use tracing::field::Empty;
 use tracing::Instrument as _;
 
 use crate::bff;
 use crate::csrf;
 use crate::error::GatewayError;
+use crate::frontend::{Frontend, FrontendSettings, Selector, Shared, DEFAULT_FRONTEND};
 use crate::log_safe::untrusted;
 use crate::oidc::Provider;
-use crate::proxy::{ForwardContext, Forwarder, Route, RouteTable};
+use crate::proxy::{ForwardContext, Route};
 use crate::session::{ActiveSession, KeyRing, Lookup, Sessions};
 use crate::settings::{GatewaySettings, TokenPolicy};
 use crate::token::{TokenFailure, TokenService};
 
-/// The gateway: cheap to clone, shared by every handler.
+/// The gateway: cheap to clone, shared by every connection. Holds the current configuration
+/// snapshot (one [`Frontend`] per frontend) and what frontends share.
 #[derive(Clone)]
 pub struct Gateway {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    settings: Arc<GatewaySettings>,
-    sessions: Sessions,
-    provider: Arc<Provider>,
-    tokens: TokenService,
-    forwarder: Forwarder,
-    routes: RouteTable,
-    clock: SharedClock,
-    redirect_uri: String,
-    signed_out_uri: String,
-    home: String,
-    logout_path: String,
-    silent_callback_path: String,
-    public_host: String,
-    own_cookie_names: Vec<String>,
+    shared: Shared,
+    snapshot: ArcSwap<Snapshot>,
+    /// The default frontend's fallback and local APIs, kept across reloads.
+    extras: std::sync::Mutex<DefaultExtras>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct DefaultExtras {
+    fallback: Option<Router>,
+    local_apis: Vec<(String, Router)>,
+}
+
+/// A configured frontend and what serves its static files (the router every request of the
+/// frontend that no management endpoint or route takes goes to; `None` answers 404).
+#[derive(Debug)]
+pub struct FrontendSpec {
+    /// Selection criteria and settings.
+    pub settings: FrontendSettings,
+    /// The frontend's static part (paths relative to its prefix), e.g.
+    /// [`Spa::router`](crate::spa::Spa::router).
+    pub fallback: Option<Router>,
+}
+
+/// An immutable compiled configuration.
+struct Snapshot {
+    /// Index 0 is the default frontend.
+    frontends: Vec<Compiled>,
+    selector: Arc<Selector>,
+    trust_forwarded: bool,
+}
+
+struct Compiled {
+    frontend: Frontend,
+    router: Router,
+    fallback: Option<Router>,
 }
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let snap = self.inner.snapshot.load();
         f.debug_struct("Gateway")
-            .field("settings", &self.inner.settings)
+            .field(
+                "frontends",
+                &snap
+                    .frontends
+                    .iter()
+                    .map(|c| c.frontend.name())
+                    .collect::<Vec<_>>(),
+            )
+            .field("settings", &snap.frontends[0].frontend.settings())
             .finish_non_exhaustive()
     }
 }
@@ -78,9 +123,9 @@ pub fn join_path(base: &str, path: &str) -> String {
 }
 
 impl Gateway {
-    /// Builds a gateway from validated settings, a session store, the ticket key ring and a
-    /// clock. Does no I/O: the IdP's discovery document and keys are fetched lazily on first
-    /// use, so a gateway can start while the IdP is down.
+    /// Builds a gateway with one (the default) frontend from validated settings, a session
+    /// store, the ticket key ring and a clock. Does no I/O: the IdP's discovery document and
+    /// keys are fetched lazily on first use, so a gateway can start while the IdP is down.
     ///
     /// Call [`router`](Self::router) to serve it and
     /// [`spawn_background_tasks`](Self::spawn_background_tasks) to start cleanup and cache
@@ -97,202 +142,427 @@ impl Gateway {
         keys: KeyRing,
         clock: SharedClock,
     ) -> Result<Self, String> {
-        let settings = Arc::new(settings);
-        let http = reqwest::Client::builder()
-            .timeout(settings.oidc.http_timeout)
-            .connect_timeout(std::time::Duration::from_secs(5))
-            // Close idle IdP connections before the IdP does: Node's and Apache's default
-            // keep-alive is 5 s, and a token request sent on a connection the server is just
-            // closing fails with "connection reset" (seen as a failed login after 6 s idle).
-            .pool_idle_timeout(std::time::Duration::from_secs(4))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
-        let sessions = Sessions::new(
-            store,
-            Arc::new(keys),
-            clock.clone(),
-            settings.session.clone(),
-            settings.cookies.clone(),
-        );
-        let provider = Arc::new(Provider::new(
-            settings.oidc.issuer.clone(),
-            http.clone(),
-            clock.clone(),
-        ));
-        let tokens = TokenService::new(
-            provider.clone(),
-            settings.clone(),
-            sessions.clone(),
-            http,
-            clock.clone(),
-        );
-        let public = &settings.public_url;
-        let origin = public.origin().ascii_serialization();
-        let public_host = match public.port() {
-            Some(p) => format!("{}:{p}", public.host_str().unwrap_or_default()),
-            None => public.host_str().unwrap_or_default().to_owned(),
-        };
-        let home = match public.path() {
-            "" => "/".to_owned(),
-            p => p.to_owned(),
-        };
-        let own_cookie_names = vec![settings.cookies.session_name().to_owned()];
+        Self::with_frontends(settings, Vec::new(), store, keys, clock)
+    }
+
+    /// Like [`new`](Self::new), with more frontends besides the default one (see
+    /// [`crate::frontend`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new), and every problem [`crate::frontend::validate`] finds, joined
+    /// by `"; "`.
+    pub fn with_frontends(
+        settings: GatewaySettings,
+        frontends: Vec<FrontendSpec>,
+        store: Arc<dyn SessionStore>,
+        keys: KeyRing,
+        clock: SharedClock,
+    ) -> Result<Self, String> {
+        let shared = Shared::new(store, keys, clock, &settings)?;
+        let snapshot =
+            compile(&shared, None, settings, None, &[], frontends).map_err(|e| e.join("; "))?;
         Ok(Self {
             inner: Arc::new(Inner {
-                redirect_uri: format!("{origin}{}", settings.callback_path),
-                signed_out_uri: format!("{origin}{}", settings.signed_out_callback_path),
-                logout_path: join_path(&settings.base_path, "/logout"),
-                silent_callback_path: join_path(&settings.base_path, "/silent-login-callback"),
-                home,
-                public_host,
-                own_cookie_names,
-                routes: RouteTable::new(settings.routes.clone()),
-                forwarder: Forwarder::new()?,
-                settings,
-                sessions,
-                provider,
-                tokens,
-                clock,
+                shared,
+                snapshot: ArcSwap::from_pointee(snapshot),
+                extras: std::sync::Mutex::new(DefaultExtras::default()),
+                reloading: tokio::sync::Mutex::new(()),
             }),
         })
     }
 
-    /// The settings the gateway was built with.
-    pub fn settings(&self) -> &GatewaySettings {
-        &self.inner.settings
+    /// Replaces the configuration: the default frontend's settings, its fallback (`None`
+    /// keeps the one given to [`router`](Self::router)) and the other frontends. Frontends
+    /// whose settings did not change keep their token caches; sessions and connections are
+    /// untouched. Store, key ring and clock stay those the gateway was built with.
+    ///
+    /// # Errors
+    ///
+    /// Every problem [`crate::frontend::validate`] finds; the running configuration is then
+    /// kept as it was.
+    pub async fn reload(
+        &self,
+        settings: GatewaySettings,
+        default_fallback: Option<Router>,
+        frontends: Vec<FrontendSpec>,
+    ) -> Result<(), Vec<String>> {
+        let _one = self.inner.reloading.lock().await;
+        let previous = self.inner.snapshot.load_full();
+        let (fallback, local_apis) = {
+            let extras = self.extras();
+            if default_fallback.is_some() {
+                (default_fallback, extras.local_apis.clone())
+            } else {
+                (extras.fallback.clone(), extras.local_apis.clone())
+            }
+        };
+        if let Some(f) = &fallback {
+            self.extras().fallback = Some(f.clone());
+        }
+        let next = compile(
+            &self.inner.shared,
+            Some(&previous),
+            settings,
+            fallback,
+            &local_apis,
+            frontends,
+        )?;
+        let issuers: std::collections::HashSet<&str> = next
+            .frontends
+            .iter()
+            .map(|c| c.frontend.settings().oidc.issuer.as_str())
+            .collect();
+        self.inner.shared.retain_providers(&issuers);
+        tracing::info!(frontends = next.frontends.len(), "configuration reloaded");
+        self.inner.snapshot.store(Arc::new(next));
+        Ok(())
     }
-    /// The session manager (store, key ring, cache).
-    pub fn sessions(&self) -> &Sessions {
-        &self.inner.sessions
+
+    fn extras(&self) -> std::sync::MutexGuard<'_, DefaultExtras> {
+        self.inner
+            .extras
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-    /// The OpenID Provider client (discovery and JWKS, cached).
-    pub fn provider(&self) -> &Provider {
-        &self.inner.provider
+
+    /// The default (top-level) frontend of the current configuration.
+    pub fn default_frontend(&self) -> Frontend {
+        self.inner.snapshot.load().frontends[0].frontend.clone()
     }
-    /// Token management: user tokens (refresh), client-credentials and exchanged tokens.
-    pub fn tokens(&self) -> &TokenService {
-        &self.inner.tokens
+
+    /// The frontend named `name` ([`DEFAULT_FRONTEND`] for the top-level one) in the current
+    /// configuration.
+    pub fn frontend(&self, name: &str) -> Option<Frontend> {
+        self.inner
+            .snapshot
+            .load()
+            .frontends
+            .iter()
+            .find(|c| c.frontend.name() == name)
+            .map(|c| c.frontend.clone())
+    }
+
+    /// Every frontend of the current configuration, the default one first.
+    pub fn frontends(&self) -> Vec<Frontend> {
+        self.inner
+            .snapshot
+            .load()
+            .frontends
+            .iter()
+            .map(|c| c.frontend.clone())
+            .collect()
+    }
+
+    /// The default frontend's settings.
+    pub fn settings(&self) -> Arc<GatewaySettings> {
+        self.default_frontend().settings_arc()
+    }
+    /// The default frontend's session manager (store, key ring, cache).
+    pub fn sessions(&self) -> Sessions {
+        self.default_frontend().sessions().clone()
+    }
+    /// The default frontend's OpenID Provider client (discovery and JWKS, cached).
+    pub fn provider(&self) -> Arc<Provider> {
+        self.default_frontend().provider_arc()
+    }
+    /// The default frontend's token management.
+    pub fn tokens(&self) -> Arc<TokenService> {
+        self.default_frontend().tokens_arc()
     }
     /// Current time from the gateway's clock, seconds since the Unix epoch.
     pub fn now(&self) -> i64 {
-        self.inner.clock.now_unix()
-    }
-    /// The OIDC `redirect_uri`: public origin + [`GatewaySettings::callback_path`].
-    pub fn redirect_uri(&self) -> &str {
-        &self.inner.redirect_uri
-    }
-    /// The post-logout redirect URI: public origin + [`GatewaySettings::signed_out_callback_path`].
-    pub fn signed_out_uri(&self) -> &str {
-        &self.inner.signed_out_uri
-    }
-    /// Where the browser goes after login/logout by default: the path of the public URL (`/`
-    /// when it has none).
-    pub fn home(&self) -> &str {
-        &self.inner.home
-    }
-    /// Path of the logout endpoint (`{base_path}/logout`).
-    pub fn logout_path(&self) -> &str {
-        &self.inner.logout_path
-    }
-    /// Path of the silent-login callback (`{base_path}/silent-login-callback`).
-    pub fn silent_callback_path(&self) -> &str {
-        &self.inner.silent_callback_path
-    }
-    /// Lifetime of a pending login in seconds ([`SessionSettings::login_timeout`](crate::settings::SessionSettings::login_timeout); 600 if it
-    /// does not fit an `i64`).
-    pub fn login_timeout_secs(&self) -> i64 {
-        i64::try_from(self.inner.settings.session.login_timeout.as_secs()).unwrap_or(600)
+        self.inner.shared.clock.now_unix()
     }
 
     /// Starts the background work a running gateway needs: periodic cleanup of expired
     /// sessions and, for shared stores, the listener that keeps the session cache coherent
     /// across instances. Abort the handles to stop them.
     pub fn spawn_background_tasks(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut tasks = vec![self.sessions().spawn_cleanup()];
-        tasks.extend(self.sessions().spawn_invalidation_listener());
+        let sessions = &self.inner.shared.base_sessions;
+        let mut tasks = vec![sessions.spawn_cleanup()];
+        tasks.extend(sessions.spawn_invalidation_listener());
         tasks
     }
 
-    /// The full router. `fallback` serves everything that is not a management endpoint or
-    /// an API route (typically the SPA's static files); `None` answers 404.
+    /// The full router. `fallback` serves everything of the default frontend that is not a
+    /// management endpoint or an API route (typically the SPA's static files); `None` answers
+    /// 404. Other frontends bring their own (see [`FrontendSpec`]).
     pub fn router(&self, fallback: Option<Router>) -> Router {
         self.router_with_local_apis(fallback, Vec::new())
     }
 
-    /// The full router plus local API routers (handlers in this process), each nested under
-    /// its path prefix and protected like proxied routes: anti-forgery on every request,
-    /// 401 (never a redirect) for anonymous callers that use [`crate::local_api::CurrentUser`].
+    /// The full router plus local API routers of the default frontend (handlers in this
+    /// process), each nested under its path prefix and protected like proxied routes:
+    /// anti-forgery on every request, 401 (never a redirect) for anonymous callers that use
+    /// [`crate::local_api::CurrentUser`].
     pub fn router_with_local_apis(
         &self,
         fallback: Option<Router>,
         local_apis: Vec<(String, Router)>,
     ) -> Router {
-        let s = self.settings();
-        let base = &s.base_path;
-        let mut router = Router::new()
+        {
+            let mut extras = self.extras();
+            extras.fallback = fallback.clone();
+            extras.local_apis = local_apis.clone();
+        }
+        // Rebuild the default frontend's router with its fallback and local APIs.
+        let current = self.inner.snapshot.load_full();
+        let default = &current.frontends[0];
+        let mut frontends: Vec<Compiled> = current
+            .frontends
+            .iter()
+            .map(|c| Compiled {
+                frontend: c.frontend.clone(),
+                router: c.router.clone(),
+                fallback: c.fallback.clone(),
+            })
+            .collect();
+        frontends[0] = Compiled {
+            router: frontend_router(&default.frontend, fallback.clone(), &local_apis),
+            frontend: default.frontend.clone(),
+            fallback,
+        };
+        self.inner.snapshot.store(Arc::new(Snapshot {
+            frontends,
+            selector: current.selector.clone(),
+            trust_forwarded: current.trust_forwarded,
+        }));
+        Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
-            .route(&join_path(base, "/login"), get(bff::login::login))
-            .route(
-                &s.callback_path,
-                get(bff::callback::callback_get).post(bff::callback::callback_post),
-            )
-            .route(&join_path(base, "/user"), get(bff::user::user))
-            .route(&join_path(base, "/logout"), get(bff::logout::logout))
-            .route(&s.signed_out_callback_path, get(bff::logout::signed_out))
-            .route(
-                &join_path(base, "/silent-login"),
-                get(bff::login::silent_login),
-            )
-            .route(
-                &join_path(base, "/silent-login-callback"),
-                get(bff::silent::silent_login_callback),
-            )
-            .route(
-                &join_path(base, "/backchannel"),
-                axum::routing::post(bff::backchannel::backchannel),
-            )
-            .route(
-                &join_path(base, "/diagnostics"),
-                get(bff::diagnostics::diagnostics),
-            )
-            .route(
-                &join_path(base, "/client.js"),
-                get(bff::client_js::client_js),
-            );
-        for route in self.inner.routes.routes() {
-            let path = &route.settings.path;
-            // The prefix itself, the prefix with a trailing slash (`{*rest}` needs at least
-            // one character) and everything below it.
-            for pattern in [
-                path.clone(),
-                format!("{path}/"),
-                format!("{path}/{{*rest}}"),
-            ] {
-                let r = route.clone();
-                router = router.route(&pattern, any(move |state, req| api(state, r.clone(), req)));
+            .fallback(dispatch)
+            .with_state(self.clone())
+    }
+}
+
+/// Compiles a configuration into a snapshot, or lists every problem.
+fn compile(
+    shared: &Shared,
+    previous: Option<&Snapshot>,
+    default: GatewaySettings,
+    default_fallback: Option<Router>,
+    local_apis: &[(String, Router)],
+    frontends: Vec<FrontendSpec>,
+) -> Result<Snapshot, Vec<String>> {
+    let settings: Vec<FrontendSettings> = frontends.iter().map(|f| f.settings.clone()).collect();
+    let errors = crate::frontend::validate(&default, &settings);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let own_cookie_names: Arc<[String]> = std::iter::once(default.cookies.session_name())
+        .chain(settings.iter().map(|f| f.settings.cookies.session_name()))
+        .map(str::to_owned)
+        .collect();
+    let mut known_hosts: Vec<String> = default.allowed_hosts.clone();
+    if let Some(h) = default.public_url.host_str() {
+        known_hosts.push(h.to_owned());
+    }
+    let mut criteria = vec![(None, None)];
+    criteria.extend(
+        settings
+            .iter()
+            .map(|f| (f.match_host.clone(), f.match_path.clone())),
+    );
+    let selector = Arc::new(Selector::new(&criteria, 0, &known_hosts));
+    let trust_forwarded = default.trust_forwarded_headers;
+    let find_previous = |name: &str| {
+        previous.and_then(|p| {
+            p.frontends
+                .iter()
+                .find(|c| c.frontend.name() == name)
+                .map(|c| &c.frontend)
+        })
+    };
+    let default_frontend = Frontend::build(
+        shared,
+        DEFAULT_FRONTEND,
+        None,
+        None,
+        default,
+        own_cookie_names.clone(),
+        find_previous(DEFAULT_FRONTEND),
+    );
+    let mut compiled = vec![Compiled {
+        router: frontend_router(&default_frontend, default_fallback.clone(), local_apis),
+        frontend: default_frontend,
+        fallback: default_fallback,
+    }];
+    for spec in frontends {
+        let f = spec.settings;
+        let frontend = Frontend::build(
+            shared,
+            &f.name,
+            f.match_host.as_deref(),
+            f.match_path.as_deref(),
+            f.settings,
+            own_cookie_names.clone(),
+            find_previous(&f.name),
+        );
+        compiled.push(Compiled {
+            router: frontend_router(&frontend, spec.fallback.clone(), &[]),
+            frontend,
+            fallback: spec.fallback,
+        });
+    }
+    Ok(Snapshot {
+        frontends: compiled,
+        selector,
+        trust_forwarded,
+    })
+}
+
+/// One frontend's router: management endpoints, API routes, local APIs, fallback. Paths are
+/// relative to the frontend's prefix (the dispatcher strips it).
+fn frontend_router(
+    fe: &Frontend,
+    fallback: Option<Router>,
+    local_apis: &[(String, Router)],
+) -> Router {
+    let s = fe.settings();
+    let base = &s.base_path;
+    let mut router = Router::new()
+        .route(&join_path(base, "/login"), get(bff::login::login))
+        .route(
+            &s.callback_path,
+            get(bff::callback::callback_get).post(bff::callback::callback_post),
+        )
+        .route(&join_path(base, "/user"), get(bff::user::user))
+        .route(&join_path(base, "/logout"), get(bff::logout::logout))
+        .route(&s.signed_out_callback_path, get(bff::logout::signed_out))
+        .route(
+            &join_path(base, "/silent-login"),
+            get(bff::login::silent_login),
+        )
+        .route(
+            &join_path(base, "/silent-login-callback"),
+            get(bff::silent::silent_login_callback),
+        )
+        .route(
+            &join_path(base, "/backchannel"),
+            axum::routing::post(bff::backchannel::backchannel),
+        )
+        .route(
+            &join_path(base, "/diagnostics"),
+            get(bff::diagnostics::diagnostics),
+        )
+        .route(
+            &join_path(base, "/client.js"),
+            get(bff::client_js::client_js),
+        );
+    for route in fe.routes().routes() {
+        let path = &route.settings.path;
+        // The prefix itself, the prefix with a trailing slash (`{*rest}` needs at least
+        // one character) and everything below it.
+        for pattern in [
+            path.clone(),
+            format!("{path}/"),
+            format!("{path}/{{*rest}}"),
+        ] {
+            let r = route.clone();
+            router = router.route(&pattern, any(move |state, req| api(state, r.clone(), req)));
+        }
+    }
+    let router = match fallback {
+        Some(f) => router.fallback_service(f),
+        None => router.fallback(|| async { StatusCode::NOT_FOUND }),
+    };
+    let mut router = router.with_state(fe.clone());
+    for (prefix, local) in local_apis {
+        router = router.nest(prefix, crate::local_api::protect(fe, local.clone()));
+    }
+    // Failed browser navigations get an HTML page (see `error`), whoever failed.
+    let anti_forgery_header = s.anti_forgery.header_name().clone();
+    router.layer(axum::middleware::from_fn(move |request, next| {
+        crate::error::render_for_navigations(anti_forgery_header.clone(), request, next)
+    }))
+}
+
+/// Known-host check, frontend selection and path mapping; then the frontend's router.
+async fn dispatch(State(gw): State<Gateway>, mut request: Request) -> Response {
+    let (router, prefix_len) = {
+        let snap = gw.inner.snapshot.load();
+        let headers = request.headers();
+        let mut hosts = headers.get_all(header::HOST).iter();
+        let (first, second) = (hosts.next(), hosts.next());
+        if second.is_some() {
+            // RFC 9112 §3.2: never let the gateway and an upstream pick different ones.
+            return GatewayError::bad_param("Host", "more than one Host header").into_response();
+        }
+        let mut host = match first.map(HeaderValue::to_str) {
+            Some(Ok(h)) => Some(h),
+            Some(Err(_)) => {
+                return GatewayError::bad_param("Host", "not a host name").into_response()
+            }
+            None => None,
+        };
+        if snap.trust_forwarded {
+            // The nearest (trusted) proxy's value is the last one.
+            if let Some(fwd) = headers
+                .get_all("x-forwarded-host")
+                .iter()
+                .next_back()
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+            {
+                host = Some(fwd);
             }
         }
-        let router = match fallback {
-            Some(f) => router.fallback_service(f),
-            None => router.fallback(|| async { StatusCode::NOT_FOUND }),
-        };
-        let mut router = router.with_state(self.clone());
-        for (prefix, local) in local_apis {
-            router = router.nest(&prefix, crate::local_api::protect(self, local));
+        // HTTP/2 carries the host in `:authority`. A request naming no host at all cannot
+        // come from a browser (the rebinding attack needs one); it gets the default frontend.
+        let host = host.or_else(|| request.uri().authority().map(|a| a.as_str()));
+        if let Some(h) = host {
+            if !snap.selector.is_known(h) {
+                tracing::info!(host = %untrusted(h), "request for an unknown host refused");
+                return (StatusCode::MISDIRECTED_REQUEST, "unknown host").into_response();
+            }
         }
-        // Failed browser navigations get an HTML page (see `error`), whoever failed.
-        let anti_forgery_header = s.anti_forgery.header_name().clone();
-        router.layer(axum::middleware::from_fn(move |request, next| {
-            crate::error::render_for_navigations(anti_forgery_header.clone(), request, next)
-        }))
+        let (index, prefix) = snap.selector.select(host, request.uri().path());
+        (
+            snap.frontends[index].router.clone(),
+            prefix.map_or(0, str::len),
+        )
+    };
+    if prefix_len > 0 {
+        let uri = request.uri();
+        let rest = &uri.path()[prefix_len..];
+        if rest.is_empty() && matches!(*request.method(), Method::GET | Method::HEAD) {
+            // `/admin` → `/admin/`, so the SPA's relative URLs resolve inside the frontend.
+            let to = match uri.query() {
+                Some(q) => format!("{}/?{q}", uri.path()),
+                None => format!("{}/", uri.path()),
+            };
+            let mut r = StatusCode::PERMANENT_REDIRECT.into_response();
+            if let Ok(v) = HeaderValue::from_str(&to) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            return r;
+        }
+        let rest = if rest.is_empty() { "/" } else { rest };
+        let pq = match uri.query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest.to_owned(),
+        };
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query = match pq.parse() {
+            Ok(pq) => Some(pq),
+            Err(_) => return GatewayError::BadRequestTarget.into_response(),
+        };
+        match Uri::from_parts(parts) {
+            Ok(u) => *request.uri_mut() = u,
+            Err(_) => return GatewayError::BadRequestTarget.into_response(),
+        }
+    }
+    match router.oneshot(request).await {
+        Ok(r) => r,
+        Err(never) => match never {},
     }
 }
 
 async fn readyz(State(gw): State<Gateway>) -> Response {
-    match gw.sessions().store().ping().await {
+    match gw.inner.shared.base_sessions.store().ping().await {
         Ok(()) => "ready".into_response(),
         Err(e) => {
             tracing::warn!(error = %untrusted(&e.to_string()), "readiness check: session store unavailable");
@@ -306,7 +576,7 @@ async fn readyz(State(gw): State<Gateway>) -> Response {
 /// The peer address comes from `ConnectInfo` when the server provides it; a router served
 /// without it (in-process, or by a library user's own server) still works, only without
 /// `X-Forwarded-For`.
-async fn api(State(gw): State<Gateway>, route: Arc<Route>, request: Request) -> Response {
+async fn api(State(gw): State<Frontend>, route: Arc<Route>, request: Request) -> Response {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -318,7 +588,7 @@ async fn api(State(gw): State<Gateway>, route: Arc<Route>, request: Request) -> 
 }
 
 async fn api_inner(
-    gw: &Gateway,
+    gw: &Frontend,
     peer: Option<SocketAddr>,
     route: &Route,
     request: Request,
@@ -342,7 +612,7 @@ async fn api_inner(
     let upgrade = csrf::is_websocket_upgrade(headers);
     if upgrade && route.settings.anti_forgery {
         if s.websocket_origins.is_empty() {
-            csrf::check_websocket_origin(headers, &[s.public_url.origin().ascii_serialization()])?;
+            csrf::check_websocket_origin(headers, &[gw.origin().to_owned()])?;
         } else {
             csrf::check_websocket_origin(headers, &s.websocket_origins)?;
         }
@@ -465,13 +735,13 @@ async fn api_inner(
     let ctx = ForwardContext {
         client_addr: peer,
         public_proto: s.public_url.scheme(),
-        public_host: &gw.inner.public_host,
+        public_host: gw.public_host(),
         trust_forwarded: s.trust_forwarded_headers,
-        own_cookie_names: &gw.inner.own_cookie_names,
+        own_cookie_names: gw.own_cookie_names(),
     };
     let (parts, body) = request.into_parts();
     let request = http::Request::from_parts(parts, Body::new(body));
-    let forwarder = &gw.inner.forwarder;
+    let forwarder = gw.forwarder();
     let upstream_span = upstream_span(route);
     let started = std::time::Instant::now();
     let response = if upgrade {
@@ -511,7 +781,7 @@ fn upstream_span(route: &Route) -> tracing::Span {
 /// The session can get no more tokens (`invalid_grant`, no refresh token): end it, 401, and
 /// clear the cookie.
 async fn end_session(
-    gw: &Gateway,
+    gw: &Frontend,
     session: &ActiveSession,
     reason: &str,
 ) -> Result<Response, GatewayError> {
@@ -521,7 +791,7 @@ async fn end_session(
     Ok(with_clear(gw, r, true))
 }
 
-fn with_clear(gw: &Gateway, mut r: Response, clear: bool) -> Response {
+fn with_clear(gw: &Frontend, mut r: Response, clear: bool) -> Response {
     if clear {
         r.headers_mut().append(
             header::SET_COOKIE,

@@ -43,6 +43,7 @@ pub mod cookie;
 pub mod cors;
 pub mod csrf;
 pub mod error;
+pub mod frontend;
 mod gateway;
 pub mod local_api;
 pub mod log_safe;
@@ -56,6 +57,7 @@ pub mod spa;
 pub mod telemetry;
 pub mod token;
 
-pub use gateway::{join_path, Gateway};
+pub use frontend::{Frontend, FrontendSettings};
+pub use gateway::{join_path, FrontendSpec, Gateway};
 pub use portcullis_session as store;
 pub use portcullis_token as tokens;

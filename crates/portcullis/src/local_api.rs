@@ -30,8 +30,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 
 use crate::error::GatewayError;
+use crate::frontend::Frontend;
 use crate::session::{ActiveSession, Claim, Lookup};
-use crate::Gateway;
 
 /// The logged-in user of a local API request.
 #[derive(Debug, Clone)]
@@ -58,7 +58,7 @@ impl<S: Send + Sync> FromRequestParts<S> for CurrentUser {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let gw = parts.extensions.get::<Gateway>().cloned().ok_or_else(|| {
+        let gw = parts.extensions.get::<Frontend>().cloned().ok_or_else(|| {
             GatewayError::Internal("CurrentUser used outside a local API".into()).into_response()
         })?;
         match gw
@@ -77,7 +77,7 @@ impl<S: Send + Sync> FromRequestParts<S> for CurrentUser {
 
 /// Wraps a local API router: anti-forgery on every request, and the gateway available to
 /// the [`CurrentUser`] extractor.
-pub(crate) fn protect(gateway: &Gateway, router: Router) -> Router {
+pub(crate) fn protect(gateway: &Frontend, router: Router) -> Router {
     let gw = gateway.clone();
     router.layer(axum::middleware::from_fn(
         move |mut req: Request, next: Next| {

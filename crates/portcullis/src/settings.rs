@@ -44,6 +44,10 @@ pub struct GatewaySettings {
     /// Origins allowed to open WebSocket connections through API routes. Defaults to the
     /// public origin.
     pub websocket_origins: Vec<String>,
+    /// Host names (`host` or `host:port`) requests may name besides the public URL's host and
+    /// the frontends' `match_host`; any other `Host` is answered 421 before anything runs (a
+    /// DNS-rebinding defence). Empty by default.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// The OpenID Provider (issuer) and how this gateway authenticates to it as an OAuth 2.0

@@ -52,6 +52,7 @@ async fn gateway() -> Gateway {
         diagnostics: false,
         trust_forwarded_headers: false,
         websocket_origins: Vec::new(),
+        allowed_hosts: Vec::new(),
     };
     let store = portcullis_session::connect("memory").await.unwrap();
     let keys = KeyRing::new(vec![Key::parse(&Key::generate_spec("t")).unwrap()]).unwrap();

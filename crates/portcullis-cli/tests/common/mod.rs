@@ -230,9 +230,12 @@ pub struct Idp {
 
 impl Idp {
     pub async fn start(gateway_origins: &[String], opts: IdpOptions) -> Idp {
-        check_node_modules();
-        let dir = temp_dir("idp");
-        let clients: Vec<Value> = vec![json!({
+        Self::start_clients(vec![Self::default_client(gateway_origins)], opts).await
+    }
+
+    /// The gateway's client (`spa-bff`) registered for these gateway origins.
+    pub fn default_client(gateway_origins: &[String]) -> Value {
+        json!({
             "client_id": CLIENT_ID,
             "client_secret": CLIENT_SECRET,
             "redirect_uris": gateway_origins.iter().map(|o| format!("{o}/signin-oidc")).collect::<Vec<_>>(),
@@ -240,13 +243,23 @@ impl Idp {
             "backchannel_logout_uri": format!("{}/bff/backchannel", gateway_origins[0]),
             "backchannel_logout_session_required": true,
             "token_endpoint_auth_method": "client_secret_basic",
-            "grant_types": if opts.refresh_tokens {
-                json!(["authorization_code", "refresh_token", "client_credentials"])
-            } else {
-                json!(["authorization_code", "client_credentials"])
-            },
+            "grant_types": ["authorization_code", "refresh_token", "client_credentials"],
             "scope": "openid profile email offline_access api api.read api.write",
-        })];
+        })
+    }
+
+    /// An IdP holding these clients (oidc-provider client metadata, see testing/idp/README.md).
+    pub async fn start_clients(mut clients: Vec<Value>, opts: IdpOptions) -> Idp {
+        check_node_modules();
+        if !opts.refresh_tokens {
+            // No client may use the refresh-token grant (the IdP then issues none).
+            for c in &mut clients {
+                if let Some(Value::Array(grants)) = c.get_mut("grant_types") {
+                    grants.retain(|g| g != "refresh_token");
+                }
+            }
+        }
+        let dir = temp_dir("idp");
         let mut config = json!({
             "clients": clients,
             "access_token_ttl": opts.access_token_ttl,
@@ -392,6 +405,11 @@ pub struct Api {
 
 impl Api {
     pub async fn start(issuer: &str) -> Api {
+        Self::start_for(issuer, "urn:portcullis:api").await
+    }
+
+    /// An API that accepts only access tokens for `audience`.
+    pub async fn start_for(issuer: &str, audience: &str) -> Api {
         check_node_modules();
         let mut cmd = Command::new("node");
         cmd.current_dir(repo_root()).args([
@@ -401,7 +419,7 @@ impl Api {
             "--issuer",
             issuer,
             "--audience",
-            "urn:portcullis:api",
+            audience,
         ]);
         let proc = Proc::spawn("api", cmd).await;
         let port = proc.ready["port"].as_u64().expect("port in READY");

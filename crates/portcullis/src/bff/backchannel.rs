@@ -20,14 +20,14 @@ use axum::response::{IntoResponse, Response};
 
 use super::parse_params;
 use crate::error::GatewayError;
-use crate::gateway::Gateway;
+use crate::frontend::Frontend;
 use crate::oidc::logout_token::{self, Expectations};
 
 /// Handler of `POST {base}/backchannel` (OIDC Back-Channel Logout 1.0 §2.5): `200` when the
 /// logout token is valid and its sessions ended, `400` with an empty body when it is
 /// invalid; other failures (store or IdP unavailable) keep their usual status, typically
 /// `503`, so the IdP may retry.
-pub async fn backchannel(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn backchannel(State(gw): State<Frontend>, headers: HeaderMap, body: Bytes) -> Response {
     let mut r = match handle(&gw, &headers, &body).await {
         Ok(()) => StatusCode::OK.into_response(),
         Err(e) if e.status() == StatusCode::BAD_REQUEST => {
@@ -45,7 +45,7 @@ pub async fn backchannel(State(gw): State<Gateway>, headers: HeaderMap, body: By
     r
 }
 
-async fn handle(gw: &Gateway, headers: &HeaderMap, body: &[u8]) -> Result<(), GatewayError> {
+async fn handle(gw: &Frontend, headers: &HeaderMap, body: &[u8]) -> Result<(), GatewayError> {
     let mut content_types = headers.get_all(header::CONTENT_TYPE).iter();
     let is_form = match (content_types.next(), content_types.next()) {
         (Some(v), None) => v.to_str().is_ok_and(is_form_media_type),
@@ -272,6 +272,7 @@ mod store_failure_tests {
             diagnostics: false,
             trust_forwarded_headers: false,
             websocket_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
         }
     }
 

@@ -22,7 +22,7 @@ use serde_json::Value;
 use super::login::open_tx;
 use super::{parse_params, redirect};
 use crate::error::GatewayError;
-use crate::gateway::Gateway;
+use crate::frontend::Frontend;
 use crate::log_safe::untrusted;
 use crate::oidc::id_token::{self, Expectations, PROTOCOL_CLAIMS};
 use crate::session::{Claim, Lookup, Ticket};
@@ -49,7 +49,7 @@ const SINGLES: [&str; 6] = [
 /// `GET` on the redirect URI (`response_mode=query`): finishes the login from the query
 /// string. See the module docs for the order of checks. Errors become responses here.
 pub async fn callback_get(
-    State(gw): State<Gateway>,
+    State(gw): State<Frontend>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
@@ -58,11 +58,15 @@ pub async fn callback_get(
 
 /// `POST` on the redirect URI (`response_mode=form_post`): finishes the login from the
 /// `application/x-www-form-urlencoded` body.
-pub async fn callback_post(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn callback_post(
+    State(gw): State<Frontend>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     finish(gw, &body, headers).await
 }
 
-async fn finish(gw: Gateway, raw: &[u8], headers: HeaderMap) -> Response {
+async fn finish(gw: Frontend, raw: &[u8], headers: HeaderMap) -> Response {
     let params = match parse_params(raw, &SINGLES) {
         Ok(p) => p,
         Err(_) => {
@@ -161,7 +165,7 @@ async fn finish(gw: Gateway, raw: &[u8], headers: HeaderMap) -> Response {
 }
 
 async fn complete(
-    gw: &Gateway,
+    gw: &Frontend,
     params: &std::collections::HashMap<String, String>,
     nonce: &str,
     verifier: &str,
@@ -237,7 +241,7 @@ async fn complete(
 /// advertises `authorization_response_iss_parameter_supported`, it must be present. Checked
 /// on success and error responses alike.
 async fn check_issuer(
-    gw: &Gateway,
+    gw: &Frontend,
     params: &std::collections::HashMap<String, String>,
 ) -> Result<(), GatewayError> {
     match params.get("iss") {

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::error::GatewayError;
-use crate::gateway::Gateway;
+use crate::frontend::Frontend;
 use crate::session::Lookup;
 
 /// Handler of `GET {base}/diagnostics`: session metadata and token fingerprints/expiry as
@@ -18,7 +18,7 @@ use crate::session::Lookup;
 /// 404 unless [`GatewaySettings::diagnostics`](crate::settings::GatewaySettings::diagnostics)
 /// is on; otherwise the usual session errors (e.g. 503 when the store is unavailable).
 pub async fn diagnostics(
-    State(gw): State<Gateway>,
+    State(gw): State<Frontend>,
     headers: HeaderMap,
 ) -> Result<Response, GatewayError> {
     if !gw.settings().diagnostics {

@@ -11,7 +11,7 @@ use base64::Engine;
 
 use super::{parse_params, redirect, return_url_param};
 use crate::error::GatewayError;
-use crate::gateway::Gateway;
+use crate::frontend::Frontend;
 use crate::oidc::authorize::{authorization_url, AuthorizeRequest, LoginTransaction};
 
 pub(crate) const TX_AAD: &[u8] = b"portcullis.login-tx.v1";
@@ -27,7 +27,7 @@ fn login_cookies_read(max_pending: usize) -> usize {
 /// `GET {base}/login`: validates `returnUrl` (local paths only) and `prompt` (only values
 /// the IdP lists in `prompt_values_supported`; 400 otherwise), then redirects to the IdP.
 pub async fn login(
-    State(gw): State<Gateway>,
+    State(gw): State<Frontend>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, GatewayError> {
@@ -44,7 +44,7 @@ pub async fn login(
 /// `prompt=none` login that ends on `{base}/silent-login-callback`. Parameters are ignored,
 /// as in Duende.
 pub async fn silent_login(
-    State(gw): State<Gateway>,
+    State(gw): State<Frontend>,
     headers: HeaderMap,
 ) -> Result<Response, GatewayError> {
     let home = gw.home().to_owned();
@@ -52,7 +52,7 @@ pub async fn silent_login(
 }
 
 async fn start(
-    gw: &Gateway,
+    gw: &Frontend,
     return_url: String,
     prompt: Option<&str>,
     headers: &HeaderMap,
@@ -125,7 +125,7 @@ async fn start(
 }
 
 /// Opens a login-transaction cookie value.
-pub(crate) fn open_tx(gw: &Gateway, value: &str) -> Option<LoginTransaction> {
+pub(crate) fn open_tx(gw: &Frontend, value: &str) -> Option<LoginTransaction> {
     let sealed = URL_SAFE_NO_PAD.decode(value).ok()?;
     let plain = gw.sessions().keys().open(&sealed, TX_AAD).ok()?;
     serde_json::from_slice(&plain).ok()

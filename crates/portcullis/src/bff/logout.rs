@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{parse_params, redirect, return_url_param};
 use crate::error::GatewayError;
-use crate::gateway::Gateway;
+use crate::frontend::Frontend;
 use crate::oidc::authorize::validate_return_url;
 use crate::session::Lookup;
 
@@ -39,7 +39,7 @@ struct LogoutState {
 /// 400 for duplicated or malformed parameters, a non-local `returnUrl`, or a `sid` that does
 /// not match the session; 503 when the store is unavailable.
 pub async fn logout(
-    State(gw): State<Gateway>,
+    State(gw): State<Frontend>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, GatewayError> {
@@ -113,7 +113,7 @@ pub async fn logout(
 }
 
 /// The IdP comes back here after ending its session; continue to the sealed return URL.
-pub async fn signed_out(State(gw): State<Gateway>, RawQuery(query): RawQuery) -> Response {
+pub async fn signed_out(State(gw): State<Frontend>, RawQuery(query): RawQuery) -> Response {
     let params =
         parse_params(query.as_deref().unwrap_or("").as_bytes(), &["state"]).unwrap_or_default();
     let target = params

@@ -9,7 +9,7 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 
 use crate::error::GatewayError;
-use crate::gateway::Gateway;
+use crate::frontend::Frontend;
 use crate::session::Lookup;
 
 /// Handler of the silent-login callback: a small HTML page whose script posts
@@ -19,7 +19,7 @@ use crate::session::Lookup;
 ///
 /// [`GatewayError`] (503) when the session store is unavailable.
 pub async fn silent_login_callback(
-    State(gw): State<Gateway>,
+    State(gw): State<Frontend>,
     headers: HeaderMap,
 ) -> Result<Response, GatewayError> {
     let logged_in = matches!(gw.sessions().lookup(&headers).await?, Lookup::Active(_));

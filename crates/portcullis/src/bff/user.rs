@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::parse_params;
 use crate::error::GatewayError;
-use crate::gateway::Gateway;
+use crate::frontend::Frontend;
 use crate::session::{ActiveSession, Lookup};
 use crate::settings::TokenPolicy;
 
@@ -30,7 +30,7 @@ const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUME
 /// 400 without the anti-forgery header or with bad parameters; 503 when the store is
 /// unavailable.
 pub async fn user(
-    State(gw): State<Gateway>,
+    State(gw): State<Frontend>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, GatewayError> {
@@ -83,7 +83,7 @@ pub async fn user(
 
 /// The anonymous answer: `401` (or `200 null` when configured), clearing the cookie of a
 /// session that is gone (`stale`).
-fn anonymous(gw: &Gateway, stale: bool) -> Response {
+fn anonymous(gw: &Frontend, stale: bool) -> Response {
     let mut r = if gw.sessions().settings().anonymous_user_is_null {
         (StatusCode::OK, axum::Json(Value::Null)).into_response()
     } else {
@@ -105,7 +105,7 @@ fn anonymous(gw: &Gateway, stale: bool) -> Response {
 /// has not expired (judged like the token service does: no buffer, a token inside the refresh
 /// buffer is still used when no refresh is possible). A gateway without such routes needs no
 /// user token, so every session qualifies.
-fn can_get_user_token(gw: &Gateway, session: &ActiveSession) -> bool {
+fn can_get_user_token(gw: &Frontend, session: &ActiveSession) -> bool {
     let needs_user_token = gw.settings().routes.iter().any(|r| {
         matches!(
             r.token,

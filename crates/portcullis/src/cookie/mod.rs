@@ -107,6 +107,20 @@ impl CookieSettings {
         Ok(self)
     }
 
+    /// The same settings for a named (non-default) frontend: its login-transaction cookies
+    /// get their own prefix (`__Host-bff-login.{frontend}.`), so one frontend's logins never
+    /// count against, clear or complete another's. The session cookie name is kept as given
+    /// (the configuration derives a distinct one per frontend).
+    pub fn for_frontend(mut self, frontend: &str) -> Self {
+        self.login_prefix = format!("{}{frontend}.", self.login_prefix);
+        self
+    }
+
+    /// Prefix of this frontend's login-transaction cookie names.
+    pub fn login_prefix(&self) -> &str {
+        &self.login_prefix
+    }
+
     /// Name of the session cookie.
     pub fn session_name(&self) -> &str {
         &self.session_name
@@ -156,8 +170,15 @@ impl CookieSettings {
 
     /// All login-transaction cookies the browser sent: `(name, value)`.
     pub fn login_cookies<'a>(&self, headers: &'a HeaderMap) -> Vec<(&'a str, &'a str)> {
+        // Another frontend's prefix extends this one with its name and a dot
+        // (`__Host-bff-login.` + `admin.`): a remainder with a dot is never ours. Anything else
+        // under our prefix is ours, valid or junk (so junk is cleaned up, a bounded part per
+        // login).
         request_cookies(headers)
-            .filter(|(n, _)| n.starts_with(&self.login_prefix))
+            .filter(|(n, _)| {
+                n.strip_prefix(self.login_prefix.as_str())
+                    .is_some_and(|rest| !rest.is_empty() && !rest.contains('.'))
+            })
             .collect()
     }
 
@@ -269,6 +290,38 @@ mod tests {
 
     fn url(s: &str) -> Url {
         Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn login_cookies_of_other_frontends_are_never_read_or_cleared() {
+        let base =
+            CookieSettings::for_public_url(&url("https://app.example"), None, SameSite::Strict)
+                .unwrap();
+        let default = base.clone();
+        let a = base.clone().for_frontend("a");
+        let ab = base.for_frontend("a.b");
+        let name = |c: &CookieSettings| c.login_cookie_name("some-state");
+        let mut headers = HeaderMap::new();
+        let cookie = format!(
+            "{}=1; {}=2; {}=3; __Host-bff-login.junk=4",
+            name(&default),
+            name(&a),
+            name(&ab)
+        );
+        headers.insert(header::COOKIE, HeaderValue::from_str(&cookie).unwrap());
+        let seen = |c: &CookieSettings| -> Vec<String> {
+            c.login_cookies(&headers)
+                .iter()
+                .map(|(_, v)| v.to_string())
+                .collect()
+        };
+        assert_eq!(
+            seen(&default),
+            ["1", "4"],
+            "its own and junk, not a's or a.b's"
+        );
+        assert_eq!(seen(&a), ["2"]);
+        assert_eq!(seen(&ab), ["3"]);
     }
 
     #[test]

@@ -99,6 +99,17 @@ impl Sessions {
         }
     }
 
+    /// The same store, key ring, clock and cache for another frontend: its own session
+    /// settings (partition, timeouts) and cookies. Sessions of other partitions are refused
+    /// by every lookup.
+    pub fn for_frontend(&self, settings: SessionSettings, cookies: CookieSettings) -> Self {
+        Self {
+            settings,
+            cookies,
+            ..self.clone()
+        }
+    }
+
     /// Listens to the store's change announcements (Redis pub/sub, PostgreSQL NOTIFY) and
     /// drops changed sessions from the cache. `None` when there is no cache or the store
     /// lives in this process only.
@@ -203,6 +214,9 @@ impl Sessions {
         if let Some(cache) = &self.cache {
             self.apply_polled_changes(cache).await;
             if let Some(hit) = cache.get(key).await {
+                if hit.record.partition != self.settings.partition {
+                    return Ok(self.other_partition());
+                }
                 if hit.record.expires > self.now() {
                     metrics::counter!("portcullis_session_cache_total", "result" => "hit")
                         .increment(1);
@@ -241,6 +255,9 @@ impl Sessions {
         if record.expires <= now {
             return Ok(Lookup::Stale);
         }
+        if record.partition != self.settings.partition {
+            return Ok(self.other_partition());
+        }
         match self.open(&record) {
             Ok(ticket) => {
                 let active = Arc::new(ActiveSession { record, ticket });
@@ -254,6 +271,16 @@ impl Sessions {
                 Ok(Lookup::Stale)
             }
         }
+    }
+
+    /// A cookie that names another frontend's session (copied between cookie names, or a
+    /// custom cookie name shared by mistake): never accepted here.
+    fn other_partition(&self) -> Lookup {
+        tracing::info!(
+            partition = %self.settings.partition,
+            "session cookie names a session of another frontend; refused"
+        );
+        Lookup::Stale
     }
 
     /// Opens a record's sealed ticket (associated data: `portcullis.ticket.v1:` + store key) and

@@ -28,7 +28,7 @@ use super::{check_request, is_client_route, reserved_paths, Reserved};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::proxy::{ForwardContext, Forwarder, Route};
-use crate::settings::{RouteSettings, TokenPolicy};
+use crate::settings::{GatewaySettings, RouteSettings, TokenPolicy};
 
 /// The `static_assets_url` service (see the module docs). Cheap to clone.
 #[derive(Clone, Debug)]
@@ -53,7 +53,14 @@ impl DevServer {
     /// # Errors
     /// A message when the upstream client cannot be built (TLS setup).
     pub fn for_gateway(url: Url, gateway: &Gateway) -> Result<Self, String> {
-        let s = gateway.settings();
+        Self::for_settings(url, &gateway.settings())
+    }
+
+    /// Proxies to `url` for a frontend with these settings (paths relative to the frontend).
+    ///
+    /// # Errors
+    /// A message when the upstream client cannot be built (TLS setup).
+    pub fn for_settings(url: Url, s: &GatewaySettings) -> Result<Self, String> {
         let public = &s.public_url;
         let public_host = match public.port() {
             Some(p) => format!("{}:{p}", public.host_str().unwrap_or_default()),
@@ -74,7 +81,7 @@ impl DevServer {
                     timeout: Duration::from_secs(30),
                 }),
                 forwarder: Forwarder::new()?,
-                reserved: Reserved::new(reserved_paths(gateway)),
+                reserved: Reserved::new(reserved_paths(s)),
                 public_proto: public.scheme().to_owned(),
                 public_host,
                 trust_forwarded: s.trust_forwarded_headers,

@@ -144,7 +144,20 @@ impl IndexHtml {
         transformer: impl IndexHtmlTransformer,
         gateway: &Gateway,
     ) -> Result<Self, String> {
-        Self::with_reserved(settings, transformer, reserved_paths(gateway))
+        Self::for_settings(settings, transformer, &gateway.settings())
+    }
+
+    /// Serves `settings.url` for a frontend with these settings (paths relative to the
+    /// frontend): reserves what [`for_gateway`](Self::for_gateway) reserves.
+    ///
+    /// # Errors
+    /// A message when the HTTP client cannot be built.
+    pub fn for_settings(
+        settings: IndexHtmlUrl,
+        transformer: impl IndexHtmlTransformer,
+        frontend: &crate::settings::GatewaySettings,
+    ) -> Result<Self, String> {
+        Self::with_reserved(settings, transformer, reserved_paths(frontend))
     }
 
     /// Serves `settings.url` through `transformer`; `reserved` path prefixes answer 404.

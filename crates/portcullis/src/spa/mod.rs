@@ -44,6 +44,7 @@ pub use static_dir::Spa;
 
 use crate::error::{accepts_html, GatewayError};
 use crate::gateway::{join_path, Gateway};
+use crate::settings::GatewaySettings;
 
 /// Request targets (path and query) longer than this are answered 414.
 pub const MAX_TARGET_BYTES: usize = 8 * 1024;
@@ -103,15 +104,28 @@ impl SpaSource {
     /// # Errors
     /// A message when an HTTP client cannot be built (no TLS roots).
     pub fn router(&self, gateway: &Gateway, mount_path: &str) -> Result<Option<Router>, String> {
+        self.router_for(&gateway.settings(), mount_path)
+    }
+
+    /// As [`router`](Self::router), for a frontend with these settings (paths relative to
+    /// the frontend's prefix), e.g. one of [`crate::FrontendSpec`].
+    ///
+    /// # Errors
+    /// A message when an HTTP client cannot be built (no TLS roots).
+    pub fn router_for(
+        &self,
+        settings: &GatewaySettings,
+        mount_path: &str,
+    ) -> Result<Option<Router>, String> {
         Ok(match self {
             Self::None => None,
-            Self::Dir(dir) => Some(Spa::for_gateway(dir, gateway).router()),
-            Self::IndexHtmlUrl(settings) => {
-                let transformer = InjectTransformer::new(settings.inject.clone(), mount_path);
-                Some(IndexHtml::for_gateway(settings.clone(), transformer, gateway)?.router())
+            Self::Dir(dir) => Some(Spa::for_settings(dir, settings).router()),
+            Self::IndexHtmlUrl(source) => {
+                let transformer = InjectTransformer::new(source.inject.clone(), mount_path);
+                Some(IndexHtml::for_settings(source.clone(), transformer, settings)?.router())
             }
             Self::StaticAssetsUrl(url) => {
-                Some(DevServer::for_gateway(url.clone(), gateway)?.router())
+                Some(DevServer::for_settings(url.clone(), settings)?.router())
             }
         })
     }
@@ -143,8 +157,7 @@ impl Reserved {
 
 /// The gateway's own paths: the management base path (each management endpoint when it is
 /// `/`), both callback paths and every route prefix.
-pub(crate) fn reserved_paths(gateway: &Gateway) -> Vec<String> {
-    let s = gateway.settings();
+pub(crate) fn reserved_paths(s: &crate::settings::GatewaySettings) -> Vec<String> {
     let mut reserved = vec![s.callback_path.clone(), s.signed_out_callback_path.clone()];
     if !s.base_path.trim_end_matches('/').is_empty() {
         reserved.push(s.base_path.clone());

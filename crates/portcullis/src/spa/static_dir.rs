@@ -60,7 +60,13 @@ impl Spa {
     /// Serves `dir` for `gateway`: the management base path (unless it is `/`), both
     /// callback paths and every route prefix are reserved (404, never `index.html`).
     pub fn for_gateway(dir: impl AsRef<Path>, gateway: &Gateway) -> Self {
-        Self::with_reserved(dir.as_ref().to_path_buf(), reserved_paths(gateway))
+        Self::for_settings(dir, &gateway.settings())
+    }
+
+    /// Serves `dir` for a frontend with these settings (paths relative to the frontend):
+    /// reserves what [`for_gateway`](Self::for_gateway) reserves.
+    pub fn for_settings(dir: impl AsRef<Path>, s: &crate::settings::GatewaySettings) -> Self {
+        Self::with_reserved(dir.as_ref().to_path_buf(), reserved_paths(s))
     }
 
     /// Serves `dir`; `reserved` path prefixes answer 404.

@@ -267,6 +267,7 @@ pub fn settings(
         diagnostics: false,
         trust_forwarded_headers: false,
         websocket_origins: Vec::new(),
+        allowed_hosts: Vec::new(),
     }
 }
 
