@@ -240,11 +240,12 @@ impl UserTokenManager {
         let (tokens, _) = load(store, session).await?;
         if let Some(token) = tokens.token_for(params) {
             if !token.needs_refresh(self.clock.now_unix(), buffer) {
-                return ManagedToken::new(token);
+                return Ok(ManagedToken::new(token)?.bind(self.client.dpop()));
             }
         }
         self.obtain(store, session, params, Mode::IfNeeded { buffer })
             .await
+            .map(|t| t.bind(self.client.dpop()))
     }
 
     /// Force a refresh after an API answered 401 with `stale`. Single-flighted: if another
@@ -259,6 +260,7 @@ impl UserTokenManager {
     ) -> Result<ManagedToken, TokenError> {
         self.obtain(store, session, params, Mode::Renew { stale })
             .await
+            .map(|t| t.bind(self.client.dpop()))
     }
 
     /// Run `f` while no refresh of `session` can run or store anything: under the session's
