@@ -850,6 +850,9 @@ fn gateway_settings(
             backchannel_logout_all_sessions: false,
             trusted_audiences: Vec::new(),
             http_timeout: Duration::from_secs(5),
+            dpop: None,
+            par: Default::default(),
+            profile: Default::default(),
         },
         session: SessionSettings {
             partition,

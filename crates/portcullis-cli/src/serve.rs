@@ -62,11 +62,24 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
-    let gateway = build_gateway(cfg.gateway, &cfg.keys, &cfg.store_url, &cfg.data_dir).await?;
+    let mut settings = cfg.gateway;
+    if let Some(file) = &cfg.dpop_key {
+        let key = keyfile::load_or_create_dpop(file)?;
+        tracing::info!(alg = ?key.alg(), jkt = key.thumbprint(), "DPoP enabled");
+        settings.oidc.dpop = Some(portcullis::settings::DpopSettings { key: Arc::new(key) });
+    }
+    let par_required = settings.oidc.par == portcullis::settings::ParMode::Required;
+    let gateway = build_gateway(settings, &cfg.keys, &cfg.store_url, &cfg.data_dir).await?;
     let background = gateway.spawn_background_tasks();
     // Warm the discovery cache; failure is not fatal (the IdP may start after us).
-    if let Err(e) = gateway.provider().metadata().await {
-        tracing::warn!(error = %e, "identity provider discovery failed at start-up; will retry on demand");
+    match gateway.provider().metadata().await {
+        Err(e) => {
+            tracing::warn!(error = %e, "identity provider discovery failed at start-up; will retry on demand");
+        }
+        Ok(m) if par_required && m.pushed_authorization_request_endpoint.is_none() => {
+            return Err("oidc.par = \"required\" but the identity provider advertises no pushed_authorization_request_endpoint".into());
+        }
+        Ok(_) => {}
     }
     if let Some(admin) = &cfg.admin {
         let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()

@@ -150,6 +150,7 @@ pub struct OAuthClient {
     http: reqwest::Client,
     clock: SharedClock,
     dpop: Option<Dpop>,
+    assertion_audience: Option<String>,
 }
 
 impl std::fmt::Debug for OAuthClient {
@@ -188,7 +189,16 @@ impl OAuthClient {
             http,
             clock,
             dpop: None,
+            assertion_audience: None,
         }
+    }
+
+    /// The `aud` of `private_key_jwt` assertions: the issuer identifier instead of the
+    /// endpoint URL (FAPI 2.0 §5.3.2.1 and the OAuth JWT client-authentication update ask
+    /// for the issuer; default: the URL of the endpoint the assertion is sent to).
+    pub fn with_assertion_audience(mut self, audience: impl Into<String>) -> Self {
+        self.assertion_audience = Some(audience.into());
+        self
     }
 
     /// Sender-constrains this client's tokens (RFC 9449): every token request carries a
@@ -295,6 +305,61 @@ impl OAuthClient {
         add_params(&mut form, params)?;
         self.token_request("urn:ietf:params:oauth:grant-type:token-exchange", form)
             .await
+    }
+
+    /// RFC 9126 pushed authorization request: POSTs the authorization request `params` to
+    /// `endpoint` with this client's authentication; returns the `request_uri` and its
+    /// `expires_in` (seconds). The DPoP key binding travels as the `dpop_jkt` parameter
+    /// (RFC 9449 §10), so no proof is sent here.
+    ///
+    /// # Errors
+    ///
+    /// As for token requests: [`TokenError::Rejected`] for an OAuth error answer (the IdP's
+    /// `error` and description), transport errors as [`TokenError::Unavailable`]/[`TokenError::Timeout`],
+    /// [`TokenError::Malformed`] for a 2xx without `request_uri`.
+    pub async fn push_authorization_request(
+        &self,
+        endpoint: &Url,
+        params: &[(String, String)],
+    ) -> Result<(String, i64), TokenError> {
+        #[derive(serde::Deserialize)]
+        struct ParResponse {
+            request_uri: String,
+            #[serde(default)]
+            expires_in: Option<i64>,
+        }
+        // RFC 9126 §2.1 wants `client_id` in the body; every authentication but Basic adds it.
+        let auth_adds_client_id = !matches!(self.auth, ClientAuth::ClientSecretBasic(_));
+        let form: Form = params
+            .iter()
+            .filter(|(k, _)| !(auth_adds_client_id && k == "client_id"))
+            .cloned()
+            .collect();
+        let span = tracing::debug_span!(
+            "pushed_authorization_request",
+            client_id = %self.client_id,
+            endpoint = %endpoint_label(endpoint),
+            status = tracing::field::Empty,
+        );
+        async {
+            metrics::token_request("pushed_authorization");
+            let (status, body) = self.post(endpoint, form, false).await?;
+            tracing::Span::current().record("status", status);
+            if !(200..300).contains(&status) {
+                return Err(TokenError::from_error_response(status, &body));
+            }
+            let resp: ParResponse = serde_json::from_slice(&body).map_err(|e| {
+                TokenError::Malformed(format!("PAR response: {:?} error", e.classify()))
+            })?;
+            if resp.request_uri.is_empty() {
+                return Err(TokenError::Malformed(
+                    "PAR response: empty request_uri".into(),
+                ));
+            }
+            Ok((resp.request_uri, resp.expires_in.unwrap_or(60)))
+        }
+        .instrument(span)
+        .await
     }
 
     /// RFC 7009 revocation. `Err(NotSupported)` when no revocation endpoint is configured:
@@ -442,11 +507,11 @@ impl OAuthClient {
                 form.push(field("client_secret", secret.expose_secret().to_owned()));
             }
             ClientAuth::PrivateKeyJwt(key) => {
-                let assertion = key.assertion(
-                    &self.client_id,
-                    self.token_endpoint.as_str(),
-                    self.clock.now_unix(),
-                )?;
+                let audience = match &self.assertion_audience {
+                    Some(aud) => aud.as_str(),
+                    None => endpoint.as_str(),
+                };
+                let assertion = key.assertion(&self.client_id, audience, self.clock.now_unix())?;
                 form.push(field("client_id", self.client_id.clone()));
                 form.push(field(
                     "client_assertion_type",
@@ -539,7 +604,9 @@ fn error_code(body: &[u8]) -> Option<String> {
     struct ErrorBody {
         error: String,
     }
-    serde_json::from_slice::<ErrorBody>(body).ok().map(|b| b.error)
+    serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .map(|b| b.error)
 }
 
 fn parse_token_response(body: &[u8]) -> Result<TokenResponse, TokenError> {

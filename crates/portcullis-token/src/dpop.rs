@@ -111,7 +111,9 @@ impl DpopKey {
                     false,
                 );
                 let (Some(x), Some(y)) = (point.x(), point.y()) else {
-                    return Err(ClientAuthError::InvalidKey("P-256 point at infinity".into()));
+                    return Err(ClientAuthError::InvalidKey(
+                        "P-256 point at infinity".into(),
+                    ));
                 };
                 serde_json::json!({
                     "kty": "EC", "crv": "P-256", "alg": "ES256",
@@ -185,19 +187,20 @@ impl DpopKey {
                 (Signer::Ed(pair), public)
             }
             (SigningAlg::RS256 | SigningAlg::PS256, SigningAlg::RS256) => {
-                let pair = RsaKeyPair::from_der(&der).map_err(|_| bad("the RSA key is unusable"))?;
+                let pair =
+                    RsaKeyPair::from_der(&der).map_err(|_| bad("the RSA key is unusable"))?;
                 let parts: ring::rsa::PublicKeyComponents<Vec<u8>> = pair.public().into();
                 let public = format!(
                     r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#,
                     b64(&parts.e),
                     b64(&parts.n)
                 );
-                let encoding: &'static dyn ring::signature::RsaEncoding = if alg == SigningAlg::PS256
-                {
-                    &ring::signature::RSA_PSS_SHA256
-                } else {
-                    &ring::signature::RSA_PKCS1_SHA256
-                };
+                let encoding: &'static dyn ring::signature::RsaEncoding =
+                    if alg == SigningAlg::PS256 {
+                        &ring::signature::RSA_PSS_SHA256
+                    } else {
+                        &ring::signature::RSA_PKCS1_SHA256
+                    };
                 (Signer::Rsa(pair, encoding), public)
             }
             (alg, _) => return Err(bad(&format!("alg {alg:?} does not fit the key type"))),
@@ -449,10 +452,15 @@ mod tests {
     #[test]
     fn proof_has_the_rfc9449_header_and_claims() {
         let clock = Arc::new(ManualClock::new(1_700_000_000));
-        let dpop = Dpop::new(Arc::new(DpopKey::generate(SigningAlg::ES256).unwrap()), clock);
+        let dpop = Dpop::new(
+            Arc::new(DpopKey::generate(SigningAlg::ES256).unwrap()),
+            clock,
+        );
         let url = Url::parse("https://api.example:8443/base/orders?x=1#f").unwrap();
         let token = Secret::new("token-value");
-        let proof = dpop.proof_with_nonce("POST", &url, Some("n1"), Some(&token)).unwrap();
+        let proof = dpop
+            .proof_with_nonce("POST", &url, Some("n1"), Some(&token))
+            .unwrap();
         assert!(proof.is_sensitive());
         let (h, p) = parts(&proof);
         assert_eq!(h["typ"], "dpop+jwt");
@@ -488,10 +496,9 @@ mod tests {
             let proof = dpop.proof("GET", &url, None).unwrap();
             let (h, _) = parts(&proof);
             let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(h["jwk"].clone()).unwrap();
-            let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::from_str(
-                h["alg"].as_str().unwrap(),
-            )
-            .unwrap());
+            let mut v = jsonwebtoken::Validation::new(
+                jsonwebtoken::Algorithm::from_str(h["alg"].as_str().unwrap()).unwrap(),
+            );
             v.required_spec_claims.clear();
             v.validate_exp = false;
             let got = jsonwebtoken::decode::<serde_json::Value>(
@@ -510,7 +517,10 @@ mod tests {
         // (thumbprint computed with `jose.calculateJwkThumbprint`).
         let jwk = r#"{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0","d":"jpsQnnGQmL-YBIffH1136cspYG6-0iY7X1fCE9-E9LI"}"#;
         let key = DpopKey::from_jwk(jwk).unwrap();
-        assert_eq!(key.thumbprint(), "oKIywvGUpTVTyxMQ3bwIIeQUudfr_CkLMjCE19ECD-U");
+        assert_eq!(
+            key.thumbprint(),
+            "oKIywvGUpTVTyxMQ3bwIIeQUudfr_CkLMjCE19ECD-U"
+        );
     }
 
     #[test]

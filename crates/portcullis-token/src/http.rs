@@ -162,7 +162,9 @@ impl TokenClient {
             token.remember_dpop_nonce(&url, response.headers());
             return Ok(response);
         };
-        if token.remember_dpop_nonce(&url, response.headers()).is_some()
+        if token
+            .remember_dpop_nonce(&url, response.headers())
+            .is_some()
             && crate::dpop::is_nonce_challenge(response.status(), response.headers())
         {
             // RFC 9449 §9: the resource server wants a nonce; one retry with it.

@@ -437,9 +437,7 @@ async fn api_inner(
             .forward_upgrade(route, request, token.as_ref(), &ctx, session_end)
             .await?
     } else {
-        forwarder
-            .forward(route, request, token.as_ref(), &ctx)
-            .await?
+        crate::proxy::dpop::forward(forwarder, route, request, token.as_ref(), &ctx).await?
     };
     Ok(with_clear(gw, response, clear_cookie))
 }
