@@ -16,7 +16,9 @@
 //! Scenarios, in order: baseline (start), gateway route with `token = "none"` on the memory
 //! store (forwarding cost without session or token), then for each store the `token = "user"`
 //! route with the cache on (`cache_ttl` = 10 s) and off (`cache_ttl` = 0), and the baseline
-//! again (end). `ratio_to_baseline` divides by the mean of the round's two baseline runs.
+//! again (end), with a DPoP scenario before it (memory store, cache on, a DPoP-bound token:
+//! one ES256 proof signed per call; compare with the memory/cache-on Bearer row).
+//! `ratio_to_baseline` divides by the mean of the round's two baseline runs.
 //! `--rounds N` repeats the whole sequence and adds per-scenario median/min/max lines, which
 //! is what to read on a small, shared machine.
 
@@ -102,6 +104,9 @@ struct Args {
     /// Skip the gateway route without session or token.
     #[arg(long)]
     skip_open_route: bool,
+    /// Skip the DPoP scenario (memory store, cache on, an ES256 proof per call).
+    #[arg(long)]
+    skip_dpop: bool,
     #[arg(
         long,
         env = "PORTCULLIS_TEST_REDIS_URL",
@@ -491,6 +496,7 @@ async fn run_round(
             &format!("{}-{round}-open", b.run_id),
             &b.token,
             1,
+            false,
         )
         .await?;
         let t: Vec<_> = (0..args.concurrency)
@@ -549,6 +555,7 @@ async fn run_round(
                 &partition,
                 &b.token,
                 b.sessions_per_gateway,
+                false,
             )
             .await
             {
@@ -585,6 +592,45 @@ async fn run_round(
         }
     }
     let _ = std::fs::remove_dir_all(&tmp);
+
+    // DPoP (RFC 9449): the memory store with cache, like the Bearer row of the same store, but
+    // the session's token is DPoP-bound and every call signs an ES256 proof.
+    if !args.skip_dpop {
+        let label = "scenario=gateway store=memory cache=on  token=dpop-es256";
+        progress(round, label);
+        let gw = start_gateway(
+            "memory",
+            Duration::from_secs(10),
+            &b.idp.issuer,
+            b.upstream_addr,
+            &format!("{}-{round}-dpop", b.run_id),
+            &b.token,
+            b.sessions_per_gateway,
+            true,
+        )
+        .await
+        .map_err(|e| match e {
+            GatewayStartError::Store(m) | GatewayStartError::Other(m) => m,
+        })?;
+        let t: Vec<_> = (0..args.concurrency)
+            .map(|i| {
+                template(
+                    gw.addr,
+                    "/api/hello",
+                    Some(&gw.cookies[i % gw.cookies.len()]),
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        let m = load::run(gw.addr, t, UPSTREAM_BODY, args.warmup, args.duration).await;
+        gw.stop().await;
+        let m = m?;
+        check_upstream(&b.upstream, true, label)?;
+        rows.push(Row {
+            label: label.into(),
+            baseline: false,
+            measured: m,
+        });
+    }
 
     progress(round, "scenario=baseline run=end");
     let m = load::run(
@@ -690,6 +736,7 @@ impl RunningGateway {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one scenario's knobs, named at each call
 async fn start_gateway(
     store_url: &str,
     cache_ttl: Duration,
@@ -698,6 +745,7 @@ async fn start_gateway(
     partition: &str,
     access_token: &str,
     sessions: usize,
+    dpop: bool,
 ) -> Result<RunningGateway, GatewayStartError> {
     let store = match tokio::time::timeout(
         Duration::from_secs(10),
@@ -719,18 +767,26 @@ async fn start_gateway(
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let public_url = Url::parse(&format!("http://{addr}")).map_err(|e| e.to_string())?;
     let upstream_url = Url::parse(&format!("http://{upstream}/")).map_err(|e| e.to_string())?;
-    let settings = gateway_settings(
+    let mut settings = gateway_settings(
         public_url,
         issuer.to_owned(),
         upstream_url,
         cache_ttl,
         partition.to_owned(),
     )?;
+    let token_type = if dpop {
+        let key = portcullis_token::DpopKey::generate(portcullis_token::SigningAlg::ES256)
+            .map_err(|e| format!("DPoP key: {e}"))?;
+        settings.oidc.dpop = Some(portcullis::settings::DpopSettings { key: Arc::new(key) });
+        TokenType::DPoP
+    } else {
+        TokenType::Bearer
+    };
     let keys = KeyRing::new(vec![Key::parse(&Key::generate_spec("bench"))?])?;
     let gateway = Gateway::new(settings, store, keys, Arc::new(SystemClock))?;
 
     let (cookies, store_keys, ticket_bytes) =
-        create_sessions(&gateway, issuer, access_token, sessions).await?;
+        create_sessions_of(&gateway, issuer, access_token, sessions, token_type).await?;
 
     let mut tasks = gateway.spawn_background_tasks();
     tasks.push(servers::serve_on(listener, gateway.router(None)));
@@ -753,6 +809,17 @@ async fn create_sessions(
     access_token: &str,
     sessions: usize,
 ) -> Result<(Vec<HeaderValue>, Vec<String>, usize), GatewayStartError> {
+    create_sessions_of(gateway, issuer, access_token, sessions, TokenType::Bearer).await
+}
+
+/// As [`create_sessions`], with access tokens of `token_type`.
+async fn create_sessions_of(
+    gateway: &Gateway,
+    issuer: &str,
+    access_token: &str,
+    sessions: usize,
+    token_type: TokenType,
+) -> Result<(Vec<HeaderValue>, Vec<String>, usize), GatewayStartError> {
     let now = gateway.now();
     let cookie_name = gateway.sessions().cookies().session_name().to_owned();
     let mut cookies = Vec::with_capacity(sessions);
@@ -762,7 +829,7 @@ async fn create_sessions(
         let tokens = UserTokens::from_response(
             TokenResponse {
                 access_token: Secret::new(access_token),
-                token_type: TokenType::Bearer,
+                token_type: token_type.clone(),
                 expires_in: Some(3600),
                 refresh_token: Some(Secret::new(format!("bench-refresh-{i}"))),
                 id_token: Some(Secret::new(format!("{access_token}.{i}"))),

@@ -971,11 +971,12 @@ fn security_settings(
     }
     if fapi {
         match client_auth {
-            Some(ClientAuthSettings::PrivateKeyJwt { alg, .. }) => {
-                if !portcullis::settings::FAPI2_ALGS.contains(&alg.as_str()) {
-                    errors.push(format!("oidc.profile = \"fapi2\" allows PS256, ES256 or EdDSA client assertions, but oidc.private_key_alg = {alg:?}"));
-                }
+            Some(ClientAuthSettings::PrivateKeyJwt { alg, .. })
+                if !portcullis::settings::FAPI2_ALGS.contains(&alg.as_str()) =>
+            {
+                errors.push(format!("oidc.profile = \"fapi2\" allows PS256, ES256 or EdDSA client assertions, but oidc.private_key_alg = {alg:?}"));
             }
+            Some(ClientAuthSettings::PrivateKeyJwt { .. }) => {}
             Some(_) => errors.push("oidc.profile = \"fapi2\" forbids client secrets: use client_auth = \"private_key_jwt\" with oidc.private_key_file".into()),
             None => {}
         }

@@ -4,6 +4,8 @@
 //! (testing/upstream/dpop-api.mjs: proof signature, `htm`, `htu`, `ath`, `jti` replay,
 //! `cnf.jkt`, and a nonce it demands on the first call).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
 mod common;
 
 use std::time::Duration;
