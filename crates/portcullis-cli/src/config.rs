@@ -1138,6 +1138,42 @@ token = "user"
     }
 
     #[test]
+    fn dpop_par_and_profile_defaults_and_spellings() {
+        let c = parse(MINIMAL, Path::new("/etc/portcullis"), &no_env).unwrap();
+        assert!(c.dpop_key.is_none(), "DPoP is opt-in");
+        assert_eq!(c.gateway.oidc.par, ParMode::Off);
+        assert_eq!(c.gateway.oidc.profile, SecurityProfile::Default);
+
+        // `[oidc.dpop]` must come before `[[routes]]`: insert it there.
+        let with = MINIMAL
+            .replace(
+                "client_id = \"spa-bff\"",
+                "client_id = \"spa-bff\"\npar = \"auto\"",
+            )
+            .replace("[[routes]]", "[oidc.dpop]\nkey_alg = \"EdDSA\"\n[[routes]]");
+        let c = parse(&with, Path::new("/etc/portcullis"), &no_env).unwrap();
+        assert_eq!(c.gateway.oidc.par, ParMode::Auto);
+        let key = c.dpop_key.expect("a [oidc.dpop] table enables DPoP");
+        assert_eq!(
+            key.path,
+            Path::new("/etc/portcullis/portcullis-data/dpop.jwk")
+        );
+        assert_eq!(key.alg, portcullis_token::SigningAlg::EdDSA);
+        assert!(key.generate);
+
+        let bad = MINIMAL.replace(
+            "client_id = \"spa-bff\"",
+            "client_id = \"spa-bff\"\npar = \"sometimes\"\nprofile = \"fapi3\"",
+        );
+        let errors = parse(&bad, Path::new("/etc/portcullis"), &no_env).unwrap_err();
+        assert!(errors.iter().any(|e| e.contains("oidc.par")), "{errors:?}");
+        assert!(
+            errors.iter().any(|e| e.contains("oidc.profile")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
     fn minimal_config_parses_with_secure_defaults() {
         let c = parse(MINIMAL, Path::new("/etc/portcullis"), &no_env).unwrap();
         assert_eq!(c.gateway.cookies.session_name(), "__Host-bff-auth");
