@@ -18,7 +18,8 @@
 //! route with the cache on (`cache_ttl` = 10 s) and off (`cache_ttl` = 0), and the baseline
 //! again (end). Before the store scenarios, frontend selection: the `user` route on a gateway
 //! with 1 frontend and on one with 100 (requests selected by host, then by path; memory
-//! store, cache on), comparable with each other in the same round (`--skip-frontends`). `ratio_to_baseline` divides by the mean of the round's two baseline runs.
+//! store, cache on), comparable with each other in the same round (`--skip-frontends`). A DPoP scenario (memory store, cache on, a DPoP-bound token:
+//! one ES256 proof signed per call; compare with the memory/cache-on Bearer row) runs too. `ratio_to_baseline` divides by the mean of the round's two baseline runs.
 //! `--rounds N` repeats the whole sequence and adds per-scenario median/min/max lines, which
 //! is what to read on a small, shared machine.
 
@@ -109,6 +110,9 @@ struct Args {
     /// host and by path; memory store, cache on).
     #[arg(long)]
     skip_frontends: bool,
+    /// Skip the DPoP scenario (memory store, cache on, an ES256 proof per call).
+    #[arg(long)]
+    skip_dpop: bool,
     #[arg(
         long,
         env = "PORTCULLIS_TEST_REDIS_URL",
@@ -505,6 +509,7 @@ async fn run_round(
             &format!("{}-{round}-open", b.run_id),
             &b.token,
             1,
+            false,
         )
         .await?;
         let t: Vec<_> = (0..args.concurrency)
@@ -558,6 +563,7 @@ async fn run_round(
                 b.sessions_per_gateway,
                 frontends,
                 target,
+                false,
             )
             .await?;
             let (host, path) = match target {
@@ -620,6 +626,7 @@ async fn run_round(
                 &partition,
                 &b.token,
                 b.sessions_per_gateway,
+                false,
             )
             .await
             {
@@ -657,6 +664,45 @@ async fn run_round(
     }
     let _ = std::fs::remove_dir_all(&tmp);
 
+    // DPoP (RFC 9449): the memory store with cache, like the Bearer row of the same store, but
+    // the session's token is DPoP-bound and every call signs an ES256 proof.
+    if !args.skip_dpop {
+        let label = "scenario=gateway store=memory cache=on  token=dpop-es256";
+        progress(round, label);
+        let gw = start_gateway(
+            "memory",
+            Duration::from_secs(10),
+            &b.idp.issuer,
+            b.upstream_addr,
+            &format!("{}-{round}-dpop", b.run_id),
+            &b.token,
+            b.sessions_per_gateway,
+            true,
+        )
+        .await
+        .map_err(|e| match e {
+            GatewayStartError::Store(m) | GatewayStartError::Other(m) => m,
+        })?;
+        let t: Vec<_> = (0..args.concurrency)
+            .map(|i| {
+                template(
+                    gw.addr,
+                    "/api/hello",
+                    Some(&gw.cookies[i % gw.cookies.len()]),
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        let m = load::run(gw.addr, t, UPSTREAM_BODY, args.warmup, args.duration).await;
+        gw.stop().await;
+        let m = m?;
+        check_upstream(&b.upstream, true, label)?;
+        rows.push(Row {
+            label: label.into(),
+            baseline: false,
+            measured: m,
+        });
+    }
+
     progress(round, "scenario=baseline run=end");
     let m = load::run(
         b.baseline_addr,
@@ -692,6 +738,7 @@ async fn tracing_rows(b: &Bench<'_>, round: usize, rows: &mut Vec<Row>) -> Resul
             &format!("{}-{round}-{}", b.run_id, mode.name()),
             &b.token,
             b.sessions_per_gateway,
+            false,
         )
         .await
         .map_err(|e| match e {
@@ -831,6 +878,7 @@ enum Target {
     Path(usize),
 }
 
+#[allow(clippy::too_many_arguments)] // one scenario's knobs, named at each call
 async fn start_gateway(
     store_url: &str,
     cache_ttl: Duration,
@@ -839,6 +887,7 @@ async fn start_gateway(
     partition: &str,
     access_token: &str,
     sessions: usize,
+    dpop: bool,
 ) -> Result<RunningGateway, GatewayStartError> {
     start_gateway_with(
         store_url,
@@ -850,6 +899,7 @@ async fn start_gateway(
         sessions,
         0,
         Target::Default,
+        dpop,
     )
     .await
 }
@@ -867,6 +917,7 @@ async fn start_gateway_with(
     sessions: usize,
     frontends: usize,
     target: Target,
+    dpop: bool,
 ) -> Result<RunningGateway, GatewayStartError> {
     let store = match tokio::time::timeout(
         Duration::from_secs(10),
@@ -888,13 +939,21 @@ async fn start_gateway_with(
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let public_url = Url::parse(&format!("http://{addr}")).map_err(|e| e.to_string())?;
     let upstream_url = Url::parse(&format!("http://{upstream}/")).map_err(|e| e.to_string())?;
-    let settings = gateway_settings(
+    let mut settings = gateway_settings(
         public_url,
         issuer.to_owned(),
         upstream_url,
         cache_ttl,
         partition.to_owned(),
     )?;
+    let token_type = if dpop {
+        let key = portcullis_token::DpopKey::generate(portcullis_token::SigningAlg::ES256)
+            .map_err(|e| format!("DPoP key: {e}"))?;
+        settings.oidc.dpop = Some(portcullis::settings::DpopSettings { key: Arc::new(key) });
+        TokenType::DPoP
+    } else {
+        TokenType::Bearer
+    };
     let keys = KeyRing::new(vec![Key::parse(&Key::generate_spec("bench"))?])?;
     let mut specs = Vec::with_capacity(frontends);
     for i in 0..frontends {
@@ -935,8 +994,15 @@ async fn start_gateway_with(
         .sessions()
         .clone();
 
-    let (cookies, store_keys, ticket_bytes) =
-        create_sessions(&gateway, &sessions_of, issuer, access_token, sessions).await?;
+    let (cookies, store_keys, ticket_bytes) = create_sessions_of(
+        &gateway,
+        &sessions_of,
+        issuer,
+        access_token,
+        sessions,
+        token_type,
+    )
+    .await?;
 
     let mut tasks = gateway.spawn_background_tasks();
     tasks.push(servers::serve_on(
@@ -963,6 +1029,26 @@ async fn create_sessions(
     access_token: &str,
     sessions: usize,
 ) -> Result<(Vec<HeaderValue>, Vec<String>, usize), GatewayStartError> {
+    create_sessions_of(
+        gateway,
+        sessions_of,
+        issuer,
+        access_token,
+        sessions,
+        TokenType::Bearer,
+    )
+    .await
+}
+
+/// As [`create_sessions`], with access tokens of `token_type`.
+async fn create_sessions_of(
+    gateway: &Gateway,
+    sessions_of: &portcullis::session::Sessions,
+    issuer: &str,
+    access_token: &str,
+    sessions: usize,
+    token_type: TokenType,
+) -> Result<(Vec<HeaderValue>, Vec<String>, usize), GatewayStartError> {
     let now = gateway.now();
     let cookie_name = sessions_of.cookies().session_name().to_owned();
     let mut cookies = Vec::with_capacity(sessions);
@@ -972,7 +1058,7 @@ async fn create_sessions(
         let tokens = UserTokens::from_response(
             TokenResponse {
                 access_token: Secret::new(access_token),
-                token_type: TokenType::Bearer,
+                token_type: token_type.clone(),
                 expires_in: Some(3600),
                 refresh_token: Some(Secret::new(format!("bench-refresh-{i}"))),
                 id_token: Some(Secret::new(format!("{access_token}.{i}"))),
@@ -1060,6 +1146,9 @@ fn gateway_settings(
             backchannel_logout_all_sessions: false,
             trusted_audiences: Vec::new(),
             http_timeout: Duration::from_secs(5),
+            dpop: None,
+            par: Default::default(),
+            profile: Default::default(),
         },
         session: SessionSettings {
             partition,

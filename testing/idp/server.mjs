@@ -161,6 +161,11 @@ function normalizeConfig(raw) {
     sessionTtl: num(raw.session_ttl, 24 * 3600),
     rotateRefreshToken: raw.rotate_refresh_token === true,
     stateFile: typeof raw.state_file === 'string' && raw.state_file ? raw.state_file : undefined,
+    // RFC 9449 DPoP: off unless the config has a `dpop` object; `require_nonce` makes every
+    // DPoP token request carry a server nonce (features.dPoP.nonceSecret).
+    dpop: raw.dpop && typeof raw.dpop === 'object' ? { requireNonce: raw.dpop.require_nonce === true } : undefined,
+    // client_ids that get oidc-provider's FAPI 2.0 profile (features.fapi).
+    fapi2Clients: Array.isArray(raw.fapi2_clients) ? raw.fapi2_clients : [],
   };
 }
 
@@ -407,6 +412,11 @@ async function main() {
     token_resources: {},
     // W3C `traceparent` of each token-endpoint POST ("" when absent; last 50)
     token_traceparents: [],
+    // RFC 9449: token requests that carried a DPoP proof (grant, proof jkt, whether the proof
+    // had a nonce, status, token_type answered; last 50)
+    dpop_token_requests: [],
+    // RFC 9126: pushed authorization requests (client_id, parameter names, status; last 50)
+    par_requests: [],
   });
   resetStats();
   const faults = {
@@ -561,6 +571,19 @@ async function main() {
         },
       },
       userinfo: { enabled: true },
+      ...(cfg.dpop ? {
+        dPoP: {
+          enabled: true,
+          nonceSecret: crypto.randomBytes(32),
+          requireNonce: () => cfg.dpop.requireNonce,
+        },
+      } : {}),
+      ...(cfg.fapi2Clients.length ? {
+        fapi: {
+          enabled: true,
+          profile: (ctx, client) => (client && cfg.fapi2Clients.includes(client.clientId) ? '2.0' : undefined),
+        },
+      } : {}),
       rpInitiatedLogout: {
         enabled: true,
         async logoutSource(ctx, form) {
@@ -825,9 +848,26 @@ async function main() {
       return undefined;
     }
 
+    const proof = ctx.get('DPoP');
     try {
       await next();
     } finally {
+      if (proof) {
+        let jkt = 'unreadable';
+        let nonce = false;
+        try {
+          jkt = await jose.calculateJwkThumbprint(jose.decodeProtectedHeader(proof).jwk);
+          nonce = typeof jose.decodeJwt(proof).nonce === 'string';
+        } catch { /* recorded as unreadable */ }
+        stats.dpop_token_requests.push({
+          grant: ctx.oidc?.body?.grant_type ?? 'unknown',
+          jkt,
+          nonce,
+          status: ctx.status,
+          token_type: ctx.body && typeof ctx.body === 'object' ? ctx.body.token_type ?? null : null,
+        });
+        if (stats.dpop_token_requests.length > 50) stats.dpop_token_requests.shift();
+      }
       let body = {};
       try { body = ctx.oidc?.body ?? {}; } catch { /* parse failure */ }
       count(typeof body.grant_type === 'string' ? body.grant_type : undefined, typeof body.scope === 'string' ? body.scope : undefined);
@@ -893,6 +933,22 @@ async function main() {
       remember('refresh_tokens', ctx.body.refresh_token);
       remember('id_tokens', ctx.body.id_token);
     }
+    return undefined;
+  });
+
+  // ---- RFC 9126 pushed authorization requests: record who pushed what
+  provider.use(async (ctx, next) => {
+    if (ctx.method !== 'POST' || ctx.path !== '/request') return next();
+    await next();
+    let body = {};
+    try { body = ctx.oidc?.body ?? {}; } catch { /* parse failure */ }
+    stats.par_requests.push({
+      client_id: ctx.oidc?.client?.clientId ?? null,
+      params: Object.keys(body).sort(),
+      dpop_jkt: typeof body.dpop_jkt === 'string' ? body.dpop_jkt : null,
+      status: ctx.status,
+    });
+    if (stats.par_requests.length > 50) stats.par_requests.shift();
     return undefined;
   });
 

@@ -14,8 +14,8 @@ use portcullis::cookie::{CookieSettings, SameSite};
 use portcullis::csrf::AntiForgery;
 use portcullis::frontend::FrontendSettings;
 use portcullis::settings::{
-    ClientAuthSettings, GatewaySettings, NamedClientSettings, OidcSettings, ResponseMode,
-    RouteSettings, SessionSettings, TokenPolicy, TokenSettings,
+    ClientAuthSettings, GatewaySettings, NamedClientSettings, OidcSettings, ParMode, ResponseMode,
+    RouteSettings, SecurityProfile, SessionSettings, TokenPolicy, TokenSettings,
 };
 use portcullis_token::Secret;
 mod spa;
@@ -86,6 +86,18 @@ struct RawOidc {
     backchannel_logout_all_sessions: Option<bool>,
     trusted_audiences: Option<Vec<String>>,
     timeout: Option<String>,
+    dpop: Option<RawDpop>,
+    par: Option<String>,
+    profile: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDpop {
+    enabled: Option<bool>,
+    key_file: Option<PathBuf>,
+    key_alg: Option<String>,
+    per_session: Option<bool>,
 }
 
 #[derive(Default, Deserialize)]
@@ -189,6 +201,9 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// `[telemetry]`: OpenTelemetry trace export.
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// The DPoP key file, when `[oidc.dpop]` is enabled (read or generated at start-up; the
+    /// key then goes into `gateway.oidc.dpop`).
+    pub dpop_key: Option<DpopKeyFile>,
 }
 
 /// One `[[frontends]]` entry: selection, effective settings, and its static part (the same
@@ -202,6 +217,19 @@ pub struct FrontendConfig {
     pub spa: portcullis::spa::SpaSource,
     /// The CSP hash of the script its `index_html_inject` adds, for `check` to print.
     pub spa_script_hash: Option<String>,
+    /// Its DPoP key file, when its merged `[oidc.dpop]` is enabled.
+    pub dpop_key: Option<DpopKeyFile>,
+}
+
+/// Where the gateway's DPoP key lives.
+#[derive(Debug, Clone)]
+pub struct DpopKeyFile {
+    /// A private JWK file (mode 0600).
+    pub path: PathBuf,
+    /// Algorithm of a key generated when the file does not exist yet.
+    pub alg: portcullis_token::SigningAlg,
+    /// `false` when the operator named the file (`key_file`): it must exist.
+    pub generate: bool,
 }
 
 /// The admin listener.
@@ -480,6 +508,13 @@ pub(crate) fn parse_table(
         oidc.timeout.as_deref(),
         "oidc.timeout",
         Duration::from_secs(10),
+        &mut errors,
+    );
+    let (dpop_key, par, profile) = security_settings(
+        &oidc,
+        client_auth.as_ref(),
+        &data_dir,
+        &resolve,
         &mut errors,
     );
 
@@ -933,6 +968,10 @@ pub(crate) fn parse_table(
                     .unwrap_or(false),
                 trusted_audiences: oidc.trusted_audiences.unwrap_or_default(),
                 http_timeout,
+                // Set from `dpop_key` at start-up (the file may not exist yet).
+                dpop: None,
+                par,
+                profile,
             },
             session: session_settings,
             cookies,
@@ -958,6 +997,7 @@ pub(crate) fn parse_table(
         admin,
         warnings,
         telemetry,
+        dpop_key,
     })
 }
 
@@ -1040,6 +1080,127 @@ fn server_limits(server: &RawServer, errors: &mut Vec<String>) -> Limits {
         }
     }
     limits
+}
+
+/// `[oidc.dpop]`, `oidc.par` and `oidc.profile`, with every conflict the FAPI 2.0 preset
+/// finds (FAPI 2.0 Security Profile §5.2, §5.3, §5.4).
+fn security_settings(
+    oidc: &RawOidc,
+    client_auth: Option<&ClientAuthSettings>,
+    data_dir: &Path,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    errors: &mut Vec<String>,
+) -> (Option<DpopKeyFile>, ParMode, SecurityProfile) {
+    let profile = match oidc.profile.as_deref() {
+        None | Some("default") => SecurityProfile::Default,
+        Some("fapi2") => SecurityProfile::Fapi2,
+        Some(other) => {
+            errors.push(format!(
+                "oidc.profile {other:?} must be \"default\" or \"fapi2\""
+            ));
+            SecurityProfile::Default
+        }
+    };
+    let fapi = profile == SecurityProfile::Fapi2;
+    let par = match oidc.par.as_deref() {
+        None if fapi => ParMode::Required,
+        None | Some("off") => ParMode::Off,
+        Some("auto") => ParMode::Auto,
+        Some("required") => ParMode::Required,
+        Some(other) => {
+            errors.push(format!(
+                "oidc.par {other:?} must be \"auto\", \"required\" or \"off\""
+            ));
+            ParMode::Off
+        }
+    };
+    if fapi && par != ParMode::Required {
+        errors.push(format!(
+            "oidc.profile = \"fapi2\" requires pushed authorization requests, but oidc.par = {:?} (remove it or set \"required\")",
+            oidc.par.as_deref().unwrap_or_default()
+        ));
+    }
+    let raw = oidc.dpop.as_ref();
+    let enabled = raw.and_then(|d| d.enabled).unwrap_or(fapi || raw.is_some());
+    if fapi && !enabled {
+        errors.push("oidc.profile = \"fapi2\" requires sender-constrained access tokens, but oidc.dpop.enabled = false".into());
+    }
+    if raw.and_then(|d| d.per_session) == Some(true) {
+        errors.push("oidc.dpop.per_session = true is not available yet: use the gateway key (the default; see README, DPoP)".into());
+    }
+    let alg = match raw.and_then(|d| d.key_alg.as_deref()) {
+        None => Some(portcullis_token::SigningAlg::ES256),
+        Some(a) => match a.parse::<portcullis_token::SigningAlg>() {
+            Ok(alg) => Some(alg),
+            Err(_) => {
+                errors.push(format!(
+                    "oidc.dpop.key_alg {a:?} must be ES256, PS256, RS256 or EdDSA"
+                ));
+                None
+            }
+        },
+    };
+    let key_file = raw.and_then(|d| d.key_file.as_deref()).map(resolve);
+    let mut dpop_key = None;
+    if let (true, Some(alg)) = (enabled, alg) {
+        if fapi && alg == portcullis_token::SigningAlg::RS256 {
+            errors.push("oidc.profile = \"fapi2\" allows PS256, ES256 or EdDSA DPoP keys, but oidc.dpop.key_alg = \"RS256\"".into());
+        }
+        match key_file {
+            Some(path) => {
+                match std::fs::read_to_string(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| {
+                        portcullis_token::DpopKey::from_jwk(&t).map_err(|e| e.to_string())
+                    }) {
+                    Ok(key) => {
+                        if fapi && key.alg() == portcullis_token::SigningAlg::RS256 {
+                            errors.push("oidc.profile = \"fapi2\" allows PS256, ES256 or EdDSA DPoP keys, but oidc.dpop.key_file is an RS256 key".into());
+                        }
+                        dpop_key = Some(DpopKeyFile {
+                            path,
+                            alg: key.alg(),
+                            generate: false,
+                        });
+                    }
+                    Err(e) => errors.push(format!("oidc.dpop.key_file {}: {e}", path.display())),
+                }
+            }
+            None => {
+                if matches!(
+                    alg,
+                    portcullis_token::SigningAlg::RS256 | portcullis_token::SigningAlg::PS256
+                ) {
+                    errors.push("oidc.dpop.key_alg RS256/PS256 needs oidc.dpop.key_file (RSA keys are not generated)".into());
+                }
+                dpop_key = Some(DpopKeyFile {
+                    path: data_dir.join("dpop.jwk"),
+                    alg,
+                    generate: true,
+                });
+            }
+        }
+    }
+    if fapi {
+        match client_auth {
+            Some(ClientAuthSettings::PrivateKeyJwt { alg, .. })
+                if !portcullis::settings::FAPI2_ALGS.contains(&alg.as_str()) =>
+            {
+                errors.push(format!("oidc.profile = \"fapi2\" allows PS256, ES256 or EdDSA client assertions, but oidc.private_key_alg = {alg:?}"));
+            }
+            Some(ClientAuthSettings::PrivateKeyJwt { .. }) => {}
+            Some(_) => errors.push("oidc.profile = \"fapi2\" forbids client secrets: use client_auth = \"private_key_jwt\" with oidc.private_key_file".into()),
+            None => {}
+        }
+        if oidc.extra_authorize_params.as_ref().is_some_and(|p| {
+            p.keys().any(|k| {
+                ["response_type", "response_mode", "request", "request_uri"].contains(&k.as_str())
+            })
+        }) {
+            errors.push("oidc.profile = \"fapi2\": oidc.extra_authorize_params may not set response_type, response_mode, request or request_uri".into());
+        }
+    }
+    (dpop_key, par, profile)
 }
 
 /// Deserializes one top-level table, recording unknown keys and type errors.
@@ -1186,6 +1347,42 @@ token = "user"
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    #[test]
+    fn dpop_par_and_profile_defaults_and_spellings() {
+        let c = parse(MINIMAL, Path::new("/etc/portcullis"), &no_env).unwrap();
+        assert!(c.dpop_key.is_none(), "DPoP is opt-in");
+        assert_eq!(c.gateway.oidc.par, ParMode::Off);
+        assert_eq!(c.gateway.oidc.profile, SecurityProfile::Default);
+
+        // `[oidc.dpop]` must come before `[[routes]]`: insert it there.
+        let with = MINIMAL
+            .replace(
+                "client_id = \"spa-bff\"",
+                "client_id = \"spa-bff\"\npar = \"auto\"",
+            )
+            .replace("[[routes]]", "[oidc.dpop]\nkey_alg = \"EdDSA\"\n[[routes]]");
+        let c = parse(&with, Path::new("/etc/portcullis"), &no_env).unwrap();
+        assert_eq!(c.gateway.oidc.par, ParMode::Auto);
+        let key = c.dpop_key.expect("a [oidc.dpop] table enables DPoP");
+        assert_eq!(
+            key.path,
+            Path::new("/etc/portcullis/portcullis-data/dpop.jwk")
+        );
+        assert_eq!(key.alg, portcullis_token::SigningAlg::EdDSA);
+        assert!(key.generate);
+
+        let bad = MINIMAL.replace(
+            "client_id = \"spa-bff\"",
+            "client_id = \"spa-bff\"\npar = \"sometimes\"\nprofile = \"fapi3\"",
+        );
+        let errors = parse(&bad, Path::new("/etc/portcullis"), &no_env).unwrap_err();
+        assert!(errors.iter().any(|e| e.contains("oidc.par")), "{errors:?}");
+        assert!(
+            errors.iter().any(|e| e.contains("oidc.profile")),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -79,3 +79,24 @@ fn write_private(path: &Path, content: &str) -> Result<(), String> {
     f.sync_all().map_err(|e| e.to_string())?;
     std::fs::rename(&tmp, path).map_err(|e| format!("cannot replace {}: {e}", path.display()))
 }
+
+/// The gateway's DPoP key (a private JWK): read from `file.path`, or generated there with
+/// `file.alg` (mode 0600) when the file is missing and may be generated.
+pub fn load_or_create_dpop(
+    file: &crate::config::DpopKeyFile,
+) -> Result<portcullis_token::DpopKey, String> {
+    let path = &file.path;
+    if !path.exists() && file.generate {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let key =
+            portcullis_token::DpopKey::generate(file.alg).map_err(|e| format!("DPoP key: {e}"))?;
+        write_private(path, &format!("{}\n", key.private_jwk().expose_secret()))?;
+        tracing::info!(path = %path.display(), jkt = key.thumbprint(), "generated a new DPoP key file");
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read DPoP key file {}: {e}", path.display()))?;
+    portcullis_token::DpopKey::from_jwk(&text).map_err(|e| format!("{}: {e}", path.display()))
+}

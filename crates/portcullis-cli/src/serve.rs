@@ -69,13 +69,50 @@ pub fn frontend_specs(
     Ok(specs)
 }
 
+/// Reads (or generates) the DPoP key of the default frontend and of every frontend whose
+/// `[oidc.dpop]` is enabled, and puts it into its settings. Frontends naming the same file
+/// share one key.
+///
+/// # Errors
+/// A message naming the file that cannot be read, parsed or created.
+fn with_dpop_keys(
+    default: &mut portcullis::settings::GatewaySettings,
+    default_key: Option<&crate::config::DpopKeyFile>,
+    frontends: &mut [FrontendConfig],
+) -> Result<(), String> {
+    let mut loaded: Vec<(std::path::PathBuf, Arc<portcullis_token::DpopKey>)> = Vec::new();
+    let mut load =
+        |file: &crate::config::DpopKeyFile| -> Result<portcullis::settings::DpopSettings, String> {
+            if let Some((_, key)) = loaded.iter().find(|(p, _)| *p == file.path) {
+                return Ok(portcullis::settings::DpopSettings { key: key.clone() });
+            }
+            let key = Arc::new(keyfile::load_or_create_dpop(file)?);
+            tracing::info!(alg = ?key.alg(), jkt = key.thumbprint(), "DPoP enabled");
+            loaded.push((file.path.clone(), key.clone()));
+            Ok(portcullis::settings::DpopSettings { key })
+        };
+    if let Some(file) = default_key {
+        default.oidc.dpop = Some(load(file)?);
+    }
+    for f in frontends {
+        if let Some(file) = &f.dpop_key {
+            f.settings.settings.oidc.dpop = Some(load(file)?);
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<(), String> {
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
+    let mut settings = cfg.gateway;
+    let mut frontends = cfg.frontends;
+    with_dpop_keys(&mut settings, cfg.dpop_key.as_ref(), &mut frontends)?;
+    let par_required = settings.oidc.par == portcullis::settings::ParMode::Required;
     let gateway = build_gateway(
-        cfg.gateway,
-        frontend_specs(cfg.frontends)?,
+        settings,
+        frontend_specs(frontends)?,
         &cfg.keys,
         &cfg.store_url,
         &cfg.data_dir,
@@ -83,8 +120,14 @@ pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<(), Strin
     .await?;
     let background = gateway.spawn_background_tasks();
     // Warm the discovery cache; failure is not fatal (the IdP may start after us).
-    if let Err(e) = gateway.provider().metadata().await {
-        tracing::warn!(error = %e, "identity provider discovery failed at start-up; will retry on demand");
+    match gateway.provider().metadata().await {
+        Err(e) => {
+            tracing::warn!(error = %e, "identity provider discovery failed at start-up; will retry on demand");
+        }
+        Ok(m) if par_required && m.pushed_authorization_request_endpoint.is_none() => {
+            return Err("oidc.par = \"required\" but the identity provider advertises no pushed_authorization_request_endpoint".into());
+        }
+        Ok(_) => {}
     }
     if let Some(admin) = &cfg.admin {
         let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -230,10 +273,11 @@ async fn reload(gateway: &Gateway, path: &std::path::Path, restart: &Restart) {
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
-    let built = cfg
-        .spa
-        .router_for(&cfg.gateway, "/")
-        .and_then(|fallback| frontend_specs(cfg.frontends).map(|frontends| (fallback, frontends)));
+    let mut settings = cfg.gateway;
+    let mut frontends = cfg.frontends;
+    let built = with_dpop_keys(&mut settings, cfg.dpop_key.as_ref(), &mut frontends)
+        .and_then(|()| cfg.spa.router_for(&settings, "/"))
+        .and_then(|fallback| frontend_specs(frontends).map(|frontends| (fallback, frontends)));
     let (fallback, frontends) = match built {
         Ok(b) => b,
         Err(e) => {
@@ -242,7 +286,7 @@ async fn reload(gateway: &Gateway, path: &std::path::Path, restart: &Restart) {
         }
     };
     let had_fallback = fallback.is_some();
-    match gateway.reload(cfg.gateway, fallback, frontends).await {
+    match gateway.reload(settings, fallback, frontends).await {
         Ok(()) => {
             if !had_fallback {
                 tracing::debug!("default frontend keeps its static files");

@@ -6,6 +6,7 @@
 //!   iterations, whichever comes first);
 //! - for N = 1, 100, 1000 concurrent callers on one expiring user session: wall time until all
 //!   have a token and the number of token-endpoint calls (must be 1);
+//! - `dpop_proof`: the cost of one DPoP proof (ES256, EdDSA) with an 800-byte access token;
 //! - the baseline: one direct `OAuthClient::refresh` call, and the ratio of each run to it.
 //!
 //! `cargo bench -p portcullis-token --bench tokens`
@@ -86,6 +87,25 @@ async fn run() -> Result<(), Error> {
         OAuthClient::default_http_client()?,
         clock.clone(),
     ));
+
+    // (0) DPoP proofs (RFC 9449): one signed per proxied call, so its cost is per request.
+    for alg in [
+        portcullis_token::SigningAlg::ES256,
+        portcullis_token::SigningAlg::EdDSA,
+    ] {
+        let key = Arc::new(portcullis_token::DpopKey::generate(alg)?);
+        let dpop = portcullis_token::Dpop::new(key, clock.clone());
+        let target: url::Url = "https://api.example/v1/orders/42".parse()?;
+        let at = Secret::new("x".repeat(800));
+        let started = Instant::now();
+        let mut n = 0u32;
+        while n < 200_000 && started.elapsed() < Duration::from_secs(1) {
+            std::hint::black_box(dpop.proof("GET", &target, Some(&at))?);
+            n += 1;
+        }
+        let us = started.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+        println!("dpop_proof alg={alg:?} us_per_proof={us:.1} proofs={n}");
+    }
 
     // (a) client-credentials cache hits
     let mut cc = ClientCredentialsManager::new(clock.clone(), Duration::from_secs(60));

@@ -247,12 +247,12 @@ impl ClassifyStr for serde_json::Error {
 
 /// The private members of a JWK that we understand.
 #[derive(Deserialize)]
-struct PrivateJwk {
+pub(crate) struct PrivateJwk {
     kty: String,
     #[serde(default)]
     crv: Option<String>,
     #[serde(default)]
-    alg: Option<String>,
+    pub(crate) alg: Option<String>,
     #[serde(default)]
     kid: Option<String>,
     #[serde(default)]
@@ -289,7 +289,7 @@ impl PrivateJwk {
 
     /// The key in the DER form ring expects (PKCS#8 for EC/Ed25519, PKCS#1 for RSA), with the
     /// algorithm family's default algorithm.
-    fn to_der(&self) -> Result<(SigningAlg, Vec<u8>), ClientAuthError> {
+    pub(crate) fn to_der(&self) -> Result<(SigningAlg, Vec<u8>), ClientAuthError> {
         match (self.kty.as_str(), self.crv.as_deref()) {
             ("EC", Some("P-256")) => {
                 let d = fixed::<32>("d", self.member("d", &self.d)?)?;

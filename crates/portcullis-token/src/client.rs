@@ -40,6 +40,7 @@ use http::HeaderValue;
 use tracing::Instrument as _;
 use url::Url;
 
+use crate::dpop::{Dpop, DPOP_HEADER, USE_DPOP_NONCE};
 use crate::{metrics, ClientAuth, Secret, SharedClock, TokenError, TokenParams, TokenResponse};
 
 /// Largest response body read from a token or revocation endpoint.
@@ -148,6 +149,8 @@ pub struct OAuthClient {
     insecure_allow_http: bool,
     http: reqwest::Client,
     clock: SharedClock,
+    dpop: Option<Dpop>,
+    assertion_audience: Option<String>,
 }
 
 impl std::fmt::Debug for OAuthClient {
@@ -161,6 +164,7 @@ impl std::fmt::Debug for OAuthClient {
                 &self.revocation_endpoint.as_ref().map(Url::as_str),
             )
             .field("timeout", &self.timeout)
+            .field("dpop", &self.dpop)
             .finish_non_exhaustive()
     }
 }
@@ -184,7 +188,31 @@ impl OAuthClient {
             insecure_allow_http: config.insecure_allow_http,
             http,
             clock,
+            dpop: None,
+            assertion_audience: None,
         }
+    }
+
+    /// The `aud` of `private_key_jwt` assertions: the issuer identifier instead of the
+    /// endpoint URL (FAPI 2.0 §5.3.2.1 and the OAuth JWT client-authentication update ask
+    /// for the issuer; default: the URL of the endpoint the assertion is sent to).
+    pub fn with_assertion_audience(mut self, audience: impl Into<String>) -> Self {
+        self.assertion_audience = Some(audience.into());
+        self
+    }
+
+    /// Sender-constrains this client's tokens (RFC 9449): every token request carries a
+    /// fresh DPoP proof, a `use_dpop_nonce` answer is retried once with the server's nonce
+    /// (and a fresh client assertion), and the tokens it hands out sign their own proofs
+    /// ([`ManagedToken::dpop_proof`](crate::ManagedToken::dpop_proof)).
+    pub fn with_dpop(mut self, dpop: Dpop) -> Self {
+        self.dpop = Some(dpop);
+        self
+    }
+
+    /// The DPoP signer, when [`with_dpop`](Self::with_dpop) was used.
+    pub fn dpop(&self) -> Option<&Dpop> {
+        self.dpop.as_ref()
     }
 
     /// A `reqwest::Client` suited for token endpoints: rustls, no redirects, 10 s connect timeout.
@@ -279,6 +307,61 @@ impl OAuthClient {
             .await
     }
 
+    /// RFC 9126 pushed authorization request: POSTs the authorization request `params` to
+    /// `endpoint` with this client's authentication; returns the `request_uri` and its
+    /// `expires_in` (seconds). The DPoP key binding travels as the `dpop_jkt` parameter
+    /// (RFC 9449 §10), so no proof is sent here.
+    ///
+    /// # Errors
+    ///
+    /// As for token requests: [`TokenError::Rejected`] for an OAuth error answer (the IdP's
+    /// `error` and description), transport errors as [`TokenError::Unavailable`]/[`TokenError::Timeout`],
+    /// [`TokenError::Malformed`] for a 2xx without `request_uri`.
+    pub async fn push_authorization_request(
+        &self,
+        endpoint: &Url,
+        params: &[(String, String)],
+    ) -> Result<(String, i64), TokenError> {
+        #[derive(serde::Deserialize)]
+        struct ParResponse {
+            request_uri: String,
+            #[serde(default)]
+            expires_in: Option<i64>,
+        }
+        // RFC 9126 §2.1 wants `client_id` in the body; every authentication but Basic adds it.
+        let auth_adds_client_id = !matches!(self.auth, ClientAuth::ClientSecretBasic(_));
+        let form: Form = params
+            .iter()
+            .filter(|(k, _)| !(auth_adds_client_id && k == "client_id"))
+            .cloned()
+            .collect();
+        let span = tracing::debug_span!(
+            "pushed_authorization_request",
+            client_id = %self.client_id,
+            endpoint = %endpoint_label(endpoint),
+            status = tracing::field::Empty,
+        );
+        async {
+            metrics::token_request("pushed_authorization");
+            let (status, body) = self.post(endpoint, form, false).await?;
+            tracing::Span::current().record("status", status);
+            if !(200..300).contains(&status) {
+                return Err(TokenError::from_error_response(status, &body));
+            }
+            let resp: ParResponse = serde_json::from_slice(&body).map_err(|e| {
+                TokenError::Malformed(format!("PAR response: {:?} error", e.classify()))
+            })?;
+            if resp.request_uri.is_empty() {
+                return Err(TokenError::Malformed(
+                    "PAR response: empty request_uri".into(),
+                ));
+            }
+            Ok((resp.request_uri, resp.expires_in.unwrap_or(60)))
+        }
+        .instrument(span)
+        .await
+    }
+
     /// RFC 7009 revocation. `Err(NotSupported)` when no revocation endpoint is configured:
     /// the caller decides whether that matters.
     pub async fn revoke(&self, token: &Secret, hint: TokenTypeHint) -> Result<(), TokenError> {
@@ -303,7 +386,7 @@ impl OAuthClient {
         );
         async {
             metrics::token_request("revocation");
-            let (status, body) = self.post(&endpoint, form).await?;
+            let (status, body) = self.post(&endpoint, form, false).await?;
             tracing::Span::current().record("status", status);
             if (200..300).contains(&status) {
                 Ok(())
@@ -335,7 +418,7 @@ impl OAuthClient {
             metrics::token_request(grant_label(grant_type));
             let started = std::time::Instant::now();
             let result = self
-                .post(&self.token_endpoint, form)
+                .post(&self.token_endpoint, form, true)
                 .await
                 .and_then(|(status, body)| {
                     tracing::Span::current().record("status", status);
@@ -350,6 +433,15 @@ impl OAuthClient {
                 Ok(resp) => {
                     tracing::Span::current()
                         .record("access_token", resp.access_token.fingerprint());
+                    if self.dpop.is_some() && resp.token_type != crate::TokenType::DPoP {
+                        // RFC 9449 §5: an AS that does not support DPoP answers with a Bearer
+                        // token; it works, but is not sender-constrained. Counted, not refused.
+                        metrics::dpop_not_bound(grant_label(grant_type));
+                        tracing::warn!(
+                            token_type = resp.token_type.as_str(),
+                            "DPoP proof sent but the token endpoint issued a token that is not DPoP-bound"
+                        );
+                    }
                     tracing::debug!(
                         elapsed_ms,
                         expires_in = resp.expires_in,
@@ -364,8 +456,32 @@ impl OAuthClient {
         .await
     }
 
-    /// POST a form with client authentication; returns status and (bounded) body.
-    async fn post(&self, endpoint: &Url, mut form: Form) -> Result<(u16, Vec<u8>), TokenError> {
+    /// POST a form with client authentication (and, for token requests of a DPoP client, a
+    /// proof); returns status and (bounded) body. A DPoP `use_dpop_nonce` answer that came
+    /// with a nonce is retried once (RFC 9449 §8): the form is rebuilt, so a client assertion
+    /// is fresh too.
+    async fn post(
+        &self,
+        endpoint: &Url,
+        form: Form,
+        proof: bool,
+    ) -> Result<(u16, Vec<u8>), TokenError> {
+        let dpop = self.dpop.as_ref().filter(|_| proof);
+        let (status, body, nonce) = self.post_once(endpoint, form.clone(), dpop).await?;
+        if status == 400 && nonce && error_code(&body).as_deref() == Some(USE_DPOP_NONCE) {
+            tracing::debug!(endpoint = %endpoint_label(endpoint), "token endpoint asked for a DPoP nonce; retrying once");
+            let (status, body, _) = self.post_once(endpoint, form, dpop).await?;
+            return Ok((status, body));
+        }
+        Ok((status, body))
+    }
+
+    async fn post_once(
+        &self,
+        endpoint: &Url,
+        mut form: Form,
+        dpop: Option<&Dpop>,
+    ) -> Result<(u16, Vec<u8>, bool), TokenError> {
         self.check_transport(endpoint)?;
         let mut request = self
             .http
@@ -396,11 +512,11 @@ impl OAuthClient {
                 form.push(field("client_secret", secret.expose_secret().to_owned()));
             }
             ClientAuth::PrivateKeyJwt(key) => {
-                let assertion = key.assertion(
-                    &self.client_id,
-                    self.token_endpoint.as_str(),
-                    self.clock.now_unix(),
-                )?;
+                let audience = match &self.assertion_audience {
+                    Some(aud) => aud.as_str(),
+                    None => endpoint.as_str(),
+                };
+                let assertion = key.assertion(&self.client_id, audience, self.clock.now_unix())?;
                 form.push(field("client_id", self.client_id.clone()));
                 form.push(field(
                     "client_assertion_type",
@@ -413,12 +529,16 @@ impl OAuthClient {
             }
             ClientAuth::None => form.push(field("client_id", self.client_id.clone())),
         }
+        if let Some(dpop) = dpop {
+            request = request.header(DPOP_HEADER, dpop.proof("POST", endpoint, None)?);
+        }
         let mut response = request
             .form(&form)
             .send()
             .await
             .map_err(TokenError::from_reqwest)?;
         let status = response.status().as_u16();
+        let nonce = dpop.and_then(|d| d.remember_nonce(endpoint, response.headers()));
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(TokenError::from_reqwest)? {
             if body.len() + chunk.len() > MAX_BODY {
@@ -428,7 +548,7 @@ impl OAuthClient {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok((status, body))
+        Ok((status, body, nonce.is_some()))
     }
 
     fn check_transport(&self, endpoint: &Url) -> Result<(), TokenError> {
@@ -481,6 +601,17 @@ fn add_params(form: &mut Form, params: &TokenParams) -> Result<(), TokenError> {
         form.push(field(name, value.clone()));
     }
     Ok(())
+}
+
+/// The RFC 6749 §5.2 `error` member of an error body, if it is one.
+fn error_code(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct ErrorBody {
+        error: String,
+    }
+    serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .map(|b| b.error)
 }
 
 fn parse_token_response(body: &[u8]) -> Result<TokenResponse, TokenError> {

@@ -123,7 +123,7 @@ impl ClientCredentialsManager {
             let response = client.client_credentials(&effective).await?;
             let now = self.clock.now_unix();
             let access = AccessToken::from_response(&response, now);
-            let token = ManagedToken::new(&access)?;
+            let token = ManagedToken::new(&access)?.bind(client.dpop());
             let cache_secs = match access.lifetime() {
                 Some(lifetime) => lifetime - access.effective_buffer(self.buffer),
                 None => NO_EXPIRY_CACHE_SECS,

@@ -71,7 +71,7 @@ impl TokenExchangeManager {
         let now = self.clock.now_unix();
         if let Some(cached) = self.cache.get(&key).await {
             if !cached.needs_refresh(now, self.buffer) {
-                return ManagedToken::new(&cached);
+                return Ok(ManagedToken::new(&cached)?.bind(self.client.dpop()));
             }
             self.cache.invalidate(&key).await;
         }
@@ -87,6 +87,6 @@ impl TokenExchangeManager {
             })
             .await
             .map_err(|e: Arc<TokenError>| (*e).clone())?;
-        ManagedToken::new(&token)
+        Ok(ManagedToken::new(&token)?.bind(self.client.dpop()))
     }
 }

@@ -12,6 +12,10 @@
 //! returned as is; so it is when the renewal fails transiently. A renewal that shows the session
 //! is over (`invalid_grant`, ...) is returned as `Err(TokenClientError::Token(_))`.
 //!
+//! A DPoP-bound token (RFC 9449) gets a fresh proof on each request (`htu` = the request URL
+//! without query and fragment, `ath`, the origin's last nonce); a 401 `use_dpop_nonce` with a
+//! `DPoP-Nonce` is answered by one retry with that nonce, again only for replayable bodies.
+//!
 //! ```no_run
 //! # async fn demo(cc: std::sync::Arc<portcullis_token::ClientCredentialsManager>) -> Result<(), portcullis_token::TokenClientError> {
 //! use portcullis_token::{TokenClient, TokenParams, TokenSource};
@@ -149,12 +153,26 @@ impl TokenClient {
         mut request: reqwest::Request,
     ) -> Result<reqwest::Response, TokenClientError> {
         let token = self.source.token().await?;
-        set_token(&mut request, &token);
+        set_token(&mut request, &token)?;
         let retry = request.try_clone();
-        let response = self.http.execute(request).await?;
-        let Some(mut retry) = retry else {
+        let nonce_retry = request.try_clone();
+        let url = request.url().clone();
+        let mut response = self.http.execute(request).await?;
+        let (Some(mut retry), Some(mut again)) = (retry, nonce_retry) else {
+            token.remember_dpop_nonce(&url, response.headers());
             return Ok(response);
         };
+        if token
+            .remember_dpop_nonce(&url, response.headers())
+            .is_some()
+            && crate::dpop::is_nonce_challenge(response.status(), response.headers())
+        {
+            // RFC 9449 §9: the resource server wants a nonce; one retry with it.
+            set_token(&mut again, &token)?;
+            drop(response);
+            response = self.http.execute(again).await?;
+            token.remember_dpop_nonce(&url, response.headers());
+        }
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
@@ -170,13 +188,22 @@ impl TokenClient {
         };
         tracing::debug!(stale = %token.fingerprint(), renewed = %renewed.fingerprint(), "retrying after 401");
         drop(response);
-        set_token(&mut retry, &renewed);
-        Ok(self.http.execute(retry).await?)
+        set_token(&mut retry, &renewed)?;
+        let response = self.http.execute(retry).await?;
+        renewed.remember_dpop_nonce(&url, response.headers());
+        Ok(response)
     }
 }
 
-fn set_token(request: &mut reqwest::Request, token: &ManagedToken) {
+/// `Authorization` with the token's scheme and, for a DPoP-bound token, a fresh proof for
+/// this request's method and URL; any `DPoP` header already set is replaced.
+fn set_token(request: &mut reqwest::Request, token: &ManagedToken) -> Result<(), TokenError> {
+    let proof = token.dpop_proof(request.method().as_str(), request.url())?;
     let headers = request.headers_mut();
     headers.remove(HeaderName::from_static("dpop"));
     headers.insert(AUTHORIZATION, token.authorization_header());
+    if let Some(proof) = proof {
+        headers.insert(HeaderName::from_static("dpop"), proof);
+    }
+    Ok(())
 }

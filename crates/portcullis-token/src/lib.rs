@@ -9,6 +9,8 @@
 //! - [`ClientCredentialsManager`]: cached client-credentials tokens, keyed by client and every
 //!   request parameter.
 //! - [`TokenClient`]: attach a managed token to each `reqwest` request, renew once on 401.
+//! - [`Dpop`]: DPoP (RFC 9449) proofs; an [`OAuthClient::with_dpop`] gets DPoP-bound tokens
+//!   whose [`ManagedToken::dpop_proof`] signs the proof of each resource request.
 //! - [`ManagedToken`]: the only way to get an `Authorization` header out of this crate, so a
 //!   caller cannot skip the expiry check.
 //!
@@ -52,6 +54,7 @@ pub mod client;
 pub mod client_credentials;
 pub mod clock;
 pub mod discovery;
+pub mod dpop;
 pub mod error;
 pub mod exchange;
 mod flight;
@@ -69,6 +72,7 @@ pub use client::{OAuthClient, OAuthClientConfig, TokenTypeHint};
 pub use client_credentials::ClientCredentialsManager;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use discovery::{discover, ProviderMetadata};
+pub use dpop::{Dpop, DpopKey};
 pub use error::TokenError;
 pub use exchange::{TokenExchangeManager, ACCESS_TOKEN_TYPE};
 pub use http::{TokenClient, TokenClientError, TokenSource};

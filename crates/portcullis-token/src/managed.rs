@@ -4,12 +4,16 @@
 //! attaches tokens to outgoing requests and accepts a `ManagedToken` cannot skip the
 //! expiry check and refresh step: it does not compile without them.
 //!
-//! Caveat: a `DPoP` token yields a `DPoP <token>` header, but this crate does not create DPoP
-//! proofs (it never sends one to the token endpoint either, so IdPs should not issue such
-//! tokens to it).
+//! DPoP (RFC 9449): a token with `token_type` `DPoP` (any case) from a client with a
+//! [`Dpop`] signer carries that signer: [`ManagedToken::dpop_proof`] makes the proof of each
+//! request (`htm`, `htu`, `ath`, the server's nonce). A `DPoP` token without a signer (the
+//! client sent no proof, yet the IdP said `DPoP`) still yields `DPoP <token>`, never `Bearer`;
+//! the resource server will then refuse it.
 
 use http::HeaderValue;
+use url::Url;
 
+use crate::dpop::Dpop;
 use crate::{AccessToken, Secret, TokenError, TokenType};
 
 /// A current access token, ready to be attached to a request.
@@ -19,6 +23,7 @@ pub struct ManagedToken {
     token_type: TokenType,
     expires_at: Option<i64>,
     header: HeaderValue,
+    dpop: Option<Dpop>,
 }
 
 impl ManagedToken {
@@ -34,7 +39,40 @@ impl ManagedToken {
             token_type: token.token_type.clone(),
             expires_at: token.expires_at,
             header,
+            dpop: None,
         })
+    }
+
+    /// Attaches the client's DPoP signer to a `DPoP` token (a Bearer token stays Bearer).
+    pub(crate) fn bind(mut self, dpop: Option<&Dpop>) -> Self {
+        if self.token_type == TokenType::DPoP {
+            self.dpop = dpop.cloned();
+        }
+        self
+    }
+
+    /// True when requests with this token need a DPoP proof and this token can make it.
+    pub fn is_dpop_bound(&self) -> bool {
+        self.dpop.is_some()
+    }
+
+    /// The `DPoP` header value for `method` on `url` (RFC 9449 §7.1: `ath` of this token, the
+    /// nonce last seen from `url`'s origin); `None` for tokens that are not DPoP-bound.
+    ///
+    /// # Errors
+    ///
+    /// [`TokenError::InvalidParams`] when signing fails.
+    pub fn dpop_proof(&self, method: &str, url: &Url) -> Result<Option<HeaderValue>, TokenError> {
+        self.dpop
+            .as_ref()
+            .map(|d| d.proof(method, url, Some(&self.value)))
+            .transpose()
+    }
+
+    /// Remembers the `DPoP-Nonce` a response from `url` carries (for the next proofs to that
+    /// origin); returns it. Does nothing for tokens that are not DPoP-bound.
+    pub fn remember_dpop_nonce(&self, url: &Url, headers: &http::HeaderMap) -> Option<String> {
+        self.dpop.as_ref()?.remember_nonce(url, headers)
     }
 
     /// `Bearer <token>` (or `DPoP <token>`), marked sensitive so HTTP/2 never indexes it and
@@ -75,6 +113,7 @@ impl std::fmt::Debug for ManagedToken {
             .field("fingerprint", &self.fingerprint())
             .field("token_type", &self.token_type)
             .field("expires_at", &self.expires_at)
+            .field("dpop_bound", &self.dpop.is_some())
             .finish()
     }
 }

@@ -7,6 +7,7 @@
 //! | `portcullis_token_refresh_total` | | user-token refreshes attempted at the IdP |
 //! | `portcullis_token_refresh_failures_total` | `kind` ([`TokenError::kind`](crate::TokenError::kind)) | failed user-token refreshes |
 //! | `portcullis_client_token_cache_total` | `result` = `hit` / `miss` | client-credentials cache look-ups |
+//! | `portcullis_dpop_unbound_tokens_total` | `grant_type` | tokens a DPoP client received that are not DPoP-bound (the IdP ignored the proof) |
 //!
 //! Labels are low-cardinality by construction: never a session id, client id or token.
 
@@ -19,6 +20,10 @@ pub const TOKEN_REFRESH_TOTAL: &str = "portcullis_token_refresh_total";
 pub const TOKEN_REFRESH_FAILURES_TOTAL: &str = "portcullis_token_refresh_failures_total";
 /// Counter of client-credentials cache look-ups; label `result` = `hit` or `miss`.
 pub const CLIENT_TOKEN_CACHE_TOTAL: &str = "portcullis_client_token_cache_total";
+
+/// Counter of tokens that a DPoP client received with another `token_type` than `DPoP`
+/// (the IdP ignored the proof, RFC 9449 §5); label `grant_type`.
+pub const DPOP_UNBOUND_TOKENS_TOTAL: &str = "portcullis_dpop_unbound_tokens_total";
 
 /// Register descriptions with the installed recorder (optional).
 pub fn describe_metrics() {
@@ -35,6 +40,14 @@ pub fn describe_metrics() {
         CLIENT_TOKEN_CACHE_TOTAL,
         "Client-credentials token cache look-ups, by result"
     );
+    metrics::describe_counter!(
+        DPOP_UNBOUND_TOKENS_TOTAL,
+        "Tokens a DPoP client received that are not DPoP-bound, by grant type"
+    );
+}
+
+pub(crate) fn dpop_not_bound(grant_type: &'static str) {
+    metrics::counter!(DPOP_UNBOUND_TOKENS_TOTAL, "grant_type" => grant_type).increment(1);
 }
 
 pub(crate) fn token_request(grant_type: &'static str) {

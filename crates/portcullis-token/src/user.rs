@@ -242,12 +242,13 @@ impl UserTokenManager {
             if !token.needs_refresh(self.clock.now_unix(), buffer) {
                 // The caller's span (the gateway's `token` span) declares this field.
                 tracing::Span::current().record("token.cache", "hit");
-                return ManagedToken::new(token);
+                return Ok(ManagedToken::new(token)?.bind(self.client.dpop()));
             }
         }
         tracing::Span::current().record("token.cache", "miss");
         self.obtain(store, session, params, Mode::IfNeeded { buffer })
             .await
+            .map(|t| t.bind(self.client.dpop()))
     }
 
     /// Force a refresh after an API answered 401 with `stale`. Single-flighted: if another
@@ -262,6 +263,7 @@ impl UserTokenManager {
     ) -> Result<ManagedToken, TokenError> {
         self.obtain(store, session, params, Mode::Renew { stale })
             .await
+            .map(|t| t.bind(self.client.dpop()))
     }
 
     /// Run `f` while no refresh of `session` can run or store anything: under the session's

@@ -755,8 +755,7 @@ async fn api_inner(
             .instrument(upstream_span.clone())
             .await?
     } else {
-        forwarder
-            .forward(route, request, token.as_ref(), &ctx)
+        crate::proxy::dpop::forward(forwarder, route, request, token.as_ref(), &ctx)
             .instrument(upstream_span.clone())
             .await?
     };

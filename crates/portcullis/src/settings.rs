@@ -82,6 +82,77 @@ pub struct OidcSettings {
     pub trusted_audiences: Vec<String>,
     /// Timeout of calls to the IdP (discovery, token endpoint).
     pub http_timeout: Duration,
+    /// DPoP (RFC 9449): sender-constrained access and refresh tokens. `None` (default): off.
+    pub dpop: Option<DpopSettings>,
+    /// Pushed authorization requests (RFC 9126). Default [`ParMode::Off`].
+    pub par: ParMode,
+    /// A security profile whose extra checks the gateway applies at run time. Default
+    /// [`SecurityProfile::Default`].
+    pub profile: SecurityProfile,
+}
+
+/// DPoP (RFC 9449) for the gateway's own client: one key for every session.
+///
+/// The key signs a proof for each token request (code exchange, refresh, client credentials,
+/// token exchange) and for each proxied call with a DPoP-bound token; its RFC 7638
+/// thumbprint is the `dpop_jkt` of the authorization request. The binary keeps it in a key
+/// file in the data directory (generated at first start, mode 0600), never in the session
+/// store: one secret to protect, readable by every instance that shares the data directory
+/// or is given the same file.
+#[derive(Clone)]
+pub struct DpopSettings {
+    /// The proof-of-possession key.
+    pub key: std::sync::Arc<portcullis_token::DpopKey>,
+}
+
+impl std::fmt::Debug for DpopSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DpopSettings")
+            .field("alg", &self.key.alg())
+            .field("jkt", &self.key.thumbprint())
+            .finish()
+    }
+}
+
+/// When to use pushed authorization requests (RFC 9126).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ParMode {
+    /// Never: the authorization request travels in the redirect's query string. Default, so
+    /// existing deployments keep their front-channel request; an IdP that requires PAR (for
+    /// all clients, per its discovery document) is used with PAR anyway.
+    #[default]
+    Off,
+    /// When discovery advertises `pushed_authorization_request_endpoint`.
+    Auto,
+    /// Always; a login fails with a clear error if the IdP has no PAR endpoint.
+    Required,
+}
+
+/// A security profile the gateway enforces at run time (the binary's `oidc.profile`; its
+/// configuration checks refuse settings that contradict it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SecurityProfile {
+    /// No profile beyond the gateway's own defaults.
+    #[default]
+    Default,
+    /// FAPI 2.0 Security Profile (final, 2025): RFC 9207 `iss` required on every authorization
+    /// response; ID tokens only PS256, ES256 or EdDSA; client assertions name the issuer
+    /// identifier as their `aud`.
+    Fapi2,
+}
+
+/// ID-token algorithms FAPI 2.0 §5.4.1 (5.4: cryptography) allows.
+pub const FAPI2_ALGS: [&str; 3] = ["PS256", "ES256", "EdDSA"];
+
+impl OidcSettings {
+    /// The ID-token signature algorithms to accept given the IdP's advertised list
+    /// (empty = the gateway's default allow-list): under FAPI 2.0 exactly [`FAPI2_ALGS`].
+    pub fn id_token_algs(&self, advertised: &[String]) -> Vec<String> {
+        match self.profile {
+            SecurityProfile::Default => advertised.to_vec(),
+            SecurityProfile::Fapi2 => FAPI2_ALGS.iter().map(|a| (*a).to_owned()).collect(),
+        }
+    }
 }
 
 /// OAuth 2.0 response mode of the authorization request.

@@ -286,6 +286,24 @@ impl Idp {
         }
     }
 
+    /// Starts the IdP with this configuration as is (clients and options of
+    /// testing/idp/README.md), on a free port.
+    pub async fn start_raw(config: &Value) -> Idp {
+        check_node_modules();
+        let config_path = temp_dir("idp").join("idp.json");
+        std::fs::write(&config_path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
+        let proc = Self::spawn(0, &config_path).await;
+        let issuer = proc.ready["issuer"].as_str().expect("issuer").to_owned();
+        let port = proc.ready["port"].as_u64().expect("port") as u16;
+        Idp {
+            proc: Some(proc),
+            issuer,
+            port,
+            config_path,
+            http: Client::new(),
+        }
+    }
+
     async fn spawn(port: u16, config: &Path) -> Proc {
         let mut cmd = Command::new("node");
         cmd.current_dir(repo_root())

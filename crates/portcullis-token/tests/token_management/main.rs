@@ -6,6 +6,7 @@ mod idp;
 
 mod client;
 mod client_credentials;
+mod dpop;
 mod exchange;
 mod http_client;
 mod refresh_checks;

@@ -186,7 +186,9 @@ async fn complete(
     let claims = id_token::validate(
         gw.provider(),
         id_token.expose_secret(),
-        &metadata.id_token_signing_alg_values_supported,
+        &gw.settings()
+            .oidc
+            .id_token_algs(&metadata.id_token_signing_alg_values_supported),
         &Expectations {
             client_id: &settings.oidc.client_id,
             trusted_audiences: &settings.oidc.trusted_audiences,
@@ -249,11 +251,13 @@ async fn check_issuer(
             "The sign-in response came from an unexpected issuer.".into(),
         )),
         Some(_) => Ok(()),
-        None if gw
-            .provider()
-            .metadata()
-            .await?
-            .authorization_response_iss_parameter_supported =>
+        // FAPI 2.0 §5.3.2.2 (4): the RFC 9207 `iss` is required whatever discovery says.
+        None if gw.settings().oidc.profile == crate::settings::SecurityProfile::Fapi2
+            || gw
+                .provider()
+                .metadata()
+                .await?
+                .authorization_response_iss_parameter_supported =>
         {
             Err(GatewayError::LoginRejected(
                 "The sign-in response lacks the issuer parameter.".into(),

@@ -2,6 +2,11 @@
 //! `GET {base}/silent-login` (Duende.BFF v3): the same with `prompt=none`; the flow ends on
 //! the silent-login callback page, which posts the result to the parent window. Duende v4
 //! pages use `{base}/login?prompt=none` for the same thing; both work.
+//!
+//! With pushed authorization requests (RFC 9126; `oidc.par`, or an IdP that requires them)
+//! the request parameters go to the IdP's PAR endpoint over the back channel, authenticated
+//! like a token request, and the browser is redirected with `client_id` and `request_uri`
+//! only. With DPoP the request carries `dpop_jkt` (RFC 9449 §10).
 
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap};
@@ -12,7 +17,11 @@ use base64::Engine;
 use super::{parse_params, redirect, return_url_param};
 use crate::error::GatewayError;
 use crate::frontend::Frontend;
-use crate::oidc::authorize::{authorization_url, AuthorizeRequest, LoginTransaction};
+use crate::oidc::authorize::{
+    authorization_params, authorization_url, pushed_authorization_url, AuthorizeRequest,
+    LoginTransaction,
+};
+use crate::settings::ParMode;
 
 pub(crate) const TX_AAD: &[u8] = b"portcullis.login-tx.v1";
 
@@ -70,19 +79,42 @@ async fn start(
     let settings = gw.settings();
     let now = gw.now();
     let tx = LoginTransaction::new(return_url, prompt == Some("none"), now);
-    let url = authorization_url(
-        &AuthorizeRequest {
-            authorization_endpoint: &metadata.authorization_endpoint,
-            client_id: &settings.oidc.client_id,
-            redirect_uri: gw.redirect_uri(),
-            scopes: &settings.oidc.scopes,
-            prompt,
-            resource: settings.oidc.resource.as_deref(),
-            response_mode: settings.oidc.response_mode.as_str(),
-            extra: &settings.oidc.extra_authorize_params,
-        },
-        &tx,
-    )
+    let request = AuthorizeRequest {
+        authorization_endpoint: &metadata.authorization_endpoint,
+        client_id: &settings.oidc.client_id,
+        redirect_uri: gw.redirect_uri(),
+        scopes: &settings.oidc.scopes,
+        prompt,
+        resource: settings.oidc.resource.as_deref(),
+        response_mode: settings.oidc.response_mode.as_str(),
+        extra: &settings.oidc.extra_authorize_params,
+        dpop_jkt: settings.oidc.dpop.as_ref().map(|d| d.key.thumbprint()),
+    };
+    let par_endpoint = metadata.pushed_authorization_request_endpoint.as_deref();
+    let use_par = match settings.oidc.par {
+        // An IdP that requires PAR of every client gets it even when it is off here.
+        ParMode::Off => metadata.require_pushed_authorization_requests && par_endpoint.is_some(),
+        ParMode::Auto => par_endpoint.is_some(),
+        ParMode::Required => true,
+    };
+    let url = if use_par {
+        let endpoint = par_endpoint.ok_or_else(|| {
+            GatewayError::IdpUnavailable(
+                "pushed authorization requests are required (oidc.par = \"required\") but the identity provider advertises no pushed_authorization_request_endpoint".into(),
+            )
+        })?;
+        let request_uri = gw
+            .tokens()
+            .push_authorization_request(endpoint, &authorization_params(&request, &tx))
+            .await?;
+        pushed_authorization_url(
+            &metadata.authorization_endpoint,
+            &settings.oidc.client_id,
+            &request_uri,
+        )
+    } else {
+        authorization_url(&request, &tx)
+    }
     .map_err(GatewayError::IdpUnavailable)?;
 
     let cookies = gw.sessions().cookies();

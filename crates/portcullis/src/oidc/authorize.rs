@@ -79,14 +79,49 @@ pub struct AuthorizeRequest<'a> {
     pub response_mode: &'a str,
     /// Extra query parameters appended as given (e.g. `audience`).
     pub extra: &'a [(String, String)],
+    /// RFC 9449 §10 `dpop_jkt`: the thumbprint of the DPoP key that will redeem the code.
+    pub dpop_jkt: Option<&'a str>,
 }
 
-/// Builds the authorization URL (code flow, PKCE S256, state, nonce).
-///
-/// Adds `response_type=code`, `client_id`, `redirect_uri`, `scope`, `state`, `nonce`,
+/// The parameters of an authorization request (code flow, PKCE S256, state, nonce), in
+/// order: `response_type=code`, `client_id`, `redirect_uri`, `scope`, `state`, `nonce`,
 /// `code_challenge` + `code_challenge_method=S256`, `response_mode`, then `prompt`,
-/// `resource` and the extra parameters when set (OIDC Core §3.1.2.1, RFC 7636 §4.3,
-/// RFC 8707 §2).
+/// `resource`, `dpop_jkt` and the extra parameters when set (OIDC Core §3.1.2.1, RFC 7636
+/// §4.3, RFC 8707 §2, RFC 9449 §10). The same list goes in the query string or, with PAR,
+/// in the pushed request body (RFC 9126 §2.1).
+pub fn authorization_params(
+    req: &AuthorizeRequest<'_>,
+    tx: &LoginTransaction,
+) -> Vec<(String, String)> {
+    let mut q: Vec<(String, String)> = [
+        ("response_type", "code".to_owned()),
+        ("client_id", req.client_id.to_owned()),
+        ("redirect_uri", req.redirect_uri.to_owned()),
+        ("scope", req.scopes.join(" ")),
+        ("state", tx.state.clone()),
+        ("nonce", tx.nonce.clone()),
+        ("code_challenge", tx.pkce_challenge()),
+        ("code_challenge_method", "S256".to_owned()),
+        ("response_mode", req.response_mode.to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    if let Some(p) = req.prompt {
+        q.push(("prompt".into(), p.to_owned()));
+    }
+    if let Some(r) = req.resource {
+        q.push(("resource".into(), r.to_owned()));
+    }
+    if let Some(jkt) = req.dpop_jkt {
+        q.push(("dpop_jkt".into(), jkt.to_owned()));
+    }
+    q.extend(req.extra.iter().cloned());
+    q
+}
+
+/// Builds the authorization URL: the endpoint with [`authorization_params`] added to its
+/// query.
 ///
 /// # Errors
 ///
@@ -97,27 +132,27 @@ pub fn authorization_url(
 ) -> Result<url::Url, String> {
     let mut url = url::Url::parse(req.authorization_endpoint)
         .map_err(|e| format!("authorization_endpoint is not a URL: {e}"))?;
-    {
-        let mut q = url.query_pairs_mut();
-        q.append_pair("response_type", "code")
-            .append_pair("client_id", req.client_id)
-            .append_pair("redirect_uri", req.redirect_uri)
-            .append_pair("scope", &req.scopes.join(" "))
-            .append_pair("state", &tx.state)
-            .append_pair("nonce", &tx.nonce)
-            .append_pair("code_challenge", &tx.pkce_challenge())
-            .append_pair("code_challenge_method", "S256")
-            .append_pair("response_mode", req.response_mode);
-        if let Some(p) = req.prompt {
-            q.append_pair("prompt", p);
-        }
-        if let Some(r) = req.resource {
-            q.append_pair("resource", r);
-        }
-        for (k, v) in req.extra {
-            q.append_pair(k, v);
-        }
-    }
+    url.query_pairs_mut()
+        .extend_pairs(authorization_params(req, tx));
+    Ok(url)
+}
+
+/// The front-channel URL after a pushed authorization request (RFC 9126 §4): the
+/// authorization endpoint with `client_id` and `request_uri` only.
+///
+/// # Errors
+///
+/// A message if `authorization_endpoint` is not a URL.
+pub fn pushed_authorization_url(
+    authorization_endpoint: &str,
+    client_id: &str,
+    request_uri: &str,
+) -> Result<url::Url, String> {
+    let mut url = url::Url::parse(authorization_endpoint)
+        .map_err(|e| format!("authorization_endpoint is not a URL: {e}"))?;
+    url.query_pairs_mut()
+        .append_pair("client_id", client_id)
+        .append_pair("request_uri", request_uri);
     Ok(url)
 }
 
@@ -200,6 +235,7 @@ mod tests {
                 resource: None,
                 response_mode: "query",
                 extra: &[],
+                dpop_jkt: Some("jkt"),
             },
             &tx,
         )
@@ -212,6 +248,7 @@ mod tests {
         assert_eq!(q["nonce"], tx.nonce);
         assert_eq!(q["scope"], "openid profile");
         assert_eq!(q["prompt"], "login");
+        assert_eq!(q["dpop_jkt"], "jkt");
         assert_ne!(tx.state, tx.nonce);
     }
 }

@@ -85,6 +85,13 @@ pub struct ProviderMetadata {
     pub code_challenge_methods_supported: Option<Vec<String>>,
     /// `backchannel_logout_supported` (OIDC Back-Channel Logout 1.0 §2.1); `false` when absent.
     pub backchannel_logout_supported: bool,
+    /// `pushed_authorization_request_endpoint` (RFC 9126 §5), if advertised.
+    pub pushed_authorization_request_endpoint: Option<String>,
+    /// `require_pushed_authorization_requests` (RFC 9126 §5): the IdP accepts authorization
+    /// requests only through PAR; `false` when absent.
+    pub require_pushed_authorization_requests: bool,
+    /// `dpop_signing_alg_values_supported` (RFC 9449 §5.1), `None` when not advertised.
+    pub dpop_signing_alg_values_supported: Option<Vec<String>>,
 }
 
 impl ProviderMetadata {
@@ -136,6 +143,11 @@ impl ProviderMetadata {
             ),
             code_challenge_methods_supported: strings("code_challenge_methods_supported"),
             backchannel_logout_supported: flag("backchannel_logout_supported"),
+            pushed_authorization_request_endpoint: endpoint(
+                "pushed_authorization_request_endpoint",
+            ),
+            require_pushed_authorization_requests: flag("require_pushed_authorization_requests"),
+            dpop_signing_alg_values_supported: strings("dpop_signing_alg_values_supported"),
         })
     }
 }

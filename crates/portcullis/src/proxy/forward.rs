@@ -110,7 +110,7 @@ impl Forwarder {
         ctx: &ForwardContext<'_>,
     ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, body) = request.into_parts();
-        prepare(&mut parts, route, token, ctx)?;
+        let dpop_url = prepare(&mut parts, route, token, ctx)?;
         // A request that has ended (no body: most GETs) cannot fail while it is sent.
         let (body, body_failed) = if http_body::Body::is_end_stream(&body) {
             (body, None)
@@ -150,6 +150,9 @@ impl Forwarder {
             Ok(Ok(r)) => r,
         };
         let (mut parts, body) = response.into_parts();
+        if let (Some(url), Some(token)) = (&dpop_url, token) {
+            token.remember_dpop_nonce(url, &parts.headers);
+        }
         strip_hop_by_hop(&mut parts.headers);
         strip_own_cookies(&mut parts.headers, ctx.own_cookie_names);
         Ok(Response::from_parts(parts, Body::new(body)))
@@ -232,13 +235,14 @@ impl Forwarder {
 }
 
 /// Points a browser request at the route's upstream: target URI, header hygiene, `Host`,
-/// and this request's own `Authorization` (never a client default).
+/// and this request's own `Authorization` (never a client default) and, for a DPoP-bound
+/// token, its `DPoP` proof; then returns the upstream URL the proof names.
 fn prepare(
     parts: &mut http::request::Parts,
     route: &Route,
     token: Option<&ManagedToken>,
     ctx: &ForwardContext<'_>,
-) -> Result<(), GatewayError> {
+) -> Result<Option<url::Url>, GatewayError> {
     let uri = route.upstream_uri(parts.uri.path(), parts.uri.query())?;
     sanitize_headers(&mut parts.headers, ctx, route.prefix_header());
     // The browser's trace context never reaches an upstream; ours does when tracing is on.
@@ -246,14 +250,20 @@ fn prepare(
     if let Some(host) = route.host_header() {
         parts.headers.insert(header::HOST, host.clone());
     }
+    let mut dpop_url = None;
     if let Some(token) = token {
         parts
             .headers
             .insert(header::AUTHORIZATION, token.authorization_header());
+        if token.is_dpop_bound() {
+            let (url, proof) = super::dpop::proof(token, &parts.method, &uri)?;
+            parts.headers.insert(super::dpop::DPOP, proof);
+            dpop_url = Some(url);
+        }
     }
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
-    Ok(())
+    Ok(dpop_url)
 }
 
 /// The browser's request body on its way upstream, recording whether reading it failed

@@ -29,7 +29,7 @@ use async_trait::async_trait;
 use axum::http::HeaderMap;
 use portcullis_session::CasOutcome;
 use portcullis_token::{
-    ClientAuth, ClientCredentialsManager, ManagedToken, OAuthClient, OAuthClientConfig,
+    ClientAuth, ClientCredentialsManager, Dpop, ManagedToken, OAuthClient, OAuthClientConfig,
     PrivateKeyJwt, RefreshValidator, Secret, SharedClock, TokenError, TokenExchangeManager,
     TokenParams, TokenResponse, TokenTypeHint, UserTokenManager, UserTokenOptions, UserTokenStore,
     UserTokens,
@@ -41,7 +41,7 @@ use crate::error::GatewayError;
 use crate::oidc::id_token::{self, Expectations};
 use crate::oidc::Provider;
 use crate::session::{ActiveSession, Lookup, Sessions, Ticket};
-use crate::settings::{ClientAuthSettings, GatewaySettings, RouteSettings};
+use crate::settings::{ClientAuthSettings, GatewaySettings, RouteSettings, SecurityProfile};
 
 /// The default client-credentials client: the gateway's own OIDC client.
 pub const DEFAULT_CLIENT: &str = "default";
@@ -127,7 +127,7 @@ impl TokenService {
             .get_or_try_init(|| async {
                 let metadata = self.provider.metadata().await?;
                 let oidc = &self.settings.oidc;
-                let oauth = Arc::new(OAuthClient::new(
+                let mut oauth = OAuthClient::new(
                     OAuthClientConfig {
                         client_id: oidc.client_id.clone(),
                         auth: client_auth(&oidc.client_auth)?,
@@ -142,7 +142,14 @@ impl TokenService {
                     },
                     self.http.clone(),
                     self.clock.clone(),
-                ));
+                );
+                if let Some(dpop) = &oidc.dpop {
+                    oauth = oauth.with_dpop(Dpop::new(dpop.key.clone(), self.clock.clone()));
+                }
+                if oidc.profile == SecurityProfile::Fapi2 {
+                    oauth = oauth.with_assertion_audience(oidc.issuer.clone());
+                }
+                let oauth = Arc::new(oauth);
                 let users = UserTokenManager::new(
                     oauth.clone(),
                     UserTokenOptions {
@@ -227,6 +234,42 @@ impl TokenService {
                     ))
                 }
             })
+    }
+
+    /// Pushes an authorization request (RFC 9126) to `endpoint` with the gateway's client
+    /// authentication; returns the `request_uri` for the browser redirect.
+    ///
+    /// # Errors
+    ///
+    /// [`GatewayError::IdpRefusedLogin`] when the IdP refuses the request (an error page and an
+    /// `error` log line), [`GatewayError::IdpUnavailable`]/[`GatewayError::IdpTimeout`] when it
+    /// cannot be reached.
+    pub async fn push_authorization_request(
+        &self,
+        endpoint: &str,
+        params: &[(String, String)],
+    ) -> Result<String, GatewayError> {
+        let clients = self.clients().await?;
+        let endpoint = parse_url(endpoint, "pushed_authorization_request_endpoint")?;
+        match clients
+            .oauth
+            .push_authorization_request(&endpoint, params)
+            .await
+        {
+            Ok((request_uri, _expires_in)) => Ok(request_uri),
+            Err(TokenError::Rejected {
+                error, description, ..
+            }) => Err(GatewayError::IdpRefusedLogin {
+                code: error,
+                description,
+            }),
+            Err(e) => Err(match TokenFailure::from_error(e) {
+                TokenFailure::Unavailable(g) => g,
+                TokenFailure::SessionEnded(m) | TokenFailure::Rejected(m) => {
+                    GatewayError::IdpUnavailable(format!("pushed authorization request: {m}"))
+                }
+            }),
+        }
     }
 
     /// Turns a token-endpoint response into the tokens stored in a session (expiry computed from
@@ -540,7 +583,7 @@ impl RefreshValidator for RefreshIdTokenValidator {
         let claims = id_token::validate(
             &self.provider,
             id_token.expose_secret(),
-            &metadata.id_token_signing_alg_values_supported,
+            &oidc.id_token_algs(&metadata.id_token_signing_alg_values_supported),
             &Expectations {
                 client_id: &oidc.client_id,
                 trusted_audiences: &oidc.trusted_audiences,
