@@ -65,7 +65,7 @@ $('login').href = bff.loginUrl({ returnUrl: `${BASE}/` });
 $('call-api').addEventListener('click', callApi);
 $('logout').addEventListener('click', (e) => {
   e.preventDefault();
-  bff.logout({ returnUrl: '/' });
+  bff.logout({ returnUrl: `${BASE}/` });
 });
 // "Stay signed in": any request that is not a poll extends the idle timeout.
 $('stay').addEventListener('click', async () => {

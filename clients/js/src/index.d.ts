@@ -29,8 +29,11 @@ export interface UnauthorizedDetail {
   response: Response;
   /** The user per a fresh `/bff/user?slide=false`; null when the session is gone or unknown. */
   user: BffUser | null;
-  /** Whether the session still exists (then only this API refused: a login would not help). */
-  sessionActive: boolean;
+  /**
+   * Whether the session still exists (then only this API refused: a login would not help);
+   * `undefined` when the BFF could not answer (e.g. 503).
+   */
+  sessionActive: boolean | undefined;
 }
 
 export interface BffClientOptions {

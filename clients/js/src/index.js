@@ -68,6 +68,9 @@ export function nextPollDelay({ interval, hiddenInterval, hidden, failures, expi
   return delay;
 }
 
+/** Longest delay `setTimeout` honours (2^31 - 1 ms); longer ones fire at once. */
+const MAX_TIMER_DELAY = 2 ** 31 - 1;
+
 function sameUser(a, b) {
   if (!a || !b) return a === b;
   return a.logoutUrl === b.logoutUrl && JSON.stringify(a.claims) === JSON.stringify(b.claims);
@@ -85,6 +88,7 @@ export class BffClient extends EventTarget {
   #silent = null;
   #closed = false;
   #onVisibility = () => {
+    if (this.#closed || !this.#o.pollInterval) return;
     if (globalThis.document?.visibilityState === 'visible') {
       if (this.#user) this.#poll();
     } else this.#schedule();
@@ -128,15 +132,22 @@ export class BffClient extends EventTarget {
    * `onUnauthorized` (default: one login navigation, when `/bff/user` confirms there is no
    * session).
    */
-  fetch = async (input, init = {}) => {
+  fetch = async (input, init) => {
+    init ??= {};
     const isRequest = typeof Request !== 'undefined' && input instanceof Request;
-    const url = new URL(isRequest ? input.url : String(input), globalThis.location?.href ?? this.#o.origin);
+    // Relative URLs resolve as `fetch` resolves them: against the document's base URL (a
+    // `<base href>` may point elsewhere), not against `location`.
+    const base = globalThis.document?.baseURI ?? globalThis.location?.href ?? this.#o.origin;
+    const url = new URL(isRequest ? input.url : String(input), base);
     if (url.origin !== this.#o.origin) return this.#o.fetch(input, init);
     const headers = new Headers(init.headers ?? (isRequest ? input.headers : undefined));
     headers.set(this.#o.header, this.#o.value);
-    const response = await this.#o.fetch(input, { ...init, headers, credentials: init.credentials ?? this.#o.credentials });
+    const credentials = init.credentials ?? (isRequest && input.credentials === 'omit' ? 'omit' : this.#o.credentials);
+    const response = await this.#o.fetch(input, { ...init, headers, credentials });
     if (response.status === 401 && url.pathname !== this.#url('/user').pathname) {
-      this.#unauthorized(url, response);
+      this.#unauthorized(url, response).catch((e) => {
+        globalThis.console?.error?.('bff-client: onUnauthorized failed', e);
+      });
     }
     return response;
   };
@@ -144,13 +155,15 @@ export class BffClient extends EventTarget {
   async #unauthorized(url, response) {
     // Is the session gone, or did only this API refuse? A login helps only in the first case.
     const user = await this.#load(true).catch(() => undefined);
-    const detail = { url: url.href, response, user: user ?? null, sessionActive: user !== null };
+    // `sessionActive`: true or false when the BFF said so, `undefined` when it could not answer.
+    const detail = { url: url.href, response, user: user ?? null, sessionActive: user === undefined ? undefined : user !== null };
     if (this.#o.onUnauthorized) return this.#o.onUnauthorized(detail);
     if (user === null && this.#mayNavigateToLogin()) this.login();
   }
 
   #mayNavigateToLogin() {
-    if (loginNavigating || !globalThis.location) return false;
+    // Never during a login: a navigation on its way, or a silent login in its iframe.
+    if (loginNavigating || this.#silent || !globalThis.location) return false;
     const p = globalThis.location.pathname;
     const b = this.#o.basePath;
     const flowPages = [`${b}/login`, `${b}/silent-login`, `${b}/silent-login-callback`, ...this.#o.callbackPaths];
@@ -196,10 +209,17 @@ export class BffClient extends EventTarget {
   }
 
   #load(quiet) {
-    this.#loading ??= this.#fetchUser(quiet).finally(() => {
-      this.#loading = null;
-    });
-    return this.#loading;
+    // A sliding request (user({refresh: true})) must not be answered by a quiet poll in
+    // flight, which would leave the session's idle timeout where it was.
+    if (this.#loading && (quiet || !this.#loading.quiet)) return this.#loading.promise;
+    const loading = {
+      quiet,
+      promise: this.#fetchUser(quiet).finally(() => {
+        if (this.#loading === loading) this.#loading = null;
+      }),
+    };
+    this.#loading = loading;
+    return loading.promise;
   }
 
   async #fetchUser(quiet) {
@@ -230,6 +250,7 @@ export class BffClient extends EventTarget {
 
   #armExpiring(user) {
     clearTimeout(this.#expiringTimer);
+    if (this.#closed) return;
     if (!user || user.expiresAt === undefined) {
       this.#warnedFor = null;
       return;
@@ -239,10 +260,19 @@ export class BffClient extends EventTarget {
     if (this.#warnedFor !== null && user.expiresAt <= this.#warnedFor + 2000) return;
     this.#warnedFor = null;
     const at = user.expiresAt;
-    this.#expiringTimer = setTimeout(() => {
-      this.#warnedFor = at;
-      this.#emit('sessionExpiring', { expiresAt: at, expiresIn: Math.max(0, Math.round((at - Date.now()) / 1000)) });
-    }, Math.max(0, at - this.#o.sessionExpiringBefore - Date.now()));
+    const fire = () => {
+      const wait = at - this.#o.sessionExpiringBefore - Date.now();
+      // setTimeout runs a delay above 2^31 - 1 ms (24.8 days) at once: wait in steps.
+      if (wait > MAX_TIMER_DELAY) {
+        this.#expiringTimer = setTimeout(fire, MAX_TIMER_DELAY);
+        return;
+      }
+      this.#expiringTimer = setTimeout(() => {
+        this.#warnedFor = at;
+        this.#emit('sessionExpiring', { expiresAt: at, expiresIn: Math.max(0, Math.round((at - Date.now()) / 1000)) });
+      }, Math.max(0, wait));
+    };
+    fire();
   }
 
   #schedule() {

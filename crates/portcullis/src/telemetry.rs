@@ -72,6 +72,25 @@ fn exporting() -> bool {
     EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// The route pattern a frontend's router matched, carried out on the response to the request
+/// middleware (which runs before frontend selection, so it cannot see `MatchedPath` itself).
+#[derive(Debug, Clone)]
+pub(crate) struct MatchedRoute(pub(crate) String);
+
+/// Inner middleware of each frontend's router: puts the matched route pattern on the
+/// response for [`RequestTelemetry::middleware`].
+pub(crate) async fn mark_route(request: Request, next: Next) -> Response {
+    let matched = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| MatchedRoute(m.as_str().to_owned()));
+    let mut response = next.run(request).await;
+    if let Some(m) = matched {
+        response.extensions_mut().insert(m);
+    }
+    response
+}
+
 /// How the request span treats a `traceparent` the client sent.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestTelemetry {
@@ -107,10 +126,11 @@ impl RequestTelemetry {
             portcullis.error.origin = Empty,
         );
         if exporting() && !span.is_disabled() {
-            span.record(
-                "otel.name",
-                format!("{method} {}", route.as_deref().unwrap_or("")).trim_end(),
-            );
+            // Behind frontend selection the route is known only after the response (then
+            // recorded as `http.route` below); the span name is fixed once the span is
+            // entered, so it is the method alone (the HTTP conventions' name without a route).
+            let name = format!("{method} {}", route.as_deref().unwrap_or(""));
+            span.record("otel.name", name.trim_end());
             if let Some(host) = request
                 .headers()
                 .get(axum::http::header::HOST)
@@ -126,6 +146,17 @@ impl RequestTelemetry {
             }
         }
         let response = next.run(request).instrument(span.clone()).await;
+        // Behind frontend selection the route is only known once the frontend's router ran.
+        let late = route.is_none();
+        let route = route.or_else(|| {
+            response
+                .extensions()
+                .get::<MatchedRoute>()
+                .map(|m| m.0.clone())
+        });
+        if late && exporting() && !span.is_disabled() {
+            span.record("http.route", route.as_deref());
+        }
         let status = response.status();
         if exporting() && !span.is_disabled() {
             span.record("http.response.status_code", status.as_u16());
