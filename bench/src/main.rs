@@ -1166,5 +1166,6 @@ fn gateway_settings(
         trust_forwarded_headers: false,
         websocket_origins: Vec::new(),
         allowed_hosts: Vec::new(),
+        cors: None,
     })
 }

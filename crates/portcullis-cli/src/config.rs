@@ -189,8 +189,6 @@ pub struct Config {
     pub spa: portcullis::spa::SpaSource,
     /// The CSP hash of the script `[spa.index_html_inject]` adds, for `check` to print.
     pub spa_script_hash: Option<String>,
-    /// `[server.cors]`: split-origin deployments.
-    pub cors: Option<portcullis::cors::CorsSettings>,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub log_json: bool,
     /// Limits of the public listener against hostile traffic.
@@ -915,18 +913,9 @@ pub(crate) fn parse_table(
         Some(AdminConfig { listen: admin_listen, token: Secret::new(token) })
     });
 
-    let mut websocket_origins = af.websocket_origins.unwrap_or_default();
-    // A listed CORS origin is the SPA's: its WebSocket upgrades are accepted too.
-    if let (Some(c), Some(u)) = (&cors, &public_url) {
-        if websocket_origins.is_empty() {
-            websocket_origins.push(u.origin().ascii_serialization());
-        }
-        websocket_origins.extend(
-            c.allowed_origins
-                .iter()
-                .filter_map(|o| o.to_str().ok().map(str::to_owned)),
-        );
-    }
+    // The gateway adds the frontend's own origin (when none is configured) and the CORS
+    // origins at run time.
+    let websocket_origins = af.websocket_origins.unwrap_or_default();
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -982,6 +971,7 @@ pub(crate) fn parse_table(
             trust_forwarded_headers: server.trust_forwarded_headers.unwrap_or(false),
             websocket_origins,
             allowed_hosts,
+            cors,
         },
         frontends: Vec::new(),
         listen,
@@ -990,7 +980,6 @@ pub(crate) fn parse_table(
         keys,
         spa,
         spa_script_hash,
-        cors,
         tls,
         log_json,
         limits: server_limits,
@@ -1765,6 +1754,18 @@ match_path = "/d"
 [[frontends]]
 name = "shadow"
 match_path = "/bff/x"
+[[frontends]]
+name = "bodylimit"
+match_path = "/bl"
+[[frontends.routes]]
+path = "/api"
+upstream = "https://api.example.com/"
+max_body = "1MiB"
+[[frontends]]
+name = "badcors"
+match_path = "/bc"
+[frontends.cors]
+allowed_origins = ["https://app.example.com/"]
 "#
         );
         let errors = parse(&text, Path::new("/"), &no_env).unwrap_err();
@@ -1781,8 +1782,61 @@ match_path = "/bff/x"
             "session cookie \"__Host-bff-auth\" is also frontend \"default\"'s",
             "(default): name must be",
             "overlaps the default frontend's endpoint /bff",
+            "(bodylimit): routes[0].max_body is not supported on a frontend's routes",
+            "(badcors): cors.allowed_origins: \"https://app.example.com/\" is not a serialized origin",
         ] {
             assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
         }
+    }
+
+    /// `[server.cors]` reaches every frontend; `[frontends.cors]` replaces its keys for one
+    /// (`allowed_origins = []` turns CORS off there).
+    #[test]
+    fn server_cors_applies_to_every_frontend_unless_it_overrides_a_key() {
+        let text = MINIMAL.replace(
+            "[oidc]",
+            "[server.cors]\nallowed_origins = [\"https://spa.example.com\"]\nmax_age = \"1m\"\n[oidc]",
+        ) + r#"
+[[frontends]]
+name = "inherits"
+match_path = "/i"
+[[frontends]]
+name = "own"
+match_path = "/o"
+[frontends.cors]
+allowed_origins = ["https://own.example.com"]
+[[frontends]]
+name = "off"
+match_path = "/x"
+[frontends.cors]
+allowed_origins = []
+"#;
+        let c = parse(&text, Path::new("/"), &no_env).unwrap();
+        let origins = |s: &GatewaySettings| {
+            s.cors.as_ref().map(|c| {
+                (
+                    c.allowed_origins
+                        .iter()
+                        .map(|o| o.to_str().unwrap().to_owned())
+                        .collect::<Vec<_>>(),
+                    c.max_age,
+                )
+            })
+        };
+        let minute = Duration::from_secs(60);
+        assert_eq!(
+            origins(&c.gateway),
+            Some((vec!["https://spa.example.com".to_owned()], minute))
+        );
+        assert_eq!(
+            origins(&c.frontends[0].settings.settings),
+            Some((vec!["https://spa.example.com".to_owned()], minute))
+        );
+        assert_eq!(
+            origins(&c.frontends[1].settings.settings),
+            Some((vec!["https://own.example.com".to_owned()], minute)),
+            "own origins, the top-level max_age"
+        );
+        assert_eq!(origins(&c.frontends[2].settings.settings), None);
     }
 }

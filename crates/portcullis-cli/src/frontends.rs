@@ -15,13 +15,16 @@
 //! [[frontends.routes]]           # relative to the frontend: /admin/api/...
 //! path = "/api"
 //! upstream = "https://admin-api.internal/"
+//! [frontends.cors]               # keys override the top-level [server.cors] for this frontend
+//! allowed_origins = ["https://admin-app.example.com"]
 //! ```
 //!
 //! Defaults: session partition = the frontend's name; session cookie = the top-level cookie
 //! name + `-` + the name (`__Host-bff-auth-admin`), so the `__Host-` prefix and `Path=/` are
 //! kept; routes and static files are the frontend's own (nothing is inherited from the
-//! top-level `[[routes]]` and `[spa]`); a frontend that names its own client does not inherit
-//! the top-level client secret (nor `PORTCULLIS_OIDC_CLIENT_SECRET`).
+//! top-level `[[routes]]` and `[spa]`); `[server.cors]` applies to every frontend, each key
+//! replaced by its `[frontends.cors]` one; a frontend that names its own client does not
+//! inherit the top-level client secret (nor `PORTCULLIS_OIDC_CLIENT_SECRET`).
 
 use std::path::Path;
 
@@ -39,6 +42,7 @@ const KEYS: &[&str] = &[
     "oidc",
     "session",
     "routes",
+    "cors",
 ];
 
 /// Ways to give a frontend its static part. At most one per frontend; each maps to the `[spa]`
@@ -221,9 +225,43 @@ pub(crate) fn parse_frontend(
         session.insert("partition".into(), toml::Value::String(safe_name.clone()));
     }
     merged.insert("session".into(), toml::Value::Table(session));
+    // `[frontends.cors]`: its keys replace those of `[server.cors]` for this frontend
+    // (`allowed_origins = []` turns CORS off for it).
+    let own_cors: Vec<String> = match entry.get("cors") {
+        None => Vec::new(),
+        Some(toml::Value::Table(over)) => {
+            let mut server = match merged.remove("server") {
+                Some(toml::Value::Table(t)) => t,
+                _ => toml::Table::new(),
+            };
+            let mut cors = match server.remove("cors") {
+                Some(toml::Value::Table(t)) => t,
+                _ => toml::Table::new(),
+            };
+            for (k, v) in over {
+                cors.insert(k.clone(), v.clone());
+            }
+            server.insert("cors".into(), toml::Value::Table(cors));
+            merged.insert("server".into(), toml::Value::Table(server));
+            over.keys().cloned().collect()
+        }
+        Some(_) => {
+            fail("cors must be a table ([frontends.cors])".into());
+            Vec::new()
+        }
+    };
     match entry.get("routes") {
         None => {}
-        Some(v @ toml::Value::Array(_)) => {
+        Some(v @ toml::Value::Array(routes)) => {
+            // The body limit is applied in front of frontend selection, by full path, from
+            // the top-level routes only: a frontend route's own limit would be ignored.
+            for (i, r) in routes.iter().enumerate() {
+                if r.get("max_body").is_some() {
+                    fail(format!(
+                        "routes[{i}].max_body is not supported on a frontend's routes (they get server.max_request_body); remove it"
+                    ));
+                }
+            }
             merged.insert("routes".into(), v.clone());
         }
         Some(_) => fail("routes must be an array of tables ([[frontends.routes]])".into()),
@@ -258,6 +296,13 @@ pub(crate) fn parse_frontend(
         Ok(c) => c,
         Err(es) => {
             for e in es {
+                // A problem with a key the frontend set is named as the frontend spells it.
+                let e = match e.strip_prefix("server.cors.") {
+                    Some(rest) if own_cors.iter().any(|k| rest.starts_with(k.as_str())) => {
+                        format!("cors.{rest}")
+                    }
+                    _ => e,
+                };
                 error((ctx.clone(), e));
             }
             return None;

@@ -270,8 +270,18 @@ fn print_frontends(c: &config::Config) {
                 host: Option<&str>,
                 path: Option<&str>,
                 s: &portcullis::settings::GatewaySettings| {
+        let cors = s.cors.as_ref().map_or_else(
+            || "none".to_owned(),
+            |c| {
+                c.allowed_origins
+                    .iter()
+                    .filter_map(|o| o.to_str().ok())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            },
+        );
         println!(
-            "frontend {name}: host {}, path {}, client_id {}, session cookie {} (Path=/), partition {:?}",
+            "frontend {name}: host {}, path {}, client_id {}, session cookie {} (Path=/), partition {:?}, CORS origins: {cors}",
             host.unwrap_or("any"),
             path.unwrap_or("/"),
             s.oidc.client_id,

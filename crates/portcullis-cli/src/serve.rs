@@ -1,6 +1,5 @@
 //! Start-up: logging, keys, store, router, listener, graceful shutdown.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::serve::ListenerExt;
@@ -54,12 +53,31 @@ pub async fn build_gateway(
 pub fn frontend_specs(
     frontends: Vec<FrontendConfig>,
 ) -> Result<Vec<portcullis::FrontendSpec>, String> {
+    frontend_specs_reusing(
+        frontends,
+        &SpaRouters::default(),
+        &mut SpaRouters::default(),
+    )
+}
+
+/// [`frontend_specs`], reusing from `previous` the SPA router of every frontend whose SPA
+/// source and settings did not change, and recording every router in `next`.
+fn frontend_specs_reusing(
+    frontends: Vec<FrontendConfig>,
+    previous: &SpaRouters,
+    next: &mut SpaRouters,
+) -> Result<Vec<portcullis::FrontendSpec>, String> {
     let mut specs = Vec::with_capacity(frontends.len());
     for f in frontends {
         let mount = f.settings.match_path.as_deref().unwrap_or("/");
-        let fallback = f
-            .spa
-            .router_for(&f.settings.settings, mount)
+        let fallback = next
+            .build(
+                previous,
+                &f.settings.name,
+                &f.spa,
+                &f.settings.settings,
+                mount,
+            )
             .map_err(|e| format!("frontend {}: {e}", f.settings.name))?;
         specs.push(portcullis::FrontendSpec {
             fallback,
@@ -67,6 +85,38 @@ pub fn frontend_specs(
         });
     }
     Ok(specs)
+}
+
+/// The SPA routers of the running configuration by frontend name (the default frontend's
+/// under [`portcullis::frontend::DEFAULT_FRONTEND`]), each with a description of what it was
+/// built from. A reload reuses the router of every frontend whose SPA source, mount path and
+/// settings are unchanged, and with it the `index.html` copy and the CDN's `ETag`: only a
+/// changed frontend's page is fetched anew, and a CDN that is down during a reload leaves the
+/// unchanged frontends serving their last good copy.
+#[derive(Default)]
+struct SpaRouters(std::collections::HashMap<String, (String, Option<axum::Router>)>);
+
+impl SpaRouters {
+    /// The router for frontend `name`: `previous`'s when built from the same description,
+    /// else a new one; recorded in `self` either way.
+    fn build(
+        &mut self,
+        previous: &SpaRouters,
+        name: &str,
+        spa: &portcullis::spa::SpaSource,
+        settings: &portcullis::settings::GatewaySettings,
+        mount: &str,
+    ) -> Result<Option<axum::Router>, String> {
+        // Debug output redacts secrets; the router depends on none of them.
+        let description = format!("{mount}\0{spa:?}\0{settings:?}");
+        let router = match previous.0.get(name) {
+            Some((d, router)) if *d == description => router.clone(),
+            _ => spa.router_for(settings, mount)?,
+        };
+        self.0
+            .insert(name.to_owned(), (description, router.clone()));
+        Ok(router)
+    }
 }
 
 /// Reads (or generates) the DPoP key of the default frontend and of every frontend whose
@@ -106,18 +156,21 @@ pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<(), Strin
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
+    let restart = Restart::of(&cfg);
     let mut settings = cfg.gateway;
     let mut frontends = cfg.frontends;
     with_dpop_keys(&mut settings, cfg.dpop_key.as_ref(), &mut frontends)?;
     let par_required = settings.oidc.par == portcullis::settings::ParMode::Required;
-    let gateway = build_gateway(
-        settings,
-        frontend_specs(frontends)?,
-        &cfg.keys,
-        &cfg.store_url,
-        &cfg.data_dir,
-    )
-    .await?;
+    let mut spa_routers = SpaRouters::default();
+    let fallback = spa_routers.build(
+        &SpaRouters::default(),
+        portcullis::frontend::DEFAULT_FRONTEND,
+        &cfg.spa,
+        &settings,
+        "/",
+    )?;
+    let specs = frontend_specs_reusing(frontends, &SpaRouters::default(), &mut spa_routers)?;
+    let gateway = build_gateway(settings, specs, &cfg.keys, &cfg.store_url, &cfg.data_dir).await?;
     let background = gateway.spawn_background_tasks();
     // Warm the discovery cache; failure is not fatal (the IdP may start after us).
     match gateway.provider().metadata().await {
@@ -150,20 +203,19 @@ pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<(), Strin
             }
         });
     }
-    let fallback = cfg.spa.router(&gateway, "/")?;
     if let Some(hash) = &cfg.spa_script_hash {
         tracing::info!(csp_source = %hash, "index.html gets an inline script; a Content-Security-Policy that forbids inline scripts must list this hash in script-src");
     }
     let reloader = tokio::spawn(reload_on_hangup(
         gateway.clone(),
         config_path.to_path_buf(),
-        Restart::of(&cfg.listen, &cfg.store_url, &cfg.keys, &cfg.tls, &cfg.admin),
+        restart,
+        spa_routers,
     ));
-    let mut app = gateway.router(fallback);
-    if let Some(cors) = &cfg.cors {
-        app = portcullis::cors::Cors::for_gateway(cors, &gateway, &[]).apply(app);
-    }
-    let app = app
+    // Each frontend's CORS (`[server.cors]`, `[frontends.cors]`) is part of its router, so a
+    // reload replaces it with the rest.
+    let app = gateway
+        .router(fallback)
         // The request span (path only: query strings hold authorization codes and states),
         // the trace context and the request duration histogram.
         .layer(axum::middleware::from_fn({
@@ -206,20 +258,16 @@ pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<(), Strin
     Ok(())
 }
 
-/// The settings a reload cannot change (listeners, store, keys, TLS, admin): a changed value
-/// is logged and ignored until the next restart.
+/// The settings a reload cannot change (listener, its limits and TLS, store, keys, admin
+/// listener, logging and telemetry, data directory): a changed value is logged and ignored
+/// until the next restart. One `(name, value)` per setting; only the names are ever logged
+/// (and session keys are represented by their ids).
 #[derive(PartialEq)]
-struct Restart(String);
+struct Restart(Vec<(&'static str, String)>);
 
 impl Restart {
-    fn of(
-        listen: &SocketAddr,
-        store: &str,
-        keys: &KeySource,
-        tls: &Option<(std::path::PathBuf, std::path::PathBuf)>,
-        admin: &Option<crate::config::AdminConfig>,
-    ) -> Self {
-        let keys = match keys {
+    fn of(cfg: &Config) -> Self {
+        let keys = match &cfg.keys {
             KeySource::File(p) => format!("file {}", p.display()),
             KeySource::Inline(specs) => specs
                 .iter()
@@ -227,14 +275,45 @@ impl Restart {
                 .collect::<Vec<_>>()
                 .join(","),
         };
-        let admin = admin.as_ref().map(|a| a.listen);
-        Self(format!("{listen}|{store}|{keys}|{tls:?}|{admin:?}"))
+        Self(vec![
+            ("server.listen", cfg.listen.to_string()),
+            ("session.store", cfg.store_url.clone()),
+            ("session keys", keys),
+            ("server.tls", format!("{:?}", cfg.tls)),
+            (
+                "admin.listen",
+                format!("{:?}", cfg.admin.as_ref().map(|a| a.listen)),
+            ),
+            (
+                "server limits and routes' max_body",
+                format!("{:?}", cfg.limits),
+            ),
+            ("server.log_format", cfg.log_json.to_string()),
+            ("[telemetry]", format!("{:?}", cfg.telemetry)),
+            ("server.data_dir", cfg.data_dir.display().to_string()),
+        ])
+    }
+
+    /// The names of the settings that differ from `old`, comma-separated.
+    fn changed_from(&self, old: &Restart) -> String {
+        self.0
+            .iter()
+            .zip(&old.0)
+            .filter(|(a, b)| a.1 != b.1)
+            .map(|(a, _)| a.0)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
 /// `SIGHUP`: re-read the configuration file and swap in the new frontends and routes. An
 /// invalid file is refused with every error logged; the running configuration stays.
-async fn reload_on_hangup(gateway: Gateway, path: std::path::PathBuf, restart: Restart) {
+async fn reload_on_hangup(
+    gateway: Gateway,
+    path: std::path::PathBuf,
+    restart: Restart,
+    mut spa_routers: SpaRouters,
+) {
     #[cfg(unix)]
     {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -243,16 +322,21 @@ async fn reload_on_hangup(gateway: Gateway, path: std::path::PathBuf, restart: R
             return;
         };
         while hup.recv().await.is_some() {
-            reload(&gateway, &path, &restart).await;
+            reload(&gateway, &path, &restart, &mut spa_routers).await;
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = (gateway, path, restart);
+        let _ = (gateway, path, restart, &mut spa_routers);
     }
 }
 
-async fn reload(gateway: &Gateway, path: &std::path::Path, restart: &Restart) {
+async fn reload(
+    gateway: &Gateway,
+    path: &std::path::Path,
+    restart: &Restart,
+    spa_routers: &mut SpaRouters,
+) {
     tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
     let cfg = match crate::config::load(path) {
         Ok(c) => c,
@@ -267,17 +351,33 @@ async fn reload(gateway: &Gateway, path: &std::path::Path, restart: &Restart) {
             return;
         }
     };
-    if Restart::of(&cfg.listen, &cfg.store_url, &cfg.keys, &cfg.tls, &cfg.admin) != *restart {
-        tracing::warn!("listen addresses, session store, keys, TLS or admin settings changed: they take effect only after a restart");
+    let now = Restart::of(&cfg);
+    if now != *restart {
+        tracing::warn!(
+            changed = %now.changed_from(restart),
+            "settings that take effect only after a restart changed; the rest of the file is applied"
+        );
     }
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
     let mut settings = cfg.gateway;
     let mut frontends = cfg.frontends;
+    let mut next_routers = SpaRouters::default();
     let built = with_dpop_keys(&mut settings, cfg.dpop_key.as_ref(), &mut frontends)
-        .and_then(|()| cfg.spa.router_for(&settings, "/"))
-        .and_then(|fallback| frontend_specs(frontends).map(|frontends| (fallback, frontends)));
+        .and_then(|()| {
+            next_routers.build(
+                spa_routers,
+                portcullis::frontend::DEFAULT_FRONTEND,
+                &cfg.spa,
+                &settings,
+                "/",
+            )
+        })
+        .and_then(|fallback| {
+            frontend_specs_reusing(frontends, spa_routers, &mut next_routers)
+                .map(|frontends| (fallback, frontends))
+        });
     let (fallback, frontends) = match built {
         Ok(b) => b,
         Err(e) => {
@@ -285,13 +385,12 @@ async fn reload(gateway: &Gateway, path: &std::path::Path, restart: &Restart) {
             return;
         }
     };
-    let had_fallback = fallback.is_some();
-    match gateway.reload(settings, fallback, frontends).await {
-        Ok(()) => {
-            if !had_fallback {
-                tracing::debug!("default frontend keeps its static files");
-            }
-        }
+    // `None` would keep the running SPA: a file without `[spa]` now serves none (404).
+    let fallback = fallback.unwrap_or_else(|| {
+        axum::Router::new().fallback(|| async { axum::http::StatusCode::NOT_FOUND })
+    });
+    match gateway.reload(settings, Some(fallback), frontends).await {
+        Ok(()) => *spa_routers = next_routers,
         Err(errors) => {
             for e in &errors {
                 tracing::error!(error = %e, "configuration reload refused");

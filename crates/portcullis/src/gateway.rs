@@ -5,6 +5,7 @@
 //!                   known Host? (public URL, frontends' match_host, allowed_hosts) ── no ─▶ 421
 //!                   select the frontend (host map, then path prefixes; else the default)
 //!                   strip its path prefix ─▶ the frontend's router (state: its `Frontend`):
+//!                    [its CORS, when it lists origins: preflights answered here]
 //!                    ┌──────────────────────────────────────┐
 //!                    │ {base}/login ──▶ IdP (302)           │
 //!                    │ {callback}  ──▶ code exchange, ID token → session + cookie
@@ -475,9 +476,16 @@ fn frontend_router(
     let router = router.layer(axum::middleware::from_fn(crate::telemetry::mark_route));
     // Failed browser navigations get an HTML page (see `error`), whoever failed.
     let anti_forgery_header = s.anti_forgery.header_name().clone();
-    router.layer(axum::middleware::from_fn(move |request, next| {
+    let router = router.layer(axum::middleware::from_fn(move |request, next| {
         crate::error::render_for_navigations(anti_forgery_header.clone(), request, next)
-    }))
+    }));
+    // Split-origin CORS, outermost: a preflight is answered before anything else of the
+    // frontend runs, and no inner layer can add `Access-Control-*` headers of its own.
+    let local_prefixes: Vec<String> = local_apis.iter().map(|(p, _)| p.clone()).collect();
+    match crate::cors::Cors::for_frontend(s, &local_prefixes) {
+        Some(cors) => cors.apply(router),
+        None => router,
+    }
 }
 
 /// Known-host check, frontend selection and path mapping; then the frontend's router.
@@ -613,11 +621,20 @@ async fn api_inner(
     // with `Origin` instead of the anti-forgery header. Every other request needs the header.
     let upgrade = csrf::is_websocket_upgrade(headers);
     if upgrade && route.settings.anti_forgery {
-        if s.websocket_origins.is_empty() {
-            csrf::check_websocket_origin(headers, &[gw.origin().to_owned()])?;
+        // The configured origins, else the frontend's own; and the SPA origins CORS lists.
+        let mut allowed = if s.websocket_origins.is_empty() {
+            vec![gw.origin().to_owned()]
         } else {
-            csrf::check_websocket_origin(headers, &s.websocket_origins)?;
+            s.websocket_origins.clone()
+        };
+        if let Some(cors) = &s.cors {
+            allowed.extend(
+                cors.allowed_origins
+                    .iter()
+                    .filter_map(|o| o.to_str().ok().map(str::to_owned)),
+            );
         }
+        csrf::check_websocket_origin(headers, &allowed)?;
     } else if route.settings.anti_forgery {
         s.anti_forgery.check(headers)?;
     }

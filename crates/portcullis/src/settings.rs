@@ -48,6 +48,11 @@ pub struct GatewaySettings {
     /// the frontends' `match_host`; any other `Host` is answered 421 before anything runs (a
     /// DNS-rebinding defence). Empty by default.
     pub allowed_hosts: Vec<String>,
+    /// Split-origin CORS (Fetch Standard §3.2) for this frontend's API routes and management
+    /// endpoints: which other origins may call them from script with credentials (see
+    /// [`crate::cors`]). `None` (default, and right for every same-origin deployment): the
+    /// gateway sends no `Access-Control-*` header at all.
+    pub cors: Option<crate::cors::CorsSettings>,
 }
 
 /// The OpenID Provider (issuer) and how this gateway authenticates to it as an OAuth 2.0

@@ -56,6 +56,7 @@ async fn gateway() -> Gateway {
         trust_forwarded_headers: false,
         websocket_origins: Vec::new(),
         allowed_hosts: Vec::new(),
+        cors: None,
     };
     let store = portcullis_session::connect("memory").await.unwrap();
     let keys = KeyRing::new(vec![Key::parse(&Key::generate_spec("t")).unwrap()]).unwrap();

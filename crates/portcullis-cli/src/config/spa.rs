@@ -287,9 +287,11 @@ static_assets_url = "http://127.0.0.1:5173/"
         }
     }
 
-    /// A listed CORS origin may open WebSockets, and the public origin keeps that right.
+    /// `[server.cors]` reaches the settings; the WebSocket allow-list stays as configured
+    /// (the gateway adds the frontend's own origin and the CORS origins at run time, so a
+    /// host frontend keeps its own origin).
     #[test]
-    fn cors_origins_join_the_websocket_origins() {
+    fn cors_reaches_the_settings_and_leaves_websocket_origins_as_configured() {
         let base = r#"
 [server]
 public_url = "https://bff.example.com"
@@ -299,23 +301,22 @@ client_id = "spa-bff"
 client_secret = "s3cret"
 "#;
         let parse = |t: &str| super::super::parse(t, Path::new("/"), &|_| None).unwrap();
-        assert!(
-            parse(base).gateway.websocket_origins.is_empty(),
-            "library default: the public origin"
-        );
+        assert!(parse(base).gateway.cors.is_none());
         let cors = base.replace(
             "[oidc]",
             "[server.cors]\nallowed_origins = [\"https://app.example.com\"]\n[oidc]",
         );
+        let c = parse(&cors);
         assert_eq!(
-            parse(&cors).gateway.websocket_origins,
-            ["https://bff.example.com", "https://app.example.com"]
+            c.gateway.cors.unwrap().allowed_origins,
+            ["https://app.example.com"]
         );
+        assert!(c.gateway.websocket_origins.is_empty());
         let explicit =
             format!("{cors}[anti_forgery]\nwebsocket_origins = [\"https://ws.example.com\"]\n");
         assert_eq!(
             parse(&explicit).gateway.websocket_origins,
-            ["https://ws.example.com", "https://app.example.com"]
+            ["https://ws.example.com"]
         );
     }
 

@@ -276,6 +276,7 @@ mod store_failure_tests {
             trust_forwarded_headers: false,
             websocket_origins: Vec::new(),
             allowed_hosts: Vec::new(),
+            cors: None,
         }
     }
 

@@ -18,6 +18,11 @@
 //! in lower case); there is no wildcard. On these paths the gateway is the only source of
 //! CORS headers: an upstream's own `Access-Control-*` response headers are dropped.
 //!
+//! Configured per frontend ([`GatewaySettings::cors`], in the binary `[server.cors]` for every
+//! frontend and `[frontends.cors]` to override it for one): the gateway applies it to each
+//! frontend's router, with paths relative to the frontend's prefix, so a frontend's CORS covers
+//! its own routes and endpoints only and a configuration reload replaces it with the rest.
+//!
 //! The header work is tower-http's [`CorsLayer`]; this module decides to whom and where it
 //! applies (tower-http answers every `OPTIONS`, for every origin, with the allowed methods
 //! and headers, which is more than an unlisted origin should see).
@@ -41,6 +46,7 @@ use tower::{Layer, ServiceExt};
 use tower_http::cors::{AllowCredentials, AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
 use crate::gateway::{join_path, Gateway};
+use crate::settings::GatewaySettings;
 use crate::spa::Reserved;
 
 /// `[server.cors]`: which origins may call the gateway from script with credentials.
@@ -99,29 +105,49 @@ impl std::fmt::Debug for Cors {
 }
 
 impl Cors {
-    /// CORS for `gateway`'s management endpoints and routes, plus `local_api_prefixes` (the
-    /// prefixes given to [`Gateway::router_with_local_apis`]).
+    /// CORS for one frontend with these `settings` (its [`GatewaySettings::cors`]): its
+    /// management endpoints and routes, plus `local_api_prefixes`; paths relative to the
+    /// frontend's prefix. `None` when the settings list no origin.
+    ///
+    /// The gateway applies this to every frontend's router by itself (so it follows
+    /// [`Gateway::reload`]); library users need it only for routers of their own.
+    pub fn for_frontend(settings: &GatewaySettings, local_api_prefixes: &[String]) -> Option<Self> {
+        let cors = settings
+            .cors
+            .as_ref()
+            .filter(|c| !c.allowed_origins.is_empty())?;
+        let mut scope: Vec<String> = settings.routes.iter().map(|r| r.path.clone()).collect();
+        scope.extend(local_api_prefixes.iter().cloned());
+        if settings.base_path.trim_end_matches('/').is_empty() {
+            scope.extend(
+                crate::bff::MANAGEMENT_ENDPOINTS
+                    .iter()
+                    .map(|p| join_path(&settings.base_path, p)),
+            );
+        } else {
+            scope.push(settings.base_path.clone());
+        }
+        let mut headers = vec![
+            settings.anti_forgery.header_name().clone(),
+            header::CONTENT_TYPE,
+        ];
+        headers.extend(cors.allowed_headers.iter().cloned());
+        Some(Self::new(cors, scope, headers))
+    }
+
+    /// CORS with `settings` for `gateway`'s default frontend, plus `local_api_prefixes`.
+    ///
+    /// Not needed when the default frontend's [`GatewaySettings::cors`] is set: the gateway
+    /// then applies it itself (applying both would answer twice).
     pub fn for_gateway(
         settings: &CorsSettings,
         gateway: &Gateway,
         local_api_prefixes: &[String],
     ) -> Self {
-        let s = gateway.settings();
-        let mut scope: Vec<String> = s.routes.iter().map(|r| r.path.clone()).collect();
-        scope.extend(local_api_prefixes.iter().cloned());
-        if s.base_path.trim_end_matches('/').is_empty() {
-            scope.extend(
-                crate::bff::MANAGEMENT_ENDPOINTS
-                    .iter()
-                    .chain(["/backchannel", "/diagnostics"].iter())
-                    .map(|p| join_path(&s.base_path, p)),
-            );
-        } else {
-            scope.push(s.base_path.clone());
-        }
-        let mut headers = vec![s.anti_forgery.header_name().clone(), header::CONTENT_TYPE];
-        headers.extend(settings.allowed_headers.iter().cloned());
-        Self::new(settings, scope, headers)
+        let mut s = (*gateway.settings()).clone();
+        s.cors = Some(settings.clone());
+        Self::for_frontend(&s, local_api_prefixes)
+            .unwrap_or_else(|| Self::new(settings, Vec::new(), Vec::new()))
     }
 
     /// CORS on the `scope` path prefixes, allowing `allowed_headers` in requests.

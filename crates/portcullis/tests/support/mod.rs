@@ -271,6 +271,7 @@ pub fn settings(
         trust_forwarded_headers: false,
         websocket_origins: Vec::new(),
         allowed_hosts: Vec::new(),
+        cors: None,
     }
 }
 
