@@ -20,6 +20,9 @@
 //! with 1 frontend and on one with 100 (requests selected by host, then by path; memory
 //! store, cache on), comparable with each other in the same round (`--skip-frontends`). A DPoP scenario (memory store, cache on, a DPoP-bound token:
 //! one ES256 proof signed per call; compare with the memory/cache-on Bearer row) runs too. `ratio_to_baseline` divides by the mean of the round's two baseline runs.
+//! `--reload-under-load` instead runs the `portcullis` binary under load while its
+//! configuration is reloaded (`SIGHUP`, adding and removing a frontend) and counts failed
+//! requests and dropped connections (see `reload_load`).
 //! `--rounds N` repeats the whole sequence and adds per-scenario median/min/max lines, which
 //! is what to read on a small, shared machine.
 
@@ -27,6 +30,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod load;
+mod reload_load;
 mod servers;
 mod tracing_cost;
 mod vs_nginx;
@@ -137,7 +141,17 @@ struct Args {
     /// process, in front of a Content-Length (in-process) and a chunked (Node) upstream.
     #[arg(long)]
     vs_nginx: bool,
-    /// The gateway binary for `--vs-nginx` (default: `portcullis` next to this binary).
+    /// Instead of the store scenarios: the `portcullis` binary under a steady stream of
+    /// authenticated GETs while its configuration is reloaded (`SIGHUP`) `--reloads` times,
+    /// each reload adding or removing a frontend; prints req/s, failed requests and dropped
+    /// connections, and fails if there are any.
+    #[arg(long)]
+    reload_under_load: bool,
+    /// Reloads during `--reload-under-load`'s measured window (1..=100).
+    #[arg(long, default_value_t = 10)]
+    reloads: usize,
+    /// The gateway binary for `--vs-nginx` and `--reload-under-load` (default: `portcullis`
+    /// next to this binary).
     #[arg(long)]
     portcullis_bin: Option<PathBuf>,
     /// nginx for `--vs-nginx`.
@@ -196,6 +210,9 @@ fn check_bounds(a: &Args) -> Result<(), String> {
     if a.concurrency == 0 || a.concurrency > 1024 {
         return Err("--concurrency must be in 1..=1024".into());
     }
+    if a.reloads == 0 || a.reloads > 100 {
+        return Err("--reloads must be in 1..=100".into());
+    }
     if a.sessions > 1024 {
         return Err("--sessions must be at most 1024".into());
     }
@@ -240,6 +257,8 @@ async fn run(args: Args) -> i32 {
     let mut report = Report::default();
     let outcome = if args.vs_nginx {
         vs_nginx::run(&args, &mut report.lines).await
+    } else if args.reload_under_load {
+        reload_load::run(&args, &mut report.lines).await
     } else {
         run_inner(&args, &mut report).await
     };

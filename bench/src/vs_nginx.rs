@@ -84,13 +84,13 @@ impl Proxy {
 }
 
 /// A child process killed when dropped.
-struct Spawned {
+pub(crate) struct Spawned {
     child: Child,
-    pid: u32,
+    pub(crate) pid: u32,
 }
 
 impl Spawned {
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.child.kill().await;
         let _ = self.child.wait().await;
     }
@@ -110,7 +110,7 @@ fn command(program: &Path, cpus: Option<&str>) -> Command {
 
 /// Spawns `cmd` and waits (at most 60 s) for a `READY {json}` line on its stdout; the rest of
 /// its output goes to `log`.
-async fn spawn_ready(
+pub(crate) async fn spawn_ready(
     name: &str,
     mut cmd: Command,
     log: &Path,
@@ -161,7 +161,7 @@ async fn wait_listening(addr: SocketAddr, name: &str, child: &mut Child) -> Resu
     Err(format!("{name} did not listen on {addr} within 10 s"))
 }
 
-fn free_port() -> Result<u16, String> {
+pub(crate) fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
