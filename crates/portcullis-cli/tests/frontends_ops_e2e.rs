@@ -221,6 +221,47 @@ async fn cors_applies_to_every_frontend_and_follows_a_reload() {
     assert!(refused(r.clone()), "{r:?}");
 }
 
+/// `X-Forwarded-Host` selects a frontend (and is checked against the known hosts) only with
+/// `trust_forwarded_headers = true`; otherwise `Host` alone counts. (The frontend that
+/// answered shows in its CORS answer: only `local` lists `LOCAL_APP`.)
+#[tokio::test]
+async fn forwarded_host_selects_a_frontend_only_when_trusted() {
+    for trusted in [false, true] {
+        let gw = on_free_port(|port| async move {
+            let config = cors_config(port, APP, true).replace(
+                "data_dir = \"data\"\n",
+                &format!("data_dir = \"data\"\ntrust_forwarded_headers = {trusted}\n"),
+            );
+            Gateway::try_start(port, &config).await
+        })
+        .await;
+        let ask = |forwarded: &'static str| {
+            Client::new()
+                .request(Method::OPTIONS, gw.url("/api/x"))
+                .header("x-forwarded-host", forwarded)
+                .header("origin", LOCAL_APP)
+                .header("access-control-request-method", "GET")
+                .send()
+        };
+        let r = ask("localhost").await.unwrap();
+        let local_answered = r.headers().contains_key("access-control-allow-origin");
+        assert_eq!(
+            local_answered,
+            trusted,
+            "trusted={trusted}: {:?}",
+            r.headers()
+        );
+        // An unknown forwarded host is refused only when it counts.
+        let r = ask("evil.example").await.unwrap();
+        assert_eq!(
+            r.status() == StatusCode::MISDIRECTED_REQUEST,
+            trusted,
+            "trusted={trusted}: {}",
+            r.status()
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Reload under load
 

@@ -463,3 +463,85 @@ async fn cors_preflight_for_listed_and_unlisted_origins_and_a_credentialed_call(
         assert!(head.starts_with(want), "{origin}: {head}");
     }
 }
+
+/// A reload keeps the `index.html` copy of every frontend whose SPA source and settings did
+/// not change (a CDN that is down during the reload does not take them down), and drops the
+/// copy of a frontend that changed.
+#[tokio::test]
+async fn reload_keeps_unchanged_frontends_index_html_while_the_cdn_is_down() {
+    let cdn = Cdn::start(0).await;
+    let config = |port: u16, admin_inject: &str, beta: bool| {
+        let mut extra = format!(
+            r#"
+[spa]
+index_html_url = "{cdn}/app/index.html"
+
+[[frontends]]
+name = "admin"
+match_path = "/admin"
+index_html_url = "{cdn}/app/index.html"
+[frontends.index_html_inject]
+who = "{admin_inject}"
+"#,
+            cdn = cdn.url
+        );
+        if beta {
+            extra.push_str("\n[[frontends]]\nname = \"beta\"\nmatch_path = \"/beta\"\n");
+        }
+        default_config(port, NOWHERE, NOWHERE, &extra)
+    };
+    let gw = {
+        let config = &config;
+        on_free_port(
+            |port| async move { Gateway::try_start(port, &config(port, "a", false)).await },
+        )
+        .await
+    };
+    let (s1, _, root) = get(&gw.url("/"), NAV, &[]).await;
+    let (s2, _, admin) = get(&gw.url("/admin/"), NAV, &[]).await;
+    assert_eq!((s1, s2), (200, 200), "{root}\n{admin}");
+    assert!(admin.contains(r#""who":"a""#), "{admin}");
+    assert_eq!(n(&cdn.stats().await, "full"), 2);
+
+    // The CDN goes down; a reload adds a frontend: the others keep their pages.
+    cdn.proc.stop().await;
+    reload(&gw, config(gw.port, "a", true)).await;
+    assert_eq!(
+        get(&gw.url("/beta/bff/user"), "*/*", &[("x-csrf", "1")])
+            .await
+            .0,
+        401,
+        "beta exists"
+    );
+    let (s1, _, root_after) = get(&gw.url("/route"), NAV, &[]).await;
+    let (s2, _, admin_after) = get(&gw.url("/admin/route"), NAV, &[]).await;
+    assert_eq!((s1, s2), (200, 200), "{root_after}\n{admin_after}");
+    assert_eq!((root_after, admin_after), (root, admin));
+
+    // `admin` changes: its copy is dropped (and the CDN is down: 502), the default keeps its.
+    reload(&gw, config(gw.port, "b", true)).await;
+    assert_eq!(get(&gw.url("/admin/route"), NAV, &[]).await.0, 502);
+    assert_eq!(get(&gw.url("/route"), NAV, &[]).await.0, 200);
+}
+
+/// Writes `text` as the gateway's configuration, sends `SIGHUP`, and waits for the reload.
+async fn reload(gw: &Gateway, text: String) {
+    std::fs::write(&gw.config_path, text).unwrap();
+    let before = gw.logs().len();
+    let pid = gw.proc.as_ref().unwrap().child.id().unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    for _ in 0..200 {
+        if gw.logs()[before..]
+            .iter()
+            .any(|l| l.contains("configuration reloaded"))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no reload:\n{}", gw.logs().join("\n"));
+}
