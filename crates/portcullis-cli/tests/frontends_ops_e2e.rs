@@ -219,6 +219,20 @@ async fn cors_applies_to_every_frontend_and_follows_a_reload() {
     assert!(refused(r.clone()), "{r:?}");
     let r = preflight(&gw, None, "/plain/api/x", APP2).await;
     assert!(refused(r.clone()), "{r:?}");
+
+    // A reload that also changes a restart-only setting applies the rest and names it.
+    let before = gw.logs().len();
+    let with_limit = cors_config(gw.port, APP, false).replace(
+        "data_dir = \"data\"\n",
+        "data_dir = \"data\"\nmax_request_body = \"1MiB\"\n",
+    );
+    reload(&gw, &with_limit).await;
+    let logs = gw.logs()[before..].join("\n");
+    assert!(
+        logs.contains("take effect only after a restart") && logs.contains("server limits"),
+        "{logs}"
+    );
+    assert_eq!(preflight(&gw, None, "/admin/api/x", APP).await, ok(APP));
 }
 
 /// `X-Forwarded-Host` selects a frontend (and is checked against the known hosts) only with
