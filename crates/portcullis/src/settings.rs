@@ -41,8 +41,8 @@ pub struct GatewaySettings {
     pub diagnostics: bool,
     /// Trust `X-Forwarded-*` headers from the peer (only behind a proxy you run).
     pub trust_forwarded_headers: bool,
-    /// Origins allowed to open WebSocket connections through API routes. Defaults to the
-    /// public origin.
+    /// Origins allowed to open WebSocket connections through API routes. Empty (default):
+    /// the frontend's own origin. The origins [`cors`](Self::cors) lists are allowed as well.
     pub websocket_origins: Vec<String>,
     /// Host names (`host` or `host:port`) requests may name besides the public URL's host and
     /// the frontends' `match_host`; any other `Host` is answered 421 before anything runs (a
