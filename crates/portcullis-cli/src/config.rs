@@ -274,6 +274,12 @@ pub fn parse(
     match raw_frontends {
         None => {}
         Some(toml::Value::Array(items)) => {
+            if top.is_err() {
+                // No frontend parses without a valid top level, so the checks between them
+                // (`portcullis::frontend::validate`) cannot run: report the duplicates that
+                // the raw entries already show, with the rest.
+                errors.extend(crate::frontends::raw_duplicates(&items));
+            }
             for (i, item) in items.into_iter().enumerate() {
                 let parsed = crate::frontends::parse_frontend(
                     &table,
@@ -1838,5 +1844,39 @@ allowed_origins = []
             "own origins, the top-level max_age"
         );
         assert_eq!(origins(&c.frontends[2].settings.settings), None);
+    }
+
+    /// With an invalid top level no frontend parses; duplicate names and criteria are still
+    /// reported with the other errors.
+    #[test]
+    fn frontend_duplicates_are_reported_even_when_the_top_level_is_invalid() {
+        let text = r#"
+[server]
+public_url = "https://app.example.com"
+[oidc]
+client_id = "x"
+client_secret = "y"
+[[frontends]]
+name = "a"
+match_path = "/a"
+[[frontends]]
+name = "a"
+match_path = "/a/"
+[[frontends]]
+name = "b"
+match_host = "B.example.com"
+[[frontends]]
+name = "c"
+match_host = "b.example.com"
+"#;
+        let joined = parse(text, Path::new("/"), &no_env).unwrap_err().join("\n");
+        for needle in [
+            "oidc.issuer is required",
+            "frontend \"a\": name is used twice",
+            "frontend \"a\": same match_host and match_path as frontend \"a\"",
+            "frontend \"c\": same match_host and match_path as frontend \"b\"",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+        }
     }
 }

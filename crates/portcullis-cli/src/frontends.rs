@@ -328,3 +328,39 @@ pub(crate) fn parse_frontend(
         dpop_key: config.dpop_key,
     })
 }
+
+/// Duplicate names and duplicate `match_host` + `match_path` pairs among raw `[[frontends]]`
+/// entries, worded as [`portcullis::frontend::validate`] words them. For a file whose top
+/// level is invalid (then no frontend parses and `validate` cannot run).
+pub(crate) fn raw_duplicates(items: &[toml::Value]) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    let mut criteria: std::collections::HashMap<(Option<String>, Option<String>), &str> =
+        std::collections::HashMap::new();
+    for item in items {
+        let Some(name) = item.get("name").and_then(toml::Value::as_str) else {
+            continue;
+        };
+        let ctx = format!("frontend {name:?}");
+        if !names.insert(name) {
+            errors.push(format!("{ctx}: name is used twice"));
+        }
+        let host = item
+            .get("match_host")
+            .and_then(toml::Value::as_str)
+            .map(|h| h.trim().to_ascii_lowercase());
+        let path = item
+            .get("match_path")
+            .and_then(toml::Value::as_str)
+            .map(|p| p.trim_end_matches('/').to_owned());
+        if host.is_none() && path.is_none() {
+            continue;
+        }
+        if let Some(other) = criteria.insert((host, path), name) {
+            errors.push(format!(
+                "{ctx}: same match_host and match_path as frontend {other:?}"
+            ));
+        }
+    }
+    errors
+}
