@@ -623,8 +623,10 @@ async fn api_inner(
     }
 
     let policy = route.settings.token;
+    let access = &route.settings.access;
     let mut clear_cookie = false;
-    let session = if matches!(policy, TokenPolicy::None | TokenPolicy::Client) {
+    let session = if matches!(policy, TokenPolicy::None | TokenPolicy::Client) && access.is_empty()
+    {
         None
     } else {
         let started = std::time::Instant::now();
@@ -650,6 +652,17 @@ async fn api_inner(
             Lookup::Anonymous => None,
         }
     };
+
+    // Per-route claims and step-up (RFC 9470): before any token is fetched or anything sent.
+    if !access.is_empty() {
+        let Some(session) = &session else {
+            let r = GatewayError::Unauthorized("no session").into_response();
+            return Ok(with_clear(gw, r, clear_cookie));
+        };
+        if let Err(denied) = crate::access::enforce(gw, route, &session.ticket.claims) {
+            return Ok(with_clear(gw, denied.into_response(), clear_cookie));
+        }
+    }
 
     let started = std::time::Instant::now();
     let token_span = if policy == TokenPolicy::None {
@@ -763,6 +776,11 @@ async fn api_inner(
     };
     upstream_span.record("http.response.status_code", response.status().as_u16());
     crate::telemetry::observe_stage(&route.settings.path, "upstream", started.elapsed());
+    // An upstream's own RFC 9470 challenge reaches the SPA in the gateway's shape.
+    let response = match crate::access::normalize_upstream_challenge(gw, route, response) {
+        Ok(r) => r,
+        Err(challenge) => challenge.into_response(),
+    };
     Ok(with_clear(gw, response, clear_cookie))
 }
 
