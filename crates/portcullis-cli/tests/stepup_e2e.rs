@@ -93,6 +93,11 @@ token = "user"
 
 impl StepStack {
     async fn start(max_auth_age: &str) -> StepStack {
+        Self::start_with(max_auth_age, "").await
+    }
+
+    /// With `oidc_extra` lines added to `[oidc]` (e.g. `par = "required"`).
+    async fn start_with(max_auth_age: &str, oidc_extra: &str) -> StepStack {
         on_free_port(|port| async move {
             let origin = format!("http://127.0.0.1:{port}");
             let idp = Idp::start_raw(&json!({
@@ -114,7 +119,8 @@ impl StepStack {
                 &idp.issuer,
                 &api.url,
                 &routes(&api.url, &stepup_api.url, max_auth_age),
-            );
+            )
+            .replacen("\n[session]", &format!("{oidc_extra}\n\n[session]"), 1);
             let gw = Gateway::try_start(port, &config).await?;
             Ok(StepStack {
                 idp,
@@ -565,4 +571,43 @@ max_auth_age = "250ms"
         assert!(stderr.contains(error), "missing {error:?} in:\n{stderr}");
     }
     assert!(stderr.contains("4 errors"), "{stderr}");
+}
+
+#[tokio::test]
+async fn step_up_parameters_travel_in_the_pushed_request_with_par() {
+    let s = StepStack::start_with("1h", "par = \"required\"").await;
+    let b = Browser::new();
+    b.login(&s.gw, "alice").await;
+    let r = b.get_csrf(&s.gw.url("/mfa-api/whoami")).await;
+    let body = assert_step_up_challenge(r, Some(MFA), None).await;
+
+    let (authorize, r) = login_via(
+        &b,
+        &s.gw,
+        body["login_url"].as_str().unwrap(),
+        "alice",
+        Some(MFA),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FOUND);
+    // The front channel carries client_id and request_uri only; the IdP got acr_values pushed.
+    let front: Vec<String> = url::Url::parse(&authorize)
+        .unwrap()
+        .query_pairs()
+        .map(|(k, _)| k.into_owned())
+        .collect();
+    assert_eq!(front, ["client_id", "request_uri"]);
+    let stats = s.idp.stats().await;
+    let pushed = stats["par_requests"].as_array().unwrap().last().unwrap();
+    assert!(
+        pushed["params"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("acr_values")),
+        "{pushed}"
+    );
+    assert_eq!(
+        b.get_csrf(&s.gw.url("/mfa-api/whoami")).await.status(),
+        StatusCode::OK
+    );
 }
