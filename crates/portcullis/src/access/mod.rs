@@ -147,6 +147,11 @@ impl RouteAccess {
     }
 }
 
+/// Requests the access rules turned away, by `reason`: `claims` (403), `step_up` (a route's
+/// `require_acr`/`max_auth_age`, 401) or `upstream_step_up` (an upstream's RFC 9470
+/// challenge, 401).
+pub const DENIED_METRIC: &str = "portcullis_access_denied_total";
+
 /// Applies `route`'s rules to a session's claims (the gateway's request pipeline). A failure
 /// is logged with the route and, for a missing claim, the claim's name (never the session's
 /// values), and returned as the error to answer with: [`GatewayError::Forbidden`] (403) or
@@ -158,6 +163,7 @@ pub(crate) fn enforce(fe: &Frontend, route: &Route, claims: &[Claim]) -> Result<
     match route.settings.access.check(claims, fe.now()) {
         Ok(()) => Ok(()),
         Err(Denied::MissingClaim(claim)) => {
+            metrics::counter!(DENIED_METRIC, "reason" => "claims").increment(1);
             tracing::info!(
                 route = %route.settings.path,
                 claim = %untrusted(&claim),
@@ -172,6 +178,7 @@ pub(crate) fn enforce(fe: &Frontend, route: &Route, claims: &[Claim]) -> Result<
             max_age,
             acr_failed,
         }) => {
+            metrics::counter!(DENIED_METRIC, "reason" => "step_up").increment(1);
             tracing::info!(
                 route = %route.settings.path,
                 acr_failed,
@@ -207,6 +214,7 @@ pub(crate) fn normalize_upstream_challenge(
     let Some((acr_values, max_age)) = upstream_step_up(response.headers()) else {
         return Ok(response);
     };
+    metrics::counter!(DENIED_METRIC, "reason" => "upstream_step_up").increment(1);
     tracing::info!(
         route = %route.settings.path,
         "the upstream asked for step-up authentication (RFC 9470); answered with the gateway's challenge"
