@@ -18,6 +18,12 @@ use tokio::process::Command;
 const PWD: &str = "urn:example:pwd";
 const MFA: &str = "urn:example:mfa";
 
+/// An `acr` as long as one may be (255 characters; `acr_values` may hold 256), which the IdP
+/// also offers.
+fn longest_acr() -> String {
+    format!("urn:example:{}", "x".repeat(243))
+}
+
 /// IdP + example API + step-up API + gateway with the routes of this file.
 struct StepStack {
     idp: Idp,
@@ -102,7 +108,7 @@ impl StepStack {
             let origin = format!("http://127.0.0.1:{port}");
             let idp = Idp::start_raw(&json!({
                 "clients": [Idp::default_client(&[origin])],
-                "acr_values": [PWD, MFA],
+                "acr_values": [PWD, MFA, longest_acr()],
                 "profile_claims": ["role", "tenant"],
                 "users": {
                     "carol": { "password": "carol", "claims": {
@@ -610,4 +616,41 @@ async fn step_up_parameters_travel_in_the_pushed_request_with_par() {
         b.get_csrf(&s.gw.url("/mfa-api/whoami")).await.status(),
         StatusCode::OK
     );
+}
+
+/// The pitfall of cookies over 4 KiB, which browsers drop silently: the longest step-up login
+/// the gateway accepts (a 2 KiB returnUrl, 255 characters of acr_values, the largest max_age)
+/// still fits its login-transaction cookie, and completes.
+#[tokio::test]
+async fn longest_step_up_login_still_fits_its_transaction_cookie() {
+    let s = StepStack::start("1h").await;
+    let b = Browser::new();
+    let return_url = format!("/{}", "r".repeat(2047));
+    let start = format!(
+        "/bff/login?returnUrl={}&acr_values={}&max_age=315360000",
+        urlencode(&return_url),
+        urlencode(&longest_acr())
+    );
+    let r = b.get(&s.gw.url(&start)).await;
+    assert_eq!(r.status(), StatusCode::FOUND);
+    let login_cookie = set_cookies(&r)
+        .into_iter()
+        .find(|c| c.starts_with("bff-login."))
+        .expect("a login-transaction cookie");
+    let name_value = login_cookie.split(';').next().unwrap();
+    assert!(
+        name_value.len() <= 4096,
+        "login cookie of {} bytes would be dropped by browsers",
+        name_value.len()
+    );
+    // One character more of acr_values is refused up front, not lost in a dropped cookie.
+    let too_long = format!("/bff/login?acr_values={}+x", urlencode(&longest_acr()));
+    assert_eq!(
+        b.get(&s.gw.url(&too_long)).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    let acr = longest_acr();
+    let (_, r) = login_via(&b, &s.gw, &start, "alice", Some(&acr)).await;
+    assert_eq!(r.status(), StatusCode::FOUND);
+    assert_eq!(r.headers()[LOCATION].to_str().unwrap(), return_url);
 }

@@ -13,7 +13,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use portcullis::access::{is_valid_acr, ClaimRule, RouteAccess, MAX_ACR_VALUES, MAX_MAX_AGE};
+use portcullis::access::{
+    is_valid_acr, ClaimRule, RouteAccess, MAX_ACR_VALUES, MAX_ACR_VALUES_LEN, MAX_MAX_AGE,
+};
 use portcullis::oidc::id_token::PROTOCOL_CLAIMS;
 use serde::Deserialize;
 
@@ -86,9 +88,9 @@ pub(super) fn route_access(
             errors.push(format!(
                 "{ctx}.require_acr must list at least one acr value (leave it out for none)"
             ));
-        } else if acr.len() > MAX_ACR_VALUES {
+        } else if acr.len() > MAX_ACR_VALUES || acr.join(" ").len() > MAX_ACR_VALUES_LEN {
             errors.push(format!(
-                "{ctx}.require_acr lists more than {MAX_ACR_VALUES} values"
+                "{ctx}.require_acr lists more than {MAX_ACR_VALUES} values or {MAX_ACR_VALUES_LEN} characters (the challenge's login_url must be accepted by /login)"
             ));
         } else if let Some(bad) = acr.iter().find(|a| !is_valid_acr(a)) {
             errors.push(format!(

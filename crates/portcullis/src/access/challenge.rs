@@ -3,7 +3,7 @@
 use axum::http::{header, HeaderMap};
 use serde_json::{json, Value};
 
-use super::{is_valid_acr, MAX_ACR_VALUES, MAX_MAX_AGE};
+use super::{is_valid_acr, MAX_ACR_VALUES, MAX_ACR_VALUES_LEN, MAX_MAX_AGE};
 
 /// The `error` code of RFC 9470 §3: the access token (here: the session) was issued for a
 /// weaker or older authentication than the resource needs.
@@ -221,7 +221,8 @@ pub fn parse_www_authenticate(value: &str) -> Vec<AuthChallenge> {
 /// What an upstream's RFC 9470 challenge asks for, when a `401` carries one: a
 /// `WWW-Authenticate` challenge of scheme `Bearer` or `DPoP` (any case) whose `error` is
 /// [`INSUFFICIENT_USER_AUTHENTICATION`]. Returns its `acr_values` (values [`is_valid_acr`]
-/// refuses are dropped, at most [`MAX_ACR_VALUES`]) and `max_age` (ignored unless a whole
+/// refuses are dropped; at most [`MAX_ACR_VALUES`] values and [`MAX_ACR_VALUES_LEN`]
+/// characters, so that the login URL it leads to is accepted) and `max_age` (ignored unless a whole
 /// number of seconds up to [`MAX_MAX_AGE`]). When neither is usable, `max_age` is `0`: the
 /// user must authenticate again now (OIDC Core §3.1.2.1), which is what any step-up needs.
 pub fn upstream_step_up(headers: &HeaderMap) -> Option<(Vec<String>, Option<u64>)> {
@@ -234,12 +235,17 @@ pub fn upstream_step_up(headers: &HeaderMap) -> Option<(Vec<String>, Option<u64>
             (c.scheme.eq_ignore_ascii_case("bearer") || c.scheme.eq_ignore_ascii_case("dpop"))
                 && c.param("error") == Some(INSUFFICIENT_USER_AUTHENTICATION)
         })?;
+    let mut len = 0;
     let acr_values: Vec<String> = challenge
         .param("acr_values")
         .unwrap_or_default()
         .split(' ')
         .filter(|v| is_valid_acr(v))
         .take(MAX_ACR_VALUES)
+        .take_while(|v| {
+            len += v.len() + usize::from(len > 0);
+            len <= MAX_ACR_VALUES_LEN
+        })
         .map(str::to_owned)
         .collect();
     let max_age = challenge
@@ -356,6 +362,16 @@ mod tests {
             "Bearer error=\"insufficient_user_authentication\", acr_values=\"ok b\\\"ad\", max_age=-5",
         ]));
         assert_eq!(got, Some((vec!["ok".to_owned()], None)));
+        // No more than the login endpoint accepts.
+        let long = format!(
+            "Bearer error=\"insufficient_user_authentication\", acr_values=\"{} {} {}\"",
+            "a".repeat(200),
+            "b".repeat(50),
+            "c".repeat(10)
+        );
+        let (acr, _) = upstream_step_up(&headers(&[&long])).unwrap();
+        assert_eq!(acr.len(), 2);
+        assert!(super::super::parse_acr_values(&acr.join(" ")).is_ok());
         // Not a step-up challenge.
         for other in [
             "Bearer error=\"invalid_token\"",

@@ -262,6 +262,12 @@ pub const MAX_ACR_VALUES: usize = 10;
 /// Longest single `acr` value accepted (characters).
 pub const MAX_ACR_LEN: usize = 255;
 
+/// Longest `acr_values` list accepted, space-separated (characters). The list rides in the
+/// sealed login-transaction cookie next to a `returnUrl` of up to 2 KiB; this bound keeps that
+/// cookie under the 4 KiB browsers store (a larger one would be dropped silently and the
+/// login would fail with an unknown `state`).
+pub const MAX_ACR_VALUES_LEN: usize = 256;
+
 /// Whether `v` can be one `acr` value in `acr_values` (a space-separated list, OIDC Core
 /// §3.1.2.1) and in a quoted `WWW-Authenticate` parameter (RFC 9110 §11.2): 1 to
 /// [`MAX_ACR_LEN`] visible ASCII characters other than `"` and `\` (URIs and the usual
@@ -287,7 +293,7 @@ pub fn parse_acr_values(raw: &str) -> Result<Vec<String>, &'static str> {
     if values.is_empty() {
         return Err("acr_values must name at least one authentication context class");
     }
-    if values.len() > MAX_ACR_VALUES {
+    if values.len() > MAX_ACR_VALUES || values.join(" ").len() > MAX_ACR_VALUES_LEN {
         return Err("acr_values names too many authentication context classes");
     }
     if !values.iter().all(|v| is_valid_acr(v)) {
@@ -518,6 +524,7 @@ mod tests {
             "a\u{0}",
             &"x ".repeat(11),
             &"x".repeat(256),
+            &format!("{} {}", "x".repeat(200), "y".repeat(56)),
         ] {
             assert!(parse_acr_values(bad).is_err(), "{bad:?}");
         }
