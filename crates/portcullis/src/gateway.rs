@@ -11,7 +11,7 @@
 //!                    │ {base}/user  [anti-forgery] ─▶ cookie → session → claims
 //!                    │ {base}/logout, signed-out, silent-login(-callback), backchannel, diagnostics, client.js
 //!                    │ route prefix [anti-forgery | WS origin]
-//!                    │     └▶ cookie → session → token (policy, refresh) → proxy → upstream
+//!                    │     └▶ cookie → session → access (claims, step-up) → token (policy, refresh) → proxy → upstream
 //!                    │ fallback: the SPA (static files, index.html for client routes)
 //!                    └───────────────────────────────────────┘
 //!                      every failure of a browser navigation → HTML page (error.rs)

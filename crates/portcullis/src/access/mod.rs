@@ -38,6 +38,25 @@
 //! `DPoP` scheme, [`upstream_step_up`]) is answered with the same shape, built from the
 //! upstream's `acr_values` and `max_age`, so the SPA handles one shape.
 //!
+//! ```
+//! use portcullis::access::{ClaimRule, Denied, RouteAccess};
+//! use portcullis::session::Claim;
+//!
+//! let route = RouteAccess {
+//!     require_claims: vec![ClaimRule { claim: "role".into(), values: vec!["admin".into()] }],
+//!     require_acr: vec!["urn:example:mfa".into()],
+//!     max_auth_age: None,
+//! };
+//! let claim = |kind: &str, value: &str| Claim { kind: kind.into(), value: value.into() };
+//! let password_only = [claim("role", "admin"), claim("acr", "urn:example:pwd")];
+//! assert!(matches!(
+//!     route.check(&password_only, 0),
+//!     Err(Denied::StepUp { acr_failed: true, .. })
+//! ));
+//! let with_mfa = [claim("role", "admin"), claim("acr", "urn:example:mfa")];
+//! assert_eq!(route.check(&with_mfa, 0), Ok(()));
+//! ```
+//!
 //! Caveats: claim values are compared as strings (a number or boolean claim by its JSON
 //! text, `42`, `true`); a space-separated string is one value, not several; claim names are
 //! top-level names (URL-like names with dots, as Auth0 uses, are names, not paths).
