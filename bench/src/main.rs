@@ -1145,6 +1145,7 @@ fn gateway_settings(
         refresh_before_expiry: None,
         client: None,
         timeout: Duration::from_secs(30),
+        access: Default::default(),
     };
     Ok(GatewaySettings {
         public_url,

@@ -24,7 +24,10 @@
 //   access tokens are JWTs for the API resource and cannot be used at the userinfo endpoint;
 // - `/__test/*` is unauthenticated (the server only listens on 127.0.0.1);
 // - an RFC 8693 token-exchange grant (access token in, JWT access token out) is added to
-//   every confidential client, with no policy beyond "the subject token is ours and valid".
+//   every confidential client, with no policy beyond "the subject token is ours and valid";
+// - with `acr_values` configured, the login form lets the user (a test) pick the `acr` the
+//   login yields (form field `acr`; default: the first configured value), and a request whose
+//   `acr_values` the IdP session does not meet asks for a new login (step-up).
 
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -32,7 +35,7 @@ import * as http from 'node:http';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 
-import Provider, { errors } from 'oidc-provider';
+import Provider, { errors, interactionPolicy } from 'oidc-provider';
 import * as jose from 'jose';
 
 const DEFAULT_RESOURCE = 'urn:portcullis:api';
@@ -166,6 +169,11 @@ function normalizeConfig(raw) {
     dpop: raw.dpop && typeof raw.dpop === 'object' ? { requireNonce: raw.dpop.require_nonce === true } : undefined,
     // client_ids that get oidc-provider's FAPI 2.0 profile (features.fapi).
     fapi2Clients: Array.isArray(raw.fapi2_clients) ? raw.fapi2_clients : [],
+    // Step-up: the acr values the IdP can deliver (oidc-provider `acrValues`, advertised as
+    // acr_values_supported); the first is what a plain password login yields.
+    acrValues: Array.isArray(raw.acr_values) ? raw.acr_values.filter((v) => typeof v === 'string') : [],
+    // Extra user claims (from `users.<name>.claims`) released with the `profile` scope.
+    profileClaims: Array.isArray(raw.profile_claims) ? raw.profile_claims.filter((v) => typeof v === 'string') : [],
   };
 }
 
@@ -366,16 +374,44 @@ ${body}
 </html>`;
 }
 
-function loginPage(uid, { error, login = '', clientId } = {}) {
+function loginPage(uid, {
+  error, login = '', clientId, acrValues = [], acr,
+} = {}) {
+  const acrSelect = acrValues.length ? `
+  <label>Authentication level <select name="acr">${acrValues.map((v) => `<option${v === acr ? ' selected' : ''}>${html(v)}</option>`).join('')}</select></label>` : '';
   return page('Sign in', `
 ${clientId ? `<p>to continue to <strong>${html(clientId)}</strong></p>` : ''}
 ${error ? `<p class="error" id="error">${html(error)}</p>` : ''}
 <form method="post" action="/interaction/${html(uid)}/login" autocomplete="off">
   <label>Username <input name="login" value="${html(login)}" autofocus required></label>
-  <label>Password <input name="password" type="password" required></label>
+  <label>Password <input name="password" type="password" required></label>${acrSelect}
   <button type="submit">Sign in</button>
 </form>
 <p><a href="/interaction/${html(uid)}/abort">Cancel</a></p>`);
+}
+
+// The login prompt of oidc-provider's default policy, plus step-up: a request whose
+// `acr_values` the IdP session's `acr` is not among asks for a new login (oidc-provider alone
+// only does that for an essential `acr` in the `claims` parameter). A login just performed in
+// this interaction ends it either way: the acr it yielded is what the user could do, and the
+// relying party decides whether that suffices.
+function stepUpPolicy() {
+  const { Check, base } = interactionPolicy;
+  const policy = base();
+  policy.get('login').checks.add(new Check(
+    'acr_values_not_met',
+    'none of the requested acr_values is met by the current session',
+    'login_required',
+    (ctx) => {
+      const { oidc } = ctx;
+      const requested = String(oidc.params.acr_values ?? '').split(' ').filter(Boolean);
+      if (!requested.length || !oidc.session.accountId || oidc.result?.login) {
+        return Check.NO_NEED_TO_PROMPT;
+      }
+      return requested.includes(oidc.acr) ? Check.NO_NEED_TO_PROMPT : Check.REQUEST_PROMPT;
+    },
+  ));
+  return policy;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -546,7 +582,12 @@ async function main() {
       sid: null,
       auth_time: null,
       iss: null,
+      ...(cfg.profileClaims.length ? { profile: ['name', 'given_name', 'family_name', ...cfg.profileClaims] } : {}),
+      // With acr values, every ID token says how and when the user authenticated (as most
+      // IdPs do), not only those whose request asked for acr_values or max_age.
+      ...(cfg.acrValues.length ? { openid: ['sub', 'acr', 'amr', 'auth_time'] } : {}),
     },
+    acrValues: cfg.acrValues,
     scopes: OIDC_SCOPES,
     responseTypes: ['code'],
     discovery: {
@@ -664,6 +705,7 @@ async function main() {
     },
     interactions: {
       url: (ctx, interaction) => `/interaction/${interaction.uid}`,
+      policy: stepUpPolicy(),
     },
     // oidc-provider's outgoing requests (back-channel logout) refuse special-use addresses
     // such as 127.0.0.1 (SSRF protection); in this loopback-only test IdP they are the point.
@@ -983,7 +1025,13 @@ async function main() {
     if (!action && ctx.method === 'GET') {
       if (details.prompt.name === 'login') {
         ctx.type = 'html';
-        ctx.body = loginPage(uid, { login: details.params.login_hint ?? '', clientId: details.params.client_id });
+        const requestedAcr = String(details.params.acr_values ?? '').split(' ').find((v) => cfg.acrValues.includes(v));
+        ctx.body = loginPage(uid, {
+          login: details.params.login_hint ?? '',
+          clientId: details.params.client_id,
+          acrValues: cfg.acrValues,
+          acr: requestedAcr ?? cfg.acrValues[0],
+        });
         return undefined;
       }
       // consent (explicit prompt=consent, or anything else): grant automatically
@@ -1018,10 +1066,23 @@ async function main() {
       if (!ok) {
         ctx.status = 200;
         ctx.type = 'html';
-        ctx.body = loginPage(uid, { error: 'Invalid username or password.', login, clientId: details.params.client_id });
+        ctx.body = loginPage(uid, {
+          error: 'Invalid username or password.', login, clientId: details.params.client_id, acrValues: cfg.acrValues,
+        });
         return undefined;
       }
-      await finish({ login: { accountId: login } });
+      // The acr this login yields: the form's choice (one of the configured values), else the
+      // first configured value; none when the IdP has no acr values.
+      const acr = cfg.acrValues.includes(form.acr) ? form.acr : cfg.acrValues[0];
+      if (form.acr !== undefined && form.acr !== acr) {
+        ctx.status = 400;
+        ctx.type = 'html';
+        ctx.body = loginPage(uid, {
+          error: 'Unknown authentication level.', login, clientId: details.params.client_id, acrValues: cfg.acrValues,
+        });
+        return undefined;
+      }
+      await finish({ login: { accountId: login, ...(acr ? { acr, amr: acr === cfg.acrValues[0] ? ['pwd'] : ['pwd', 'otp'] } : {}) } });
       return undefined;
     }
 

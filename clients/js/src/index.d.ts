@@ -97,8 +97,10 @@ export declare class BffClient extends EventTarget {
   user(options?: { refresh?: boolean }): Promise<BffUser | null>;
   /** The last known user without a request; undefined before the first answer. */
   readonly currentUser: BffUser | null | undefined;
-  /** The login endpoint's URL. `returnUrl` defaults to the current route. */
-  loginUrl(options?: { returnUrl?: string; prompt?: string }): string;
+  /** The login endpoint's URL. `returnUrl` defaults to the current route; `acrValues`/`maxAge` make it a step-up login (RFC 9470). */
+  loginUrl(options?: { returnUrl?: string; prompt?: string; acrValues?: string | string[]; maxAge?: number | string }): string;
+  /** For a step-up challenge (401 `insufficient_user_authentication`), the login URL that answers it; otherwise null. */
+  stepUpLoginUrl(response: Response, options?: { returnUrl?: string }): Promise<string | null>;
   /** Navigates to the login endpoint. */
   login(options?: { returnUrl?: string; prompt?: string }): void;
   /** Navigates to the session's `bff:logout_url` (plus `returnUrl`). */

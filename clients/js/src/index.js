@@ -170,14 +170,56 @@ export class BffClient extends EventTarget {
     return !flowPages.some((f) => p === f || p.startsWith(`${f}/`));
   }
 
-  /** The URL of `{base}/login` with `returnUrl` (default: the current route) and `prompt`. */
-  loginUrl({ returnUrl, prompt } = {}) {
+  /**
+   * The URL of `{base}/login` with `returnUrl` (default: the current route), `prompt`, and
+   * for a step-up login `acrValues` (a string or an array, sent space-separated as
+   * `acr_values`) and `maxAge` (seconds, as `max_age`).
+   */
+  loginUrl({
+    returnUrl, prompt, acrValues, maxAge,
+  } = {}) {
     const u = this.#url('/login');
     const loc = globalThis.location;
     const back = returnUrl ?? (loc ? loc.pathname + loc.search + loc.hash : '/');
     u.searchParams.set('returnUrl', back);
     if (prompt) u.searchParams.set('prompt', prompt);
+    const acr = Array.isArray(acrValues) ? acrValues.join(' ') : acrValues;
+    if (acr) u.searchParams.set('acr_values', acr);
+    if (maxAge !== undefined && maxAge !== null) u.searchParams.set('max_age', String(maxAge));
     return u.href;
+  }
+
+  /**
+   * For a step-up challenge (RFC 9470: a 401 whose `WWW-Authenticate` or JSON body says
+   * `insufficient_user_authentication`, from a route's rule or an upstream API), the login
+   * URL that answers it, with `returnUrl` (default: the current route); `null` for any other
+   * response. Reads a clone of the body, so the caller can still read it. The URL always
+   * points at the BFF's own login endpoint, whatever the body says.
+   */
+  async stepUpLoginUrl(response, { returnUrl } = {}) {
+    if (!response || response.status !== 401) return null;
+    const challenge = response.headers?.get?.('www-authenticate') ?? '';
+    let body;
+    try {
+      body = await response.clone().json();
+    } catch {
+      body = undefined;
+    }
+    const isStepUp = body?.error === 'insufficient_user_authentication'
+      || /(^|[\s,])error="insufficient_user_authentication"/.test(challenge);
+    if (!isStepUp) return null;
+    const given = typeof body?.login_url === 'string' ? new URL(body.login_url, this.#o.origin) : undefined;
+    let acrValues;
+    let maxAge;
+    if (given?.origin === this.#o.origin) {
+      acrValues = given.searchParams.get('acr_values') ?? undefined;
+      maxAge = given.searchParams.get('max_age') ?? undefined;
+    } else if (!given) {
+      // No body from the gateway: the header's parameters.
+      acrValues = /acr_values="([^"\\]*)"/.exec(challenge)?.[1];
+      maxAge = /max_age=(\d+)/.exec(challenge)?.[1];
+    }
+    return this.loginUrl({ returnUrl, acrValues, maxAge });
   }
 
   /** Navigates to the login endpoint. */

@@ -18,6 +18,7 @@ use portcullis::settings::{
     RouteSettings, SecurityProfile, SessionSettings, TokenPolicy, TokenSettings,
 };
 use portcullis_token::Secret;
+mod route_access;
 mod spa;
 
 use serde::de::DeserializeOwned;
@@ -165,6 +166,9 @@ struct RawRoute {
     client: Option<String>,
     timeout: Option<String>,
     max_body: Option<RawSize>,
+    require_claims: Option<BTreeMap<String, route_access::OneOrMany>>,
+    require_acr: Option<Vec<String>>,
+    max_auth_age: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -873,6 +877,16 @@ pub(crate) fn parse_table(
             let limit = limits::size(Some(max_body), &format!("{ctx}.max_body"), 0, &mut errors);
             server_limits.route_body_limits.push((path.clone(), limit));
         }
+        let access = route_access::route_access(
+            route_access::RawAccess {
+                require_claims: r.require_claims,
+                require_acr: r.require_acr,
+                max_auth_age: r.max_auth_age,
+            },
+            &ctx,
+            &mut errors,
+            &mut warnings,
+        );
         if let Some(upstream) = upstream {
             routes.push(RouteSettings {
                 path,
@@ -885,6 +899,7 @@ pub(crate) fn parse_table(
                 refresh_before_expiry: refresh,
                 client: r.client,
                 timeout,
+                access,
             });
         }
     }

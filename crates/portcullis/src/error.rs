@@ -95,6 +95,11 @@ pub enum GatewayError {
     /// An authorization rule failed: 403, empty body.
     #[error("forbidden: {0}")]
     Forbidden(&'static str),
+    /// The session's authentication is too weak or too old for the route, or the upstream
+    /// said so (RFC 9470): 401 with the step-up challenge in `WWW-Authenticate` and a JSON
+    /// body with a `login_url` (see [`crate::access`]).
+    #[error("step-up authentication required: {}", .0.description)]
+    StepUpRequired(Box<crate::access::StepUpChallenge>),
     /// Nothing is served at this path: 404, empty body.
     #[error("not found")]
     NotFound,
@@ -182,6 +187,7 @@ impl GatewayError {
             | Self::HeaderFieldsTooLarge
             | Self::Unauthorized(_)
             | Self::Forbidden(_)
+            | Self::StepUpRequired(_)
             | Self::NotFound
             | Self::MethodNotAllowed { .. } => Origin::Browser,
             Self::StoreUnavailable(_) => Origin::Store,
@@ -207,7 +213,7 @@ impl GatewayError {
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeaderFieldsTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized(_) | Self::StepUpRequired(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -307,6 +313,11 @@ impl GatewayError {
                 "Access denied",
                 "Your session is not allowed to use this address.".into(),
             ),
+            Self::StepUpRequired(_) => page(
+                "A stronger sign-in is needed",
+                "This address needs a stronger or more recent sign-in than your session has. Go back to the application and sign in again."
+                    .into(),
+            ),
             Self::NotFound => page(
                 "Page not found",
                 "Nothing is served at this address.".into(),
@@ -402,6 +413,13 @@ impl IntoResponse for GatewayError {
             }
             Self::BadNavigation(_) | Self::LoginRejected(_) => {
                 html_page(status, text.title, &text.message)
+            }
+            Self::StepUpRequired(challenge) => {
+                let mut r = (status, axum::Json(challenge.body())).into_response();
+                if let Ok(v) = HeaderValue::from_str(&challenge.www_authenticate()) {
+                    r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+                r
             }
             Self::MethodNotAllowed { allow } => {
                 let mut r = status.into_response();

@@ -432,6 +432,7 @@ struct Inner {
     signed_out_uri: String,
     home: String,
     logout_path: String,
+    login_path: String,
     silent_callback_path: String,
     public_host: String,
     own_cookie_names: Arc<[String]>,
@@ -527,6 +528,7 @@ impl Frontend {
                 redirect_uri: format!("{origin}{prefix}{}", settings.callback_path),
                 signed_out_uri: format!("{origin}{prefix}{}", settings.signed_out_callback_path),
                 logout_path: join_path(&base, "/logout"),
+                login_path: join_path(&base, "/login"),
                 silent_callback_path: join_path(&base, "/silent-login-callback"),
                 home,
                 public_host,
@@ -603,6 +605,10 @@ impl Frontend {
     /// Path of the logout endpoint as the browser sees it (`{prefix}{base_path}/logout`).
     pub fn logout_path(&self) -> &str {
         &self.inner.logout_path
+    }
+    /// Path of the login endpoint as the browser sees it (`{prefix}{base_path}/login`).
+    pub fn login_path(&self) -> &str {
+        &self.inner.login_path
     }
     /// Path of the silent-login callback as the browser sees it.
     pub fn silent_callback_path(&self) -> &str {

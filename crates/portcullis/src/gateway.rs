@@ -12,7 +12,7 @@
 //!                    │ {base}/user  [anti-forgery] ─▶ cookie → session → claims
 //!                    │ {base}/logout, signed-out, silent-login(-callback), backchannel, diagnostics, client.js
 //!                    │ route prefix [anti-forgery | WS origin]
-//!                    │     └▶ cookie → session → token (policy, refresh) → proxy → upstream
+//!                    │     └▶ cookie → session → access (claims, step-up) → token (policy, refresh) → proxy → upstream
 //!                    │ fallback: the SPA (static files, index.html for client routes)
 //!                    └───────────────────────────────────────┘
 //!                      every failure of a browser navigation → HTML page (error.rs)
@@ -640,8 +640,10 @@ async fn api_inner(
     }
 
     let policy = route.settings.token;
+    let access = &route.settings.access;
     let mut clear_cookie = false;
-    let session = if matches!(policy, TokenPolicy::None | TokenPolicy::Client) {
+    let session = if matches!(policy, TokenPolicy::None | TokenPolicy::Client) && access.is_empty()
+    {
         None
     } else {
         let started = std::time::Instant::now();
@@ -667,6 +669,17 @@ async fn api_inner(
             Lookup::Anonymous => None,
         }
     };
+
+    // Per-route claims and step-up (RFC 9470): before any token is fetched or anything sent.
+    if !access.is_empty() {
+        let Some(session) = &session else {
+            let r = GatewayError::Unauthorized("no session").into_response();
+            return Ok(with_clear(gw, r, clear_cookie));
+        };
+        if let Err(denied) = crate::access::enforce(gw, route, &session.ticket.claims) {
+            return Ok(with_clear(gw, denied.into_response(), clear_cookie));
+        }
+    }
 
     let started = std::time::Instant::now();
     let token_span = if policy == TokenPolicy::None {
@@ -780,6 +793,11 @@ async fn api_inner(
     };
     upstream_span.record("http.response.status_code", response.status().as_u16());
     crate::telemetry::observe_stage(&route.settings.path, "upstream", started.elapsed());
+    // An upstream's own RFC 9470 challenge reaches the SPA in the gateway's shape.
+    let response = match crate::access::normalize_upstream_challenge(gw, route, response) {
+        Ok(r) => r,
+        Err(challenge) => challenge.into_response(),
+    };
     Ok(with_clear(gw, response, clear_cookie))
 }
 

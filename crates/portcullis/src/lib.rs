@@ -37,6 +37,7 @@
 
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod admin;
 pub mod bff;
 pub mod cookie;

@@ -311,6 +311,8 @@ pub struct RouteSettings {
     pub client: Option<String>,
     /// Time to wait for the upstream's response headers.
     pub timeout: Duration,
+    /// Required claims and step-up rules (RFC 9470); `Default`: none.
+    pub access: crate::access::RouteAccess,
 }
 
 #[derive(Debug, Clone)]

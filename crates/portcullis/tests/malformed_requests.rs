@@ -38,6 +38,7 @@ fn route(path: &str, token: TokenPolicy) -> RouteSettings {
         refresh_before_expiry: None,
         client: None,
         timeout: Duration::from_secs(2),
+        access: Default::default(),
     }
 }
 

@@ -3,8 +3,16 @@
 //! Order of checks: parameters well-formed and not duplicated → a pending login for this
 //! `state` bound to this browser (cookie) and not expired → RFC 9207 `iss` (on error
 //! responses too: a mix-up attacker's error must not steer the browser) → IdP `error` →
-//! code exchange → ID token (signature, `iss`, `aud`, `azp`, `exp`, `iat`, `nonce`). Only
-//! then is a session created. The transaction cookie is removed on every outcome.
+//! code exchange → ID token (signature, `iss`, `aud`, `azp`, `exp`, `iat`, `nonce`) → for a
+//! step-up login, `acr` and `auth_time` ([`check_step_up`]). Only then is a session created.
+//! The transaction cookie is removed on every outcome.
+//!
+//! A login in a browser that already has a session replaces it: the old session is ended
+//! (its refresh token revoked unless the new login continues the same IdP session: same `sub`
+//! and `sid`), a new session with a new id is created from the new ID token alone, and the
+//! cookie now names the new one. This is how a step-up login "continues" the session: the
+//! SPA keeps working with the new `acr`/`auth_time`, the old session id is dead (no session
+//! fixation), and a login as another user inherits nothing.
 //!
 //! An IdP `error` (RFC 6749 §4.1.2.1, OpenID Connect Core §3.1.2.6):
 //!
@@ -24,6 +32,7 @@ use super::{parse_params, redirect};
 use crate::error::GatewayError;
 use crate::frontend::Frontend;
 use crate::log_safe::untrusted;
+use crate::oidc::authorize::LoginTransaction;
 use crate::oidc::id_token::{self, Expectations, PROTOCOL_CLAIMS};
 use crate::session::{Claim, Lookup, Ticket};
 
@@ -145,7 +154,7 @@ async fn finish(gw: Frontend, raw: &[u8], headers: HeaderMap) -> Response {
         return with_clear(refused.into_response());
     }
 
-    let ticket = match complete(&gw, &params, &tx.nonce, &tx.pkce_verifier).await {
+    let ticket = match complete(&gw, &params, &tx).await {
         Ok(ticket) => ticket,
         Err(e) => return with_clear(e.into_response()),
     };
@@ -167,9 +176,9 @@ async fn finish(gw: Frontend, raw: &[u8], headers: HeaderMap) -> Response {
 async fn complete(
     gw: &Frontend,
     params: &std::collections::HashMap<String, String>,
-    nonce: &str,
-    verifier: &str,
+    tx: &LoginTransaction,
 ) -> Result<Ticket, GatewayError> {
+    let (nonce, verifier) = (tx.nonce.as_str(), tx.pkce_verifier.as_str());
     let metadata = gw.provider().metadata().await?;
     let code = params
         .get("code")
@@ -198,6 +207,7 @@ async fn complete(
         },
     )
     .await?;
+    check_step_up(tx, &claims, gw.now(), settings.oidc.clock_skew.as_secs())?;
     let sub = claims
         .get("sub")
         .and_then(Value::as_str)
@@ -237,6 +247,47 @@ async fn complete(
         session_state: params.get("session_state").cloned(),
         tokens,
     })
+}
+
+/// A step-up login must deliver what it asked for. With `acr_values` requested, the ID
+/// token's `acr` must be one of them: OIDC Core §3.1.2.1 makes `acr_values` a voluntary
+/// request, but a step-up that did not happen must not look as if it had. With `max_age`
+/// requested, `auth_time` must be present and no older than `max_age` plus `skew_secs` (OIDC
+/// Core §3.1.3.7 (13)), and not in the future beyond the skew.
+///
+/// # Errors
+/// [`GatewayError::LoginRejected`] (an error page and a log line) naming the rule.
+pub fn check_step_up(
+    tx: &LoginTransaction,
+    claims: &serde_json::Map<String, Value>,
+    now: i64,
+    skew_secs: u64,
+) -> Result<(), GatewayError> {
+    let skew = i64::try_from(skew_secs).unwrap_or(300);
+    if !tx.acr_values.is_empty() {
+        let acr = claims.get("acr").and_then(Value::as_str);
+        if !acr.is_some_and(|a| tx.acr_values.iter().any(|w| w == a)) {
+            return Err(GatewayError::LoginRejected(
+                "The identity provider did not confirm the requested authentication level (acr). Please try again; if this persists, the operator should check which authentication context classes the identity provider delivers.".into(),
+            ));
+        }
+    }
+    if let Some(max_age) = tx.max_age {
+        let max_age = i64::try_from(max_age).unwrap_or(i64::MAX);
+        let fresh = claims
+            .get("auth_time")
+            .and_then(crate::access::number_secs)
+            .is_some_and(|t| {
+                t <= now.saturating_add(skew)
+                    && now.saturating_sub(t) <= max_age.saturating_add(skew)
+            });
+        if !fresh {
+            return Err(GatewayError::LoginRejected(
+                "The identity provider did not confirm a recent enough sign-in (auth_time). Please try again.".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// RFC 9207 §2.4: the `iss` parameter, when present, must be our issuer; when the IdP
@@ -352,4 +403,45 @@ mod tests {
     }
 
     const ERROR_PARAM_FOR_TESTS: &str = super::super::ERROR_PARAM;
+
+    #[test]
+    fn step_up_login_must_deliver_the_requested_acr_and_a_fresh_auth_time() {
+        let claims = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let mut tx = LoginTransaction::new("/".into(), false, 0);
+        let now = 1_000_000;
+        // An ordinary login asks nothing.
+        assert!(check_step_up(&tx, &claims(serde_json::json!({})), now, 60).is_ok());
+        tx.acr_values = vec!["urn:example:mfa".into(), "urn:example:hw".into()];
+        let cases = [
+            (serde_json::json!({"acr": "urn:example:hw"}), true),
+            (serde_json::json!({"acr": "urn:example:pwd"}), false),
+            (serde_json::json!({}), false),
+            (serde_json::json!({"acr": ["urn:example:mfa"]}), false),
+        ];
+        for (c, ok) in cases {
+            assert_eq!(
+                check_step_up(&tx, &claims(c.clone()), now, 60).is_ok(),
+                ok,
+                "{c}"
+            );
+        }
+        tx.acr_values.clear();
+        tx.max_age = Some(300);
+        let cases = [
+            (serde_json::json!({"auth_time": now - 300}), true),
+            (serde_json::json!({"auth_time": now - 360}), true),
+            (serde_json::json!({"auth_time": now - 361}), false),
+            (serde_json::json!({"auth_time": now + 60}), true),
+            (serde_json::json!({"auth_time": now + 61}), false),
+            (serde_json::json!({"auth_time": "1000000"}), false),
+            (serde_json::json!({}), false),
+        ];
+        for (c, ok) in cases {
+            assert_eq!(
+                check_step_up(&tx, &claims(c.clone()), now, 60).is_ok(),
+                ok,
+                "{c}"
+            );
+        }
+    }
 }

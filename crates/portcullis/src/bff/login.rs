@@ -7,6 +7,12 @@
 //! the request parameters go to the IdP's PAR endpoint over the back channel, authenticated
 //! like a token request, and the browser is redirected with `client_id` and `request_uri`
 //! only. With DPoP the request carries `dpop_jkt` (RFC 9449 §10).
+//!
+//! Step-up (RFC 9470): `acr_values` (space-separated, each one the IdP lists in
+//! `acr_values_supported` when it advertises that) and `max_age` (seconds) are passed on to the
+//! IdP and remembered in the login transaction; the callback then requires the ID token's
+//! `acr` to be one of them and its `auth_time` to be within `max_age` (see
+//! [`super::callback`]). The SPA gets both from a step-up challenge's `login_url`.
 
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap};
@@ -15,6 +21,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
 use super::{parse_params, redirect, return_url_param};
+use crate::access;
 use crate::error::GatewayError;
 use crate::frontend::Frontend;
 use crate::oidc::authorize::{
@@ -33,8 +40,10 @@ fn login_cookies_read(max_pending: usize) -> usize {
     max_pending.max(1).saturating_mul(2).min(40)
 }
 
-/// `GET {base}/login`: validates `returnUrl` (local paths only) and `prompt` (only values
-/// the IdP lists in `prompt_values_supported`; 400 otherwise), then redirects to the IdP.
+/// `GET {base}/login`: validates `returnUrl` (local paths only), `prompt` (only values
+/// the IdP lists in `prompt_values_supported`), `acr_values` (printable values, only those the
+/// IdP lists in `acr_values_supported` when it advertises it) and `max_age` (a non-negative
+/// whole number of seconds); 400 otherwise. Then redirects to the IdP.
 pub async fn login(
     State(gw): State<Frontend>,
     RawQuery(query): RawQuery,
@@ -42,11 +51,31 @@ pub async fn login(
 ) -> Result<Response, GatewayError> {
     let params = parse_params(
         query.as_deref().unwrap_or("").as_bytes(),
-        &["returnUrl", "prompt"],
+        &["returnUrl", "prompt", "acr_values", "max_age"],
     )?;
     let return_url = return_url_param(&params, gw.home())?;
     let prompt = params.get("prompt").map(String::as_str);
-    start(&gw, return_url, prompt, &headers).await
+    let step_up = StepUp {
+        acr_values: params
+            .get("acr_values")
+            .map(|v| access::parse_acr_values(v))
+            .transpose()
+            .map_err(|m| GatewayError::bad_param("acr_values", m))?
+            .unwrap_or_default(),
+        max_age: params
+            .get("max_age")
+            .map(|v| access::parse_max_age(v))
+            .transpose()
+            .map_err(|m| GatewayError::bad_param("max_age", m))?,
+    };
+    start(&gw, return_url, prompt, step_up, &headers).await
+}
+
+/// What a step-up login asks of the IdP (both empty for an ordinary login).
+#[derive(Debug, Default)]
+struct StepUp {
+    acr_values: Vec<String>,
+    max_age: Option<u64>,
 }
 
 /// `GET {base}/silent-login` (Duende.BFF v3's endpoint, loaded in a hidden iframe): a
@@ -57,13 +86,14 @@ pub async fn silent_login(
     headers: HeaderMap,
 ) -> Result<Response, GatewayError> {
     let home = gw.home().to_owned();
-    start(&gw, home, Some("none"), &headers).await
+    start(&gw, home, Some("none"), StepUp::default(), &headers).await
 }
 
 async fn start(
     gw: &Frontend,
     return_url: String,
     prompt: Option<&str>,
+    step_up: StepUp,
     headers: &HeaderMap,
 ) -> Result<Response, GatewayError> {
     let metadata = gw.provider().metadata().await?;
@@ -76,9 +106,20 @@ async fn start(
             ));
         }
     }
+    if let Some(supported) = &metadata.acr_values_supported {
+        if !step_up.acr_values.iter().all(|a| supported.contains(a)) {
+            return Err(GatewayError::bad_param(
+                "acr_values",
+                "this authentication context class is not supported by the identity provider",
+            ));
+        }
+    }
     let settings = gw.settings();
     let now = gw.now();
-    let tx = LoginTransaction::new(return_url, prompt == Some("none"), now);
+    let mut tx = LoginTransaction::new(return_url, prompt == Some("none"), now);
+    tx.acr_values = step_up.acr_values;
+    tx.max_age = step_up.max_age;
+    let acr_values = (!tx.acr_values.is_empty()).then(|| tx.acr_values.join(" "));
     let request = AuthorizeRequest {
         authorization_endpoint: &metadata.authorization_endpoint,
         client_id: &settings.oidc.client_id,
@@ -89,6 +130,8 @@ async fn start(
         response_mode: settings.oidc.response_mode.as_str(),
         extra: &settings.oidc.extra_authorize_params,
         dpop_jkt: settings.oidc.dpop.as_ref().map(|d| d.key.thumbprint()),
+        acr_values: acr_values.as_deref(),
+        max_age: tx.max_age,
     };
     let par_endpoint = metadata.pushed_authorization_request_endpoint.as_deref();
     let use_par = match settings.oidc.par {
@@ -152,7 +195,11 @@ async fn start(
         header::SET_COOKIE,
         cookies.login_cookie(&name, &URL_SAFE_NO_PAD.encode(sealed), timeout),
     );
-    tracing::debug!(silent = tx.silent, "login started");
+    tracing::debug!(
+        silent = tx.silent,
+        step_up = !tx.acr_values.is_empty() || tx.max_age.is_some(),
+        "login started"
+    );
     Ok(response)
 }
 

@@ -22,6 +22,14 @@ pub struct LoginTransaction {
     pub silent: bool,
     /// When the transaction was created, seconds since the Unix epoch.
     pub created: i64,
+    /// `acr_values` requested for a step-up (OIDC Core §3.1.2.1); the ID token's `acr` must
+    /// be one of them. Empty for an ordinary login.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acr_values: Vec<String>,
+    /// `max_age` requested (seconds); the ID token's `auth_time` must be within it (OIDC
+    /// Core §3.1.3.7 (13)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<u64>,
 }
 
 impl std::fmt::Debug for LoginTransaction {
@@ -30,6 +38,8 @@ impl std::fmt::Debug for LoginTransaction {
             .field("return_url", &self.return_url)
             .field("silent", &self.silent)
             .field("created", &self.created)
+            .field("acr_values", &self.acr_values)
+            .field("max_age", &self.max_age)
             .finish_non_exhaustive()
     }
 }
@@ -45,6 +55,8 @@ impl LoginTransaction {
             return_url,
             silent,
             created: now,
+            acr_values: Vec::new(),
+            max_age: None,
         }
     }
 
@@ -81,13 +93,17 @@ pub struct AuthorizeRequest<'a> {
     pub extra: &'a [(String, String)],
     /// RFC 9449 §10 `dpop_jkt`: the thumbprint of the DPoP key that will redeem the code.
     pub dpop_jkt: Option<&'a str>,
+    /// `acr_values` (OIDC Core §3.1.2.1), space-separated, for a step-up login.
+    pub acr_values: Option<&'a str>,
+    /// `max_age` in seconds (OIDC Core §3.1.2.1).
+    pub max_age: Option<u64>,
 }
 
 /// The parameters of an authorization request (code flow, PKCE S256, state, nonce), in
 /// order: `response_type=code`, `client_id`, `redirect_uri`, `scope`, `state`, `nonce`,
 /// `code_challenge` + `code_challenge_method=S256`, `response_mode`, then `prompt`,
-/// `resource`, `dpop_jkt` and the extra parameters when set (OIDC Core §3.1.2.1, RFC 7636
-/// §4.3, RFC 8707 §2, RFC 9449 §10). The same list goes in the query string or, with PAR,
+/// `acr_values`, `max_age`, `resource`, `dpop_jkt` and the extra parameters when set (OIDC
+/// Core §3.1.2.1, RFC 7636 §4.3, RFC 8707 §2, RFC 9449 §10). The same list goes in the query string or, with PAR,
 /// in the pushed request body (RFC 9126 §2.1).
 pub fn authorization_params(
     req: &AuthorizeRequest<'_>,
@@ -109,6 +125,12 @@ pub fn authorization_params(
     .collect();
     if let Some(p) = req.prompt {
         q.push(("prompt".into(), p.to_owned()));
+    }
+    if let Some(acr) = req.acr_values {
+        q.push(("acr_values".into(), acr.to_owned()));
+    }
+    if let Some(max_age) = req.max_age {
+        q.push(("max_age".into(), max_age.to_string()));
     }
     if let Some(r) = req.resource {
         q.push(("resource".into(), r.to_owned()));
@@ -236,6 +258,8 @@ mod tests {
                 response_mode: "query",
                 extra: &[],
                 dpop_jkt: Some("jkt"),
+                acr_values: Some("urn:example:mfa 1"),
+                max_age: Some(0),
             },
             &tx,
         )
@@ -249,6 +273,8 @@ mod tests {
         assert_eq!(q["scope"], "openid profile");
         assert_eq!(q["prompt"], "login");
         assert_eq!(q["dpop_jkt"], "jkt");
+        assert_eq!(q["acr_values"], "urn:example:mfa 1");
+        assert_eq!(q["max_age"], "0");
         assert_ne!(tx.state, tx.nonce);
     }
 }

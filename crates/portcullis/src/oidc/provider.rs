@@ -92,6 +92,9 @@ pub struct ProviderMetadata {
     pub require_pushed_authorization_requests: bool,
     /// `dpop_signing_alg_values_supported` (RFC 9449 §5.1), `None` when not advertised.
     pub dpop_signing_alg_values_supported: Option<Vec<String>>,
+    /// `acr_values_supported` (OIDC Discovery §3): the authentication context classes the
+    /// IdP can deliver; `None` when not advertised (then any `acr_values` is sent as asked).
+    pub acr_values_supported: Option<Vec<String>>,
 }
 
 impl ProviderMetadata {
@@ -148,6 +151,7 @@ impl ProviderMetadata {
             ),
             require_pushed_authorization_requests: flag("require_pushed_authorization_requests"),
             dpop_signing_alg_values_supported: strings("dpop_signing_alg_values_supported"),
+            acr_values_supported: strings("acr_values_supported"),
         })
     }
 }

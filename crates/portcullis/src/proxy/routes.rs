@@ -306,6 +306,7 @@ mod tests {
             refresh_before_expiry: None,
             client: None,
             timeout: Duration::from_secs(30),
+            access: Default::default(),
         }
     }
 

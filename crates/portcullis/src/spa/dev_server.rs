@@ -79,6 +79,7 @@ impl DevServer {
                     refresh_before_expiry: None,
                     client: None,
                     timeout: Duration::from_secs(30),
+                    access: Default::default(),
                 }),
                 forwarder: Forwarder::new()?,
                 reserved: Reserved::new(reserved_paths(s)),

@@ -229,6 +229,7 @@ pub fn routes_for_every_policy(upstream: &str) -> Vec<RouteSettings> {
             refresh_before_expiry: None,
             client: None,
             timeout: Duration::from_secs(5),
+            access: Default::default(),
         })
         .collect()
 }
