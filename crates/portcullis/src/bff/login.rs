@@ -6,7 +6,8 @@
 //! With pushed authorization requests (RFC 9126; `oidc.par`, or an IdP that requires them)
 //! the request parameters go to the IdP's PAR endpoint over the back channel, authenticated
 //! like a token request, and the browser is redirected with `client_id` and `request_uri`
-//! only. With DPoP the request carries `dpop_jkt` (RFC 9449 §10).
+//! only. With DPoP the request carries `dpop_jkt` (RFC 9449 §10): the thumbprint of the
+//! gateway key, or with per-session keys of this login's own key.
 
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap};
@@ -78,7 +79,10 @@ async fn start(
     }
     let settings = gw.settings();
     let now = gw.now();
-    let tx = LoginTransaction::new(return_url, prompt == Some("none"), now);
+    let mut tx = LoginTransaction::new(return_url, prompt == Some("none"), now);
+    // `[oidc.dpop] per_session`: this login's own key (recorded in `tx` by reference only).
+    let session_key =
+        crate::token::session_key::for_login(settings, gw.sessions().keys(), &mut tx)?;
     let request = AuthorizeRequest {
         authorization_endpoint: &metadata.authorization_endpoint,
         client_id: &settings.oidc.client_id,
@@ -88,7 +92,10 @@ async fn start(
         resource: settings.oidc.resource.as_deref(),
         response_mode: settings.oidc.response_mode.as_str(),
         extra: &settings.oidc.extra_authorize_params,
-        dpop_jkt: settings.oidc.dpop.as_ref().map(|d| d.key.thumbprint()),
+        dpop_jkt: match &session_key {
+            Some(key) => Some(key.thumbprint()),
+            None => settings.oidc.dpop.as_ref().map(|d| d.key.thumbprint()),
+        },
     };
     let par_endpoint = metadata.pushed_authorization_request_endpoint.as_deref();
     let use_par = match settings.oidc.par {
