@@ -281,5 +281,6 @@ pub(crate) fn parse_frontend(
         spa: config.spa,
         spa_script_hash: config.spa_script_hash,
         dpop_key: config.dpop_key,
+        client_dpop_keys: config.client_dpop_keys,
     })
 }

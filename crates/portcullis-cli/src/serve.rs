@@ -70,33 +70,63 @@ pub fn frontend_specs(
 }
 
 /// Reads (or generates) the DPoP key of the default frontend and of every frontend whose
-/// `[oidc.dpop]` is enabled, and puts it into its settings. Frontends naming the same file
-/// share one key.
+/// `[oidc.dpop]` is enabled, and of every `[[tokens.clients]]` entry with `dpop`, and puts
+/// it into the settings. Everything naming the same file shares one key.
 ///
 /// # Errors
 /// A message naming the file that cannot be read, parsed or created.
 fn with_dpop_keys(
     default: &mut portcullis::settings::GatewaySettings,
     default_key: Option<&crate::config::DpopKeyFile>,
+    client_keys: &[(String, crate::config::DpopKeyFile)],
     frontends: &mut [FrontendConfig],
 ) -> Result<(), String> {
     let mut loaded: Vec<(std::path::PathBuf, Arc<portcullis_token::DpopKey>)> = Vec::new();
     let mut load =
-        |file: &crate::config::DpopKeyFile| -> Result<portcullis::settings::DpopSettings, String> {
+        |file: &crate::config::DpopKeyFile| -> Result<Arc<portcullis_token::DpopKey>, String> {
             if let Some((_, key)) = loaded.iter().find(|(p, _)| *p == file.path) {
-                return Ok(portcullis::settings::DpopSettings { key: key.clone() });
+                return Ok(key.clone());
             }
             let key = Arc::new(keyfile::load_or_create_dpop(file)?);
-            tracing::info!(alg = ?key.alg(), jkt = key.thumbprint(), "DPoP enabled");
+            tracing::info!(alg = ?key.alg(), jkt = key.thumbprint(), path = %file.path.display(), "DPoP key loaded");
             loaded.push((file.path.clone(), key.clone()));
-            Ok(portcullis::settings::DpopSettings { key })
+            Ok(key)
         };
     if let Some(file) = default_key {
-        default.oidc.dpop = Some(load(file)?);
+        if let Some(alg) = file.session_key_alg {
+            tracing::info!(?alg, "DPoP: a key per session");
+        }
+        default.oidc.dpop = Some(portcullis::settings::DpopSettings {
+            key: load(file)?,
+            session_key_alg: file.session_key_alg,
+        });
+    }
+    for (name, file) in client_keys {
+        let key = load(file)?;
+        for c in default.tokens.clients.iter_mut().filter(|c| c.name == *name) {
+            c.dpop_key = Some(key.clone());
+        }
     }
     for f in frontends {
         if let Some(file) = &f.dpop_key {
-            f.settings.settings.oidc.dpop = Some(load(file)?);
+            let key = load(file)?;
+            f.settings.settings.oidc.dpop = Some(portcullis::settings::DpopSettings {
+                key,
+                session_key_alg: file.session_key_alg,
+            });
+        }
+        for (name, file) in &f.client_dpop_keys {
+            let key = load(file)?;
+            for c in f
+                .settings
+                .settings
+                .tokens
+                .clients
+                .iter_mut()
+                .filter(|c| c.name == *name)
+            {
+                c.dpop_key = Some(key.clone());
+            }
         }
     }
     Ok(())
@@ -108,7 +138,12 @@ pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<(), Strin
     }
     let mut settings = cfg.gateway;
     let mut frontends = cfg.frontends;
-    with_dpop_keys(&mut settings, cfg.dpop_key.as_ref(), &mut frontends)?;
+    with_dpop_keys(
+        &mut settings,
+        cfg.dpop_key.as_ref(),
+        &cfg.client_dpop_keys,
+        &mut frontends,
+    )?;
     let par_required = settings.oidc.par == portcullis::settings::ParMode::Required;
     let gateway = build_gateway(
         settings,
@@ -275,7 +310,12 @@ async fn reload(gateway: &Gateway, path: &std::path::Path, restart: &Restart) {
     }
     let mut settings = cfg.gateway;
     let mut frontends = cfg.frontends;
-    let built = with_dpop_keys(&mut settings, cfg.dpop_key.as_ref(), &mut frontends)
+    let built = with_dpop_keys(
+        &mut settings,
+        cfg.dpop_key.as_ref(),
+        &cfg.client_dpop_keys,
+        &mut frontends,
+    )
         .and_then(|()| cfg.spa.router_for(&settings, "/"))
         .and_then(|fallback| frontend_specs(frontends).map(|frontends| (fallback, frontends)));
     let (fallback, frontends) = match built {
