@@ -949,7 +949,10 @@ async fn start_gateway_with(
     let token_type = if dpop {
         let key = portcullis_token::DpopKey::generate(portcullis_token::SigningAlg::ES256)
             .map_err(|e| format!("DPoP key: {e}"))?;
-        settings.oidc.dpop = Some(portcullis::settings::DpopSettings { key: Arc::new(key) });
+        settings.oidc.dpop = Some(portcullis::settings::DpopSettings {
+            key: Arc::new(key),
+            session_key_alg: None,
+        });
         TokenType::DPoP
     } else {
         TokenType::Bearer

@@ -736,9 +736,14 @@ pub(crate) fn parse_table(
                 "{ctx}.name \"default\" is reserved for the gateway's own client"
             ));
         }
-        if let Some(file) =
-            client_dpop_key(&ctx, &c.name, c.dpop.as_ref(), &data_dir, &resolve, &mut errors)
-        {
+        if let Some(file) = client_dpop_key(
+            &ctx,
+            &c.name,
+            c.dpop.as_ref(),
+            &data_dir,
+            &resolve,
+            &mut errors,
+        ) {
             client_dpop_keys.push((c.name.clone(), file));
         }
         if let Some(auth) = auth {
@@ -1226,7 +1231,9 @@ fn security_settings(
     }
     let per_session = raw.and_then(|d| d.per_session) == Some(true);
     if per_session && !enabled {
-        errors.push("oidc.dpop.per_session = true needs DPoP: remove oidc.dpop.enabled = false".into());
+        errors.push(
+            "oidc.dpop.per_session = true needs DPoP: remove oidc.dpop.enabled = false".into(),
+        );
     }
     let alg = match raw.and_then(|d| d.key_alg.as_deref()) {
         None => Some(portcullis_token::SigningAlg::ES256),
@@ -1243,9 +1250,11 @@ fn security_settings(
     let key_file = raw.and_then(|d| d.key_file.as_deref()).map(resolve);
     // Per-session keys are generated at each login: ES256 or EdDSA, `key_alg` (default ES256).
     let session_key_alg = match alg {
-        Some(
-            alg @ (portcullis_token::SigningAlg::ES256 | portcullis_token::SigningAlg::EdDSA),
-        ) if per_session => Some(alg),
+        Some(alg @ (portcullis_token::SigningAlg::ES256 | portcullis_token::SigningAlg::EdDSA))
+            if per_session =>
+        {
+            Some(alg)
+        }
         Some(alg) if per_session => {
             errors.push(format!("oidc.dpop.per_session = true generates a key at each login: key_alg must be ES256 or EdDSA, not {alg:?}"));
             None
@@ -1524,11 +1533,20 @@ token = "user"
         );
         assert_eq!(key.path, dir.join("portcullis-data/dpop.jwk"));
         for (dpop, error) in [
-            ("per_session = true\nkey_alg = \"RS256\"", "key_alg must be ES256 or EdDSA"),
-            ("per_session = true\nenabled = false", "per_session = true needs DPoP"),
+            (
+                "per_session = true\nkey_alg = \"RS256\"",
+                "key_alg must be ES256 or EdDSA",
+            ),
+            (
+                "per_session = true\nenabled = false",
+                "per_session = true needs DPoP",
+            ),
         ] {
             let errors = parse(&with(dpop, ""), dir, &no_env).unwrap_err();
-            assert!(errors.iter().any(|e| e.contains(error)), "{dpop}: {errors:?}");
+            assert!(
+                errors.iter().any(|e| e.contains(error)),
+                "{dpop}: {errors:?}"
+            );
         }
 
         // Named clients: `dpop = { ... }` gives the client its own key file.

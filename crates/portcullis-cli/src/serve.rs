@@ -103,7 +103,12 @@ fn with_dpop_keys(
     }
     for (name, file) in client_keys {
         let key = load(file)?;
-        for c in default.tokens.clients.iter_mut().filter(|c| c.name == *name) {
+        for c in default
+            .tokens
+            .clients
+            .iter_mut()
+            .filter(|c| c.name == *name)
+        {
             c.dpop_key = Some(key.clone());
         }
     }
@@ -316,8 +321,8 @@ async fn reload(gateway: &Gateway, path: &std::path::Path, restart: &Restart) {
         &cfg.client_dpop_keys,
         &mut frontends,
     )
-        .and_then(|()| cfg.spa.router_for(&settings, "/"))
-        .and_then(|fallback| frontend_specs(frontends).map(|frontends| (fallback, frontends)));
+    .and_then(|()| cfg.spa.router_for(&settings, "/"))
+    .and_then(|fallback| frontend_specs(frontends).map(|frontends| (fallback, frontends)));
     let (fallback, frontends) = match built {
         Ok(b) => b,
         Err(e) => {

@@ -221,7 +221,10 @@ fn assert_no_key_leaks(private_ds: &[&str], gw: &Gateway, seen: &[SeenResponse])
     let store = String::from_utf8_lossy(&store);
     for d in private_ds {
         assert!(!logs.contains(d), "a DPoP private key reached the logs");
-        assert!(!store.contains(d), "a DPoP private key is in the store in clear");
+        assert!(
+            !store.contains(d),
+            "a DPoP private key is in the store in clear"
+        );
         for r in seen {
             assert!(
                 !String::from_utf8_lossy(&r.body).contains(d),
@@ -237,7 +240,10 @@ fn assert_no_key_leaks(private_ds: &[&str], gw: &Gateway, seen: &[SeenResponse])
     }
     for (place, text) in [("logs", &*logs), ("store", &*store)] {
         assert!(!text.contains("\"kty\""), "a JWK in clear in the {place}");
-        assert!(!text.contains("\\\"kty\\\""), "a JWK in clear in the {place}");
+        assert!(
+            !text.contains("\\\"kty\\\""),
+            "a JWK in clear in the {place}"
+        );
     }
     for r in seen {
         assert!(
@@ -254,8 +260,8 @@ fn assert_no_key_leaks(private_ds: &[&str], gw: &Gateway, seen: &[SeenResponse])
 }
 
 #[tokio::test]
-async fn per_session_keys_bind_each_session_to_its_own_key_through_login_refresh_and_proxied_calls(
-) {
+async fn per_session_keys_bind_each_session_to_its_own_key_through_login_refresh_and_proxied_calls()
+{
     let s = stack(4, "per_session = true").await;
     let (gateway_jkt, gateway_d) = key_file(&s.gw.dir.join("data/dpop.jwk"));
 
@@ -271,7 +277,11 @@ async fn per_session_keys_bind_each_session_to_its_own_key_through_login_refresh
         );
         // The resource server checked the proof and that cnf.jkt is the proof's key.
         let body = json_of(browser.get_csrf(&s.gw.url("/orders/items")).await).await;
-        assert_eq!(body["jkt"], jkt.as_str(), "{user}: token bound to the session key");
+        assert_eq!(
+            body["jkt"],
+            jkt.as_str(),
+            "{user}: token bound to the session key"
+        );
         assert_eq!(body["sub"], user);
         sessions.push((browser, jkt, d));
     }
@@ -305,17 +315,25 @@ async fn per_session_keys_bind_each_session_to_its_own_key_through_login_refresh
     let proofs = idp["dpop_token_requests"].as_array().unwrap();
     let saw = |grant: &str, jkt: &str| {
         proofs.iter().any(|p| {
-            p["grant"] == grant && p["jkt"] == jkt && p["status"] == 200 && p["token_type"] == "DPoP"
+            p["grant"] == grant
+                && p["jkt"] == jkt
+                && p["status"] == 200
+                && p["token_type"] == "DPoP"
         })
     };
     for jkt in [alice_jkt, bob_jkt] {
         assert!(saw("authorization_code", jkt), "{idp}");
-        assert!(saw("refresh_token", jkt), "refreshed with the session key: {idp}");
+        assert!(
+            saw("refresh_token", jkt),
+            "refreshed with the session key: {idp}"
+        );
     }
     assert!(saw("client_credentials", &machine_jkt), "{idp}");
     assert!(saw("client_credentials", &gateway_jkt), "{idp}");
     assert!(
-        proofs.iter().all(|p| p["status"] != 200 || p["nonce"] == true),
+        proofs
+            .iter()
+            .all(|p| p["status"] != 200 || p["nonce"] == true),
         "{idp}"
     );
     assert_eq!(s.api.stats().await["failures"], json!([]));
@@ -355,7 +373,11 @@ async fn sessions_from_before_the_switch_keep_their_key_both_ways() {
     edit(&s.gw, one_key, per_session);
     s.gw.restart().await;
     let body = json_of(before.get_csrf(&s.gw.url("/orders/still")).await).await;
-    assert_eq!(body["jkt"], gateway_jkt.as_str(), "an old session keeps the gateway key");
+    assert_eq!(
+        body["jkt"],
+        gateway_jkt.as_str(),
+        "an old session keeps the gateway key"
+    );
 
     let after = Browser::new();
     after.login(&s.gw, "bob").await;
@@ -363,7 +385,11 @@ async fn sessions_from_before_the_switch_keep_their_key_both_ways() {
     let (jkt, _) = session_key(&s.gw, &state, "EdDSA");
     assert_eq!(dpop_jkt, jkt);
     let body = json_of(after.get_csrf(&s.gw.url("/orders/new")).await).await;
-    assert_eq!(body["jkt"], jkt.as_str(), "a new session has its own (EdDSA) key");
+    assert_eq!(
+        body["jkt"],
+        jkt.as_str(),
+        "a new session has its own (EdDSA) key"
+    );
 
     edit(&s.gw, per_session, one_key);
     s.gw.restart().await;

@@ -346,8 +346,12 @@ impl OAuthClient {
             field("subject_token_type", subject_token_type.to_owned()),
         ];
         add_params(&mut form, params)?;
-        self.token_request("urn:ietf:params:oauth:grant-type:token-exchange", form, dpop)
-            .await
+        self.token_request(
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+            form,
+            dpop,
+        )
+        .await
     }
 
     /// RFC 9126 pushed authorization request: POSTs the authorization request `params` to

@@ -607,7 +607,10 @@ mod tests {
         let session = base.with_key(Arc::new(DpopKey::generate(SigningAlg::EdDSA).unwrap()));
         let (h, p) = parts(&session.proof("POST", &url, None).unwrap());
         assert_eq!(h["alg"], "EdDSA");
-        assert_eq!(p["nonce"], "n-1", "nonces belong to the server, not the key");
+        assert_eq!(
+            p["nonce"], "n-1",
+            "nonces belong to the server, not the key"
+        );
         assert_ne!(session.key().thumbprint(), base.key().thumbprint());
     }
 

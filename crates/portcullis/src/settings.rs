@@ -103,8 +103,8 @@ pub struct OidcSettings {
 /// **A key per session (`session_key_alg: Some(alg)`, `per_session = true`).** Each login
 /// makes a fresh key of `alg` (ES256 or EdDSA): its thumbprint is that login's `dpop_jkt`, it
 /// proves the code exchange, every refresh and every proxied call of that session, and its
-/// private JWK lives only in the session's sealed ticket ([`UserTokens::dpop_key`]
-/// (portcullis_token::UserTokens::dpop_key)). Between the authorization request and the
+/// private JWK lives only in the session's sealed ticket
+/// ([`UserTokens::dpop_key`](portcullis_token::UserTokens::dpop_key)). Between the authorization request and the
 /// callback it is not stored anywhere: it is derived again from the session key ring and the
 /// login's `state` ([`crate::token::session_key`]). A leaked key (with its tokens) then binds
 /// one session only; the price is a key generation per login (ES256: about 0.1 ms) and some

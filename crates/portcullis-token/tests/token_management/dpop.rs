@@ -345,8 +345,15 @@ async fn a_session_with_its_own_key_refreshes_and_proves_with_it() {
         );
         {
             let seen = seen.lock().unwrap();
-            assert_eq!(seen.grants.last().map(String::as_str), Some("refresh_token"));
-            assert_eq!(seen.token_keys.last(), Some(x), "{session}: refresh proof key");
+            assert_eq!(
+                seen.grants.last().map(String::as_str),
+                Some("refresh_token")
+            );
+            assert_eq!(
+                seen.token_keys.last(),
+                Some(x),
+                "{session}: refresh proof key"
+            );
         }
         let api = TokenClient::new(
             reqwest::Client::new(),
@@ -386,10 +393,32 @@ impl ::metrics::CounterFn for Count {
 }
 
 impl ::metrics::Recorder for Counting {
-    fn describe_counter(&self, _: ::metrics::KeyName, _: Option<::metrics::Unit>, _: ::metrics::SharedString) {}
-    fn describe_gauge(&self, _: ::metrics::KeyName, _: Option<::metrics::Unit>, _: ::metrics::SharedString) {}
-    fn describe_histogram(&self, _: ::metrics::KeyName, _: Option<::metrics::Unit>, _: ::metrics::SharedString) {}
-    fn register_counter(&self, key: &::metrics::Key, _: &::metrics::Metadata<'_>) -> ::metrics::Counter {
+    fn describe_counter(
+        &self,
+        _: ::metrics::KeyName,
+        _: Option<::metrics::Unit>,
+        _: ::metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: ::metrics::KeyName,
+        _: Option<::metrics::Unit>,
+        _: ::metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: ::metrics::KeyName,
+        _: Option<::metrics::Unit>,
+        _: ::metrics::SharedString,
+    ) {
+    }
+    fn register_counter(
+        &self,
+        key: &::metrics::Key,
+        _: &::metrics::Metadata<'_>,
+    ) -> ::metrics::Counter {
         if key.name() == portcullis_token::metrics::DPOP_UNBOUND_TOKENS_TOTAL {
             ::metrics::Counter::from_arc(Arc::new(Count(self.0.clone())))
         } else {
@@ -399,7 +428,11 @@ impl ::metrics::Recorder for Counting {
     fn register_gauge(&self, _: &::metrics::Key, _: &::metrics::Metadata<'_>) -> ::metrics::Gauge {
         ::metrics::Gauge::noop()
     }
-    fn register_histogram(&self, _: &::metrics::Key, _: &::metrics::Metadata<'_>) -> ::metrics::Histogram {
+    fn register_histogram(
+        &self,
+        _: &::metrics::Key,
+        _: &::metrics::Metadata<'_>,
+    ) -> ::metrics::Histogram {
         ::metrics::Histogram::noop()
     }
 }

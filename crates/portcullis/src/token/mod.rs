@@ -29,10 +29,10 @@ use async_trait::async_trait;
 use axum::http::HeaderMap;
 use portcullis_session::CasOutcome;
 use portcullis_token::{
-    ClientAuth, ClientCredentialsManager, Dpop, DpopKey, ManagedToken, OAuthClient, OAuthClientConfig,
-    PrivateKeyJwt, RefreshValidator, Secret, SharedClock, TokenError, TokenExchangeManager,
-    TokenParams, TokenResponse, TokenTypeHint, UserTokenManager, UserTokenOptions, UserTokenStore,
-    UserTokens,
+    ClientAuth, ClientCredentialsManager, Dpop, DpopKey, ManagedToken, OAuthClient,
+    OAuthClientConfig, PrivateKeyJwt, RefreshValidator, Secret, SharedClock, TokenError,
+    TokenExchangeManager, TokenParams, TokenResponse, TokenTypeHint, UserTokenManager,
+    UserTokenOptions, UserTokenStore, UserTokens,
 };
 use serde_json::{Map, Value};
 use tokio::sync::OnceCell;
@@ -331,7 +331,9 @@ impl TokenService {
         let url = url::Url::parse(endpoint)
             .map_err(|_| GatewayError::IdpUnavailable("userinfo_endpoint is not a URL".into()))?;
         let token = &response.access_token;
-        let mut resp = self.userinfo_call(&url, token, bound, dpop.as_ref()).await?;
+        let mut resp = self
+            .userinfo_call(&url, token, bound, dpop.as_ref())
+            .await?;
         if let Some(dpop) = &dpop {
             dpop.remember_nonce(&url, resp.headers());
             if portcullis_token::dpop::is_nonce_challenge(resp.status(), resp.headers()) {
