@@ -111,6 +111,12 @@ pub struct OidcSettings {
 /// 200 bytes more per ticket, and private keys in the store (encrypted under the key ring, as
 /// the refresh tokens are). `key` stays in use for client credentials and for sessions made
 /// before the switch (no key in their ticket), which keep working unchanged.
+///
+/// **Why one key is the default.** It keeps the key out of the session store: whoever steals
+/// the store and the session key ring gets every session's tokens, but without the key file
+/// cannot use them. With per-session keys, key and tokens sit in the same sealed ticket, so
+/// that theft yields both; what per-session keys limit instead is a leak of one session's
+/// key and tokens, and a key file shared by (or copied between) many instances.
 #[derive(Clone)]
 pub struct DpopSettings {
     /// The gateway's proof-of-possession key.
