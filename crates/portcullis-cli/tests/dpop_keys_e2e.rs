@@ -153,45 +153,64 @@ fn key_file(path: &Path) -> (String, String) {
     )
 }
 
-/// The `dpop_jkt` and `state` of the browser's last authorization redirect.
-fn last_authorization_request(browser: &Browser) -> (String, String) {
-    let location = browser
+/// The `dpop_jkt` of the browser's last authorization redirect, and the session key the
+/// gateway made for that login (thumbprint, private `d`, algorithm), made again as the callback makes
+/// it: the login cookie opened with the session key ring from the gateway's data directory
+/// (associated data `portcullis.login-tx.v1`), then `portcullis::token::session_key`.
+fn last_login(
+    browser: &Browser,
+    gw: &Gateway,
+) -> (String, String, String, portcullis_token::SigningAlg) {
+    use base64::Engine as _;
+    let login = browser
         .seen()
         .into_iter()
         .rev()
         .find(|r| r.url.contains("/bff/login"))
-        .and_then(|r| r.headers.into_iter().find(|(n, _)| n == "location"))
-        .map(|(_, v)| v)
         .expect("a login redirect");
-    (
-        query_param(&location, "dpop_jkt").expect("dpop_jkt"),
-        query_param(&location, "state").expect("state"),
-    )
-}
-
-/// The session key of the login with `state`, made as the gateway makes it: from the session
-/// key ring in its data directory (see `portcullis::token::session_key`). Thumbprint and `d`.
-fn session_key(gw: &Gateway, state: &str, alg: &str) -> (String, String) {
+    let location = &login
+        .headers
+        .iter()
+        .find(|(n, _)| n == "location")
+        .unwrap()
+        .1;
+    let dpop_jkt = query_param(location, "dpop_jkt").expect("dpop_jkt");
     let ring_text = std::fs::read_to_string(gw.dir.join("data/keys")).unwrap();
-    let keys: Vec<portcullis::session::Key> = ring_text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| portcullis::session::Key::parse(l).unwrap())
-        .collect();
-    let kid = keys[0].id().to_owned();
-    let ring = portcullis::session::KeyRing::new(keys).unwrap();
-    let tx: portcullis::oidc::authorize::LoginTransaction = serde_json::from_value(json!({
-        "state": state, "nonce": "", "pkce_verifier": "", "return_url": "/",
-        "silent": false, "created": 0, "dpop_key": {"kid": kid, "alg": alg},
-    }))
+    let ring = portcullis::session::KeyRing::new(
+        ring_text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| portcullis::session::Key::parse(l).unwrap())
+            .collect(),
+    )
     .unwrap();
+    let tx: portcullis::oidc::authorize::LoginTransaction = login
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "set-cookie")
+        .filter_map(|(_, v)| {
+            let value = v.split(';').next()?.split_once('=')?.1;
+            let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(value)
+                .ok()?;
+            let plain = ring.open(&sealed, b"portcullis.login-tx.v1").ok()?;
+            serde_json::from_slice(&plain).ok()
+        })
+        .next()
+        .expect("the login-transaction cookie");
+    assert!(
+        tx.dpop_key.is_some(),
+        "the login recorded which key made its key"
+    );
     let key = portcullis::token::session_key::for_callback(&ring, &tx)
         .unwrap()
         .unwrap();
     let jwk: Value = serde_json::from_str(key.private_jwk().expose_secret()).unwrap();
     (
+        dpop_jkt,
         key.thumbprint().to_owned(),
         jwk["d"].as_str().unwrap().to_owned(),
+        key.alg(),
     )
 }
 
@@ -269,8 +288,12 @@ async fn per_session_keys_bind_each_session_to_its_own_key_through_login_refresh
     for user in ["alice", "bob"] {
         let browser = Browser::new();
         browser.login(&s.gw, user).await;
-        let (dpop_jkt, state) = last_authorization_request(&browser);
-        let (jkt, d) = session_key(&s.gw, &state, "ES256");
+        let (dpop_jkt, jkt, d, alg) = last_login(&browser, &s.gw);
+        assert_eq!(
+            alg,
+            portcullis_token::SigningAlg::ES256,
+            "key_alg's default"
+        );
         assert_eq!(
             dpop_jkt, jkt,
             "{user}: the authorization request named the login's own key"
@@ -381,8 +404,8 @@ async fn sessions_from_before_the_switch_keep_their_key_both_ways() {
 
     let after = Browser::new();
     after.login(&s.gw, "bob").await;
-    let (dpop_jkt, state) = last_authorization_request(&after);
-    let (jkt, _) = session_key(&s.gw, &state, "EdDSA");
+    let (dpop_jkt, jkt, _, alg) = last_login(&after, &s.gw);
+    assert_eq!(alg, portcullis_token::SigningAlg::EdDSA);
     assert_eq!(dpop_jkt, jkt);
     let body = json_of(after.get_csrf(&s.gw.url("/orders/new")).await).await;
     assert_eq!(

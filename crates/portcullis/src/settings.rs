@@ -106,12 +106,12 @@ pub struct OidcSettings {
 /// private JWK lives only in the session's sealed ticket
 /// ([`UserTokens::dpop_key`](portcullis_token::UserTokens::dpop_key)). Between the
 /// authorization request and the callback it is not stored anywhere: it is derived again from
-/// the session key ring and the login's `state` ([`crate::token::session_key`]). A leaked key
-/// (with its tokens) then binds one session only; the price is making the key twice per login
-/// (well under a millisecond each), some 200 bytes more per ticket, and private keys in the
-/// store (encrypted under the key ring, as the refresh tokens are). `key` stays in use for
-/// client credentials and for sessions made before the switch (no key in their ticket), which
-/// keep working unchanged.
+/// the session key ring, the login's `state` and PKCE verifier
+/// ([`crate::token::session_key`]). A leaked key (with its tokens) then binds one session
+/// only; the price is making the key twice per login (well under a millisecond each), some
+/// 200 bytes more per ticket, and private keys in the store (encrypted under the key ring, as
+/// the refresh tokens are). `key` stays in use for client credentials and for sessions made
+/// before the switch (no key in their ticket), which keep working unchanged.
 ///
 /// **Why one key is the default.** It keeps the key out of the session store: whoever steals
 /// the store and the session key ring gets every session's tokens, but without the key file

@@ -10,14 +10,17 @@
 //! it, and the callback makes the same key again:
 //!
 //! ```text
-//! seed = HMAC-SHA256(prf key of ring key `kid`, "portcullis.dpop.session-key.v1" ‖ 0 ‖ alg ‖ 0 ‖ state)
+//! seed = HMAC-SHA256(prf key of ring key `kid`,
+//!                    "portcullis.dpop.session-key.v1" ‖ 0 ‖ alg ‖ 0 ‖ state ‖ 0 ‖ code_verifier)
 //! key  = DpopKey::from_seed(alg, seed)
 //! ```
 //!
 //! So the private key is never in a cookie, a URL or a log line, and a callback on another
-//! instance (same key ring) makes the same key. The `state` is public (it is in the redirect),
-//! the ring key is not: nobody without the ring can compute the seed, and anybody with the
-//! ring could open the ticket anyway. A ring rotated between login and callback still works
+//! instance (same key ring) makes the same key. Computing it takes the ring key *and* the
+//! PKCE verifier: the `state` alone travels in URLs (browser history, IdP logs), but the
+//! verifier only inside the sealed login cookie and in the back-channel code exchange, so a
+//! leaked ring key together with a logged `state` is not enough. A ring rotated between login
+//! and callback still works
 //! (the old key stays in the ring while its blobs live); a login whose ring key was removed
 //! meanwhile fails with a clear page, as its transaction cookie would.
 
@@ -51,17 +54,16 @@ fn alg_name(alg: SigningAlg) -> &'static str {
     }
 }
 
-fn input(alg: &str, state: &str) -> Vec<u8> {
-    let mut input = Vec::with_capacity(alg.len() + state.len() + 1);
-    input.extend_from_slice(alg.as_bytes());
-    input.push(0);
-    input.extend_from_slice(state.as_bytes());
-    input
+/// `alg ‖ 0 ‖ state ‖ 0 ‖ code_verifier` (none of them contains a zero byte).
+fn input(alg: &str, tx: &LoginTransaction) -> Vec<u8> {
+    [alg, tx.state.as_str(), tx.pkce_verifier.as_str()]
+        .join("\0")
+        .into_bytes()
 }
 
 /// The session key of a login that is starting, when per-session keys are on: made from
-/// the ring and `tx.state`, recorded in `tx` (as a [`SessionKeyRef`]). `None` when the
-/// frontend uses one gateway key (or no DPoP).
+/// the ring, `tx.state` and `tx.pkce_verifier`, recorded in `tx` (as a [`SessionKeyRef`]).
+/// `None` when the frontend uses one gateway key (or no DPoP).
 ///
 /// # Errors
 ///
@@ -89,7 +91,7 @@ fn make(
         return Ok(None);
     };
     let name = alg_name(alg);
-    let (kid, seed) = keys.derive(PURPOSE, &input(name, &tx.state));
+    let (kid, seed) = keys.derive(PURPOSE, &input(name, tx));
     let key = DpopKey::from_seed(alg, &seed)
         .map_err(|e| GatewayError::Internal(format!("per-session DPoP key: {e}")))?;
     tx.dpop_key = Some(SessionKeyRef {
@@ -121,7 +123,7 @@ pub fn for_callback(
     };
     let alg: SigningAlg = reference.alg.parse().map_err(|_| gone())?;
     let seed = keys
-        .derive_with(&reference.kid, PURPOSE, &input(&reference.alg, &tx.state))
+        .derive_with(&reference.kid, PURPOSE, &input(&reference.alg, tx))
         .ok_or_else(gone)?;
     DpopKey::from_seed(alg, &seed).map(Some).map_err(|_| gone())
 }
@@ -171,6 +173,22 @@ mod tests {
             let second = for_login(s, &keys, &mut other).unwrap().unwrap();
             assert_ne!(made.thumbprint(), second.thumbprint(), "a key per login");
         }
+    }
+
+    #[test]
+    fn the_state_alone_does_not_determine_the_key() {
+        let keys = ring(&["k1"]);
+        let mut a = LoginTransaction::new("/".into(), false, 0);
+        let mut b = a.clone();
+        b.pkce_verifier = "another-verifier".into();
+        let ka = for_login(Some(SigningAlg::ES256), &keys, &mut a)
+            .unwrap()
+            .unwrap();
+        let kb = for_login(Some(SigningAlg::ES256), &keys, &mut b)
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.state, b.state);
+        assert_ne!(ka.thumbprint(), kb.thumbprint());
     }
 
     #[test]
