@@ -114,7 +114,8 @@ struct Args {
     /// host and by path; memory store, cache on).
     #[arg(long)]
     skip_frontends: bool,
-    /// Skip the DPoP scenario (memory store, cache on, an ES256 proof per call).
+    /// Skip the DPoP scenarios (memory store, cache on, an ES256 proof per call; one gateway
+    /// key, and a key per session).
     #[arg(long)]
     skip_dpop: bool,
     #[arg(
@@ -528,7 +529,7 @@ async fn run_round(
             &format!("{}-{round}-open", b.run_id),
             &b.token,
             1,
-            false,
+            DpopMode::Off,
         )
         .await?;
         let t: Vec<_> = (0..args.concurrency)
@@ -582,7 +583,7 @@ async fn run_round(
                 b.sessions_per_gateway,
                 frontends,
                 target,
-                false,
+                DpopMode::Off,
             )
             .await?;
             let (host, path) = match target {
@@ -645,7 +646,7 @@ async fn run_round(
                 &partition,
                 &b.token,
                 b.sessions_per_gateway,
-                false,
+                DpopMode::Off,
             )
             .await
             {
@@ -684,19 +685,33 @@ async fn run_round(
     let _ = std::fs::remove_dir_all(&tmp);
 
     // DPoP (RFC 9449): the memory store with cache, like the Bearer row of the same store, but
-    // the session's token is DPoP-bound and every call signs an ES256 proof.
-    if !args.skip_dpop {
-        let label = "scenario=gateway store=memory cache=on  token=dpop-es256";
+    // the session's token is DPoP-bound and every call signs an ES256 proof: with the one
+    // gateway key, and with each session's own key (found through its ticket on every call).
+    for (mode, label, id) in [
+        (
+            DpopMode::GatewayKey,
+            "scenario=gateway store=memory cache=on  token=dpop-es256",
+            "dpop",
+        ),
+        (
+            DpopMode::PerSession,
+            "scenario=gateway store=memory cache=on  token=dpop-es256-per-session",
+            "dpop-session",
+        ),
+    ] {
+        if args.skip_dpop {
+            break;
+        }
         progress(round, label);
         let gw = start_gateway(
             "memory",
             Duration::from_secs(10),
             &b.idp.issuer,
             b.upstream_addr,
-            &format!("{}-{round}-dpop", b.run_id),
+            &format!("{}-{round}-{id}", b.run_id),
             &b.token,
             b.sessions_per_gateway,
-            true,
+            mode,
         )
         .await
         .map_err(|e| match e {
@@ -757,7 +772,7 @@ async fn tracing_rows(b: &Bench<'_>, round: usize, rows: &mut Vec<Row>) -> Resul
             &format!("{}-{round}-{}", b.run_id, mode.name()),
             &b.token,
             b.sessions_per_gateway,
-            false,
+            DpopMode::Off,
         )
         .await
         .map_err(|e| match e {
@@ -887,6 +902,18 @@ impl RunningGateway {
     }
 }
 
+/// DPoP of a scenario's gateway (RFC 9449).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DpopMode {
+    /// Bearer tokens, no proofs.
+    Off,
+    /// DPoP-bound tokens, every proof signed with the one gateway key (ES256).
+    GatewayKey,
+    /// DPoP-bound tokens, each session's proofs signed with its own key from its ticket
+    /// (`[oidc.dpop] per_session`, ES256).
+    PerSession,
+}
+
 /// Which frontend the measured requests go to.
 #[derive(Debug, Clone, Copy)]
 enum Target {
@@ -906,7 +933,7 @@ async fn start_gateway(
     partition: &str,
     access_token: &str,
     sessions: usize,
-    dpop: bool,
+    dpop: DpopMode,
 ) -> Result<RunningGateway, GatewayStartError> {
     start_gateway_with(
         store_url,
@@ -936,7 +963,7 @@ async fn start_gateway_with(
     sessions: usize,
     frontends: usize,
     target: Target,
-    dpop: bool,
+    dpop: DpopMode,
 ) -> Result<RunningGateway, GatewayStartError> {
     let store = match tokio::time::timeout(
         Duration::from_secs(10),
@@ -965,14 +992,15 @@ async fn start_gateway_with(
         cache_ttl,
         partition.to_owned(),
     )?;
-    let token_type = if dpop {
+    if dpop != DpopMode::Off {
         let key = portcullis_token::DpopKey::generate(portcullis_token::SigningAlg::ES256)
             .map_err(|e| format!("DPoP key: {e}"))?;
-        settings.oidc.dpop = Some(portcullis::settings::DpopSettings { key: Arc::new(key) });
-        TokenType::DPoP
-    } else {
-        TokenType::Bearer
-    };
+        settings.oidc.dpop = Some(portcullis::settings::DpopSettings {
+            key: Arc::new(key),
+            session_key_alg: (dpop == DpopMode::PerSession)
+                .then_some(portcullis_token::SigningAlg::ES256),
+        });
+    }
     let keys = KeyRing::new(vec![Key::parse(&Key::generate_spec("bench"))?])?;
     let mut specs = Vec::with_capacity(frontends);
     for i in 0..frontends {
@@ -1013,15 +1041,8 @@ async fn start_gateway_with(
         .sessions()
         .clone();
 
-    let (cookies, store_keys, ticket_bytes) = create_sessions_of(
-        &gateway,
-        &sessions_of,
-        issuer,
-        access_token,
-        sessions,
-        token_type,
-    )
-    .await?;
+    let (cookies, store_keys, ticket_bytes) =
+        create_sessions_of(&gateway, &sessions_of, issuer, access_token, sessions, dpop).await?;
 
     let mut tasks = gateway.spawn_background_tasks();
     tasks.push(servers::serve_on(
@@ -1054,7 +1075,7 @@ async fn create_sessions(
         issuer,
         access_token,
         sessions,
-        TokenType::Bearer,
+        DpopMode::Off,
     )
     .await
 }
@@ -1066,13 +1087,17 @@ async fn create_sessions_of(
     issuer: &str,
     access_token: &str,
     sessions: usize,
-    token_type: TokenType,
+    dpop: DpopMode,
 ) -> Result<(Vec<HeaderValue>, Vec<String>, usize), GatewayStartError> {
     let now = gateway.now();
     let cookie_name = sessions_of.cookies().session_name().to_owned();
     let mut cookies = Vec::with_capacity(sessions);
     let mut store_keys = Vec::with_capacity(sessions);
     let mut ticket_bytes = 0;
+    let token_type = match dpop {
+        DpopMode::Off => TokenType::Bearer,
+        DpopMode::GatewayKey | DpopMode::PerSession => TokenType::DPoP,
+    };
     for i in 0..sessions {
         let tokens = UserTokens::from_response(
             TokenResponse {
@@ -1087,6 +1112,15 @@ async fn create_sessions_of(
             now,
         )
         .map_err(|e| format!("tokens: {e}"))?;
+        let tokens = if dpop == DpopMode::PerSession {
+            // As a login with `per_session` leaves it: the session's own key in its ticket.
+            tokens.with_dpop_key(
+                &portcullis_token::DpopKey::generate(portcullis_token::SigningAlg::ES256)
+                    .map_err(|e| format!("DPoP key: {e}"))?,
+            )
+        } else {
+            tokens
+        };
         let sub = format!("bench-user-{i}");
         let sid = format!("bench-sid-{i}");
         let claim = |kind: &str, value: serde_json::Value| Claim {

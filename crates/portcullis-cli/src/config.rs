@@ -150,6 +150,16 @@ struct RawNamedClient {
     resource: Option<String>,
     #[serde(default)]
     extra: BTreeMap<String, String>,
+    dpop: Option<RawClientDpop>,
+}
+
+/// `[[tokens.clients]] dpop = { enabled, key_file, key_alg }`: the client's own DPoP key.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientDpop {
+    enabled: Option<bool>,
+    key_file: Option<PathBuf>,
+    key_alg: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -206,6 +216,9 @@ pub struct Config {
     /// The DPoP key file, when `[oidc.dpop]` is enabled (read or generated at start-up; the
     /// key then goes into `gateway.oidc.dpop`).
     pub dpop_key: Option<DpopKeyFile>,
+    /// The DPoP key files of `[[tokens.clients]]` with `dpop` enabled, by client name (the
+    /// keys go into `gateway.tokens.clients[..].dpop_key` at start-up).
+    pub client_dpop_keys: Vec<(String, DpopKeyFile)>,
 }
 
 /// One `[[frontends]]` entry: selection, effective settings, and its static part (the same
@@ -221,6 +234,8 @@ pub struct FrontendConfig {
     pub spa_script_hash: Option<String>,
     /// Its DPoP key file, when its merged `[oidc.dpop]` is enabled.
     pub dpop_key: Option<DpopKeyFile>,
+    /// Its named clients' DPoP key files, by client name.
+    pub client_dpop_keys: Vec<(String, DpopKeyFile)>,
 }
 
 /// Where the gateway's DPoP key lives.
@@ -232,6 +247,10 @@ pub struct DpopKeyFile {
     pub alg: portcullis_token::SigningAlg,
     /// `false` when the operator named the file (`key_file`): it must exist.
     pub generate: bool,
+    /// `[oidc.dpop] per_session = true`: the algorithm of the key made at each login (the
+    /// file's key then serves client credentials and sessions from before the switch).
+    /// `None`: the file's key for everything. Always `None` for named clients.
+    pub session_key_alg: Option<portcullis_token::SigningAlg>,
 }
 
 /// The admin listener.
@@ -701,6 +720,7 @@ pub(crate) fn parse_table(
 
     // [tokens]
     let mut named_clients = Vec::new();
+    let mut client_dpop_keys = Vec::new();
     for (i, c) in tokens.clients.into_iter().enumerate() {
         let ctx = format!("tokens.clients[{i}]");
         let auth = client_auth_settings(
@@ -724,6 +744,16 @@ pub(crate) fn parse_table(
                 "{ctx}.name \"default\" is reserved for the gateway's own client"
             ));
         }
+        if let Some(file) = client_dpop_key(
+            &ctx,
+            &c.name,
+            c.dpop.as_ref(),
+            &data_dir,
+            &resolve,
+            &mut errors,
+        ) {
+            client_dpop_keys.push((c.name.clone(), file));
+        }
         if let Some(auth) = auth {
             named_clients.push(NamedClientSettings {
                 name: c.name,
@@ -733,6 +763,8 @@ pub(crate) fn parse_table(
                 scope: c.scope,
                 resource: c.resource,
                 extra: c.extra.into_iter().collect(),
+                // Set from `client_dpop_keys` at start-up (the file may not exist yet).
+                dpop_key: None,
             });
         }
     }
@@ -1008,6 +1040,78 @@ pub(crate) fn parse_table(
         warnings,
         telemetry,
         dpop_key,
+        client_dpop_keys,
+    })
+}
+
+/// `[[tokens.clients]] dpop`: the named client's key file, when enabled. Default file:
+/// `<data_dir>/dpop-client-<name>.jwk` (generated at first start; ES256 unless `key_alg`).
+fn client_dpop_key(
+    ctx: &str,
+    name: &str,
+    raw: Option<&RawClientDpop>,
+    data_dir: &Path,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    errors: &mut Vec<String>,
+) -> Option<DpopKeyFile> {
+    let raw = raw?;
+    if raw.enabled == Some(false) {
+        return None;
+    }
+    let alg = match raw.key_alg.as_deref() {
+        None => portcullis_token::SigningAlg::ES256,
+        Some(a) => match a.parse::<portcullis_token::SigningAlg>() {
+            Ok(alg) => alg,
+            Err(_) => {
+                errors.push(format!(
+                    "{ctx}.dpop.key_alg {a:?} must be ES256, PS256, RS256 or EdDSA"
+                ));
+                return None;
+            }
+        },
+    };
+    if let Some(path) = raw.key_file.as_deref().map(resolve) {
+        return match std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| portcullis_token::DpopKey::from_jwk(&t).map_err(|e| e.to_string()))
+        {
+            Ok(key) => Some(DpopKeyFile {
+                path,
+                alg: key.alg(),
+                generate: false,
+                session_key_alg: None,
+            }),
+            Err(e) => {
+                errors.push(format!("{ctx}.dpop.key_file {}: {e}", path.display()));
+                None
+            }
+        };
+    }
+    if matches!(
+        alg,
+        portcullis_token::SigningAlg::RS256 | portcullis_token::SigningAlg::PS256
+    ) {
+        errors.push(format!(
+            "{ctx}.dpop.key_alg RS256/PS256 needs {ctx}.dpop.key_file (RSA keys are not generated)"
+        ));
+        return None;
+    }
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        || name.starts_with('.')
+    {
+        errors.push(format!(
+            "{ctx}.dpop: the client name {name:?} cannot name a key file; give {ctx}.dpop.key_file"
+        ));
+        return None;
+    }
+    Some(DpopKeyFile {
+        path: data_dir.join(format!("dpop-client-{name}.jwk")),
+        alg,
+        generate: true,
+        session_key_alg: None,
     })
 }
 
@@ -1135,8 +1239,11 @@ fn security_settings(
     if fapi && !enabled {
         errors.push("oidc.profile = \"fapi2\" requires sender-constrained access tokens, but oidc.dpop.enabled = false".into());
     }
-    if raw.and_then(|d| d.per_session) == Some(true) {
-        errors.push("oidc.dpop.per_session = true is not available yet: use the gateway key (the default; see README, DPoP)".into());
+    let per_session = raw.and_then(|d| d.per_session) == Some(true);
+    if per_session && !enabled {
+        errors.push(
+            "oidc.dpop.per_session = true needs DPoP: remove oidc.dpop.enabled = false".into(),
+        );
     }
     let alg = match raw.and_then(|d| d.key_alg.as_deref()) {
         None => Some(portcullis_token::SigningAlg::ES256),
@@ -1151,6 +1258,19 @@ fn security_settings(
         },
     };
     let key_file = raw.and_then(|d| d.key_file.as_deref()).map(resolve);
+    // Per-session keys are generated at each login: ES256 or EdDSA, `key_alg` (default ES256).
+    let session_key_alg = match alg {
+        Some(alg @ (portcullis_token::SigningAlg::ES256 | portcullis_token::SigningAlg::EdDSA))
+            if per_session =>
+        {
+            Some(alg)
+        }
+        Some(alg) if per_session => {
+            errors.push(format!("oidc.dpop.per_session = true generates a key at each login: key_alg must be ES256 or EdDSA, not {alg:?}"));
+            None
+        }
+        _ => None,
+    };
     let mut dpop_key = None;
     if let (true, Some(alg)) = (enabled, alg) {
         if fapi && alg == portcullis_token::SigningAlg::RS256 {
@@ -1171,6 +1291,7 @@ fn security_settings(
                             path,
                             alg: key.alg(),
                             generate: false,
+                            session_key_alg,
                         });
                     }
                     Err(e) => errors.push(format!("oidc.dpop.key_file {}: {e}", path.display())),
@@ -1180,13 +1301,15 @@ fn security_settings(
                 if matches!(
                     alg,
                     portcullis_token::SigningAlg::RS256 | portcullis_token::SigningAlg::PS256
-                ) {
+                ) && !per_session
+                {
                     errors.push("oidc.dpop.key_alg RS256/PS256 needs oidc.dpop.key_file (RSA keys are not generated)".into());
                 }
                 dpop_key = Some(DpopKeyFile {
                     path: data_dir.join("dpop.jwk"),
                     alg,
                     generate: true,
+                    session_key_alg,
                 });
             }
         }
@@ -1391,6 +1514,109 @@ token = "user"
         assert!(errors.iter().any(|e| e.contains("oidc.par")), "{errors:?}");
         assert!(
             errors.iter().any(|e| e.contains("oidc.profile")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn dpop_per_session_and_per_client_keys() {
+        let dir = Path::new("/etc/portcullis");
+        // One gateway key is the default; per_session adds a key per login of key_alg.
+        let with = |dpop: &str, clients: &str| {
+            MINIMAL.replace(
+                "[[routes]]",
+                &format!("[oidc.dpop]\n{dpop}\n[tokens]\n{clients}\n[[routes]]"),
+            )
+        };
+        let c = parse(&with("enabled = true", ""), dir, &no_env).unwrap();
+        assert_eq!(c.dpop_key.unwrap().session_key_alg, None);
+        let c = parse(
+            &with("per_session = true\nkey_alg = \"EdDSA\"", ""),
+            dir,
+            &no_env,
+        )
+        .unwrap();
+        let key = c.dpop_key.unwrap();
+        assert_eq!(
+            key.session_key_alg,
+            Some(portcullis_token::SigningAlg::EdDSA)
+        );
+        assert_eq!(key.path, dir.join("portcullis-data/dpop.jwk"));
+        for (dpop, error) in [
+            (
+                "per_session = true\nkey_alg = \"RS256\"",
+                "key_alg must be ES256 or EdDSA",
+            ),
+            (
+                "per_session = true\nenabled = false",
+                "per_session = true needs DPoP",
+            ),
+        ] {
+            let errors = parse(&with(dpop, ""), dir, &no_env).unwrap_err();
+            assert!(
+                errors.iter().any(|e| e.contains(error)),
+                "{dpop}: {errors:?}"
+            );
+        }
+
+        // Named clients: `dpop = { ... }` gives the client its own key file.
+        let clients = r#"
+[[tokens.clients]]
+name = "reports"
+client_id = "reports-client"
+client_secret = "x"
+dpop = { enabled = true }
+[[tokens.clients]]
+name = "orders"
+client_id = "orders-client"
+client_secret = "x"
+dpop = { enabled = true, key_alg = "EdDSA" }
+[[tokens.clients]]
+name = "plain"
+client_id = "plain-client"
+client_secret = "x"
+"#;
+        let c = parse(&with("enabled = true", clients), dir, &no_env).unwrap();
+        let files: Vec<_> = c
+            .client_dpop_keys
+            .iter()
+            .map(|(n, f)| (n.as_str(), f.path.clone(), f.alg))
+            .collect();
+        assert_eq!(
+            files,
+            [
+                (
+                    "reports",
+                    dir.join("portcullis-data/dpop-client-reports.jwk"),
+                    portcullis_token::SigningAlg::ES256
+                ),
+                (
+                    "orders",
+                    dir.join("portcullis-data/dpop-client-orders.jwk"),
+                    portcullis_token::SigningAlg::EdDSA
+                ),
+            ]
+        );
+        let bad = clients.replace(
+            "dpop = { enabled = true }",
+            "dpop = { enabled = true, key_alg = \"PS256\" }",
+        );
+        let errors = parse(&with("enabled = true", &bad), dir, &no_env).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("tokens.clients[0].dpop.key_alg RS256/PS256 needs")),
+            "{errors:?}"
+        );
+        let missing = clients.replace(
+            "dpop = { enabled = true }",
+            "dpop = { enabled = true, key_file = \"/nonexistent/k.jwk\" }",
+        );
+        let errors = parse(&with("enabled = true", &missing), dir, &no_env).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("tokens.clients[0].dpop.key_file /nonexistent/k.jwk")),
             "{errors:?}"
         );
     }

@@ -326,6 +326,7 @@ pub(crate) fn parse_frontend(
         spa: config.spa,
         spa_script_hash: config.spa_script_hash,
         dpop_key: config.dpop_key,
+        client_dpop_keys: config.client_dpop_keys,
     })
 }
 

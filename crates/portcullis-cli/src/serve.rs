@@ -120,33 +120,68 @@ impl SpaRouters {
 }
 
 /// Reads (or generates) the DPoP key of the default frontend and of every frontend whose
-/// `[oidc.dpop]` is enabled, and puts it into its settings. Frontends naming the same file
-/// share one key.
+/// `[oidc.dpop]` is enabled, and of every `[[tokens.clients]]` entry with `dpop`, and puts
+/// it into the settings. Everything naming the same file shares one key.
 ///
 /// # Errors
 /// A message naming the file that cannot be read, parsed or created.
 fn with_dpop_keys(
     default: &mut portcullis::settings::GatewaySettings,
     default_key: Option<&crate::config::DpopKeyFile>,
+    client_keys: &[(String, crate::config::DpopKeyFile)],
     frontends: &mut [FrontendConfig],
 ) -> Result<(), String> {
     let mut loaded: Vec<(std::path::PathBuf, Arc<portcullis_token::DpopKey>)> = Vec::new();
     let mut load =
-        |file: &crate::config::DpopKeyFile| -> Result<portcullis::settings::DpopSettings, String> {
+        |file: &crate::config::DpopKeyFile| -> Result<Arc<portcullis_token::DpopKey>, String> {
             if let Some((_, key)) = loaded.iter().find(|(p, _)| *p == file.path) {
-                return Ok(portcullis::settings::DpopSettings { key: key.clone() });
+                return Ok(key.clone());
             }
             let key = Arc::new(keyfile::load_or_create_dpop(file)?);
-            tracing::info!(alg = ?key.alg(), jkt = key.thumbprint(), "DPoP enabled");
+            tracing::info!(alg = ?key.alg(), jkt = key.thumbprint(), path = %file.path.display(), "DPoP key loaded");
             loaded.push((file.path.clone(), key.clone()));
-            Ok(portcullis::settings::DpopSettings { key })
+            Ok(key)
         };
     if let Some(file) = default_key {
-        default.oidc.dpop = Some(load(file)?);
+        if let Some(alg) = file.session_key_alg {
+            tracing::info!(?alg, "DPoP: a key per session");
+        }
+        default.oidc.dpop = Some(portcullis::settings::DpopSettings {
+            key: load(file)?,
+            session_key_alg: file.session_key_alg,
+        });
+    }
+    for (name, file) in client_keys {
+        let key = load(file)?;
+        for c in default
+            .tokens
+            .clients
+            .iter_mut()
+            .filter(|c| c.name == *name)
+        {
+            c.dpop_key = Some(key.clone());
+        }
     }
     for f in frontends {
         if let Some(file) = &f.dpop_key {
-            f.settings.settings.oidc.dpop = Some(load(file)?);
+            let key = load(file)?;
+            f.settings.settings.oidc.dpop = Some(portcullis::settings::DpopSettings {
+                key,
+                session_key_alg: file.session_key_alg,
+            });
+        }
+        for (name, file) in &f.client_dpop_keys {
+            let key = load(file)?;
+            for c in f
+                .settings
+                .settings
+                .tokens
+                .clients
+                .iter_mut()
+                .filter(|c| c.name == *name)
+            {
+                c.dpop_key = Some(key.clone());
+            }
         }
     }
     Ok(())
@@ -159,7 +194,12 @@ pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<(), Strin
     let restart = Restart::of(&cfg);
     let mut settings = cfg.gateway;
     let mut frontends = cfg.frontends;
-    with_dpop_keys(&mut settings, cfg.dpop_key.as_ref(), &mut frontends)?;
+    with_dpop_keys(
+        &mut settings,
+        cfg.dpop_key.as_ref(),
+        &cfg.client_dpop_keys,
+        &mut frontends,
+    )?;
     let par_required = settings.oidc.par == portcullis::settings::ParMode::Required;
     let mut spa_routers = SpaRouters::default();
     let fallback = spa_routers.build(
@@ -364,7 +404,12 @@ async fn reload(
     let mut settings = cfg.gateway;
     let mut frontends = cfg.frontends;
     let mut next_routers = SpaRouters::default();
-    let built = with_dpop_keys(&mut settings, cfg.dpop_key.as_ref(), &mut frontends)
+    let built = with_dpop_keys(
+        &mut settings,
+        cfg.dpop_key.as_ref(),
+        &cfg.client_dpop_keys,
+        &mut frontends,
+    )
         .and_then(|()| {
             next_routers.build(
                 spa_routers,

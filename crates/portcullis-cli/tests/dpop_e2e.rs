@@ -202,6 +202,28 @@ fn assert_no_key_leaks(private_d: &str, logs: &[String], seen: &[SeenResponse]) 
     }
 }
 
+/// The gateway key never goes into the session store (not even sealed: it lives only in its
+/// key file), so store files hold neither its private `d` nor any JWK in clear.
+fn assert_key_not_in_store(private_d: &str, gw: &Gateway) {
+    let mut store = Vec::new();
+    for entry in std::fs::read_dir(gw.dir.join("data")).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("sessions.db"))
+        {
+            store.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    assert!(!store.is_empty(), "no session store found: nothing checked");
+    let store = String::from_utf8_lossy(&store);
+    assert!(
+        !store.contains(private_d),
+        "the DPoP private key is in the store"
+    );
+    assert!(!store.contains("\"kty\""), "a JWK in clear in the store");
+}
+
 #[tokio::test]
 async fn dpop_bound_tokens_from_login_refresh_and_client_credentials_prove_the_key_on_every_call() {
     let s = stack(4, &dpop_oidc()).await;
@@ -299,6 +321,7 @@ async fn dpop_bound_tokens_from_login_refresh_and_client_credentials_prove_the_k
     let logs = s.gw.logs();
     assert_no_secret_leaks(&s.idp, &logs, &browser.seen()).await;
     assert_no_key_leaks(&private_d, &logs, &browser.seen());
+    assert_key_not_in_store(&private_d, &s.gw);
 }
 
 /// The peer's published bug: a proof whose `htu` named the gateway-side path, or the
@@ -442,6 +465,7 @@ private_key_alg = "ES256""#,
     let logs = s.gw.logs();
     assert_no_secret_leaks(&s.idp, &logs, &browser.seen()).await;
     assert_no_key_leaks(&private_d, &logs, &browser.seen());
+    assert_key_not_in_store(&private_d, &s.gw);
 }
 
 #[tokio::test]

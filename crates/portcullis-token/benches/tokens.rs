@@ -57,6 +57,7 @@ fn expired_session(now: i64) -> UserTokens {
         refresh_token: Some(Secret::new("rt-0")),
         id_token: None,
         by_resource: Default::default(),
+        dpop_key: None,
     }
 }
 

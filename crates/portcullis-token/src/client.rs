@@ -248,13 +248,28 @@ impl OAuthClient {
         pkce_verifier: &str,
         params: &TokenParams,
     ) -> Result<TokenResponse, TokenError> {
+        self.exchange_code_with_dpop(code, redirect_uri, pkce_verifier, params, self.dpop())
+            .await
+    }
+
+    /// [`exchange_code`](Self::exchange_code) with the proof signed by `dpop` instead of the
+    /// client's own signer (`None`: no proof). For a key per session: the key whose thumbprint
+    /// was the authorization request's `dpop_jkt` (RFC 9449 §10) must sign this proof.
+    pub async fn exchange_code_with_dpop(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        pkce_verifier: &str,
+        params: &TokenParams,
+        dpop: Option<&Dpop>,
+    ) -> Result<TokenResponse, TokenError> {
         let mut form = vec![
             field("code", code.to_owned()),
             field("redirect_uri", redirect_uri.to_owned()),
             field("code_verifier", pkce_verifier.to_owned()),
         ];
         add_params(&mut form, params)?;
-        self.token_request("authorization_code", form).await
+        self.token_request("authorization_code", form, dpop).await
     }
 
     /// Refresh token grant; `params` adds `resource`, `scope` and extra fields (for
@@ -269,13 +284,27 @@ impl OAuthClient {
         refresh_token: &Secret,
         params: &TokenParams,
     ) -> Result<TokenResponse, TokenError> {
+        self.refresh_with_dpop(refresh_token, params, self.dpop())
+            .await
+    }
+
+    /// [`refresh`](Self::refresh) with the proof signed by `dpop` instead of the client's own
+    /// signer (`None`: no proof). A server that binds refresh tokens to a key (RFC 9449 §5)
+    /// honours them only with a proof of that key, so a session with its own key refreshes
+    /// with it.
+    pub async fn refresh_with_dpop(
+        &self,
+        refresh_token: &Secret,
+        params: &TokenParams,
+        dpop: Option<&Dpop>,
+    ) -> Result<TokenResponse, TokenError> {
         let mut form = vec![field(
             "refresh_token",
             refresh_token.expose_secret().to_owned(),
         )];
         add_params(&mut form, params)?;
         tracing::debug!(refresh_token = %refresh_token.fingerprint(), "refreshing");
-        self.token_request("refresh_token", form)
+        self.token_request("refresh_token", form, dpop)
             .await
             .map_err(TokenError::for_refresh)
     }
@@ -287,7 +316,8 @@ impl OAuthClient {
     ) -> Result<TokenResponse, TokenError> {
         let mut form = Vec::new();
         add_params(&mut form, params)?;
-        self.token_request("client_credentials", form).await
+        self.token_request("client_credentials", form, self.dpop())
+            .await
     }
 
     /// RFC 8693 token exchange with `subject_token` of `subject_token_type`
@@ -298,13 +328,30 @@ impl OAuthClient {
         subject_token_type: &str,
         params: &TokenParams,
     ) -> Result<TokenResponse, TokenError> {
+        self.token_exchange_with_dpop(subject_token, subject_token_type, params, self.dpop())
+            .await
+    }
+
+    /// [`token_exchange`](Self::token_exchange) with the proof signed by `dpop` instead of the
+    /// client's own signer (`None`: no proof): the exchanged token is then bound to that key.
+    pub async fn token_exchange_with_dpop(
+        &self,
+        subject_token: &Secret,
+        subject_token_type: &str,
+        params: &TokenParams,
+        dpop: Option<&Dpop>,
+    ) -> Result<TokenResponse, TokenError> {
         let mut form = vec![
             field("subject_token", subject_token.expose_secret().to_owned()),
             field("subject_token_type", subject_token_type.to_owned()),
         ];
         add_params(&mut form, params)?;
-        self.token_request("urn:ietf:params:oauth:grant-type:token-exchange", form)
-            .await
+        self.token_request(
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+            form,
+            dpop,
+        )
+        .await
     }
 
     /// RFC 9126 pushed authorization request: POSTs the authorization request `params` to
@@ -343,7 +390,7 @@ impl OAuthClient {
         );
         async {
             metrics::token_request("pushed_authorization");
-            let (status, body) = self.post(endpoint, form, false).await?;
+            let (status, body) = self.post(endpoint, form, None).await?;
             tracing::Span::current().record("status", status);
             if !(200..300).contains(&status) {
                 return Err(TokenError::from_error_response(status, &body));
@@ -386,7 +433,7 @@ impl OAuthClient {
         );
         async {
             metrics::token_request("revocation");
-            let (status, body) = self.post(&endpoint, form, false).await?;
+            let (status, body) = self.post(&endpoint, form, None).await?;
             tracing::Span::current().record("status", status);
             if (200..300).contains(&status) {
                 Ok(())
@@ -402,6 +449,7 @@ impl OAuthClient {
         &self,
         grant_type: &'static str,
         mut form: Form,
+        dpop: Option<&Dpop>,
     ) -> Result<TokenResponse, TokenError> {
         form.insert(0, field("grant_type", grant_type));
         let span = tracing::debug_span!(
@@ -418,7 +466,7 @@ impl OAuthClient {
             metrics::token_request(grant_label(grant_type));
             let started = std::time::Instant::now();
             let result = self
-                .post(&self.token_endpoint, form, true)
+                .post(&self.token_endpoint, form, dpop)
                 .await
                 .and_then(|(status, body)| {
                     tracing::Span::current().record("status", status);
@@ -433,7 +481,7 @@ impl OAuthClient {
                 Ok(resp) => {
                     tracing::Span::current()
                         .record("access_token", resp.access_token.fingerprint());
-                    if self.dpop.is_some() && resp.token_type != crate::TokenType::DPoP {
+                    if dpop.is_some() && resp.token_type != crate::TokenType::DPoP {
                         // RFC 9449 §5: an AS that does not support DPoP answers with a Bearer
                         // token; it works, but is not sender-constrained. Counted, not refused.
                         metrics::dpop_not_bound(grant_label(grant_type));
@@ -464,9 +512,8 @@ impl OAuthClient {
         &self,
         endpoint: &Url,
         form: Form,
-        proof: bool,
+        dpop: Option<&Dpop>,
     ) -> Result<(u16, Vec<u8>), TokenError> {
-        let dpop = self.dpop.as_ref().filter(|_| proof);
         let (status, body, nonce) = self.post_once(endpoint, form.clone(), dpop).await?;
         if status == 400 && nonce && error_code(&body).as_deref() == Some(USE_DPOP_NONCE) {
             tracing::debug!(endpoint = %endpoint_label(endpoint), "token endpoint asked for a DPoP nonce; retrying once");

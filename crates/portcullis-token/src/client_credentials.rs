@@ -21,6 +21,28 @@
 //! # let _ = token; Ok(()) }
 //! ```
 //!
+//! DPoP (RFC 9449): each client proves its own key. Give every [`OAuthClient`] its signer
+//! with [`OAuthClient::with_dpop`] before registering it; its token requests then carry proofs
+//! of that key, its tokens come back bound to it (`cnf.jkt`), and a
+//! [`TokenClient`](crate::TokenClient) using the client sends `Authorization: DPoP` with a
+//! proof of that key on every request. A client registered without a signer gets Bearer
+//! tokens. Nonces belong to servers: share them between clients with
+//! [`Dpop::with_key`](crate::Dpop::with_key).
+//!
+//! ```no_run
+//! # fn demo(reports: portcullis_token::OAuthClient, orders: portcullis_token::OAuthClient) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::{sync::Arc, time::Duration};
+//! use portcullis_token::*;
+//! let clock: SharedClock = Arc::new(SystemClock);
+//! let reports_dpop = Dpop::new(Arc::new(DpopKey::generate(SigningAlg::ES256)?), clock.clone());
+//! // Another key, the same nonce store.
+//! let orders_dpop = reports_dpop.with_key(Arc::new(DpopKey::generate(SigningAlg::EdDSA)?));
+//! let mut manager = ClientCredentialsManager::new(clock, Duration::from_secs(60));
+//! manager.add_client("reports", Arc::new(reports.with_dpop(reports_dpop)), TokenParams::default());
+//! manager.add_client("orders", Arc::new(orders.with_dpop(orders_dpop)), TokenParams::default());
+//! # Ok(()) }
+//! ```
+//!
 //! Caveat: entries are evicted by moka in real time and judged fresh by the injected clock;
 //! with the system clock both agree.
 

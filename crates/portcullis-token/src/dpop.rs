@@ -92,19 +92,39 @@ fn b64(bytes: &[u8]) -> String {
 impl DpopKey {
     /// A new random key: `ES256` (P-256) or `EdDSA` (Ed25519). RSA keys are not generated
     /// here (use [`from_jwk`](Self::from_jwk) with a key made by your key tooling).
+    /// Costs one scalar multiplication and a test signature (ES256: well under a
+    /// millisecond).
     ///
     /// # Errors
     ///
     /// [`ClientAuthError::UnsupportedAlgorithm`] for RS256/PS256.
     pub fn generate(alg: SigningAlg) -> Result<Self, ClientAuthError> {
+        Self::from_seed(alg, &rand::random())
+    }
+
+    /// The key of `alg` determined by 32 secret bytes: the same seed always gives the same
+    /// key. ES256: the seed is the P-256 private scalar (in the ~2^-32 case that it is zero
+    /// or not below the group order, it is re-hashed with SHA-256 until it is); EdDSA: the
+    /// seed is the Ed25519 seed (RFC 8032 §5.1.5).
+    ///
+    /// For keys that must be re-created rather than stored, e.g. the gateway's per-login key,
+    /// derived from a server secret and the login's `state` so that it can be made again at
+    /// the callback without the private key ever leaving the server. The seed is as secret
+    /// as the key: use 256 bits from a CSPRNG or a PRF under a secret key.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientAuthError::UnsupportedAlgorithm`] for RS256/PS256.
+    pub fn from_seed(alg: SigningAlg, seed: &[u8; 32]) -> Result<Self, ClientAuthError> {
         let jwk = match alg {
             SigningAlg::ES256 => {
+                let mut bytes = *seed;
                 let secret = loop {
-                    let bytes: [u8; 32] = rand::random();
                     // Fails only for zero or a value ≥ the group order (probability ~2^-32).
                     if let Ok(k) = p256::SecretKey::from_slice(&bytes) {
                         break k;
                     }
+                    bytes = Sha256::digest(bytes).into();
                 };
                 let point = p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(
                     &secret.public_key(),
@@ -121,12 +141,11 @@ impl DpopKey {
                 })
             }
             SigningAlg::EdDSA => {
-                let seed: [u8; 32] = rand::random();
-                let pair = Ed25519KeyPair::from_seed_unchecked(&seed)
+                let pair = Ed25519KeyPair::from_seed_unchecked(seed)
                     .map_err(|_| ClientAuthError::InvalidKey("Ed25519 seed refused".into()))?;
                 serde_json::json!({
                     "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA",
-                    "x": b64(pair.public_key().as_ref()), "d": b64(&seed),
+                    "x": b64(pair.public_key().as_ref()), "d": b64(seed),
                 })
             }
             other => {
@@ -337,9 +356,35 @@ impl Dpop {
         }
     }
 
+    /// Proofs with `key` sharing an existing nonce store: nonces belong to servers, not keys
+    /// (RFC 9449 §8.2), so per-session or per-client keys that talk to the same servers share
+    /// them.
+    pub fn with_nonces(key: Arc<DpopKey>, nonces: Arc<DpopNonces>, clock: SharedClock) -> Self {
+        Self { key, nonces, clock }
+    }
+
+    /// The same clock and nonce store with another key (for a session's own key).
+    pub fn with_key(&self, key: Arc<DpopKey>) -> Self {
+        Self {
+            key,
+            nonces: self.nonces.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+
     /// The key.
     pub fn key(&self) -> &DpopKey {
         &self.key
+    }
+
+    /// The key, shared.
+    pub fn shared_key(&self) -> &Arc<DpopKey> {
+        &self.key
+    }
+
+    /// The nonce store, shared (for [`with_nonces`](Self::with_nonces)).
+    pub fn shared_nonces(&self) -> &Arc<DpopNonces> {
+        &self.nonces
     }
 
     /// The nonce store (shared by clones).
@@ -532,6 +577,41 @@ mod tests {
             assert_eq!(again.alg(), alg);
         }
         assert!(DpopKey::generate(SigningAlg::RS256).is_err());
+    }
+
+    #[test]
+    fn keys_from_one_seed_are_the_same_and_from_two_seeds_differ() {
+        for alg in [SigningAlg::ES256, SigningAlg::EdDSA] {
+            let a = DpopKey::from_seed(alg, &[7; 32]).unwrap();
+            let b = DpopKey::from_seed(alg, &[7; 32]).unwrap();
+            let c = DpopKey::from_seed(alg, &[8; 32]).unwrap();
+            assert_eq!(a.thumbprint(), b.thumbprint(), "{alg:?}");
+            assert_ne!(a.thumbprint(), c.thumbprint(), "{alg:?}");
+            assert_eq!(a.alg(), alg);
+        }
+        // Zero is not a P-256 scalar: re-hashed, still deterministic.
+        let z1 = DpopKey::from_seed(SigningAlg::ES256, &[0; 32]).unwrap();
+        let z2 = DpopKey::from_seed(SigningAlg::ES256, &[0; 32]).unwrap();
+        assert_eq!(z1.thumbprint(), z2.thumbprint());
+        assert!(DpopKey::from_seed(SigningAlg::PS256, &[7; 32]).is_err());
+    }
+
+    #[test]
+    fn with_key_shares_the_nonces_and_signs_with_the_new_key() {
+        let base = Dpop::new(
+            Arc::new(DpopKey::generate(SigningAlg::ES256).unwrap()),
+            Arc::new(ManualClock::new(9)),
+        );
+        let url = Url::parse("https://idp.example/token").unwrap();
+        base.nonces().set(&url, "n-1");
+        let session = base.with_key(Arc::new(DpopKey::generate(SigningAlg::EdDSA).unwrap()));
+        let (h, p) = parts(&session.proof("POST", &url, None).unwrap());
+        assert_eq!(h["alg"], "EdDSA");
+        assert_eq!(
+            p["nonce"], "n-1",
+            "nonces belong to the server, not the key"
+        );
+        assert_ne!(session.key().thumbprint(), base.key().thumbprint());
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! the same key make one request; failures are not cached. An exchanged token is used until
 //! it comes within the buffer of its expiry (capped at half its lifetime, as for user tokens),
 //! and never past the subject token's own expiry bound by the IdP.
+//!
+//! DPoP (RFC 9449): the exchange request is proven with the subject token's key when it is
+//! DPoP-bound (a session's own key), else with the client's; the exchanged token is bound to
+//! that key.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,10 +72,13 @@ impl TokenExchangeManager {
                 .collect::<String>(),
             params.cache_key()
         );
+        // The exchanged token is bound to the subject token's key (a session's own key, or
+        // the client's): one key per session stays one key per session.
+        let dpop = subject.dpop().or(self.client.dpop());
         let now = self.clock.now_unix();
         if let Some(cached) = self.cache.get(&key).await {
             if !cached.needs_refresh(now, self.buffer) {
-                return Ok(ManagedToken::new(&cached)?.bind(self.client.dpop()));
+                return Ok(ManagedToken::new(&cached)?.bind(dpop));
             }
             self.cache.invalidate(&key).await;
         }
@@ -80,13 +87,18 @@ impl TokenExchangeManager {
             .try_get_with(key, async {
                 let response = self
                     .client
-                    .token_exchange(subject.access_token(), ACCESS_TOKEN_TYPE, params)
+                    .token_exchange_with_dpop(
+                        subject.access_token(),
+                        ACCESS_TOKEN_TYPE,
+                        params,
+                        dpop,
+                    )
                     .await?;
                 response.validate()?;
                 Ok::<_, TokenError>(AccessToken::from_response(&response, self.clock.now_unix()))
             })
             .await
             .map_err(|e: Arc<TokenError>| (*e).clone())?;
-        Ok(ManagedToken::new(&token)?.bind(self.client.dpop()))
+        Ok(ManagedToken::new(&token)?.bind(dpop))
     }
 }

@@ -15,6 +15,10 @@
 //! A DPoP-bound token (RFC 9449) gets a fresh proof on each request (`htu` = the request URL
 //! without query and fragment, `ath`, the origin's last nonce); a 401 `use_dpop_nonce` with a
 //! `DPoP-Nonce` is answered by one retry with that nonce, again only for replayable bodies.
+//! The key is the token's: a client-credentials token is proven with its client's key (one
+//! key per client, see [`ClientCredentialsManager`]), a user token with the session's own key
+//! when it has one ([`UserTokens::dpop_key`](crate::UserTokens::dpop_key)), else with the
+//! client's.
 //!
 //! ```no_run
 //! # async fn demo(cc: std::sync::Arc<portcullis_token::ClientCredentialsManager>) -> Result<(), portcullis_token::TokenClientError> {

@@ -5,7 +5,7 @@
 //! expiry check and refresh step: it does not compile without them.
 //!
 //! DPoP (RFC 9449): a token with `token_type` `DPoP` (any case) from a client with a
-//! [`Dpop`] signer carries that signer: [`ManagedToken::dpop_proof`] makes the proof of each
+//! [`Dpop`] signer (or from a session with its own key) carries that signer: [`ManagedToken::dpop_proof`] makes the proof of each
 //! request (`htm`, `htu`, `ath`, the server's nonce). A `DPoP` token without a signer (the
 //! client sent no proof, yet the IdP said `DPoP`) still yields `DPoP <token>`, never `Bearer`;
 //! the resource server will then refuse it.
@@ -49,6 +49,12 @@ impl ManagedToken {
             self.dpop = dpop.cloned();
         }
         self
+    }
+
+    /// The DPoP signer of a bound token: the key its `cnf.jkt` names (the session's own key
+    /// or the client's) with the shared nonce store. `None` for tokens that are not bound.
+    pub fn dpop(&self) -> Option<&Dpop> {
+        self.dpop.as_ref()
     }
 
     /// True when requests with this token need a DPoP proof and this token can make it.

@@ -195,6 +195,7 @@ mod tests {
             refresh_token: None,
             id_token: None,
             by_resource: Default::default(),
+            dpop_key: None,
         }
     }
 

@@ -140,6 +140,14 @@ pub struct UserTokens {
     /// Per-resource/scope access tokens, keyed by [`TokenParams::cache_key`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub by_resource: BTreeMap<String, AccessToken>,
+    /// The private JWK of the session's own DPoP key (RFC 9449), when it has one: its tokens
+    /// are bound to it, its refreshes and resource requests are proven with it
+    /// ([`UserTokenManager`](crate::UserTokenManager) uses it instead of the client's key).
+    /// `None`: the client's key, if any (sessions stored before this field existed read as
+    /// `None`). As secret as the tokens: the store must keep it encrypted (the gateway seals
+    /// it in the session ticket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_key: Option<Secret>,
 }
 
 impl UserTokens {
@@ -151,7 +159,14 @@ impl UserTokens {
             refresh_token: non_empty(resp.refresh_token),
             id_token: non_empty(resp.id_token),
             by_resource: BTreeMap::new(),
+            dpop_key: None,
         })
+    }
+
+    /// The same tokens, bound to the session's own DPoP `key` (kept as its private JWK).
+    pub fn with_dpop_key(mut self, key: &crate::DpopKey) -> Self {
+        self.dpop_key = Some(key.private_jwk().clone());
+        self
     }
 
     /// The access token for `params`: the main one for default params, else the per-resource one.

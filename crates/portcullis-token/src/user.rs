@@ -48,6 +48,12 @@
 //! [`UserTokenManager::with_refresh_lock`] runs the end of a session under the same lock and
 //! lease as a refresh.
 //!
+//! DPoP (RFC 9449): a session whose [`UserTokens::dpop_key`] holds its own key refreshes with
+//! proofs of that key, and its tokens sign their resource proofs with it; other sessions use
+//! the client's key ([`OAuthClient::with_dpop`]), if any. Parsed session keys are kept in a
+//! bounded in-memory cache keyed by a SHA-256 of the key, so a proof costs one signature, not
+//! a key parse. Nonces are shared with the client's signer (they belong to servers).
+//!
 //! Caveats: if the store fails right after a successful refresh, the new tokens are kept in
 //! memory (this instance) and written on the next call, so a rotated refresh token is not
 //! lost to a store hiccup.
@@ -59,6 +65,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tracing::Instrument as _;
 
+use crate::dpop::{Dpop, DpopKey, DpopNonces};
 use crate::flight::FlightMap;
 use crate::{
     metrics, ManagedToken, OAuthClient, Secret, SharedClock, TokenError, TokenParams,
@@ -135,6 +142,10 @@ pub struct UserTokenManager {
     unstored: moka::sync::Cache<String, Unstored>,
     /// Prefix of lease holder ids, unique per manager (= per gateway instance).
     instance: String,
+    /// Parsed per-session DPoP keys, by SHA-256 of their private JWK.
+    session_keys: moka::sync::Cache<[u8; 32], Arc<DpopKey>>,
+    /// Nonces for per-session keys when the client has no DPoP signer of its own.
+    nonces: Arc<DpopNonces>,
 }
 
 #[derive(Clone)]
@@ -202,7 +213,40 @@ impl UserTokenManager {
             failures,
             unstored,
             instance: uuid::Uuid::new_v4().simple().to_string(),
+            session_keys: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_idle(Duration::from_secs(1800))
+                .build(),
+            nonces: Arc::default(),
         }
+    }
+
+    /// The DPoP signer of a session: its own key ([`UserTokens::dpop_key`]) if it has one,
+    /// else the client's signer, if any.
+    ///
+    /// # Errors
+    ///
+    /// [`TokenError::InvalidParams`] when the stored key cannot be read (never quoting it).
+    pub fn dpop_for(&self, tokens: &UserTokens) -> Result<Option<Dpop>, TokenError> {
+        let Some(jwk) = &tokens.dpop_key else {
+            return Ok(self.client.dpop().cloned());
+        };
+        use sha2::Digest as _;
+        let id: [u8; 32] = sha2::Sha256::digest(jwk.expose_secret().as_bytes()).into();
+        let key = match self.session_keys.get(&id) {
+            Some(key) => key,
+            None => {
+                let key = Arc::new(DpopKey::from_jwk(jwk.expose_secret()).map_err(|e| {
+                    TokenError::InvalidParams(format!("the session's DPoP key: {e}"))
+                })?);
+                self.session_keys.insert(id, key.clone());
+                key
+            }
+        };
+        Ok(Some(match self.client.dpop() {
+            Some(client) => client.with_key(key),
+            None => Dpop::with_nonces(key, self.nonces.clone(), self.clock.clone()),
+        }))
     }
 
     /// Check every refresh response with `validator` before using or storing it.
@@ -242,13 +286,12 @@ impl UserTokenManager {
             if !token.needs_refresh(self.clock.now_unix(), buffer) {
                 // The caller's span (the gateway's `token` span) declares this field.
                 tracing::Span::current().record("token.cache", "hit");
-                return Ok(ManagedToken::new(token)?.bind(self.client.dpop()));
+                return Ok(ManagedToken::new(token)?.bind(self.dpop_for(&tokens)?.as_ref()));
             }
         }
         tracing::Span::current().record("token.cache", "miss");
         self.obtain(store, session, params, Mode::IfNeeded { buffer })
             .await
-            .map(|t| t.bind(self.client.dpop()))
     }
 
     /// Force a refresh after an API answered 401 with `stale`. Single-flighted: if another
@@ -263,7 +306,6 @@ impl UserTokenManager {
     ) -> Result<ManagedToken, TokenError> {
         self.obtain(store, session, params, Mode::Renew { stale })
             .await
-            .map(|t| t.bind(self.client.dpop()))
     }
 
     /// Run `f` while no refresh of `session` can run or store anything: under the session's
@@ -355,8 +397,13 @@ impl UserTokenManager {
                 Ok(false) => {}
                 Err(e) => break Err(e),
             }
+            // The session's key never changes, but it is read with the tokens it binds.
+            let dpop = match self.dpop_for(&tokens) {
+                Ok(dpop) => dpop,
+                Err(e) => break Err(e),
+            };
             let (refresh_token, fallback) = match self.plan(session, &tokens, params, &mode) {
-                Ok(Plan::Use(token)) => break Ok(token),
+                Ok(Plan::Use(token)) => break Ok(token.bind(dpop.as_ref())),
                 Ok(Plan::Refresh {
                     refresh_token,
                     fallback,
@@ -396,6 +443,7 @@ impl UserTokenManager {
                     tokens,
                     version,
                     refresh_token,
+                    dpop.as_ref(),
                 )
                 .await
             {
@@ -404,7 +452,8 @@ impl UserTokenManager {
                     fallback.ok_or(e)
                 }
                 result => result,
-            };
+            }
+            .map(|t| t.bind(dpop.as_ref()));
         };
         if leased {
             if let Err(e) = store.release_lease(session, &holder).await {
@@ -476,6 +525,7 @@ impl UserTokenManager {
         tokens: UserTokens,
         version: u64,
         refresh_token: Secret,
+        dpop: Option<&Dpop>,
     ) -> Result<ManagedToken, TokenError> {
         let span = tracing::info_span!(
             "user_token_refresh",
@@ -487,7 +537,7 @@ impl UserTokenManager {
         async {
             metrics::refresh_attempt();
             let result = self
-                .call_idp(store, session, holder, &refresh_token, params)
+                .call_idp(store, session, holder, &refresh_token, params, dpop)
                 .await;
             let now = self.clock.now_unix();
             let checked = match (result, &self.validator) {
@@ -568,6 +618,7 @@ impl UserTokenManager {
         holder: &str,
         refresh_token: &Secret,
         params: &TokenParams,
+        dpop: Option<&Dpop>,
     ) -> Result<TokenResponse, TokenError> {
         // The main token keeps the resource it was issued for at login (RFC 8707 §2.2).
         let main;
@@ -578,7 +629,7 @@ impl UserTokenManager {
             }
             _ => params,
         };
-        let request = self.client.refresh(refresh_token, wire);
+        let request = self.client.refresh_with_dpop(refresh_token, wire, dpop);
         tokio::pin!(request);
         let period = (self.options.lease_ttl / 3).max(Duration::from_millis(100));
         let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + period, period);

@@ -96,18 +96,39 @@ pub struct OidcSettings {
     pub profile: SecurityProfile,
 }
 
-/// DPoP (RFC 9449) for the gateway's own client: one key for every session.
+/// DPoP (RFC 9449) for the gateway's own client.
 ///
-/// The key signs a proof for each token request (code exchange, refresh, client credentials,
-/// token exchange) and for each proxied call with a DPoP-bound token; its RFC 7638
-/// thumbprint is the `dpop_jkt` of the authorization request. The binary keeps it in a key
-/// file in the data directory (generated at first start, mode 0600), never in the session
-/// store: one secret to protect, readable by every instance that shares the data directory
-/// or is given the same file.
+/// **One gateway key (default, `session_key_alg: None`).** `key` signs a proof for each token
+/// request (code exchange, refresh, client credentials, token exchange) and for each proxied
+/// call with a DPoP-bound token; its RFC 7638 thumbprint is the `dpop_jkt` of the
+/// authorization request. The binary keeps it in a key file in the data directory (generated
+/// at first start, mode 0600), never in the session store: one secret to protect, readable by
+/// every instance that shares the data directory or is given the same file.
+///
+/// **A key per session (`session_key_alg: Some(alg)`, `per_session = true`).** Each login
+/// makes a fresh key of `alg` (ES256 or EdDSA): its thumbprint is that login's `dpop_jkt`, it
+/// proves the code exchange, every refresh and every proxied call of that session, and its
+/// private JWK lives only in the session's sealed ticket
+/// ([`UserTokens::dpop_key`](portcullis_token::UserTokens::dpop_key)). Between the
+/// authorization request and the callback it is not stored anywhere: it is derived again from
+/// the session key ring, the login's `state` and PKCE verifier
+/// ([`crate::token::session_key`]). A leaked key (with its tokens) then binds one session
+/// only; the price is making the key twice per login (well under a millisecond each), some
+/// 200 bytes more per ticket, and private keys in the store (encrypted under the key ring, as
+/// the refresh tokens are). `key` stays in use for client credentials and for sessions made
+/// before the switch (no key in their ticket), which keep working unchanged.
+///
+/// **Why one key is the default.** It keeps the key out of the session store: whoever steals
+/// the store and the session key ring gets every session's tokens, but without the key file
+/// cannot use them. With per-session keys, key and tokens sit in the same sealed ticket, so
+/// that theft yields both; what per-session keys limit instead is a leak of one session's
+/// key and tokens, and a key file shared by (or copied between) many instances.
 #[derive(Clone)]
 pub struct DpopSettings {
-    /// The proof-of-possession key.
+    /// The gateway's proof-of-possession key.
     pub key: std::sync::Arc<portcullis_token::DpopKey>,
+    /// `Some(alg)`: a fresh key of `alg` per session (see above). `None`: `key` for all.
+    pub session_key_alg: Option<portcullis_token::SigningAlg>,
 }
 
 impl std::fmt::Debug for DpopSettings {
@@ -115,6 +136,7 @@ impl std::fmt::Debug for DpopSettings {
         f.debug_struct("DpopSettings")
             .field("alg", &self.key.alg())
             .field("jkt", &self.key.thumbprint())
+            .field("session_key_alg", &self.session_key_alg)
             .finish()
     }
 }
@@ -356,4 +378,8 @@ pub struct NamedClientSettings {
     pub resource: Option<String>,
     /// Extra form parameters sent on the token request (e.g. `audience`).
     pub extra: Vec<(String, String)>,
+    /// This client's own DPoP key (RFC 9449), if it has one: its token requests carry proofs
+    /// of it, its tokens are bound to it, and routes using this client prove it on every call
+    /// (`Authorization: DPoP` + proof). `None`: no proofs (Bearer tokens).
+    pub dpop_key: Option<std::sync::Arc<portcullis_token::DpopKey>>,
 }

@@ -278,5 +278,6 @@ pub fn session_tokens(
         refresh_token: refresh.map(Secret::new),
         id_token: Some(Secret::new("id-0")),
         by_resource: Default::default(),
+        dpop_key: None,
     }
 }

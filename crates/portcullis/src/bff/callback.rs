@@ -154,7 +154,11 @@ async fn finish(gw: Frontend, raw: &[u8], headers: HeaderMap) -> Response {
         return with_clear(refused.into_response());
     }
 
-    let ticket = match complete(&gw, &params, &tx).await {
+    let session_key = match crate::token::session_key::for_callback(gw.sessions().keys(), &tx) {
+        Ok(key) => key.map(std::sync::Arc::new),
+        Err(e) => return with_clear(e.into_response()),
+    };
+    let ticket = match complete(&gw, &params, &tx, session_key).await {
         Ok(ticket) => ticket,
         Err(e) => return with_clear(e.into_response()),
     };
@@ -177,6 +181,7 @@ async fn complete(
     gw: &Frontend,
     params: &std::collections::HashMap<String, String>,
     tx: &LoginTransaction,
+    session_key: Option<std::sync::Arc<portcullis_token::DpopKey>>,
 ) -> Result<Ticket, GatewayError> {
     let (nonce, verifier) = (tx.nonce.as_str(), tx.pkce_verifier.as_str());
     let metadata = gw.provider().metadata().await?;
@@ -186,7 +191,7 @@ async fn complete(
         .ok_or_else(|| GatewayError::BadNavigation("The sign-in response has no code.".into()))?;
     let response = gw
         .tokens()
-        .exchange_code(code, gw.redirect_uri(), verifier)
+        .exchange_code(code, gw.redirect_uri(), verifier, session_key.clone())
         .await?;
     let id_token = response.id_token.as_ref().ok_or_else(|| {
         GatewayError::LoginRejected("The identity provider returned no ID token.".into())
@@ -225,7 +230,7 @@ async fn complete(
         if let Some(endpoint) = &metadata.userinfo_endpoint {
             let extra = gw
                 .tokens()
-                .userinfo(endpoint, &response.access_token)
+                .userinfo(endpoint, &response, session_key.clone())
                 .await?;
             if extra.get("sub").and_then(Value::as_str) != Some(sub.as_str()) {
                 return Err(GatewayError::LoginRejected(
@@ -239,7 +244,10 @@ async fn complete(
             }
         }
     }
-    let tokens = gw.tokens().user_tokens_from(response)?;
+    let tokens = crate::token::session_key::bind(
+        gw.tokens().user_tokens_from(response)?,
+        session_key.as_deref(),
+    );
     Ok(Ticket {
         sub,
         sid,

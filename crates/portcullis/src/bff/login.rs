@@ -6,7 +6,8 @@
 //! With pushed authorization requests (RFC 9126; `oidc.par`, or an IdP that requires them)
 //! the request parameters go to the IdP's PAR endpoint over the back channel, authenticated
 //! like a token request, and the browser is redirected with `client_id` and `request_uri`
-//! only. With DPoP the request carries `dpop_jkt` (RFC 9449 §10).
+//! only. With DPoP the request carries `dpop_jkt` (RFC 9449 §10): the thumbprint of the
+//! gateway key, or with per-session keys of this login's own key.
 //!
 //! Step-up (RFC 9470): `acr_values` (space-separated, each one the IdP lists in
 //! `acr_values_supported` when it advertises that) and `max_age` (seconds) are passed on to the
@@ -120,6 +121,9 @@ async fn start(
     tx.acr_values = step_up.acr_values;
     tx.max_age = step_up.max_age;
     let acr_values = (!tx.acr_values.is_empty()).then(|| tx.acr_values.join(" "));
+    // `[oidc.dpop] per_session`: this login's own key (recorded in `tx` by reference only).
+    let session_key =
+        crate::token::session_key::for_login(settings, gw.sessions().keys(), &mut tx)?;
     let request = AuthorizeRequest {
         authorization_endpoint: &metadata.authorization_endpoint,
         client_id: &settings.oidc.client_id,
@@ -129,7 +133,10 @@ async fn start(
         resource: settings.oidc.resource.as_deref(),
         response_mode: settings.oidc.response_mode.as_str(),
         extra: &settings.oidc.extra_authorize_params,
-        dpop_jkt: settings.oidc.dpop.as_ref().map(|d| d.key.thumbprint()),
+        dpop_jkt: match &session_key {
+            Some(key) => Some(key.thumbprint()),
+            None => settings.oidc.dpop.as_ref().map(|d| d.key.thumbprint()),
+        },
         acr_values: acr_values.as_deref(),
         max_age: tx.max_age,
     };

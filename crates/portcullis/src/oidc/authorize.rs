@@ -16,6 +16,10 @@ pub struct LoginTransaction {
     pub nonce: String,
     /// PKCE `code_verifier` (RFC 7636 §4.1): 256 random bits, base64url (43 characters).
     pub pkce_verifier: String,
+    /// With per-session DPoP keys: which ring key and algorithm made this login's key (never
+    /// the key itself; see [`crate::token::session_key`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_key: Option<crate::token::session_key::SessionKeyRef>,
     /// Local path (already validated) to send the browser to after login.
     pub return_url: String,
     /// `prompt=none`: the flow ends at the silent-login callback.
@@ -52,6 +56,7 @@ impl LoginTransaction {
             state: random_token(),
             nonce: random_token(),
             pkce_verifier: random_token(),
+            dpop_key: None,
             return_url,
             silent,
             created: now,

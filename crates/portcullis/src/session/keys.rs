@@ -16,6 +16,8 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 const FORMAT_V1: u8 = 1;
+/// Label of the derived PRF key (see [`KeyRing::derive`]).
+const PRF_LABEL: &[u8] = b"portcullis.keyring.prf.v1";
 const NONCE_LEN: usize = 24;
 
 /// A 256-bit key with its id. `Debug` never shows the key.
@@ -23,6 +25,9 @@ const NONCE_LEN: usize = 24;
 pub struct Key {
     id: String,
     cipher: XChaCha20Poly1305,
+    /// HMAC-SHA256 key for [`KeyRing::derive`], itself derived from the material, so the
+    /// AEAD key is never used with a second primitive.
+    prf: ring::hmac::Key,
 }
 
 impl std::fmt::Debug for Key {
@@ -62,9 +67,14 @@ impl Key {
         }
         let cipher = XChaCha20Poly1305::new_from_slice(material)
             .map_err(|_| format!("key {id:?} must be 32 bytes"))?;
+        let prf = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, material),
+            PRF_LABEL,
+        );
         Ok(Self {
             id: id.to_owned(),
             cipher,
+            prf: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, prf.as_ref()),
         })
     }
 
@@ -144,6 +154,28 @@ impl KeyRing {
     /// Id of the current key: the one [`seal`](Self::seal) uses.
     pub fn current_id(&self) -> &str {
         &self.keys[0].id
+    }
+
+    /// 256 bits that only holders of the ring can compute from `purpose` and `input`, and the
+    /// id of the key that made them (the current one); [`derive_with`](Self::derive_with)
+    /// makes the same bits again with that id, also after a rotation.
+    ///
+    /// HMAC-SHA256 (RFC 2104) of `purpose`, a zero byte and `input`, under a key derived
+    /// from the ring key's material (HMAC-SHA256 of the material over a fixed label), never
+    /// the AEAD key itself. `purpose` separates uses (e.g. `b"portcullis.dpop.session-key.v1"`).
+    /// Used to re-create a secret at a later request without storing it or handing it to the
+    /// browser, e.g. the DPoP key of a login between the authorization request and the
+    /// callback.
+    pub fn derive(&self, purpose: &[u8], input: &[u8]) -> (&str, [u8; 32]) {
+        let key = &self.keys[0];
+        (&key.id, prf(key, purpose, input))
+    }
+
+    /// [`derive`](Self::derive) with the ring key `key_id`; `None` when the ring no longer
+    /// has it.
+    pub fn derive_with(&self, key_id: &str, purpose: &[u8], input: &[u8]) -> Option<[u8; 32]> {
+        let key = self.keys.iter().find(|k| k.id == key_id)?;
+        Some(prf(key, purpose, input))
     }
 
     /// Encrypts `plaintext` under the current key with a fresh random 24-byte nonce, binding
@@ -234,6 +266,16 @@ impl KeyRing {
     }
 }
 
+fn prf(key: &Key, purpose: &[u8], input: &[u8]) -> [u8; 32] {
+    let mut ctx = ring::hmac::Context::with_key(&key.prf);
+    ctx.update(purpose);
+    ctx.update(&[0]);
+    ctx.update(input);
+    let mut out = [0; 32];
+    out.copy_from_slice(ctx.sign().as_ref());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,6 +306,25 @@ mod tests {
         assert_eq!(r.open(&sealed, b""), Err(SealError::Forged));
         assert_eq!(r.open(&[], b""), Err(SealError::Malformed));
         assert_eq!(r.open(&[1, 200, 1], b""), Err(SealError::Malformed));
+    }
+
+    #[test]
+    fn derived_secrets_repeat_per_key_and_input_and_survive_rotation() {
+        let old = ring(&["k1"]);
+        let (id, a) = old.derive(b"purpose", b"state-1");
+        assert_eq!(id, "k1");
+        assert_eq!(old.derive(b"purpose", b"state-1").1, a);
+        assert_ne!(old.derive(b"purpose", b"state-2").1, a);
+        assert_ne!(old.derive(b"other", b"state-1").1, a);
+        // Purpose and input are separated: ("ab", "c") is not ("a", "bc").
+        assert_ne!(old.derive(b"ab", b"c").1, old.derive(b"a", b"bc").1);
+        let k2 = Key::parse(&Key::generate_spec("k2")).unwrap();
+        let rotated = KeyRing::new(vec![k2, old.keys[0].clone()]).unwrap();
+        assert_ne!(rotated.derive(b"purpose", b"state-1").1, a);
+        assert_eq!(rotated.derive_with("k1", b"purpose", b"state-1"), Some(a));
+        assert_eq!(rotated.derive_with("gone", b"purpose", b"state-1"), None);
+        // Another deployment's ring with the same key id derives something else.
+        assert_ne!(ring(&["k1"]).derive(b"purpose", b"state-1").1, a);
     }
 
     #[test]

@@ -29,13 +29,15 @@ use async_trait::async_trait;
 use axum::http::HeaderMap;
 use portcullis_session::CasOutcome;
 use portcullis_token::{
-    ClientAuth, ClientCredentialsManager, Dpop, ManagedToken, OAuthClient, OAuthClientConfig,
-    PrivateKeyJwt, RefreshValidator, Secret, SharedClock, TokenError, TokenExchangeManager,
-    TokenParams, TokenResponse, TokenTypeHint, UserTokenManager, UserTokenOptions, UserTokenStore,
-    UserTokens,
+    ClientAuth, ClientCredentialsManager, Dpop, DpopKey, ManagedToken, OAuthClient,
+    OAuthClientConfig, PrivateKeyJwt, RefreshValidator, Secret, SharedClock, TokenError,
+    TokenExchangeManager, TokenParams, TokenResponse, TokenTypeHint, UserTokenManager,
+    UserTokenOptions, UserTokenStore, UserTokens,
 };
 use serde_json::{Map, Value};
 use tokio::sync::OnceCell;
+
+pub mod session_key;
 
 use crate::error::GatewayError;
 use crate::oidc::id_token::{self, Expectations};
@@ -175,7 +177,7 @@ impl TokenService {
                         Some(u) => u.clone(),
                         None => parse_url(&metadata.token_endpoint, "token_endpoint")?,
                     };
-                    let client = Arc::new(OAuthClient::new(
+                    let mut client = OAuthClient::new(
                         OAuthClientConfig {
                             client_id: named.client_id.clone(),
                             auth: client_auth(&named.client_auth)?,
@@ -186,7 +188,16 @@ impl TokenService {
                         },
                         self.http.clone(),
                         self.clock.clone(),
-                    ));
+                    );
+                    if let Some(key) = &named.dpop_key {
+                        // Its own key; nonces are the servers', shared with the gateway's.
+                        let dpop = match oauth.dpop() {
+                            Some(gateway) => gateway.with_key(key.clone()),
+                            None => Dpop::new(key.clone(), self.clock.clone()),
+                        };
+                        client = client.with_dpop(dpop);
+                    }
+                    let client = Arc::new(client);
                     let defaults = TokenParams {
                         resource: named.resource.clone(),
                         scope: named.scope.clone(),
@@ -211,20 +222,24 @@ impl TokenService {
 
     /// The code exchange of a login (RFC 6749 §4.1.3 with PKCE), with `oidc.resource` as the
     /// RFC 8707 `resource` when configured (§2.2: the token request names the resource too).
+    /// The DPoP proof is signed by `session_key` (the login's own key, whose thumbprint was
+    /// the authorization request's `dpop_jkt`) or else by the gateway key, if any.
     pub async fn exchange_code(
         &self,
         code: &str,
         redirect_uri: &str,
         verifier: &str,
+        session_key: Option<Arc<DpopKey>>,
     ) -> Result<TokenResponse, GatewayError> {
         let clients = self.clients().await?;
         let params = TokenParams {
             resource: self.settings.oidc.resource.clone(),
             ..TokenParams::default()
         };
+        let dpop = self.signer(clients, session_key);
         clients
             .oauth
-            .exchange_code(code, redirect_uri, verifier, &params)
+            .exchange_code_with_dpop(code, redirect_uri, verifier, &params, dpop.as_ref())
             .await
             .map_err(|e| match TokenFailure::from_error(e) {
                 TokenFailure::Unavailable(g) => g,
@@ -285,21 +300,47 @@ impl TokenService {
         })
     }
 
-    /// Claims from the UserInfo endpoint.
+    /// The DPoP signer for a login: its own key (nonces shared with the gateway's signer), or
+    /// the gateway's signer, or none.
+    fn signer(&self, clients: &Clients, session_key: Option<Arc<DpopKey>>) -> Option<Dpop> {
+        match (session_key, clients.oauth.dpop()) {
+            (Some(key), Some(gateway)) => Some(gateway.with_key(key)),
+            (Some(key), None) => Some(Dpop::new(key, self.clock.clone())),
+            (None, gateway) => gateway.cloned(),
+        }
+    }
+
+    /// Claims from the UserInfo endpoint, called with the access token of the code exchange
+    /// `response`: a DPoP-bound token (`token_type` DPoP, any case) as `Authorization: DPoP`
+    /// with a proof of `session_key` or the gateway key (RFC 9449 §7; a `use_dpop_nonce`
+    /// answer gets one retry with the server's nonce), never as Bearer; a Bearer token as
+    /// Bearer.
     pub async fn userinfo(
         &self,
         endpoint: &str,
-        access_token: &Secret,
+        response: &TokenResponse,
+        session_key: Option<Arc<DpopKey>>,
     ) -> Result<Map<String, Value>, GatewayError> {
-        let resp = self
-            .http
-            .get(endpoint)
-            .bearer_auth(access_token.expose_secret())
-            .timeout(self.settings.oidc.http_timeout)
-            .headers(portcullis_token::trace_context::headers())
-            .send()
-            .await
-            .map_err(crate::oidc::provider_error)?;
+        let clients = self.clients().await?;
+        let bound = response.token_type == portcullis_token::TokenType::DPoP;
+        let dpop = if bound {
+            self.signer(clients, session_key)
+        } else {
+            None
+        };
+        let url = url::Url::parse(endpoint)
+            .map_err(|_| GatewayError::IdpUnavailable("userinfo_endpoint is not a URL".into()))?;
+        let token = &response.access_token;
+        let mut resp = self
+            .userinfo_call(&url, token, bound, dpop.as_ref())
+            .await?;
+        if let Some(dpop) = &dpop {
+            dpop.remember_nonce(&url, resp.headers());
+            if portcullis_token::dpop::is_nonce_challenge(resp.status(), resp.headers()) {
+                resp = self.userinfo_call(&url, token, bound, Some(dpop)).await?;
+            }
+        }
+        let resp = resp;
         if !resp.status().is_success() {
             return Err(GatewayError::IdpUnavailable(format!(
                 "userinfo answered {}",
@@ -309,6 +350,35 @@ impl TokenService {
         let body = crate::oidc::read_capped(resp, crate::oidc::MAX_IDP_BODY, "userinfo").await?;
         serde_json::from_slice(&body)
             .map_err(|e| GatewayError::IdpUnavailable(format!("userinfo: {e}")))
+    }
+
+    async fn userinfo_call(
+        &self,
+        url: &url::Url,
+        token: &Secret,
+        bound: bool,
+        dpop: Option<&Dpop>,
+    ) -> Result<reqwest::Response, GatewayError> {
+        let scheme = if bound { "DPoP" } else { "Bearer" };
+        let mut authorization =
+            reqwest::header::HeaderValue::from_str(&format!("{scheme} {}", token.expose_secret()))
+                .map_err(|_| {
+                    GatewayError::IdpBadResponse("the access token is not a header value".into())
+                })?;
+        authorization.set_sensitive(true);
+        let mut request = self
+            .http
+            .get(url.clone())
+            .header(reqwest::header::AUTHORIZATION, authorization)
+            .timeout(self.settings.oidc.http_timeout)
+            .headers(portcullis_token::trace_context::headers());
+        if let Some(dpop) = dpop {
+            let proof = dpop
+                .proof("GET", url, Some(token))
+                .map_err(|e| GatewayError::Internal(format!("DPoP proof: {e}")))?;
+            request = request.header(portcullis_token::dpop::DPOP_HEADER, proof);
+        }
+        request.send().await.map_err(crate::oidc::provider_error)
     }
 
     /// A current user access token for a route; refreshes (single-flight) when needed.
@@ -740,6 +810,7 @@ mod tests {
                 refresh_token: None,
                 id_token: None,
                 by_resource: Default::default(),
+                dpop_key: None,
             },
         }
     }
