@@ -56,9 +56,9 @@ pub fn exported() -> (u64, u64) {
     )
 }
 
-/// The binary's export filter (the gateway's spans down to DEBUG, events from INFO) while
-/// tracing is on; nothing while it is off.
-fn export_filter(meta: &tracing::Metadata<'_>) -> bool {
+/// The static part of the binary's export filter (the gateway's spans down to DEBUG,
+/// events from INFO) while tracing is on; nothing while it is off.
+fn export_wanted(meta: &tracing::Metadata<'_>) -> bool {
     if !EXPORT_ON.load(Ordering::SeqCst) {
         return false;
     }
@@ -67,6 +67,12 @@ fn export_filter(meta: &tracing::Metadata<'_>) -> bool {
     } else {
         *meta.level() <= tracing::Level::INFO
     }
+}
+
+/// The binary's export filter (`portcullis-cli`'s `telemetry::ExportFilter`): the static
+/// part, and nothing inside a trace the sampler dropped.
+fn export_filter(meta: &tracing::Metadata<'_>) -> bool {
+    export_wanted(meta) && !portcullis::telemetry::in_unsampled_trace()
 }
 
 /// Installs the subscriber (log formatter to a sink + reloadable OpenTelemetry layer) and
@@ -88,8 +94,9 @@ pub async fn install() {
     // follows the mode: off enables nothing (callsites are disabled, as without the layer).
     let filter = tracing_subscriber::filter::DynFilterFn::new(|meta, _| export_filter(meta))
         .with_callsite_filter(|meta| {
-            if export_filter(meta) {
-                tracing_core::Interest::always()
+            if export_wanted(meta) {
+                // Decided per call, as the binary's filter does (sampling).
+                tracing_core::Interest::sometimes()
             } else {
                 tracing_core::Interest::never()
             }

@@ -99,6 +99,7 @@ fn toml_piece() -> impl Strategy<Value = String> {
             "keys = ",
             "idle_timeout = ",
             "otlp_endpoint = ",
+            "otlp_protocol = ",
             "sampling_ratio = ",
             "same_site = ",
             "cookie_name = ",

@@ -384,14 +384,16 @@ impl OAuthClient {
             .collect();
         let span = tracing::debug_span!(
             "pushed_authorization_request",
+            otel.kind = "client",
+            server.address = endpoint.host_str(),
             client_id = %self.client_id,
             endpoint = %endpoint_label(endpoint),
-            status = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
         );
         async {
             metrics::token_request("pushed_authorization");
             let (status, body) = self.post(endpoint, form, None).await?;
-            tracing::Span::current().record("status", status);
+            tracing::Span::current().record("http.response.status_code", status);
             if !(200..300).contains(&status) {
                 return Err(TokenError::from_error_response(status, &body));
             }
@@ -429,12 +431,12 @@ impl OAuthClient {
             endpoint = %endpoint_label(&endpoint),
             token = %token.fingerprint(),
             hint = hint.as_str(),
-            status = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
         );
         async {
             metrics::token_request("revocation");
             let (status, body) = self.post(&endpoint, form, None).await?;
-            tracing::Span::current().record("status", status);
+            tracing::Span::current().record("http.response.status_code", status);
             if (200..300).contains(&status) {
                 Ok(())
             } else {
@@ -459,7 +461,7 @@ impl OAuthClient {
             grant_type,
             client_id = %self.client_id,
             endpoint = %endpoint_label(&self.token_endpoint),
-            status = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
             access_token = tracing::field::Empty,
         );
         async {
@@ -469,7 +471,7 @@ impl OAuthClient {
                 .post(&self.token_endpoint, form, dpop)
                 .await
                 .and_then(|(status, body)| {
-                    tracing::Span::current().record("status", status);
+                    tracing::Span::current().record("http.response.status_code", status);
                     if (200..300).contains(&status) {
                         parse_token_response(&body)
                     } else {

@@ -1,15 +1,15 @@
 //! W3C Trace Context (`traceparent`, `tracestate`) on outgoing requests.
 //!
-//! The context is the OpenTelemetry span behind the current `tracing` span (set up by
-//! `tracing-opentelemetry`) and is written with the process's global text-map propagator
-//! (the binary installs `TraceContextPropagator` when tracing is configured). Without an
-//! OpenTelemetry layer the current span has no valid context and nothing is written, so
-//! this costs one span lookup when tracing is off.
+//! The context is the current OpenTelemetry context, which `tracing-opentelemetry` (with its
+//! default context activation) sets to the span behind the innermost entered `tracing` span
+//! it knows, and is written with the process's global text-map propagator (the binary
+//! installs `TraceContextPropagator` when tracing is configured). Without an OpenTelemetry
+//! layer there is no valid context and nothing is written, so this costs one thread-local
+//! read when tracing is off.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::Injector;
 use opentelemetry::trace::TraceContextExt;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// `traceparent` (W3C Trace Context §3.2).
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -22,12 +22,18 @@ pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 pub fn inject(headers: &mut HeaderMap) {
     headers.remove(TRACEPARENT);
     headers.remove(TRACESTATE);
-    let context = tracing::Span::current().context();
-    if !context.span().span_context().is_valid() {
-        return;
-    }
-    opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(&context, &mut HeaderInjector(headers));
+    // The OpenTelemetry context `tracing-opentelemetry` activated when it entered the nearest
+    // span it knows, not the current `tracing` span's: with a debug log filter the current
+    // span may be one the OpenTelemetry layer's filter kept away (every child span of a
+    // trace the sampler dropped is), and it has no context of its own. This way an upstream
+    // still receives the dropped trace's `traceparent` (flags `00`).
+    opentelemetry::Context::map_current(|context| {
+        if !context.span().span_context().is_valid() {
+            return;
+        }
+        opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.inject_context(context, &mut HeaderInjector(headers));
+        });
     });
 }
 

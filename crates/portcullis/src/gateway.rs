@@ -472,8 +472,12 @@ fn frontend_router(
     for (prefix, local) in local_apis {
         router = router.nest(prefix, crate::local_api::protect(fe, local.clone()));
     }
-    // The matched route, for the request metrics and span outside frontend selection.
-    let router = router.layer(axum::middleware::from_fn(crate::telemetry::mark_route));
+    // The matched route and the frontend, for the request metrics and span outside frontend
+    // selection.
+    let frontend: Arc<str> = fe.name().into();
+    let router = router.layer(axum::middleware::from_fn(move |request, next| {
+        crate::telemetry::mark_route(frontend.clone(), request, next)
+    }));
     // Failed browser navigations get an HTML page (see `error`), whoever failed.
     let anti_forgery_header = s.anti_forgery.header_name().clone();
     let router = router.layer(axum::middleware::from_fn(move |request, next| {

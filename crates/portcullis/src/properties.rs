@@ -17,8 +17,9 @@ use serde_json::{json, Value};
 
 use crate::cookie::{request_cookies, CookieSettings, SameSite, SessionId};
 
-/// Cases per property unless `PROPTEST_CASES` says otherwise.
-fn cases(default: u32) -> ProptestConfig {
+/// Cases per property unless `PROPTEST_CASES` says otherwise (every property module of the
+/// crate uses it, so one variable lengthens the nightly run everywhere).
+pub(crate) fn cases(default: u32) -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|c| c.parse().ok())

@@ -1,12 +1,13 @@
 //! Request telemetry: the per-request span (OpenTelemetry HTTP semantic conventions), W3C
 //! trace-context propagation and the request and stage duration histograms.
 //!
-//! The span tree of one request, as exported when the binary's `[telemetry]` is on:
+//! The span tree of one request, as exported when the binary's `[telemetry]` is on (span
+//! names on the left):
 //!
 //! ```text
-//! request                      GET /api/{*rest}  (server; http.request.method, url.path,
-//! │                            http.route, server.address, http.response.status_code,
-//! │                            error.type, portcullis.error.origin)
+//! GET /api/{*rest}             (server; http.request.method, url.path, http.route,
+//! │                            server.address, server.port, http.response.status_code,
+//! │                            error.type, portcullis.error.origin, portcullis.frontend)
 //! ├─ session.lookup            session.cache = hit | miss | off
 //! │  └─ session.store          store = redis | postgres | sqlite | memory
 //! ├─ token                     token.cache = hit | miss
@@ -19,14 +20,17 @@
 //!                                                                  ── traceparent ──▶ API
 //! ```
 //!
-//! IdP fetches (`idp.discovery`, `idp.jwks`), the code exchange (`token_request`) and
-//! revocation (`token_revocation`) get client spans of their own. No attribute holds a
-//! token, code, cookie, session id or client secret: paths are logged without the query,
-//! tokens and session keys only as fingerprints (hash prefixes).
+//! IdP fetches (`idp.discovery`, `idp.jwks`), the code exchange (`token_request`),
+//! pushed authorization requests (`pushed_authorization_request`) and revocation
+//! (`token_revocation`) get client spans of their own. No attribute holds a token, code,
+//! cookie, session id or client secret: paths are logged without the query, tokens and
+//! session keys only as fingerprints (hash prefixes).
 //!
 //! Every child span is at `DEBUG` level: with the default `info` log filter and no
 //! OpenTelemetry layer they are disabled at their call sites and cost nothing. The request
-//! span is at `INFO` (it gives log lines their context).
+//! span is at `INFO` (it gives log lines their context). With the layer on, a request whose
+//! trace the sampler dropped builds only its request span: the binary's export filter asks
+//! [`in_unsampled_trace`] and keeps the children away from the layer.
 //!
 //! Metrics (Prometheus, through the `metrics` facade; nothing is recorded without a
 //! recorder):
@@ -34,14 +38,18 @@
 //!   response head is ready;
 //! - `portcullis_stage_duration_seconds{route, stage}`: `stage` = `session`, `token` or
 //!   `upstream` (until the upstream's response head) for proxied routes.
+//!
+//! Their handles are made once per label set and cached (no label strings per request).
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::Response;
 use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::TraceContextExt as _;
 use tracing::field::Empty;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -59,6 +67,10 @@ pub const DURATION_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+mod histograms;
+
+pub(crate) use histograms::observe_stage;
+
 static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Tells the request middleware that spans are exported (the binary calls this when it
@@ -72,22 +84,40 @@ fn exporting() -> bool {
     EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// The route pattern a frontend's router matched, carried out on the response to the request
-/// middleware (which runs before frontend selection, so it cannot see `MatchedPath` itself).
-#[derive(Debug, Clone)]
-pub(crate) struct MatchedRoute(pub(crate) String);
+/// Whether the current OpenTelemetry context belongs to a trace the sampler dropped (a
+/// valid span context without the `sampled` flag).
+///
+/// For the OpenTelemetry layer's filter: spans and events inside a dropped trace are never
+/// exported, so the layer need not see them. Filtering them out keeps a request of an
+/// unsampled trace down to its one request span (which carries the sampling decision and
+/// the `traceparent` propagated with flags `00`): no span data is built, no field formatted,
+/// no event recorded for its children. Costs one thread-local read.
+pub fn in_unsampled_trace() -> bool {
+    opentelemetry::Context::map_current(|cx| {
+        let span = cx.span();
+        let sc = span.span_context();
+        sc.is_valid() && !sc.is_sampled()
+    })
+}
 
-/// Inner middleware of each frontend's router: puts the matched route pattern on the
-/// response for [`RequestTelemetry::middleware`].
-pub(crate) async fn mark_route(request: Request, next: Next) -> Response {
-    let matched = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| MatchedRoute(m.as_str().to_owned()));
+/// The route pattern a frontend's router matched and the frontend's name, carried out on the
+/// response to the request middleware (which runs before frontend selection, so it cannot
+/// see `MatchedPath` itself).
+#[derive(Debug, Clone)]
+pub(crate) struct MatchedRoute {
+    route: Option<MatchedPath>,
+    frontend: Arc<str>,
+}
+
+/// Inner middleware of each frontend's router: puts the matched route pattern and the
+/// frontend's name on the response for [`RequestTelemetry::middleware`].
+pub(crate) async fn mark_route(frontend: Arc<str>, request: Request, next: Next) -> Response {
+    // `MatchedPath` is an `Arc<str>`: no allocation per request.
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let mut response = next.run(request).await;
-    if let Some(m) = matched {
-        response.extensions_mut().insert(m);
-    }
+    response
+        .extensions_mut()
+        .insert(MatchedRoute { route, frontend });
     response
 }
 
@@ -103,98 +133,97 @@ pub struct RequestTelemetry {
 impl RequestTelemetry {
     /// The middleware (for `axum::middleware::from_fn`): opens the request span (parented
     /// to the client's trace context only when trusted), runs the request in it, records the
-    /// status and observes [`REQUEST_DURATION`]. Apply it with `Router::layer` so the
-    /// matched route is known.
+    /// status and observes [`REQUEST_DURATION`]. Apply it with `Router::layer`, outside or
+    /// inside frontend selection.
+    ///
+    /// The span is named `"{method} {route}"` (OpenTelemetry HTTP server span name, with
+    /// `http.route` the pattern the frontend's router matched) or `"{method}"` when no
+    /// route matched. Its attributes beyond what log lines need (`server.address`, the
+    /// status, the late route, the name) are written only when the trace is sampled.
     pub async fn middleware(self, request: Request, next: Next) -> Response {
         let started = Instant::now();
-        let route = request
-            .extensions()
-            .get::<MatchedPath>()
-            .map(|m| m.as_str().to_owned());
-        let method = request.method().clone();
+        let early_route = request.extensions().get::<MatchedPath>().cloned();
+        let method = histograms::method_label(request.method());
         let span = tracing::info_span!(
             "request",
-            otel.name = Empty,
             otel.kind = "server",
             otel.status_code = Empty,
-            http.request.method = %method,
+            http.request.method = method,
+            http.request.method_original = Empty,
             url.path = %untrusted(request.uri().path()),
-            http.route = route.as_deref(),
+            http.route = early_route.as_ref().map(MatchedPath::as_str),
             server.address = Empty,
+            server.port = Empty,
             http.response.status_code = Empty,
             error.type = Empty,
             portcullis.error.origin = Empty,
+            portcullis.frontend = Empty,
         );
-        if exporting() && !span.is_disabled() {
-            // Behind frontend selection the route is known only after the response (then
-            // recorded as `http.route` below); the span name is fixed once the span is
-            // entered, so it is the method alone (the HTTP conventions' name without a route).
-            let name = format!("{method} {}", route.as_deref().unwrap_or(""));
-            span.record("otel.name", name.trim_end());
-            if let Some(host) = request
-                .headers()
-                .get(axum::http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-            {
-                span.record("server.address", untrusted(host).to_string());
-            }
+        // The sampler decides when the OpenTelemetry span starts (here, after the parent is
+        // set); an unsampled request skips everything below that only feeds the export.
+        let sampled = exporting() && !span.is_disabled() && {
             if self.trust_incoming_trace_context {
                 let parent = opentelemetry::global::get_text_map_propagator(|p| {
                     p.extract(&HeaderExtractor(request.headers()))
                 });
                 let _ = span.set_parent(parent);
             }
-        }
-        let response = next.run(request).instrument(span.clone()).await;
+            span.context().span().span_context().is_sampled()
+        };
+        let kept = if sampled {
+            span.context().span().update_name(method);
+            if method == "_OTHER" {
+                span.record(
+                    "http.request.method_original",
+                    untrusted(request.method().as_str()).to_string(),
+                );
+            }
+            // `server.address` and `server.port` from `Host` (HTTP conventions), or from the
+            // URI's authority (HTTP/2 `:authority`).
+            let authority = request
+                .headers()
+                .get(axum::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
+                .or_else(|| request.uri().authority().cloned());
+            if let Some(a) = authority {
+                span.record("server.address", untrusted(a.host()).to_string());
+                if let Some(port) = a.port_u16() {
+                    span.record("server.port", port);
+                }
+            }
+            Some(span.clone())
+        } else {
+            None
+        };
+        let mut response = next.run(request).instrument(span).await;
         // Behind frontend selection the route is only known once the frontend's router ran.
-        let late = route.is_none();
-        let route = route.or_else(|| {
-            response
-                .extensions()
-                .get::<MatchedRoute>()
-                .map(|m| m.0.clone())
-        });
-        if late && exporting() && !span.is_disabled() {
-            span.record("http.route", route.as_deref());
-        }
+        let marked = response.extensions_mut().remove::<MatchedRoute>();
+        let late = early_route.is_none();
+        let route = early_route.or_else(|| marked.as_ref().and_then(|m| m.route.clone()));
+        let route = route.as_ref().map(MatchedPath::as_str);
         let status = response.status();
-        if exporting() && !span.is_disabled() {
+        if let Some(span) = kept {
+            if late {
+                span.record("http.route", route);
+            }
+            if let Some(m) = &marked {
+                span.record("portcullis.frontend", &*m.frontend);
+            }
             span.record("http.response.status_code", status.as_u16());
             if status.is_server_error() {
                 span.record("otel.status_code", "ERROR");
                 span.record("error.type", status.as_str());
             }
-        }
-        metrics::histogram!(
-            REQUEST_DURATION,
-            "route" => route_label(route.as_deref()),
-            "method" => method.as_str().to_owned(),
-            "status" => status.as_str().to_owned(),
-        )
-        .record(started.elapsed());
-        response
-    }
-}
-
-/// The route label of a matched path: a proxied route's three patterns (`/api`, `/api/`,
-/// `/api/{*rest}`) are one route; no match is `unmatched`.
-fn route_label(matched: Option<&str>) -> String {
-    match matched {
-        None => "unmatched".to_owned(),
-        Some(p) => {
-            let p = p.strip_suffix("/{*rest}").unwrap_or(p);
-            match p.strip_suffix('/') {
-                Some("") | None => p.to_owned(),
-                Some(trimmed) => trimmed.to_owned(),
+            if let Some(route) = route {
+                span.context()
+                    .span()
+                    .update_name(format!("{method} {route}"));
             }
         }
+        histograms::observe_request(route, method, status.as_u16(), started.elapsed());
+        response
     }
-}
-
-/// Observes one stage of a proxied request in [`STAGE_DURATION`].
-pub(crate) fn observe_stage(route: &str, stage: &'static str, elapsed: Duration) {
-    metrics::histogram!(STAGE_DURATION, "route" => route.to_owned(), "stage" => stage)
-        .record(elapsed);
 }
 
 struct HeaderExtractor<'a>(&'a HeaderMap);
@@ -205,20 +234,5 @@ impl Extractor for HeaderExtractor<'_> {
     }
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(axum::http::HeaderName::as_str).collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::route_label;
-
-    #[test]
-    fn route_label_folds_a_proxied_routes_three_patterns() {
-        assert_eq!(route_label(Some("/api")), "/api");
-        assert_eq!(route_label(Some("/api/")), "/api");
-        assert_eq!(route_label(Some("/api/{*rest}")), "/api");
-        assert_eq!(route_label(Some("/")), "/");
-        assert_eq!(route_label(Some("/bff/login")), "/bff/login");
-        assert_eq!(route_label(None), "unmatched");
     }
 }

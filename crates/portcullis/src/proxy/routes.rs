@@ -528,11 +528,7 @@ mod tests {
     ];
 
     proptest::proptest! {
-        #![proptest_config(proptest::test_runner::Config {
-            cases: 2000,
-            failure_persistence: None,
-            ..proptest::test_runner::Config::default()
-        })]
+        #![proptest_config(crate::properties::cases(2000))]
 
         /// Issue 12.1: whatever the gateway forwards stays below the route's upstream prefix
         /// under every common normalisation (RFC 3986 dot-segment removal after any sequence

@@ -259,7 +259,7 @@ mod properties {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+        #![proptest_config(crate::properties::cases(300))]
 
         /// No generated value can end the script element or open a comment in it, and the
         /// page reads back exactly the configured value.

@@ -498,7 +498,7 @@ mod properties {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+        #![proptest_config(crate::properties::cases(400))]
 
         #[test]
         fn generated_targets_never_answer_5xx(
