@@ -170,22 +170,10 @@ pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<(), Strin
             let telemetry = cfg.telemetry.request();
             move |request, next| telemetry.middleware(request, next)
         }));
-    // Limits and shutdown (crate::listener, crate::limits): outermost, so that a body over
-    // the limit and a draining /readyz are answered before anything else runs.
+    // Limits and shutdown (crate::listener, crate::limits): checked by the listener before
+    // the router runs, so that a body over the limit and a draining /readyz are answered
+    // before anything else.
     let draining = crate::listener::Draining::default();
-    let body_limits = Arc::new(crate::limits::BodyLimits::new(&cfg.limits));
-    let max_header_size = cfg.limits.max_header_size;
-    let app = app
-        .layer(axum::middleware::from_fn(move |req, next| {
-            body_limits.clone().apply(req, next)
-        }))
-        .layer(axum::middleware::from_fn(move |req, next| {
-            crate::limits::header_size_layer(max_header_size, req, next)
-        }))
-        .layer(axum::middleware::from_fn({
-            let draining = draining.clone();
-            move |req, next| crate::listener::readiness_layer(draining.clone(), req, next)
-        }));
     let tls = match &cfg.tls {
         Some((cert, key)) => Some(tls::acceptor(cert, key)?),
         None => None,

@@ -20,9 +20,15 @@ use crate::error::GatewayError;
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// A pooled HTTP/1.1 + HTTP/2 client for upstream APIs.
+///
+/// The connection pool is kept per thread: hyper runs each pooled connection as a task on
+/// the runtime that opened it, so a request served by a single-threaded connection worker
+/// finds idle upstream connections whose task runs on its own thread, and a request's
+/// browser side and upstream side never wake each other across threads.
 #[derive(Clone)]
 pub struct Forwarder {
-    client: Client<Connector, Body>,
+    connector: Connector,
+    clients: Arc<thread_local::ThreadLocal<Client<Connector, Body>>>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -93,11 +99,20 @@ impl Forwarder {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
-            .build(https);
-        Ok(Self { client })
+        Ok(Self {
+            connector: https,
+            clients: Arc::new(thread_local::ThreadLocal::new()),
+        })
+    }
+
+    /// This thread's client (and connection pool).
+    fn client(&self) -> &Client<Connector, Body> {
+        self.clients.get_or(|| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(64)
+                .build(self.connector.clone())
+        })
     }
 
     /// Sends `request` (already stripped of the route prefix's meaning) to the route's
@@ -121,7 +136,7 @@ impl Forwarder {
         let upstream_request = Request::from_parts(parts, body);
         let response = match tokio::time::timeout(
             route.settings.timeout,
-            self.client.request(upstream_request),
+            self.client().request(upstream_request),
         )
         .await
         {
@@ -187,7 +202,7 @@ impl Forwarder {
         let upstream_request = Request::from_parts(parts, Body::empty());
         let mut response = match tokio::time::timeout(
             route.settings.timeout,
-            self.client.request(upstream_request),
+            self.client().request(upstream_request),
         )
         .await
         {
