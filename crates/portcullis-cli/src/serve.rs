@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use portcullis::Gateway;
 
 use crate::config::{Config, FrontendConfig, KeySource};
@@ -144,10 +143,16 @@ pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<(), Strin
             .await
             .map_err(|e| format!("cannot listen on {} (admin): {e}", admin.listen))?;
         tracing::info!(addr = %admin.listen, "admin listener (sessions, metrics)");
+        // The same limits as the public listener (head size, timeouts, connection count,
+        // HTTP/2), served by the main runtime; it stays open until the process exits, so
+        // that an operator can watch a drain.
+        let limits = crate::limits::Limits {
+            workers: 0,
+            ..cfg.limits.clone()
+        };
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener.tap_io(set_nodelay), app).await {
-                tracing::error!(error = %e, "admin listener stopped");
-            }
+            let never = std::future::pending::<()>();
+            crate::listener::serve(listener, app, None, &limits, Default::default(), never).await;
         });
     }
     let fallback = cfg.spa.router(&gateway, "/")?;
@@ -285,17 +290,6 @@ async fn reload(gateway: &Gateway, path: &std::path::Path, restart: &Restart) {
                 tracing::error!(error = %e, "configuration reload refused");
             }
         }
-    }
-}
-
-/// `TCP_NODELAY` on an accepted connection. With Nagle's algorithm on, the last small write
-/// of a streamed response (the terminating chunk of a chunked body, a TLS record after the
-/// headers) waits until the client ACKs the previous segment, which clients delay by up to
-/// ~40 ms: every such response would take that long. Responses are written in whole
-/// frames already, so small packets are not a concern.
-fn set_nodelay(tcp: &mut tokio::net::TcpStream) {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
     }
 }
 

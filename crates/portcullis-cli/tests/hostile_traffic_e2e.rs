@@ -629,3 +629,62 @@ async fn rapid_reset(port: u16, block: &[u8]) -> (Option<u32>, u32) {
     let code = *goaway.lock().unwrap();
     (code, sent)
 }
+
+#[tokio::test]
+async fn admin_listener_has_the_same_head_limits_as_the_public_one() {
+    let admin_port = free_port();
+    let stack = Stack::start_config(IdpOptions::default(), move |port, idp, api| {
+        format!(
+            "{}\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken = \"admin-token-for-tests-0123456789\"\n",
+            default_config(port, &idp.issuer, &api.url, "").replace(
+                "data_dir = \"data\"",
+                "data_dir = \"data\"\nheader_read_timeout = \"1s\"\nmax_header_size = \"16KiB\"",
+            )
+        )
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let metrics = format!("http://127.0.0.1:{admin_port}/metrics");
+    // Served at all (the limits did not break the admin listener).
+    let r = http
+        .get(&metrics)
+        .bearer_auth("admin-token-for-tests-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // A head over max_header_size: 431, as on the public listener.
+    let r = http
+        .get(&metrics)
+        .header("cookie", format!("junk={}", "c".repeat(40_000)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    // A head that dribbles is cut at header_read_timeout with a 408.
+    let slow = TcpStream::connect(("127.0.0.1", admin_port)).await.unwrap();
+    let started = Instant::now();
+    let (mut rd, mut wr) = slow.into_split();
+    let dribble = tokio::spawn(async move {
+        let _ = wr
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await;
+        while wr.write_all(b"z").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut answer)).await;
+    let cut_after = started.elapsed();
+    dribble.abort();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "slow head on admin: {answer:?}"
+    );
+    assert!(
+        cut_after < Duration::from_secs(3),
+        "slow head on admin cut after {cut_after:?}"
+    );
+    assert_alive(&stack.gw).await;
+}
