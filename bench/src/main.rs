@@ -165,6 +165,10 @@ struct Args {
     /// else (load generator, upstreams) on the others (`taskset`).
     #[arg(long)]
     pin: bool,
+    /// `--vs-nginx`: the gateway's `server.workers` (connection worker threads; 0 = the
+    /// work-stealing runtime serves connections). Default: the gateway's default.
+    #[arg(long)]
+    gateway_workers: Option<usize>,
 }
 
 /// The access token every benchmark session holds: JWT-sized, so tickets and the forwarded

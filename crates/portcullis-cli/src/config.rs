@@ -51,6 +51,7 @@ struct RawServer {
     idle_timeout: Option<String>,
     max_request_body: Option<RawSize>,
     max_connections: Option<usize>,
+    workers: Option<usize>,
     http2_max_concurrent_streams: Option<u32>,
     http2_max_pending_reset_streams: Option<usize>,
     shutdown_delay: Option<String>,
@@ -1177,6 +1178,7 @@ fn server_limits(server: &RawServer, errors: &mut Vec<String>) -> Limits {
             d.shutdown_grace,
             errors,
         ),
+        workers: server.workers.unwrap_or(d.workers),
     };
     for (name, value) in [
         ("server.max_connections", limits.max_connections),

@@ -2,16 +2,15 @@
 //! their parsing, and the request-body limit applied in front of the gateway's router.
 //!
 //! The connection-level limits (header size, timeouts, connection count, HTTP/2) are applied
-//! by [`crate::listener`]; the body limit is a router layer here so that it answers with the
-//! gateway's own error shape ([`portcullis::error::GatewayError::PayloadTooLarge`]).
+//! by [`crate::listener`]; the per-request ones ([`Admission`]: head size, body size) are
+//! checked by the listener before the router runs, and answer with the gateway's own error
+//! shapes ([`portcullis::error::GatewayError::PayloadTooLarge`] and friends).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
 use axum::http::header;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use portcullis::error::GatewayError;
 use serde::Deserialize;
@@ -48,6 +47,10 @@ pub struct Limits {
     /// After the listener closed, in-flight requests (streams included) get this long to
     /// finish; then the process exits anyway.
     pub shutdown_grace: Duration,
+    /// Connection worker threads, each with a single-threaded runtime that serves its
+    /// connections from accept to close (see [`crate::workers`]); `0`: connections are
+    /// served by the main (work-stealing) runtime.
+    pub workers: usize,
 }
 
 impl Default for Limits {
@@ -63,6 +66,7 @@ impl Default for Limits {
             http2_max_pending_reset_streams: 20,
             shutdown_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(30),
+            workers: crate::workers::default_count(),
         }
     }
 }
@@ -119,10 +123,10 @@ pub fn size(raw: Option<&RawSize>, name: &str, default: u64, errors: &mut Vec<St
     }
 }
 
-/// Middleware: a request head over `max` bytes is answered 431. The size counts the request
-/// line and each field as `name: value\r\n` (HTTP/2 and HTTP/1 alike). hyper bounds the head
-/// first (HTTP/1 read buffer, HTTP/2 header list), but only roughly: this check is exact.
-pub async fn header_size_layer(max: usize, request: Request, next: Next) -> Response {
+/// The size of a request head as the header-size limit counts it: the request line and each
+/// field as `name: value\r\n` (HTTP/2 and HTTP/1 alike). hyper bounds the head first (HTTP/1
+/// read buffer, HTTP/2 header list), but only roughly: [`Admission`] checks this exact size.
+pub fn head_size<B>(request: &axum::http::Request<B>) -> usize {
     let line = request.method().as_str().len()
         + request
             .uri()
@@ -130,13 +134,71 @@ pub async fn header_size_layer(max: usize, request: Request, next: Next) -> Resp
             .map_or(1, |p| p.as_str().len())
         + " HTTP/1.1\r\n".len()
         + 1;
-    let size = request.headers().iter().fold(line, |n, (name, value)| {
+    request.headers().iter().fold(line, |n, (name, value)| {
         n + name.as_str().len() + value.len() + 4
-    });
-    if size > max {
-        return GatewayError::HeaderFieldsTooLarge.into_response();
+    })
+}
+
+/// The per-request checks of the public listener, run before the gateway's router sees a
+/// request: a draining `/readyz` (503), the head size (431) and the body limit (413).
+#[derive(Debug, Clone)]
+pub struct Admission {
+    draining: crate::listener::Draining,
+    max_header_size: usize,
+    bodies: BodyLimits,
+}
+
+impl Admission {
+    /// The checks for `limits`; `/readyz` answers 503 once `draining` is set.
+    pub fn new(limits: &Limits, draining: crate::listener::Draining) -> Self {
+        Self {
+            draining,
+            max_header_size: limits.max_header_size,
+            bodies: BodyLimits::new(limits),
+        }
     }
-    next.run(request).await
+
+    /// The request to hand to the router (its body cut at the path's limit), or the answer
+    /// that ends it here.
+    ///
+    /// - `GET /readyz` while draining: 503, so a load balancer stops sending new work while
+    ///   in-flight requests finish;
+    /// - a head over `max_header_size` ([`head_size`]): 431;
+    /// - a declared `Content-Length` over the path's limit ([`BodyLimits::for_path`]): 413
+    ///   at once; any other body is cut at the limit (the handler or the proxied upstream
+    ///   call then fails with 413 as well). A request without a body is passed as it is.
+    ///
+    /// # Errors
+    /// The response to send instead of routing the request.
+    #[allow(clippy::result_large_err)]
+    pub fn admit<B>(&self, request: axum::http::Request<B>) -> Result<Request, Response>
+    where
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        if self.draining.is_set() && request.uri().path() == "/readyz" {
+            return Err(
+                (axum::http::StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response(),
+            );
+        }
+        if head_size(&request) > self.max_header_size {
+            return Err(GatewayError::HeaderFieldsTooLarge.into_response());
+        }
+        if request.body().is_end_stream() {
+            return Ok(request.map(Body::new));
+        }
+        let limit = self.bodies.for_path(request.uri().path());
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            return Err(GatewayError::PayloadTooLarge.into_response());
+        }
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        Ok(request.map(|body| Body::new(http_body_util::Limited::new(body, limit))))
+    }
 }
 
 /// The request-body limit for each path: the longest matching route's `max_body`, else the
@@ -168,26 +230,6 @@ impl BodyLimits {
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
             })
             .map_or(self.default, |(_, limit)| *limit)
-    }
-
-    /// Middleware: a declared `Content-Length` over the limit is answered 413 at once; any
-    /// other body is cut at the limit (the handler or the proxied upstream call then fails
-    /// with 413 as well).
-    pub async fn apply(self: Arc<Self>, request: Request, next: Next) -> Response {
-        let limit = self.for_path(request.uri().path());
-        let declared = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|len| len > limit) {
-            return GatewayError::PayloadTooLarge.into_response();
-        }
-        let (parts, body) = request.into_parts();
-        let limited =
-            http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-        next.run(Request::from_parts(parts, Body::new(limited)))
-            .await
     }
 }
 

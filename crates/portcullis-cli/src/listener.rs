@@ -27,10 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::ConnectInfo;
 use axum::http::StatusCode;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use axum::Router;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -45,7 +43,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::limits::{Limits, MIN_HEADER_SIZE};
+use crate::limits::{Admission, Limits, MIN_HEADER_SIZE};
+use crate::workers::{Job, Workers};
 
 /// How long a closed connection's unread input is drained, at most.
 const LINGER_TIME: Duration = Duration::from_secs(2);
@@ -53,7 +52,8 @@ const LINGER_TIME: Duration = Duration::from_secs(2);
 /// little over a large route limit still gets its 413 read).
 const LINGER_BYTES: usize = 16 * 1024 * 1024;
 
-/// Set once shutdown began: `/readyz` answers 503 from then on (see [`readiness_layer`]).
+/// Set once shutdown began: `/readyz` answers 503 from then on (see
+/// [`crate::limits::Admission`]).
 #[derive(Clone, Debug, Default)]
 pub struct Draining(Arc<AtomicBool>);
 
@@ -61,18 +61,10 @@ impl Draining {
     fn start(&self) {
         self.0.store(true, Ordering::SeqCst);
     }
-    fn is_set(&self) -> bool {
+    /// Whether shutdown began.
+    pub fn is_set(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
-}
-
-/// Middleware: `GET /readyz` answers 503 once shutdown began, whatever the store says, so a
-/// load balancer stops sending new work while in-flight requests finish.
-pub async fn readiness_layer(draining: Draining, request: Request, next: Next) -> Response {
-    if draining.is_set() && request.uri().path() == "/readyz" {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
-    }
-    next.run(request).await
 }
 
 /// Serves `app` on `listener` until `signal` resolves, then drains (see the module docs).
@@ -86,6 +78,15 @@ pub async fn serve(
     signal: impl Future<Output = ()>,
 ) {
     let builder = Arc::new(builder(limits));
+    let admission = Arc::new(Admission::new(limits, draining.clone()));
+    let workers = match Workers::start(limits.workers) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "connection workers not started; the main runtime serves connections");
+            Workers::none()
+        }
+    };
+    tracing::debug!(workers = workers.len(), "connection workers");
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let delay = limits.shutdown_delay;
@@ -132,18 +133,39 @@ pub async fn serve(
             },
             () = &mut stop => break,
         };
+        // TCP_NODELAY: with Nagle's algorithm on, the last small write of a streamed
+        // response (the terminating chunk of a chunked body, a TLS record after the
+        // headers) waits until the client ACKs the previous segment, which clients delay by
+        // up to ~40 ms. Responses are written in whole frames already.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
         }
         let conn = Connection {
             app: app.clone(),
+            admission: admission.clone(),
             builder: builder.clone(),
             tls: tls.clone(),
             header_read_timeout: limits.header_read_timeout,
             idle_timeout: limits.idle_timeout,
             peer,
         };
-        tokio::spawn(conn.run(tcp, permit, graceful.watcher()));
+        let watcher = graceful.watcher();
+        // Hand the connection to a worker (crate::workers): its socket is registered with
+        // the worker's runtime, which serves it from here on.
+        match tcp.into_std() {
+            Ok(tcp) => {
+                let job: Job = Box::new(move || match TcpStream::from_std(tcp) {
+                    Ok(tcp) => {
+                        tokio::spawn(conn.run(tcp, permit, watcher));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot register an accepted connection"),
+                });
+                if let Err(job) = workers.run(job) {
+                    job();
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "accepted connection lost before it was served"),
+        }
     }
     drop(listener);
     let open = graceful.count();
@@ -186,6 +208,7 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 /// What one accepted connection needs.
 struct Connection {
     app: Router,
+    admission: Arc<Admission>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     tls: Option<TlsAcceptor>,
     header_read_timeout: Duration,
@@ -225,13 +248,18 @@ impl Connection {
             permit,
         );
         let app = self.app;
+        let admission = self.admission;
         let peer = self.peer;
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             let guard = InFlight::enter(&state);
             request.extensions_mut().insert(ConnectInfo(peer));
             let app = app.clone();
+            let admitted = admission.admit(request);
             async move {
-                let response = app.oneshot(request).await.unwrap_or_else(|e| match e {});
+                let response = match admitted {
+                    Ok(request) => app.oneshot(request).await.unwrap_or_else(|e| match e {}),
+                    Err(refused) => refused,
+                };
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                     guard.upgraded();
                 }

@@ -10,6 +10,7 @@ mod limits;
 mod listener;
 mod serve;
 mod telemetry;
+mod workers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

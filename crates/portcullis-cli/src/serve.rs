@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use portcullis::Gateway;
 
 use crate::config::{Config, FrontendConfig, KeySource};
@@ -237,10 +236,16 @@ pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<(), Strin
             .await
             .map_err(|e| format!("cannot listen on {} (admin): {e}", admin.listen))?;
         tracing::info!(addr = %admin.listen, "admin listener (sessions, metrics)");
+        // The same limits as the public listener (head size, timeouts, connection count,
+        // HTTP/2), served by the main runtime; it stays open until the process exits, so
+        // that an operator can watch a drain.
+        let limits = crate::limits::Limits {
+            workers: 0,
+            ..cfg.limits.clone()
+        };
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener.tap_io(set_nodelay), app).await {
-                tracing::error!(error = %e, "admin listener stopped");
-            }
+            let never = std::future::pending::<()>();
+            crate::listener::serve(listener, app, None, &limits, Default::default(), never).await;
         });
     }
     if let Some(hash) = &cfg.spa_script_hash {
@@ -262,22 +267,10 @@ pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<(), Strin
             let telemetry = cfg.telemetry.request();
             move |request, next| telemetry.middleware(request, next)
         }));
-    // Limits and shutdown (crate::listener, crate::limits): outermost, so that a body over
-    // the limit and a draining /readyz are answered before anything else runs.
+    // Limits and shutdown (crate::listener, crate::limits): checked by the listener before
+    // the router runs, so that a body over the limit and a draining /readyz are answered
+    // before anything else.
     let draining = crate::listener::Draining::default();
-    let body_limits = Arc::new(crate::limits::BodyLimits::new(&cfg.limits));
-    let max_header_size = cfg.limits.max_header_size;
-    let app = app
-        .layer(axum::middleware::from_fn(move |req, next| {
-            body_limits.clone().apply(req, next)
-        }))
-        .layer(axum::middleware::from_fn(move |req, next| {
-            crate::limits::header_size_layer(max_header_size, req, next)
-        }))
-        .layer(axum::middleware::from_fn({
-            let draining = draining.clone();
-            move |req, next| crate::listener::readiness_layer(draining.clone(), req, next)
-        }));
     let tls = match &cfg.tls {
         Some((cert, key)) => Some(tls::acceptor(cert, key)?),
         None => None,
@@ -441,17 +434,6 @@ async fn reload(
                 tracing::error!(error = %e, "configuration reload refused");
             }
         }
-    }
-}
-
-/// `TCP_NODELAY` on an accepted connection. With Nagle's algorithm on, the last small write
-/// of a streamed response (the terminating chunk of a chunked body, a TLS record after the
-/// headers) waits until the client ACKs the previous segment, which clients delay by up to
-/// ~40 ms: every such response would take that long. Responses are written in whole
-/// frames already, so small packets are not a concern.
-fn set_nodelay(tcp: &mut tokio::net::TcpStream) {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
     }
 }
 

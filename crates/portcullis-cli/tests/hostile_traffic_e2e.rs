@@ -629,3 +629,205 @@ async fn rapid_reset(port: u16, block: &[u8]) -> (Option<u32>, u32) {
     let code = *goaway.lock().unwrap();
     (code, sent)
 }
+
+#[tokio::test]
+async fn admin_listener_has_the_same_head_limits_as_the_public_one() {
+    let admin_port = free_port();
+    let stack = Stack::start_config(IdpOptions::default(), move |port, idp, api| {
+        format!(
+            "{}\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken = \"admin-token-for-tests-0123456789\"\n",
+            default_config(port, &idp.issuer, &api.url, "").replace(
+                "data_dir = \"data\"",
+                "data_dir = \"data\"\nheader_read_timeout = \"1s\"\nmax_header_size = \"16KiB\"",
+            )
+        )
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let metrics = format!("http://127.0.0.1:{admin_port}/metrics");
+    // Served at all (the limits did not break the admin listener).
+    let r = http
+        .get(&metrics)
+        .bearer_auth("admin-token-for-tests-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // A head over max_header_size: 431, as on the public listener.
+    let r = http
+        .get(&metrics)
+        .header("cookie", format!("junk={}", "c".repeat(40_000)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    // A head that dribbles is cut at header_read_timeout with a 408.
+    let slow = TcpStream::connect(("127.0.0.1", admin_port)).await.unwrap();
+    let started = Instant::now();
+    let (mut rd, mut wr) = slow.into_split();
+    let dribble = tokio::spawn(async move {
+        let _ = wr
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await;
+        while wr.write_all(b"z").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut answer)).await;
+    let cut_after = started.elapsed();
+    dribble.abort();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "slow head on admin: {answer:?}"
+    );
+    assert!(
+        cut_after < Duration::from_secs(3),
+        "slow head on admin cut after {cut_after:?}"
+    );
+    assert_alive(&stack.gw).await;
+}
+
+/// A TLS client session to the gateway (trusting `ca.pem` in `dir`), after the handshake.
+async fn tls_connect(
+    port: u16,
+    dir: &std::path::Path,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(dir.join("ca.pem")).unwrap();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    connector.connect(name, tcp).await.unwrap()
+}
+
+#[tokio::test]
+async fn limits_hold_over_tls_too() {
+    let port = free_port();
+    let origin = format!("https://127.0.0.1:{port}");
+    let idp = Idp::start(std::slice::from_ref(&origin), IdpOptions::default()).await;
+    let api = Api::start(&idp.issuer).await;
+    let dir = temp_dir("gw-tls-limits");
+    make_certificates(&dir);
+    let config = default_config(port, &idp.issuer, &api.url, "")
+        .replace(
+            &format!("public_url = \"http://127.0.0.1:{port}\""),
+            &format!("public_url = \"{origin}\""),
+        )
+        .replacen(
+            "data_dir = \"data\"\n",
+            "data_dir = \"data\"\nheader_read_timeout = \"1s\"\nmax_request_body = 1000\n\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n",
+            1,
+        );
+    let mut gw = Gateway::start_in(dir.clone(), port, &config).await;
+    gw.origin = origin;
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(dir.join("ca.pem")).unwrap()).unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(ca.clone())
+        .http1_only()
+        .build()
+        .unwrap();
+
+    // A well-behaved client over TLS.
+    let r = http.get(gw.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Head over the limit: 431, over HTTP/1.1 and over HTTP/2 (ALPN h2).
+    let r = http
+        .get(gw.url("/bff/user"))
+        .header("x-csrf", "1")
+        .header("cookie", format!("junk={}", "c".repeat(100_000)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "TLS h1"
+    );
+    let h2 = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let r = h2.get(gw.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2, "ALPN chose h2");
+    match h2
+        .get(gw.url("/bff/user"))
+        .header("x-csrf", "1")
+        .header("cookie", format!("junk={}", "c".repeat(100_000)))
+        .send()
+        .await
+    {
+        Ok(r) => assert_eq!(
+            r.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "TLS h2"
+        ),
+        Err(e) => println!("h2 client refused the 100 kB header itself: {e}"),
+    }
+    // Body over max_request_body: 413.
+    let r = http
+        .post(gw.url("/api-none/echo/x"))
+        .header("x-csrf", "1")
+        .body(vec![b'x'; 5000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE, "TLS body");
+
+    // A connection that never starts its handshake is closed at header_read_timeout.
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "a silent TLS connection stayed open for 5 s");
+    let closed_after = started.elapsed();
+    assert!(
+        closed_after < Duration::from_secs(3),
+        "silent TLS connection closed after {closed_after:?}"
+    );
+    // A head dribbled inside TLS is cut at header_read_timeout.
+    let tls = tls_connect(port, &dir).await;
+    let started = Instant::now();
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let dribble = tokio::spawn(async move {
+        let _ = wr
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            .await;
+        let _ = wr.flush().await;
+        loop {
+            if wr.write_all(b"z").await.is_err() || wr.flush().await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut answer)).await;
+    let cut_after = started.elapsed();
+    dribble.abort();
+    assert!(
+        cut_after < Duration::from_secs(3),
+        "a slow head over TLS was cut after {cut_after:?}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "a slow head over TLS was served"
+    );
+    println!(
+        "TLS: silent connection closed after {closed_after:?}; slow head cut after {cut_after:?}"
+    );
+    let r = http.get(gw.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "still serving over TLS");
+    gw.stop().await;
+}

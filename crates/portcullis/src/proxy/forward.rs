@@ -19,10 +19,19 @@ use crate::error::GatewayError;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
+/// How long an idle pooled upstream connection is kept.
+pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// A pooled HTTP/1.1 + HTTP/2 client for upstream APIs.
+///
+/// The connection pool is kept per thread: hyper runs each pooled connection as a task on
+/// the runtime that opened it, so a request served by a single-threaded connection worker
+/// finds idle upstream connections whose task runs on its own thread, and a request's
+/// browser side and upstream side never wake each other across threads.
 #[derive(Clone)]
 pub struct Forwarder {
-    client: Client<Connector, Body>,
+    connector: Connector,
+    clients: Arc<thread_local::ThreadLocal<Client<Connector, Body>>>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -93,11 +102,50 @@ impl Forwarder {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
-            .build(https);
-        Ok(Self { client })
+        Ok(Self {
+            connector: https,
+            clients: Arc::new(thread_local::ThreadLocal::new()),
+        })
+    }
+
+    /// Sends a request; when it fails after the connection was made (the upstream closed a
+    /// pooled keep-alive connection as the request went out: Node's 5 s `keepAliveTimeout`,
+    /// gunicorn's 2 s, any server's idle limit shorter than the pool's), sends `replay`
+    /// once more. Only requests that are idempotent (RFC 9110 §9.2.2) and have no body get a
+    /// `replay`, so a retry can never apply a change twice.
+    async fn send(
+        &self,
+        request: Request<Body>,
+        replay: Option<Replay>,
+    ) -> Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        match self.client().request(request).await {
+            Err(e) if !e.is_connect() => match replay {
+                Some(r) => {
+                    tracing::debug!(error = %describe(&e), "upstream connection failed under an idempotent request; sending it again");
+                    let mut again = Request::new(Body::empty());
+                    *again.method_mut() = r.method;
+                    *again.uri_mut() = r.uri;
+                    *again.headers_mut() = r.headers;
+                    *again.version_mut() = http::Version::HTTP_11;
+                    self.client().request(again).await
+                }
+                None => Err(e),
+            },
+            other => other,
+        }
+    }
+
+    /// This thread's client (and connection pool).
+    fn client(&self) -> &Client<Connector, Body> {
+        self.clients.get_or(|| {
+            Client::builder(TokioExecutor::new())
+                // Below the shortest keep-alive timeout common upstream servers use
+                // (Node.js 5 s): the gateway closes an idle connection before the upstream
+                // does, so a request rarely meets a connection the upstream is closing.
+                .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
+                .pool_max_idle_per_host(64)
+                .build(self.connector.clone())
+        })
     }
 
     /// Sends `request` (already stripped of the route prefix's meaning) to the route's
@@ -118,37 +166,42 @@ impl Forwarder {
             let (body, failed, too_large) = BrowserBody::wrap(body);
             (body, Some((failed, too_large)))
         };
+        // An idempotent request without a body is sent again once, on a fresh connection,
+        // when the upstream dropped the pooled connection under it (see `send`).
+        let replay = (body_failed.is_none() && parts.method.is_idempotent()).then(|| Replay {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+        });
         let upstream_request = Request::from_parts(parts, body);
-        let response = match tokio::time::timeout(
-            route.settings.timeout,
-            self.client.request(upstream_request),
-        )
-        .await
-        {
-            // A request body over the limit a layer in front set (`http_body_util::Limited`).
-            Err(_) | Ok(Err(_))
-                if body_failed
-                    .as_ref()
-                    .is_some_and(|(_, too_large)| too_large.load(Ordering::Relaxed)) =>
+        let response =
+            match tokio::time::timeout(route.settings.timeout, self.send(upstream_request, replay))
+                .await
             {
-                return Err(GatewayError::PayloadTooLarge)
-            }
-            // A request body the browser broke (malformed chunking, cut off) fails the
-            // upstream call too: it is the browser's fault, not the upstream's.
-            Err(_) | Ok(Err(_))
-                if body_failed
-                    .as_ref()
-                    .is_some_and(|(failed, _)| failed.load(Ordering::Relaxed)) =>
-            {
-                return Err(GatewayError::bad_param(
-                    "body",
-                    "the request body is malformed or was cut off",
-                ))
-            }
-            Err(_) => return Err(GatewayError::UpstreamTimeout),
-            Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(describe(&e))),
-            Ok(Ok(r)) => r,
-        };
+                // A request body over the limit a layer in front set (`http_body_util::Limited`).
+                Err(_) | Ok(Err(_))
+                    if body_failed
+                        .as_ref()
+                        .is_some_and(|(_, too_large)| too_large.load(Ordering::Relaxed)) =>
+                {
+                    return Err(GatewayError::PayloadTooLarge)
+                }
+                // A request body the browser broke (malformed chunking, cut off) fails the
+                // upstream call too: it is the browser's fault, not the upstream's.
+                Err(_) | Ok(Err(_))
+                    if body_failed
+                        .as_ref()
+                        .is_some_and(|(failed, _)| failed.load(Ordering::Relaxed)) =>
+                {
+                    return Err(GatewayError::bad_param(
+                        "body",
+                        "the request body is malformed or was cut off",
+                    ))
+                }
+                Err(_) => return Err(GatewayError::UpstreamTimeout),
+                Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(describe(&e))),
+                Ok(Ok(r)) => r,
+            };
         let (mut parts, body) = response.into_parts();
         if let (Some(url), Some(token)) = (&dpop_url, token) {
             token.remember_dpop_nonce(url, &parts.headers);
@@ -187,7 +240,7 @@ impl Forwarder {
         let upstream_request = Request::from_parts(parts, Body::empty());
         let mut response = match tokio::time::timeout(
             route.settings.timeout,
-            self.client.request(upstream_request),
+            self.client().request(upstream_request),
         )
         .await
         {
@@ -264,6 +317,13 @@ fn prepare(
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
     Ok(dpop_url)
+}
+
+/// What it takes to send a bodyless request again.
+struct Replay {
+    method: http::Method,
+    uri: http::Uri,
+    headers: HeaderMap,
 }
 
 /// The browser's request body on its way upstream, recording whether reading it failed

@@ -1,0 +1,138 @@
+//! Connection workers: one single-threaded tokio runtime per worker thread, each serving the
+//! connections the accept loop hands it (round robin) from accept to close.
+//!
+//! A proxied request wakes several tasks in turn: the browser connection's task, the
+//! upstream connection's task (hyper's client runs each pooled connection as its own task)
+//! and back. On the work-stealing runtime those tasks land on different threads, so each
+//! request pays for cross-thread wake-ups (futex, inter-processor interrupts) and for moving
+//! its state between CPU caches. Here both sides of a request stay on one thread: the
+//! browser connection is served by its worker's runtime, and the upstream client keeps a
+//! pool per thread (see `portcullis::proxy::Forwarder`), so the upstream connection's task
+//! runs on the same runtime as well. This is nginx's model (a worker per core), with tokio.
+//!
+//! Everything else (the accept loop, background tasks, the admin listener, reloads) stays on
+//! the main runtime. Work a request starts (a token refresh, a store call) runs on the
+//! worker's runtime; shared state (the session cache, the single-flight table, store pools)
+//! is `Send + Sync` and works from any runtime.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+
+use tokio::sync::mpsc;
+
+/// A job for a worker: runs on the worker's runtime. The accept loop sends one per
+/// accepted connection.
+pub type Job = Box<dyn FnOnce() + Send>;
+
+/// The worker threads; dropping this ends them once their connections are done (the
+/// process normally exits first).
+pub struct Workers {
+    queues: Vec<mpsc::UnboundedSender<Job>>,
+    next: AtomicUsize,
+}
+
+impl Workers {
+    /// Starts `count` worker threads (`portcullis-worker-<i>`), each with a single-threaded
+    /// runtime (I/O and timers enabled). `count = 0` starts none: [`Workers::run`] then hands
+    /// jobs back to the caller (`Err`), which runs them on its own runtime.
+    ///
+    /// # Errors
+    /// A message when a thread or runtime cannot be created.
+    pub fn start(count: usize) -> Result<Self, String> {
+        let mut queues = Vec::with_capacity(count);
+        for i in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start connection worker runtime: {e}"))?;
+            let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+            thread::Builder::new()
+                .name(format!("portcullis-worker-{i}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        while let Some(job) = rx.recv().await {
+                            job();
+                        }
+                    });
+                    // The queue closed (the listener stopped): do not wait for connections
+                    // still open past the drain deadline; the process is exiting.
+                    runtime.shutdown_background();
+                })
+                .map_err(|e| format!("cannot start connection worker thread: {e}"))?;
+            queues.push(tx);
+        }
+        Ok(Self {
+            queues,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// No worker threads: every job is handed back.
+    pub fn none() -> Self {
+        Self {
+            queues: Vec::new(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Number of worker threads.
+    pub fn len(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Runs `job` on the next worker (round robin), inside its runtime (so `tokio::spawn`
+    /// there spawns on that worker). `Err(job)` when there are no workers or the chosen one
+    /// has stopped: the caller runs it itself.
+    pub fn run(&self, job: Job) -> Result<(), Job> {
+        if self.queues.is_empty() {
+            return Err(job);
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
+        self.queues[i].send(job).map_err(|e| e.0)
+    }
+}
+
+/// The default number of workers: one per CPU the process may run on.
+pub fn default_count() -> usize {
+    thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_run_on_worker_threads_round_robin_and_can_spawn_there() {
+        let workers = Workers::start(2).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..4 {
+            let tx = tx.clone();
+            workers
+                .run(Box::new(move || {
+                    let name = thread::current().name().unwrap_or_default().to_owned();
+                    // A job runs inside its worker's runtime.
+                    tokio::spawn(async move {
+                        tx.send(name).unwrap();
+                    });
+                }))
+                .unwrap_or_else(|_| panic!("worker refused a job"));
+        }
+        let mut names: Vec<String> = (0..4).map(|_| rx.recv().unwrap()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "portcullis-worker-0",
+                "portcullis-worker-0",
+                "portcullis-worker-1",
+                "portcullis-worker-1"
+            ]
+        );
+    }
+
+    #[test]
+    fn no_workers_hands_the_job_back() {
+        let workers = Workers::start(0).unwrap();
+        assert!(workers.run(Box::new(|| {})).is_err());
+    }
+}
