@@ -318,7 +318,7 @@ impl Restart {
                 format!("{:?}", cfg.admin.as_ref().map(|a| a.listen)),
             ),
             (
-                "server limits and routes' max_body",
+                "server limits (a route's max_body takes effect at once; one raised above the listener's bound needs a restart)",
                 format!("{:?}", cfg.limits),
             ),
             ("server.log_format", cfg.log_json.to_string()),
@@ -403,19 +403,19 @@ async fn reload(
         &cfg.client_dpop_keys,
         &mut frontends,
     )
-        .and_then(|()| {
-            next_routers.build(
-                spa_routers,
-                portcullis::frontend::DEFAULT_FRONTEND,
-                &cfg.spa,
-                &settings,
-                "/",
-            )
-        })
-        .and_then(|fallback| {
-            frontend_specs_reusing(frontends, spa_routers, &mut next_routers)
-                .map(|frontends| (fallback, frontends))
-        });
+    .and_then(|()| {
+        next_routers.build(
+            spa_routers,
+            portcullis::frontend::DEFAULT_FRONTEND,
+            &cfg.spa,
+            &settings,
+            "/",
+        )
+    })
+    .and_then(|fallback| {
+        frontend_specs_reusing(frontends, spa_routers, &mut next_routers)
+            .map(|frontends| (fallback, frontends))
+    });
     let (fallback, frontends) = match built {
         Ok(b) => b,
         Err(e) => {
