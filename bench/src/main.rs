@@ -1184,6 +1184,7 @@ fn gateway_settings(
         client: None,
         timeout: Duration::from_secs(30),
         access: Default::default(),
+        max_body: None,
     };
     Ok(GatewaySettings {
         public_url,

@@ -342,6 +342,20 @@ pub fn parse(
     if !errors.is_empty() {
         return Err(errors);
     }
+    // The listener bounds bodies by path before frontend selection; a frontend route whose
+    // `max_body` is above the default must get past it (the route itself then applies its
+    // exact limit: RouteSettings::max_body).
+    for f in &frontends {
+        let prefix = f.settings.match_path.as_deref().unwrap_or("");
+        for r in &f.settings.settings.routes {
+            if let Some(limit) = r.max_body.filter(|l| *l > config.limits.max_request_body) {
+                config
+                    .limits
+                    .route_body_limits
+                    .push((format!("{prefix}{}", r.path), limit));
+            }
+        }
+    }
     config.frontends = frontends;
     config.warnings.extend(warnings);
     Ok(config)
@@ -906,10 +920,15 @@ pub(crate) fn parse_table(
             Duration::from_secs(30),
             &mut errors,
         );
-        if let Some(max_body) = &r.max_body {
-            let limit = limits::size(Some(max_body), &format!("{ctx}.max_body"), 0, &mut errors);
-            server_limits.route_body_limits.push((path.clone(), limit));
-        }
+        let max_body = match &r.max_body {
+            Some(max_body) => {
+                let limit =
+                    limits::size(Some(max_body), &format!("{ctx}.max_body"), 0, &mut errors);
+                server_limits.route_body_limits.push((path.clone(), limit));
+                limit
+            }
+            None => server_limits.max_request_body,
+        };
         let access = route_access::route_access(
             route_access::RawAccess {
                 require_claims: r.require_claims,
@@ -933,6 +952,7 @@ pub(crate) fn parse_table(
                 client: r.client,
                 timeout,
                 access,
+                max_body: Some(max_body),
             });
         }
     }
@@ -2004,13 +2024,6 @@ match_path = "/d"
 name = "shadow"
 match_path = "/bff/x"
 [[frontends]]
-name = "bodylimit"
-match_path = "/bl"
-[[frontends.routes]]
-path = "/api"
-upstream = "https://api.example.com/"
-max_body = "1MiB"
-[[frontends]]
 name = "badcors"
 match_path = "/bc"
 [frontends.cors]
@@ -2031,7 +2044,6 @@ allowed_origins = ["https://app.example.com/"]
             "session cookie \"__Host-bff-auth\" is also frontend \"default\"'s",
             "(default): name must be",
             "overlaps the default frontend's endpoint /bff",
-            "(bodylimit): routes[0].max_body is not supported on a frontend's routes",
             "(badcors): cors.allowed_origins: \"https://app.example.com/\" is not a serialized origin",
         ] {
             assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");

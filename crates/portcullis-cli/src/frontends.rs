@@ -252,16 +252,7 @@ pub(crate) fn parse_frontend(
     };
     match entry.get("routes") {
         None => {}
-        Some(v @ toml::Value::Array(routes)) => {
-            // The body limit is applied in front of frontend selection, by full path, from
-            // the top-level routes only: a frontend route's own limit would be ignored.
-            for (i, r) in routes.iter().enumerate() {
-                if r.get("max_body").is_some() {
-                    fail(format!(
-                        "routes[{i}].max_body is not supported on a frontend's routes (they get server.max_request_body); remove it"
-                    ));
-                }
-            }
+        Some(v @ toml::Value::Array(_)) => {
             merged.insert("routes".into(), v.clone());
         }
         Some(_) => fail("routes must be an array of tables ([[frontends.routes]])".into()),

@@ -213,7 +213,15 @@ pub struct BodyLimits {
 impl BodyLimits {
     /// From the listener's limits.
     pub fn new(limits: &Limits) -> Self {
-        let mut routes = limits.route_body_limits.clone();
+        // One entry per prefix, the largest limit (host frontends may share a prefix: the
+        // route itself applies its exact limit), longest prefix first.
+        let mut routes: Vec<(String, u64)> = Vec::new();
+        for (prefix, limit) in &limits.route_body_limits {
+            match routes.iter_mut().find(|(p, _)| p == prefix) {
+                Some(entry) => entry.1 = entry.1.max(*limit),
+                None => routes.push((prefix.clone(), *limit)),
+            }
+        }
         routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         Self {
             default: limits.max_request_body,

@@ -318,7 +318,7 @@ impl Restart {
                 format!("{:?}", cfg.admin.as_ref().map(|a| a.listen)),
             ),
             (
-                "server limits and routes' max_body",
+                "server limits (a route's max_body takes effect at once; one raised above the listener's bound needs a restart)",
                 format!("{:?}", cfg.limits),
             ),
             ("server.log_format", cfg.log_json.to_string()),

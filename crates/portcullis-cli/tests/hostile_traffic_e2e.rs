@@ -831,3 +831,74 @@ async fn limits_hold_over_tls_too() {
     assert_eq!(r.status(), StatusCode::OK, "still serving over TLS");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn frontend_routes_apply_their_own_max_body_above_and_below_the_default() {
+    // A path frontend with one route below the default limit and one above it; a host
+    // frontend with the same route path and no max_body (the default applies there).
+    let routes = r#"
+[[frontends]]
+name = "shop"
+match_path = "/shop"
+[[frontends.routes]]
+path = "/small"
+upstream = "API_URL"
+token = "none"
+max_body = "16KiB"
+[[frontends.routes]]
+path = "/big"
+upstream = "API_URL"
+token = "none"
+max_body = "1MiB"
+
+[[frontends]]
+name = "other"
+match_host = "other.localhost"
+[[frontends.routes]]
+path = "/big"
+upstream = "API_URL"
+token = "none"
+"#;
+    let stack = stack("max_request_body = \"256KiB\"", routes).await;
+    let gw = &stack.gw;
+    let http = reqwest::Client::new();
+    let chunked = |n: usize| {
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+            (0..n / 1000).map(|_| Ok(vec![b'c'; 1000])).collect();
+        reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))
+    };
+    for (host, path, size, expected) in [
+        (None, "/shop/small/upload", 10_000, 200),
+        (None, "/shop/small/upload", 20_000, 413),
+        (None, "/shop/big/upload", 800_000, 200),
+        (None, "/shop/big/upload", 1_200_000, 413),
+        // The host frontend's /big has no max_body of its own: the default (256 KiB).
+        (Some("other.localhost"), "/big/upload", 200_000, 200),
+        (Some("other.localhost"), "/big/upload", 800_000, 413),
+    ] {
+        for kind in ["content-length", "chunked"] {
+            let body = match kind {
+                "chunked" => chunked(size),
+                _ => reqwest::Body::from(vec![b'b'; size]),
+            };
+            let mut req = http.post(gw.url(path)).header("x-csrf", "1").body(body);
+            if let Some(h) = host {
+                req = req.header("host", format!("{h}:{}", gw.port));
+            }
+            let r = req
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{host:?} {path} {size} B {kind}: no answer: {e}"));
+            assert_eq!(
+                r.status().as_u16(),
+                expected,
+                "{host:?} {path} {size} B {kind}"
+            );
+            if expected == 200 {
+                let v: Value = r.json().await.unwrap();
+                assert_eq!(v["bytes"], size, "{path} {size} B {kind}");
+            }
+        }
+    }
+    assert_alive(gw).await;
+}

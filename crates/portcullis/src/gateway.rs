@@ -608,6 +608,7 @@ async fn api_inner(
     request: Request,
 ) -> Result<Response, GatewayError> {
     crate::proxy::check_method(request.method())?;
+    let request = crate::proxy::limit_body(request, route.settings.max_body)?;
     // RFC 9112 §3.2: a request with more than one Host is a 400; never let the gateway and
     // the upstream pick different ones.
     if request

@@ -335,6 +335,12 @@ pub struct RouteSettings {
     pub timeout: Duration,
     /// Required claims and step-up rules (RFC 9470); `Default`: none.
     pub access: crate::access::RouteAccess,
+    /// Largest request body in bytes this route forwards: a declared `Content-Length` over it
+    /// is answered 413 before anything else of the route runs, and a body without one is cut
+    /// there (413 as well). `None`: the route sets no limit of its own (a server in front
+    /// may; the `portcullis` binary always sets one: `max_body`, else
+    /// `server.max_request_body`).
+    pub max_body: Option<u64>,
 }
 
 #[derive(Debug, Clone)]

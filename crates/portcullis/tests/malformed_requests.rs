@@ -39,6 +39,7 @@ fn route(path: &str, token: TokenPolicy) -> RouteSettings {
         client: None,
         timeout: Duration::from_secs(2),
         access: Default::default(),
+        max_body: None,
     }
 }
 

@@ -288,6 +288,35 @@ impl RouteTable {
     }
 }
 
+/// Applies a route's body limit ([`RouteSettings::max_body`]): a declared `Content-Length`
+/// over `limit` is refused at once; any other body is cut at `limit` (reading past it fails,
+/// and the forwarder answers 413 then). A request without a body passes untouched.
+///
+/// # Errors
+/// [`GatewayError::PayloadTooLarge`] (413) for a declared length over the limit.
+pub fn limit_body(
+    request: axum::extract::Request,
+    limit: Option<u64>,
+) -> Result<axum::extract::Request, GatewayError> {
+    use http_body::Body as _;
+    let Some(limit) = limit else {
+        return Ok(request);
+    };
+    if request.body().is_end_stream() {
+        return Ok(request);
+    }
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(GatewayError::PayloadTooLarge);
+    }
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    Ok(request.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, limit))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,6 +336,7 @@ mod tests {
             client: None,
             timeout: Duration::from_secs(30),
             access: Default::default(),
+            max_body: None,
         }
     }
 

@@ -80,6 +80,7 @@ impl DevServer {
                     client: None,
                     timeout: Duration::from_secs(30),
                     access: Default::default(),
+                    max_body: None,
                 }),
                 forwarder: Forwarder::new()?,
                 reserved: Reserved::new(reserved_paths(s)),

@@ -230,6 +230,7 @@ pub fn routes_for_every_policy(upstream: &str) -> Vec<RouteSettings> {
             client: None,
             timeout: Duration::from_secs(5),
             access: Default::default(),
+            max_body: None,
         })
         .collect()
 }
