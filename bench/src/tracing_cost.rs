@@ -148,6 +148,7 @@ pub fn set(mode: Mode) {
     };
     EXPORT_ON.store(layer.is_some(), Ordering::SeqCst);
     portcullis::telemetry::set_exporting(layer.is_some());
+    portcullis::telemetry::set_drops_new_traces(mode == Mode::Sample0);
     if layer.is_some() {
         opentelemetry::global::set_text_map_propagator(
             opentelemetry_sdk::propagation::TraceContextPropagator::new(),

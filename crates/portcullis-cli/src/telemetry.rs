@@ -168,6 +168,24 @@ impl TelemetryConfig {
     }
 }
 
+/// Whether the sampler keeps no new trace: `sampling_ratio = 0`, or without one the
+/// standard `OTEL_TRACES_SAMPLER` (`always_off`, `parentbased_always_off`, or a
+/// `traceidratio`/`parentbased_traceidratio` sampler whose `OTEL_TRACES_SAMPLER_ARG` is 0).
+fn keeps_no_new_trace(ratio: Option<f64>) -> bool {
+    if let Some(r) = ratio {
+        return r <= 0.0;
+    }
+    let sampler = std::env::var("OTEL_TRACES_SAMPLER").unwrap_or_default();
+    let arg = std::env::var("OTEL_TRACES_SAMPLER_ARG").ok();
+    match sampler.trim() {
+        "always_off" | "parentbased_always_off" => true,
+        "traceidratio" | "parentbased_traceidratio" => arg
+            .and_then(|a| a.trim().parse::<f64>().ok())
+            .is_some_and(|r| r <= 0.0),
+        _ => false,
+    }
+}
+
 /// `base` + `/v1/traces` (OTLP/HTTP §"OTLP/HTTP Request"), unless it already ends there.
 fn traces_url(base: &str) -> String {
     let s = base.trim_end_matches('/');
@@ -343,6 +361,7 @@ fn provider(
     let mut builder = SdkTracerProvider::builder()
         .with_resource(resource.build())
         .with_batch_exporter(exporter);
+    portcullis::telemetry::set_drops_new_traces(keeps_no_new_trace(telemetry.sampling_ratio));
     if let Some(ratio) = telemetry.sampling_ratio {
         builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
             ratio,
@@ -424,6 +443,87 @@ mod tests {
                     );
                 });
             });
+        }
+    }
+
+    /// What was left of sampling 0's cost: the request span itself was built by the
+    /// OpenTelemetry layer (ids, attributes, parent lookup) and only then dropped by the
+    /// sampler. With no new trace kept, the middleware now decides first, and the layer
+    /// never sees the request; the upstream still learns the trace (flags `00`).
+    #[test]
+    fn request_of_a_trace_sampling_zero_drops_is_never_built() {
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        portcullis::telemetry::set_exporting(true);
+        for decides_first in [false, true] {
+            portcullis::telemetry::set_drops_new_traces(decides_first);
+            let provider = SdkTracerProvider::builder()
+                .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                    0.0,
+                ))))
+                .build();
+            let subscriber = tracing_subscriber::registry()
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_writer(std::io::sink)
+                        .with_filter(tracing_subscriber::EnvFilter::new("info")),
+                )
+                .with(
+                    tracing_opentelemetry::layer()
+                        .with_tracer(provider.tracer("test"))
+                        .with_filter(ExportFilter),
+                );
+            let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+            let app = {
+                let seen = seen.clone();
+                axum::Router::new()
+                    .route(
+                        "/x",
+                        axum::routing::get(move || {
+                            let seen = seen.clone();
+                            async move {
+                                let built = tracing::Span::current()
+                                    .context()
+                                    .span()
+                                    .span_context()
+                                    .is_valid();
+                                let mut headers = axum::http::HeaderMap::new();
+                                portcullis::telemetry::inject(&mut headers);
+                                let tp = headers
+                                    .get(portcullis::telemetry::TRACEPARENT)
+                                    .map(|v| v.to_str().unwrap().to_owned());
+                                *seen.lock().unwrap() = Some((built, tp));
+                                "ok"
+                            }
+                        }),
+                    )
+                    .layer(axum::middleware::from_fn(move |request, next| {
+                        portcullis::telemetry::RequestTelemetry::default().middleware(request, next)
+                    }))
+            };
+            tracing::subscriber::with_default(subscriber, || {
+                runtime.block_on(async {
+                    use tower::ServiceExt as _;
+                    let request = axum::http::Request::get("/x")
+                        .body(axum::body::Body::empty())
+                        .unwrap();
+                    let r = app.oneshot(request).await.unwrap();
+                    assert_eq!(r.status(), 200);
+                });
+            });
+            let (built, traceparent) = seen.lock().unwrap().take().unwrap();
+            assert_eq!(
+                built, !decides_first,
+                "the OpenTelemetry layer built the request span: {built}"
+            );
+            let traceparent = traceparent.expect("a traceparent for the upstream");
+            assert!(traceparent.ends_with("-00"), "{traceparent}");
         }
     }
 

@@ -84,6 +84,52 @@ fn exporting() -> bool {
     EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+static DROPS_NEW_TRACES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Tells the request middleware that the sampler keeps no new trace (sampling ratio 0): a
+/// request that does not continue a trusted, sampled parent is then decided as dropped
+/// before its span exists, and runs in an unsampled trace context of its own (random ids,
+/// flags `00`), which upstreams and the IdP still receive as `traceparent`. The
+/// OpenTelemetry layer never sees such a request: no span data, ids or attributes are built
+/// for it. The binary calls this when its sampling ratio is 0.
+pub fn set_drops_new_traces(on: bool) {
+    DROPS_NEW_TRACES.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn drops_new_traces() -> bool {
+    DROPS_NEW_TRACES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// An unsampled trace context for a request whose trace is dropped before it starts:
+/// `parent`'s trace id when it has a valid one (the trace continues, unsampled), else a new
+/// random one; a new random span id; flags `00`.
+fn unsampled_context(parent: &opentelemetry::Context) -> opentelemetry::Context {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    let parent_sc = parent.span().span_context().clone();
+    let trace_id = if parent_sc.is_valid() {
+        parent_sc.trace_id()
+    } else {
+        TraceId::from_bytes(nonzero(rand::random()))
+    };
+    let span_id = SpanId::from_bytes(nonzero(rand::random()));
+    let sc = SpanContext::new(
+        trace_id,
+        span_id,
+        TraceFlags::default(),
+        false,
+        TraceState::default(),
+    );
+    opentelemetry::Context::new().with_remote_span_context(sc)
+}
+
+/// All-zero ids are invalid (W3C Trace Context §3.2.2.3); a random draw of zeros becomes 1.
+fn nonzero<const N: usize>(mut bytes: [u8; N]) -> [u8; N] {
+    if bytes.iter().all(|b| *b == 0) {
+        bytes[N - 1] = 1;
+    }
+    bytes
+}
+
 /// Whether the current OpenTelemetry context belongs to a trace the sampler dropped (a
 /// valid span context without the `sampled` flag).
 ///
@@ -144,6 +190,23 @@ impl RequestTelemetry {
         let started = Instant::now();
         let early_route = request.extensions().get::<MatchedPath>().cloned();
         let method = histograms::method_label(request.method());
+        // Sampling ratio 0: unless a trusted parent was sampled, the trace is dropped here,
+        // before the span exists; the request runs in an unsampled context of its own, which
+        // keeps the OpenTelemetry layer away from it and its children (`in_unsampled_trace`).
+        let dropped = (exporting() && drops_new_traces())
+            .then(|| {
+                let parent = if self.trust_incoming_trace_context {
+                    opentelemetry::global::get_text_map_propagator(|p| {
+                        p.extract(&HeaderExtractor(request.headers()))
+                    })
+                } else {
+                    opentelemetry::Context::new()
+                };
+                let parent_sampled = parent.span().span_context().is_sampled();
+                (!parent_sampled).then(|| unsampled_context(&parent))
+            })
+            .flatten();
+        let attached = dropped.clone().map(opentelemetry::Context::attach);
         let span = tracing::info_span!(
             "request",
             otel.kind = "server",
@@ -161,7 +224,8 @@ impl RequestTelemetry {
         );
         // The sampler decides when the OpenTelemetry span starts (here, after the parent is
         // set); an unsampled request skips everything below that only feeds the export.
-        let sampled = exporting() && !span.is_disabled() && {
+        drop(attached);
+        let sampled = dropped.is_none() && exporting() && !span.is_disabled() && {
             if self.trust_incoming_trace_context {
                 let parent = opentelemetry::global::get_text_map_propagator(|p| {
                     p.extract(&HeaderExtractor(request.headers()))
@@ -196,7 +260,16 @@ impl RequestTelemetry {
         } else {
             None
         };
-        let mut response = next.run(request).instrument(span).await;
+        let mut response = match dropped {
+            Some(cx) => {
+                opentelemetry::trace::FutureExt::with_context(
+                    next.run(request).instrument(span),
+                    cx,
+                )
+                .await
+            }
+            None => next.run(request).instrument(span).await,
+        };
         // Behind frontend selection the route is only known once the frontend's router ran.
         let marked = response.extensions_mut().remove::<MatchedRoute>();
         let late = early_route.is_none();
