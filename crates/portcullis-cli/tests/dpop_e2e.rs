@@ -14,7 +14,6 @@ use common::*;
 use reqwest::header::LOCATION;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio::process::Command;
 
 const DPOP_CLIENT: &str = "dpop-bff";
 const PAR_CLIENT: &str = "par-bff";
@@ -63,40 +62,6 @@ fn idp_config(origin: &str, access_token_ttl: u64) -> Value {
         "dpop": { "require_nonce": true },
         "fapi2_clients": [FAPI_CLIENT],
     })
-}
-
-/// The DPoP-verifying resource server.
-struct DpopApi {
-    _proc: Proc,
-    url: String,
-}
-
-impl DpopApi {
-    async fn start(issuer: &str) -> DpopApi {
-        let mut cmd = Command::new("node");
-        cmd.current_dir(repo_root()).args([
-            "testing/upstream/dpop-api.mjs",
-            "--port",
-            "0",
-            "--issuer",
-            issuer,
-        ]);
-        let proc = Proc::spawn("dpop-api", cmd).await;
-        let port = proc.ready["port"].as_u64().unwrap();
-        DpopApi {
-            _proc: proc,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    async fn stats(&self) -> Value {
-        reqwest::get(format!("{}/__stats", self.url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
 }
 
 struct DpopStack {

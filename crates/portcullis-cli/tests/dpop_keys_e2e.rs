@@ -18,7 +18,6 @@ use std::time::Duration;
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio::process::Command;
 
 const DPOP_CLIENT: &str = "dpop-bff";
 const MACHINE_CLIENT: &str = "dpop-machine";
@@ -41,39 +40,6 @@ fn idp_config(origin: &str, access_token_ttl: u64) -> Value {
         "id_token_ttl": 300,
         "dpop": { "require_nonce": true },
     })
-}
-
-struct DpopApi {
-    _proc: Proc,
-    url: String,
-}
-
-impl DpopApi {
-    async fn start(issuer: &str) -> DpopApi {
-        let mut cmd = Command::new("node");
-        cmd.current_dir(repo_root()).args([
-            "testing/upstream/dpop-api.mjs",
-            "--port",
-            "0",
-            "--issuer",
-            issuer,
-        ]);
-        let proc = Proc::spawn("dpop-api", cmd).await;
-        let port = proc.ready["port"].as_u64().unwrap();
-        DpopApi {
-            _proc: proc,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    async fn stats(&self) -> Value {
-        reqwest::get(format!("{}/__stats", self.url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
 }
 
 struct KeysStack {

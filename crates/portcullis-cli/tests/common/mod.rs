@@ -1170,3 +1170,39 @@ pub fn make_certificates(dir: &std::path::Path) {
         dir,
     );
 }
+
+/// The DPoP-verifying resource server (`testing/upstream/dpop-api.mjs`): checks the proof
+/// (signature, `htm`, `htu`, `ath`, `jti` replay), the `cnf.jkt` binding, and demands a nonce;
+/// `stats()` is what it saw.
+pub struct DpopApi {
+    _proc: Proc,
+    pub url: String,
+}
+
+impl DpopApi {
+    pub async fn start(issuer: &str) -> DpopApi {
+        let mut cmd = Command::new("node");
+        cmd.current_dir(repo_root()).args([
+            "testing/upstream/dpop-api.mjs",
+            "--port",
+            "0",
+            "--issuer",
+            issuer,
+        ]);
+        let proc = Proc::spawn("dpop-api", cmd).await;
+        let port = proc.ready["port"].as_u64().unwrap();
+        DpopApi {
+            _proc: proc,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    pub async fn stats(&self) -> Value {
+        reqwest::get(format!("{}/__stats", self.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
