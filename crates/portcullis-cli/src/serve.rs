@@ -403,19 +403,19 @@ async fn reload(
         &cfg.client_dpop_keys,
         &mut frontends,
     )
-        .and_then(|()| {
-            next_routers.build(
-                spa_routers,
-                portcullis::frontend::DEFAULT_FRONTEND,
-                &cfg.spa,
-                &settings,
-                "/",
-            )
-        })
-        .and_then(|fallback| {
-            frontend_specs_reusing(frontends, spa_routers, &mut next_routers)
-                .map(|frontends| (fallback, frontends))
-        });
+    .and_then(|()| {
+        next_routers.build(
+            spa_routers,
+            portcullis::frontend::DEFAULT_FRONTEND,
+            &cfg.spa,
+            &settings,
+            "/",
+        )
+    })
+    .and_then(|fallback| {
+        frontend_specs_reusing(frontends, spa_routers, &mut next_routers)
+            .map(|frontends| (fallback, frontends))
+    });
     let (fallback, frontends) = match built {
         Ok(b) => b,
         Err(e) => {
