@@ -654,3 +654,46 @@ async fn longest_step_up_login_still_fits_its_transaction_cookie() {
     assert_eq!(r.status(), StatusCode::FOUND);
     assert_eq!(r.headers()[LOCATION].to_str().unwrap(), return_url);
 }
+
+/// Regression: `oidc.extra_authorize_params` naming a parameter a login sets itself (here a
+/// baseline `acr_values`, as deployments that always ask for a minimum level configure) were
+/// sent a second time beside the step-up's own, and the IdP refuses a repeated parameter
+/// (RFC 6749 §3.1), so every step-up login failed. The login's own value now wins; an
+/// ordinary login still sends the configured one.
+#[tokio::test]
+async fn step_up_login_beside_a_configured_acr_values_sends_it_once_and_passes() {
+    let s = StepStack::start_with(
+        "1h",
+        &format!("extra_authorize_params = {{ acr_values = \"{PWD}\" }}"),
+    )
+    .await;
+    let b = Browser::new();
+    let (authorize, r) = login_via(&b, &s.gw, "/bff/login", "alice", None).await;
+    assert_eq!(r.status(), StatusCode::FOUND, "ordinary login");
+    assert_eq!(query_param(&authorize, "acr_values").as_deref(), Some(PWD));
+
+    let r = b.get_csrf(&s.gw.url("/mfa-api/whoami")).await;
+    let body = assert_step_up_challenge(r, Some(MFA), None).await;
+    let (authorize, r) = login_via(
+        &b,
+        &s.gw,
+        body["login_url"].as_str().unwrap(),
+        "alice",
+        Some(MFA),
+    )
+    .await;
+    let acr_values: Vec<String> = url::Url::parse(&authorize)
+        .unwrap()
+        .query_pairs()
+        .filter(|(k, _)| k == "acr_values")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    let status = r.status();
+    let page = r.text().await.unwrap();
+    assert_eq!(status, StatusCode::FOUND, "step-up login: {page}");
+    assert_eq!(acr_values, [MFA], "{authorize}");
+    assert_eq!(
+        b.get_csrf(&s.gw.url("/mfa-api/whoami")).await.status(),
+        StatusCode::OK
+    );
+}

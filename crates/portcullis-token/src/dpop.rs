@@ -108,9 +108,9 @@ impl DpopKey {
     /// seed is the Ed25519 seed (RFC 8032 §5.1.5).
     ///
     /// For keys that must be re-created rather than stored, e.g. the gateway's per-login key,
-    /// derived from a server secret and the login's `state` so that it can be made again at
-    /// the callback without the private key ever leaving the server. The seed is as secret
-    /// as the key: use 256 bits from a CSPRNG or a PRF under a secret key.
+    /// derived from a server secret and the login's `state` and PKCE verifier so that it can
+    /// be made again at the callback without the private key ever leaving the server. The
+    /// seed is as secret as the key: use 256 bits from a CSPRNG or a PRF under a secret key.
     ///
     /// # Errors
     ///

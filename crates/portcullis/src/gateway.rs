@@ -646,9 +646,12 @@ async fn api_inner(
 
     let policy = route.settings.token;
     let access = &route.settings.access;
+    // Other routes' rules this request is held to as well: its forwarded URL, read the way
+    // upstream servers read paths (decoded, case-folded, ...), lands on their upstream.
+    let guards = route.guards_for(request.uri().path());
+    let ruled = !access.is_empty() || !guards.is_empty();
     let mut clear_cookie = false;
-    let session = if matches!(policy, TokenPolicy::None | TokenPolicy::Client) && access.is_empty()
-    {
+    let session = if matches!(policy, TokenPolicy::None | TokenPolicy::Client) && !ruled {
         None
     } else {
         let started = std::time::Instant::now();
@@ -676,13 +679,29 @@ async fn api_inner(
     };
 
     // Per-route claims and step-up (RFC 9470): before any token is fetched or anything sent.
-    if !access.is_empty() {
+    if ruled {
         let Some(session) = &session else {
             let r = GatewayError::Unauthorized("no session").into_response();
             return Ok(with_clear(gw, r, clear_cookie));
         };
         if let Err(denied) = crate::access::enforce(gw, route, &session.ticket.claims) {
             return Ok(with_clear(gw, denied.into_response(), clear_cookie));
+        }
+        for guard in guards {
+            tracing::debug!(
+                route = %route.settings.path,
+                guarded_by = %guard.route_path,
+                "the request reaches another route's upstream; its rules apply too"
+            );
+            let checked = crate::access::enforce_rules(
+                gw,
+                &guard.route_path,
+                &guard.access,
+                &session.ticket.claims,
+            );
+            if let Err(denied) = checked {
+                return Ok(with_clear(gw, denied.into_response(), clear_cookie));
+            }
         }
     }
 

@@ -245,3 +245,88 @@ async fn a_frontends_step_up_challenge_names_its_own_login_endpoint() {
         "/admin/auth/login?acr_values=urn%3Aexample%3Amfa"
     );
 }
+
+/// Regression: `require_claims` on a nested route (`/p/admin` → `<up>/up/admin`) was bypassed
+/// through the route above it (`/p/open` → `<up>/up`) by spelling the path so that the
+/// gateway's raw prefix match missed the nested route while the upstream, which decodes and
+/// normalises paths, still served it: `/p/open/%61dmin/x` arrived as `/up/%61dmin/x`, which
+/// ASP.NET Core, Spring, Go and nginx read as `/up/admin/x`. Such a request is now held to the
+/// nested route's rules as well.
+#[tokio::test]
+async fn encoded_path_through_an_outer_route_cannot_skip_a_nested_routes_claims() {
+    let idp = MockIdp::start().await;
+    let upstream = Upstream::start().await;
+    let mut routes = routes_for_every_policy(&upstream.url);
+    routes.retain(|r| matches!(r.path.as_str(), "/p/none" | "/p/user"));
+    for r in &mut routes {
+        if r.path == "/p/none" {
+            r.path = "/p/open".into();
+            r.upstream = format!("{}/up", upstream.url).parse().unwrap();
+        } else {
+            r.path = "/p/admin".into();
+            r.upstream = format!("{}/up/admin", upstream.url).parse().unwrap();
+            r.access.require_claims = vec![ClaimRule {
+                claim: "role".into(),
+                values: vec!["admin".into()],
+            }];
+        }
+    }
+    let (gw, _clock) = gateway(settings(&idp.issuer, routes, SessionSettings::default())).await;
+    let app = gw.router(None);
+    let plain = session_with(&gw.sessions(), vec![claim("role", json!("user"))]).await;
+    let admin = session_with(&gw.sessions(), vec![claim("role", json!("admin"))]).await;
+    let spellings = [
+        "/p/open/%61dmin/x",
+        "/p/open/%2561dmin/x",
+        "/p/open/ADMIN/x",
+        "/p/open/Admin",
+        "/p/open/admin;jsessionid=1/x",
+        "/p/open//admin/x",
+        "/p/open/admin./x",
+        "/p/open/admin%20/x",
+        "/p/open/admin",
+    ];
+    for path in spellings {
+        let before = upstream.hits();
+        let refused = call(
+            &app,
+            "GET",
+            path,
+            &[("x-csrf", "1"), ("cookie", &plain)],
+            "",
+        )
+        .await;
+        assert_eq!(
+            refused.status,
+            StatusCode::FORBIDDEN,
+            "{path} without the role"
+        );
+        let anonymous = call(&app, "GET", path, &[("x-csrf", "1")], "").await;
+        assert_eq!(
+            anonymous.status,
+            StatusCode::UNAUTHORIZED,
+            "{path} anonymous"
+        );
+        assert_eq!(upstream.hits(), before, "{path}: nothing forwarded");
+        let ok = call(
+            &app,
+            "GET",
+            path,
+            &[("x-csrf", "1"), ("cookie", &admin)],
+            "",
+        )
+        .await;
+        assert_eq!(ok.status, StatusCode::OK, "{path} with the role");
+        assert_eq!(upstream.hits(), before + 1);
+    }
+    // Paths of the outer route that do not reach the nested upstream keep its rules (none).
+    for path in [
+        "/p/open/administrators",
+        "/p/open/x/admin",
+        "/p/open/adminx",
+        "/p/open",
+    ] {
+        let r = call(&app, "GET", path, &[("x-csrf", "1")], "").await;
+        assert_eq!(r.status, StatusCode::OK, "{path} anonymous");
+    }
+}

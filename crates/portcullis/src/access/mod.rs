@@ -57,6 +57,12 @@
 //! assert_eq!(route.check(&with_mfa, 0), Ok(()));
 //! ```
 //!
+//! A route's rules also hold for requests through another route whose forwarded URL lands on
+//! its upstream once read the way upstream servers read paths (percent-decoded, case-folded,
+//! `;` parameters and empty segments dropped): `/api/%61dmin/x` through `/api` → `https://up/v1`
+//! reaches `https://up/v1/admin/x` of a route `/api/admin` → `https://up/v1/admin`, and is
+//! checked against that route's rules as well ([`crate::proxy::Route::guards_for`]).
+//!
 //! Caveats: claim values are compared as strings (a number or boolean claim by its JSON
 //! text, `42`, `true`); a space-separated string is one value, not several; claim names are
 //! top-level names (URL-like names with dots, as Auth0 uses, are names, not paths).
@@ -179,12 +185,24 @@ pub const DENIED_METRIC: &str = "portcullis_access_denied_total";
 /// # Errors
 /// As above.
 pub(crate) fn enforce(fe: &Frontend, route: &Route, claims: &[Claim]) -> Result<(), GatewayError> {
-    match route.settings.access.check(claims, fe.now()) {
+    enforce_rules(fe, &route.settings.path, &route.settings.access, claims)
+}
+
+/// [`enforce`] for the rules `access` of the route with prefix `route_path`: the request's own
+/// route, or a route whose upstream the request reaches as well
+/// ([`crate::proxy::Route::guards_for`]).
+pub(crate) fn enforce_rules(
+    fe: &Frontend,
+    route_path: &str,
+    access: &RouteAccess,
+    claims: &[Claim],
+) -> Result<(), GatewayError> {
+    match access.check(claims, fe.now()) {
         Ok(()) => Ok(()),
         Err(Denied::MissingClaim(claim)) => {
             metrics::counter!(DENIED_METRIC, "reason" => "claims").increment(1);
             tracing::info!(
-                route = %route.settings.path,
+                route = %route_path,
                 claim = %untrusted(&claim),
                 "the session lacks a claim value this route requires; 403, nothing forwarded"
             );
@@ -199,7 +217,7 @@ pub(crate) fn enforce(fe: &Frontend, route: &Route, claims: &[Claim]) -> Result<
         }) => {
             metrics::counter!(DENIED_METRIC, "reason" => "step_up").increment(1);
             tracing::info!(
-                route = %route.settings.path,
+                route = %route_path,
                 acr_failed,
                 "the session's authentication is too weak or too old for this route; step-up challenge, nothing forwarded"
             );

@@ -237,11 +237,7 @@ async fn complete(
                     "UserInfo belongs to another subject.".into(),
                 ));
             }
-            for (name, value) in &extra {
-                if !session_claims.iter().any(|c| c.kind == *name) {
-                    push_claim(&mut session_claims, name, value);
-                }
-            }
+            merge_userinfo(&mut session_claims, &extra);
         }
     }
     let tokens = crate::token::session_key::bind(
@@ -358,6 +354,26 @@ pub(crate) fn append_query_param(url: &str, name: &str, value: &str) -> String {
     }
 }
 
+/// Claims only the ID token may give a session: what route rules judge the sign-in by
+/// (`require_acr`, `max_auth_age`). UserInfo (OIDC Core §5.3) describes the user, not the
+/// authentication event, and often carries profile attributes an administrator or the user
+/// maintains; an `acr` or `auth_time` from there (when the ID token has none) would pass a
+/// step-up rule without any step-up.
+pub const ID_TOKEN_ONLY: [&str; 3] = ["acr", "amr", "auth_time"];
+
+/// Adds UserInfo's claims to the session's: those the ID token did not already give, and
+/// never one of [`ID_TOKEN_ONLY`] or a protocol claim.
+fn merge_userinfo(session_claims: &mut Vec<Claim>, userinfo: &serde_json::Map<String, Value>) {
+    for (name, value) in userinfo {
+        if ID_TOKEN_ONLY.contains(&name.as_str()) || PROTOCOL_CLAIMS.contains(&name.as_str()) {
+            continue;
+        }
+        if !session_claims.iter().any(|c| c.kind == *name) {
+            push_claim(session_claims, name, value);
+        }
+    }
+}
+
 /// Arrays become repeated claims, as in a .NET `ClaimsPrincipal`.
 fn push_claim(out: &mut Vec<Claim>, name: &str, value: &Value) {
     match value {
@@ -411,6 +427,34 @@ mod tests {
     }
 
     const ERROR_PARAM_FOR_TESTS: &str = super::super::ERROR_PARAM;
+
+    /// Regression: with `fetch_userinfo`, a UserInfo `acr` or `auth_time` the ID token lacked
+    /// became a session claim, so `require_acr`/`max_auth_age` could pass on what UserInfo
+    /// said (often a profile attribute) instead of the authentication the ID token vouches for.
+    #[test]
+    fn userinfo_cannot_supply_acr_or_auth_time_the_id_token_lacks() {
+        let mut claims = vec![Claim {
+            kind: "sub".into(),
+            value: serde_json::json!("alice"),
+        }];
+        let userinfo = serde_json::json!({
+            "sub": "alice",
+            "acr": "urn:example:mfa",
+            "amr": ["hwk"],
+            "auth_time": 4_102_444_800_i64,
+            "iss": "https://elsewhere",
+            "email": "alice@example.com",
+            "role": ["admin", "ops"],
+        });
+        merge_userinfo(&mut claims, userinfo.as_object().unwrap());
+        let kinds: Vec<&str> = claims.iter().map(|c| c.kind.as_str()).collect();
+        assert_eq!(kinds, ["sub", "email", "role", "role"]);
+        let route = crate::access::RouteAccess {
+            require_acr: vec!["urn:example:mfa".into()],
+            ..Default::default()
+        };
+        assert!(route.check(&claims, 0).is_err());
+    }
 
     #[test]
     fn step_up_login_must_deliver_the_requested_acr_and_a_fresh_auth_time() {

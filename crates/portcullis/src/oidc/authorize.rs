@@ -108,7 +108,8 @@ pub struct AuthorizeRequest<'a> {
 /// order: `response_type=code`, `client_id`, `redirect_uri`, `scope`, `state`, `nonce`,
 /// `code_challenge` + `code_challenge_method=S256`, `response_mode`, then `prompt`,
 /// `acr_values`, `max_age`, `resource`, `dpop_jkt` and the extra parameters when set (OIDC
-/// Core §3.1.2.1, RFC 7636 §4.3, RFC 8707 §2, RFC 9449 §10). The same list goes in the query string or, with PAR,
+/// Core §3.1.2.1, RFC 7636 §4.3, RFC 8707 §2, RFC 9449 §10); an extra parameter whose name is
+/// already in the list is left out. The same list goes in the query string or, with PAR,
 /// in the pushed request body (RFC 9126 §2.1).
 pub fn authorization_params(
     req: &AuthorizeRequest<'_>,
@@ -143,7 +144,14 @@ pub fn authorization_params(
     if let Some(jkt) = req.dpop_jkt {
         q.push(("dpop_jkt".into(), jkt.to_owned()));
     }
-    q.extend(req.extra.iter().cloned());
+    // A parameter may appear only once (RFC 6749 §3.1; oidc-provider, Keycloak and others
+    // refuse the request otherwise): an extra parameter the gateway already sets for this
+    // login (a step-up's `acr_values`/`max_age`, a silent login's `prompt`, ...) gives way.
+    for (name, value) in req.extra {
+        if !q.iter().any(|(n, _)| n == name) {
+            q.push((name.clone(), value.clone()));
+        }
+    }
     q
 }
 
@@ -281,5 +289,55 @@ mod tests {
         assert_eq!(q["acr_values"], "urn:example:mfa 1");
         assert_eq!(q["max_age"], "0");
         assert_ne!(tx.state, tx.nonce);
+    }
+
+    /// Regression: `oidc.extra_authorize_params` that name a parameter the login sets itself
+    /// (a baseline `acr_values` beside a step-up's, `prompt` beside a silent login's
+    /// `prompt=none`, `state`) were sent twice, and IdPs refuse a repeated parameter
+    /// (RFC 6749 §3.1), so every step-up or silent login failed. The login's own value wins.
+    #[test]
+    fn extra_authorize_params_never_repeat_a_parameter_the_login_sets() {
+        let tx = LoginTransaction::new("/".into(), false, 0);
+        let scopes = vec!["openid".to_owned()];
+        let extra = [
+            ("acr_values".to_owned(), "urn:example:pwd".to_owned()),
+            ("prompt".to_owned(), "login".to_owned()),
+            ("state".to_owned(), "planted".to_owned()),
+            ("audience".to_owned(), "my-api".to_owned()),
+        ];
+        let request = |acr_values, prompt| AuthorizeRequest {
+            authorization_endpoint: "https://idp/auth",
+            client_id: "spa",
+            redirect_uri: "https://app/signin-oidc",
+            scopes: &scopes,
+            prompt,
+            resource: None,
+            response_mode: "query",
+            extra: &extra,
+            dpop_jkt: None,
+            acr_values,
+            max_age: None,
+        };
+        let count = |params: &[(String, String)], name: &str| {
+            params.iter().filter(|(n, _)| n == name).count()
+        };
+        let step_up = authorization_params(&request(Some("urn:example:mfa"), Some("none")), &tx);
+        for name in ["acr_values", "prompt", "state", "audience"] {
+            assert_eq!(count(&step_up, name), 1, "{name}: {step_up:?}");
+        }
+        let value = |params: &[(String, String)], name: &str| {
+            params
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(value(&step_up, "acr_values").unwrap(), "urn:example:mfa");
+        assert_eq!(value(&step_up, "prompt").unwrap(), "none");
+        assert_eq!(value(&step_up, "state").unwrap(), tx.state);
+        // An ordinary login still sends the operator's extras.
+        let plain = authorization_params(&request(None, None), &tx);
+        assert_eq!(value(&plain, "acr_values").unwrap(), "urn:example:pwd");
+        assert_eq!(value(&plain, "prompt").unwrap(), "login");
+        assert_eq!(count(&plain, "state"), 1);
     }
 }

@@ -27,6 +27,6 @@ mod routes;
 pub(crate) use forward::strip_own_cookies;
 pub use forward::{ForwardContext, Forwarder, SessionEnd};
 pub use routes::{
-    check_method, check_path, limit_body, PathRefusal, Route, RouteTable, MAX_DECODE_ROUNDS,
-    REFUSED_METHODS,
+    canonical_path, check_method, check_path, limit_body, Guard, PathRefusal, Route, RouteTable,
+    MAX_DECODE_ROUNDS, REFUSED_METHODS,
 };

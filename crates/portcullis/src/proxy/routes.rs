@@ -25,6 +25,21 @@ pub struct Route {
     host: Option<HeaderValue>,
     /// `X-Forwarded-Prefix`: the route prefix.
     prefix: Option<HeaderValue>,
+    /// Other routes of the table whose upstream lies strictly below this route's upstream and
+    /// that have access rules of their own ([`RouteTable::new`] fills it in).
+    guards: Vec<Guard>,
+}
+
+/// Another route's access rules that also hold for a request of this route when the
+/// forwarded URL reaches that route's upstream (see [`Route::guards_for`]).
+#[derive(Debug, Clone)]
+pub struct Guard {
+    /// The other route's prefix (for the log).
+    pub route_path: String,
+    /// The other route's rules.
+    pub access: crate::access::RouteAccess,
+    /// The other route's upstream as [`upstream_key`] spells it.
+    key: String,
 }
 
 impl Route {
@@ -47,7 +62,32 @@ impl Route {
             target,
             host,
             settings,
+            guards: Vec::new(),
         }
+    }
+
+    /// The access rules of other routes that a request for `path` (the raw request path,
+    /// below this route's prefix) reaches as well: those whose upstream lies below this
+    /// route's upstream and contains the forwarded URL once it is normalised the way upstream
+    /// servers normalise paths ([`canonical_path`]: percent-decoding, `;` parameters, empty
+    /// segments, trailing dots, ASCII case).
+    ///
+    /// Without this, `/api/%61dmin/x` on a route `/api` → `https://up/api` reaches
+    /// `https://up/api/admin/x`, which a route `/api/admin` → `https://up/api/admin` protects
+    /// with `require_claims`, without those claims: the gateway matches the raw path, the
+    /// upstream the decoded one. Empty (and nothing computed) for a route without guards.
+    pub fn guards_for(&self, path: &str) -> Vec<&Guard> {
+        if self.guards.is_empty() {
+            return Vec::new();
+        }
+        let rest = path
+            .strip_prefix(self.settings.path.as_str())
+            .unwrap_or(path);
+        let target = upstream_key(&self.settings.upstream, rest);
+        self.guards
+            .iter()
+            .filter(|g| is_below(&target, &g.key))
+            .collect()
     }
 
     /// The `Host` header value for the upstream.
@@ -256,6 +296,60 @@ fn has_iis_unicode_escape(form: &[u8]) -> bool {
     })
 }
 
+/// `scheme://host:port` and [`canonical_path`] of `upstream`'s path followed by `rest`: the
+/// form in which two upstream URLs are compared for [`Route::guards_for`].
+fn upstream_key(upstream: &url::Url, rest: &str) -> String {
+    let base = upstream.path().trim_end_matches('/');
+    format!(
+        "{}://{}:{}{}",
+        upstream.scheme(),
+        upstream.host_str().unwrap_or_default().to_ascii_lowercase(),
+        upstream.port_or_known_default().unwrap_or_default(),
+        canonical_path(&format!("{base}{rest}"))
+    )
+}
+
+/// `key` is `base` or below it, on segment boundaries.
+fn is_below(key: &str, base: &str) -> bool {
+    key.strip_prefix(base)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// A path as the most lenient common upstream server may read it, for comparing where a
+/// request lands: percent-decoded (up to [`MAX_DECODE_ROUNDS`] rounds: servers that decode
+/// twice exist), `;` parameters dropped from each segment (Tomcat, Jetty, Spring), trailing
+/// dots and spaces dropped (Windows), empty segments dropped (`//` merged: nginx, Spring), and
+/// ASCII lower case (ASP.NET Core and Express route case-insensitively). Never forwarded:
+/// only compared.
+pub fn canonical_path(path: &str) -> String {
+    let mut form: Cow<'_, str> = Cow::Borrowed(path);
+    for _ in 0..MAX_DECODE_ROUNDS {
+        if !form.contains('%') {
+            break;
+        }
+        let next = percent_encoding::percent_decode_str(&form)
+            .decode_utf8_lossy()
+            .into_owned();
+        if next == form {
+            break;
+        }
+        form = Cow::Owned(next);
+    }
+    let mut out = String::with_capacity(form.len());
+    for segment in form.split(['/', '\\']) {
+        let name = segment
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches(['.', ' ']);
+        if !name.is_empty() {
+            out.push('/');
+            out.push_str(&name.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
 /// Every configured route, longest prefix first.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
@@ -263,14 +357,34 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// A table over `settings` (prefixes already normalised by the settings parser).
+    /// A table over `settings` (prefixes already normalised by the settings parser). Each
+    /// route learns its guards: the routes with other access rules whose upstream lies
+    /// strictly below its own (see [`Route::guards_for`]).
     pub fn new(mut settings: Vec<RouteSettings>) -> Self {
         settings.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+        let keys: Vec<String> = settings
+            .iter()
+            .map(|s| upstream_key(&s.upstream, ""))
+            .collect();
+        let mut routes: Vec<Route> = settings.iter().cloned().map(Route::new).collect();
+        for (i, route) in routes.iter_mut().enumerate() {
+            for (j, other) in settings.iter().enumerate() {
+                if i != j
+                    && !other.access.is_empty()
+                    && other.access != route.settings.access
+                    && keys[j] != keys[i]
+                    && is_below(&keys[j], &keys[i])
+                {
+                    route.guards.push(Guard {
+                        route_path: other.path.clone(),
+                        access: other.access.clone(),
+                        key: keys[j].clone(),
+                    });
+                }
+            }
+        }
         Self {
-            routes: settings
-                .into_iter()
-                .map(|s| Arc::new(Route::new(s)))
-                .collect(),
+            routes: routes.into_iter().map(Arc::new).collect(),
         }
     }
 
@@ -458,6 +572,62 @@ mod tests {
             let uri = table.find(&path).unwrap().upstream_uri(&path, None);
             assert_eq!(uri.unwrap().path(), want, "{path}");
         }
+    }
+
+    /// Regression: a route without rules reached a nested route's upstream through another
+    /// spelling of the path (percent-encoded, case-changed, `;` parameters, `//`, trailing
+    /// dot), so the nested route's `require_claims` never ran. Such a request now carries the
+    /// nested route's rules as guards; other paths of the outer route carry none.
+    #[test]
+    fn encoded_path_to_a_nested_routes_upstream_is_guarded_by_its_rules() {
+        let admin_rules = crate::access::RouteAccess {
+            require_claims: vec![crate::access::ClaimRule {
+                claim: "role".into(),
+                values: vec!["admin".into()],
+            }],
+            ..Default::default()
+        };
+        let mut admin = route("/api/admin", "https://up.internal/v1/admin");
+        admin.access = admin_rules.clone();
+        // Another gateway prefix, the same upstream subtree: guarded too.
+        let reports = route("/reports", "https://UP.internal:443/v1");
+        // The same rules below: nothing to add.
+        let mut same = route("/admin2", "https://up.internal/v1/admin/more");
+        same.access = admin_rules.clone();
+        let table = RouteTable::new(vec![
+            route("/api", "https://up.internal/v1/"),
+            admin,
+            reports,
+            same,
+            route("/other", "https://other.internal/v1"),
+        ]);
+        let api = table.find("/api/x").unwrap();
+        for path in [
+            "/api/admin",
+            "/api/%61dmin/x",
+            "/api/%2561dmin/x",
+            "/api/ADMIN/x",
+            "/api/admin;v=1/x",
+            "/api//admin/x",
+            "/api/admin./x",
+            "/api/admin%20/x",
+        ] {
+            let guards = api.guards_for(path);
+            assert_eq!(guards.len(), 1, "{path}");
+            assert_eq!(guards[0].route_path, "/api/admin");
+            assert_eq!(guards[0].access, admin_rules);
+        }
+        for path in ["/api", "/api/administrators", "/api/x/admin", "/api/adminx"] {
+            assert!(api.guards_for(path).is_empty(), "{path}");
+        }
+        let reports = table.find("/reports/admin/7").unwrap();
+        assert_eq!(reports.guards_for("/reports/admin/7").len(), 1);
+        assert!(reports.guards_for("/reports/orders").is_empty());
+        for own in ["/api/admin/x", "/admin2/x", "/other/admin/x"] {
+            let r = table.find(own).unwrap();
+            assert!(r.guards_for(own).is_empty(), "{own}");
+        }
+        assert_eq!(canonical_path("/A/%2561;x/B./"), "/a/a/b");
     }
 
     #[test]
