@@ -108,11 +108,13 @@ impl Forwarder {
         })
     }
 
-    /// Sends a request; when it fails after the connection was made (the upstream closed a
-    /// pooled keep-alive connection as the request went out: Node's 5 s `keepAliveTimeout`,
-    /// gunicorn's 2 s, any server's idle limit shorter than the pool's), sends `replay`
-    /// once more. Only requests that are idempotent (RFC 9110 §9.2.2) and have no body get a
-    /// `replay`, so a retry can never apply a change twice.
+    /// Sends a request; when it fails after a connection was had (typically the upstream
+    /// closed a pooled keep-alive connection as the request went out: Node's 5 s
+    /// `keepAliveTimeout`, gunicorn's 2 s, any server's idle limit shorter than the pool's;
+    /// also an upstream that drops the connection without answering), sends `replay` once
+    /// more on a fresh one. Only requests that are idempotent (RFC 9110 §9.2.2), have no
+    /// body and carry no DPoP proof get a `replay`, so a retry can never apply a change
+    /// twice.
     async fn send(
         &self,
         request: Request<Body>,
@@ -168,11 +170,14 @@ impl Forwarder {
         };
         // An idempotent request without a body is sent again once, on a fresh connection,
         // when the upstream dropped the pooled connection under it (see `send`).
-        let replay = (body_failed.is_none() && parts.method.is_idempotent()).then(|| Replay {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            headers: parts.headers.clone(),
-        });
+        // Not with a DPoP proof: its `jti` may not be used twice (RFC 9449 §11.1), and a
+        // resource server that saw the first attempt would refuse the copy.
+        let replay = (body_failed.is_none() && parts.method.is_idempotent() && dpop_url.is_none())
+            .then(|| Replay {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                headers: parts.headers.clone(),
+            });
         let upstream_request = Request::from_parts(parts, body);
         let response =
             match tokio::time::timeout(route.settings.timeout, self.send(upstream_request, replay))
