@@ -361,6 +361,27 @@ pub fn parse(
     Ok(config)
 }
 
+/// Routes that reach the same upstream URL with different access rules: a request through
+/// the laxer route reaches everything the stricter one protects (rules guard routes whose
+/// upstream lies *below* another route's, see `portcullis::proxy::Route::guards_for`, but two
+/// equal upstreams cannot be told apart). One warning per pair.
+fn same_upstream_different_rules(routes: &[RouteSettings]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (i, a) in routes.iter().enumerate() {
+        for b in &routes[i + 1..] {
+            let same = a.upstream.as_str().trim_end_matches('/')
+                == b.upstream.as_str().trim_end_matches('/');
+            if same && a.access != b.access {
+                warnings.push(format!(
+                    "routes {} and {} reach the same upstream {} with different require_claims/require_acr/max_auth_age: a request through either reaches what the other protects; give the protected API its own upstream URL (a path below the other's is guarded) or the same rules",
+                    a.path, b.path, a.upstream
+                ));
+            }
+        }
+    }
+    warnings
+}
+
 /// Parses one configuration table (the top level, or a frontend's merged view of it).
 pub(crate) fn parse_table(
     table: &toml::Table,
@@ -956,6 +977,7 @@ pub(crate) fn parse_table(
             });
         }
     }
+    warnings.extend(same_upstream_different_rules(&routes));
 
     let spa = spa::spa_source(spa, "spa", &resolve, &mut errors, &mut warnings);
     let spa_script_hash = spa::injected_script_hash(&spa);
@@ -1641,6 +1663,35 @@ client_secret = "x"
                 .any(|e| e.contains("tokens.clients[0].dpop.key_file /nonexistent/k.jwk")),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn routes_with_the_same_upstream_and_different_rules_warn() {
+        let text = MINIMAL.to_owned()
+            + r#"
+[[routes]]
+path = "/open"
+upstream = "https://api.example.com/"
+token = "user"
+[[routes]]
+path = "/admin-api"
+upstream = "https://api.example.com"
+token = "user"
+require_claims = { role = ["admin"] }
+[[routes]]
+path = "/admin-only"
+upstream = "https://api.example.com/admin/"
+token = "user"
+require_claims = { role = ["admin"] }
+"#;
+        let c = parse(&text, Path::new("/"), &no_env).unwrap();
+        let hits: Vec<_> = c
+            .warnings
+            .iter()
+            .filter(|w| w.contains("reach the same upstream"))
+            .collect();
+        assert_eq!(hits.len(), 1, "{:?}", c.warnings);
+        assert!(hits[0].contains("/open and /admin-api"), "{}", hits[0]);
     }
 
     #[test]
