@@ -455,14 +455,8 @@ enabled = false
 "#,
     )
     .unwrap();
-    let out = std::process::Command::new(gateway_binary())
-        .arg("check")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    let (code, stderr) = run_check(&config);
+    assert_eq!(code, Some(64), "{stderr}");
     for conflict in [
         "requires pushed authorization requests",
         "forbids client secrets",

@@ -560,14 +560,8 @@ max_auth_age = "250ms"
 "#,
     )
     .unwrap();
-    let out = std::process::Command::new(gateway_binary())
-        .arg("check")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    let (code, stderr) = run_check(&config);
+    assert_eq!(code, Some(64), "{stderr}");
     for error in [
         "routes[0].require_claims.role must list at least one accepted value",
         "routes[0].require_claims.exp: exp describes the ID token",

@@ -1206,3 +1206,17 @@ impl DpopApi {
             .unwrap()
     }
 }
+
+/// `portcullis check --config <config>`: its exit code and standard error.
+pub fn run_check(config: &Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(gateway_binary())
+        .arg("check")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
