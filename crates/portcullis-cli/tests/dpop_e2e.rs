@@ -102,6 +102,13 @@ path = "/machine"
 upstream = "{api}/v1/machine"
 token = "client"
 scope = "api.read"
+
+[[routes]]
+path = "/machine-quick"
+upstream = "{api}/v1/machine"
+token = "client"
+scope = "api.read"
+timeout = "1s"
 "#,
             issuer = idp.issuer,
             api = api.url,
@@ -293,6 +300,61 @@ async fn dpop_bound_tokens_from_login_refresh_and_client_credentials_prove_the_k
 /// upstream's origin without its path prefix, is refused by every resource server that
 /// checks `htu`. The `htu` must be the final upstream URL: `/machine/deep/path?q=1` on a
 /// route to `{api}/v1/machine` is `{api}/v1/machine/deep/path`.
+/// The fault: a DPoP route buffers the request body (so that a nonce challenge can be
+/// answered with the same body) and waited for it without any bound, so a browser that
+/// trickled its body held the connection and the buffer for ever. The buffering now ends at
+/// the route's `timeout` with a 408.
+#[tokio::test]
+async fn dpop_route_body_that_trickles_gets_408_at_the_route_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = stack(300, &dpop_oidc()).await;
+    // Warm up: the client token is fetched once (the IdP call is not part of the timing).
+    let browser = Browser::new();
+    let warm = browser.get_csrf(&s.gw.url("/machine-quick/warm")).await;
+    assert_eq!(warm.status(), 200);
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.gw.port))
+        .await
+        .unwrap();
+    tcp.write_all(
+        b"POST /machine-quick/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nX-CSRF: 1\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\nonly ten b",
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(8),
+        tcp.read_to_end(&mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(900)
+            && waited < std::time::Duration::from_secs(5),
+        "answered after {waited:?}, the route timeout is 1 s"
+    );
+    // A whole body on the same route still goes through, with its proof.
+    let r = browser
+        .send(
+            browser
+                .http
+                .post(s.gw.url("/machine-quick/upload"))
+                .header("x-csrf", "1")
+                .body("a whole body"),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(json_of(r).await["body"], "a whole body");
+    let stats = s.api.stats().await;
+    assert_eq!(stats["failures"], json!([]), "{stats}");
+}
+
 #[tokio::test]
 async fn dpop_htu_includes_the_upstream_path_prefix() {
     let s = stack(300, &dpop_oidc()).await;

@@ -362,6 +362,67 @@ max_body = "4MiB"
     assert_alive(gw).await;
 }
 
+/// A request body that trickles in (nginx's `client_body_timeout`): answered 408 with
+/// `Connection: close` when the route's `timeout` runs out while the gateway waits for the
+/// browser, not a 504 blamed on the upstream; an upstream that is slow to answer is still
+/// 504, and a whole body still passes.
+#[tokio::test]
+async fn body_that_trickles_gets_408_not_a_504_blamed_on_the_upstream() {
+    let routes = r#"
+[[routes]]
+path = "/quick"
+upstream = "API_URL"
+token = "none"
+timeout = "1s"
+"#;
+    let stack = stack("", routes).await;
+    let gw = &stack.gw;
+    let good = GoodClient::start(gw);
+    let mut tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    tcp.write_all(
+        b"POST /quick/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nX-CSRF: 1\r\nContent-Length: 1000\r\n\r\nonly ten b",
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(8), tcp.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "answered after {waited:?}; the route timeout is 1 s"
+    );
+    let http = reqwest::Client::new();
+    // The upstream's own slowness is still the upstream's: 504.
+    let r = http
+        .get(gw.url("/quick/slow?ms=3000"))
+        .header("x-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    // A whole body passes.
+    let r = http
+        .post(gw.url("/quick/upload"))
+        .header("x-csrf", "1")
+        .body(vec![b'x'; 50_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["bytes"], 50_000);
+    good.report("a body that trickles", Duration::from_secs(3))
+        .await;
+    assert_alive(gw).await;
+}
+
 #[tokio::test]
 async fn idle_connections_beyond_the_limit_wait_while_open_ones_keep_working() {
     let stack = stack(

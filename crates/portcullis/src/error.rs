@@ -85,6 +85,11 @@ pub enum GatewayError {
     /// read.
     #[error("request body larger than the limit")]
     PayloadTooLarge,
+    /// The browser did not send its whole request body within the route's `timeout`: 408
+    /// (RFC 9110 §15.5.9), with `Connection: close` since the rest of the body is not read.
+    /// nginx's `client_body_timeout` for the gateway.
+    #[error("request body not received in time")]
+    RequestTimeout,
     /// A request head (request line and headers) larger than `server.max_header_size`: 431
     /// (RFC 6585 §5), with `Connection: close`.
     #[error("request header fields larger than the limit")]
@@ -184,6 +189,7 @@ impl GatewayError {
             | Self::BadRequestTarget
             | Self::UriTooLong
             | Self::PayloadTooLarge
+            | Self::RequestTimeout
             | Self::HeaderFieldsTooLarge
             | Self::Unauthorized(_)
             | Self::Forbidden(_)
@@ -212,6 +218,7 @@ impl GatewayError {
             | Self::LoginRejected(_) => StatusCode::BAD_REQUEST,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::HeaderFieldsTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unauthorized(_) | Self::StepUpRequired(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -298,6 +305,10 @@ impl GatewayError {
             Self::PayloadTooLarge => page(
                 "Request too large",
                 "The request body is larger than this address accepts.".into(),
+            ),
+            Self::RequestTimeout => page(
+                "Request timed out",
+                "The request body did not arrive in time. Try again.".into(),
             ),
             Self::HeaderFieldsTooLarge => page(
                 "Request headers too large",
@@ -427,7 +438,7 @@ impl IntoResponse for GatewayError {
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
                 r
             }
-            Self::PayloadTooLarge | Self::HeaderFieldsTooLarge => {
+            Self::PayloadTooLarge | Self::HeaderFieldsTooLarge | Self::RequestTimeout => {
                 let mut r = status.into_response();
                 r.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -484,6 +495,13 @@ pub async fn render_for_navigations(
 ) -> Response {
     let navigation = is_navigation(request.headers(), &anti_forgery_header);
     let response = next.run(request).await;
+    render_if_navigation(navigation, response)
+}
+
+/// [`render_for_navigations`] without the middleware: for a request that `navigation` says
+/// is a browser navigation ([`is_navigation`], decided before the request was consumed), a
+/// failure's response becomes its HTML page; everything else is returned unchanged.
+pub(crate) fn render_if_navigation(navigation: bool, response: Response) -> Response {
     if !navigation {
         return response;
     }

@@ -56,7 +56,8 @@ pub(super) fn proof(
 /// # Errors
 ///
 /// As [`Forwarder::forward`]; a body longer than it declared is refused as the browser's
-/// fault (400).
+/// fault (400); a buffered body not received within the route's `timeout` is a
+/// [`GatewayError::RequestTimeout`] (408).
 pub async fn forward(
     forwarder: &Forwarder,
     route: &Route,
@@ -67,6 +68,19 @@ pub async fn forward(
     let Some(token) = token.filter(|t| t.is_dpop_bound()) else {
         return forwarder.forward(route, request, token, ctx).await;
     };
+    // Boxed: with its buffering and second attempt, the DPoP path's future is several
+    // times the plain one's, which every Bearer call would otherwise carry.
+    Box::pin(forward_with_proof(forwarder, route, request, token, ctx)).await
+}
+
+/// [`forward`] with a DPoP-bound token.
+async fn forward_with_proof(
+    forwarder: &Forwarder,
+    route: &Route,
+    request: Request<Body>,
+    token: &ManagedToken,
+    ctx: &ForwardContext<'_>,
+) -> Result<Response<Body>, GatewayError> {
     let replayable = http_body::Body::size_hint(request.body())
         .upper()
         .is_some_and(|n| n <= REPLAY_LIMIT);
@@ -74,9 +88,15 @@ pub async fn forward(
         return forwarder.forward(route, request, Some(token), ctx).await;
     }
     let (parts, body) = request.into_parts();
-    let bytes = http_body_util::Limited::new(body, REPLAY_LIMIT as usize)
-        .collect()
-        .await
+    // Buffering waits for the browser: bounded by the route's timeout like the upstream
+    // call, so a body that trickles in cannot hold the connection and the buffer (408).
+    let collected = tokio::time::timeout(
+        route.settings.timeout,
+        http_body_util::Limited::new(body, REPLAY_LIMIT as usize).collect(),
+    )
+    .await
+    .map_err(|_| GatewayError::RequestTimeout)?;
+    let bytes = collected
         .map_err(|_| {
             GatewayError::bad_param("body", "the request body is malformed or was cut off")
         })?

@@ -162,17 +162,17 @@ impl Forwarder {
         let (mut parts, body) = request.into_parts();
         let dpop_url = prepare(&mut parts, route, token, ctx)?;
         // A request that has ended (no body: most GETs) cannot fail while it is sent.
-        let (body, body_failed) = if http_body::Body::is_end_stream(&body) {
+        let (body, body_state) = if http_body::Body::is_end_stream(&body) {
             (body, None)
         } else {
-            let (body, failed, too_large) = BrowserBody::wrap(body);
-            (body, Some((failed, too_large)))
+            let (body, state) = BrowserBody::wrap(body);
+            (body, Some(state))
         };
         // An idempotent request without a body is sent again once, on a fresh connection,
         // when the upstream dropped the pooled connection under it (see `send`).
         // Not with a DPoP proof: its `jti` may not be used twice (RFC 9449 §11.1), and a
         // resource server that saw the first attempt would refuse the copy.
-        let replay = (body_failed.is_none() && parts.method.is_idempotent() && dpop_url.is_none())
+        let replay = (body_state.is_none() && parts.method.is_idempotent() && dpop_url.is_none())
             .then(|| Replay {
                 method: parts.method.clone(),
                 uri: parts.uri.clone(),
@@ -185,23 +185,33 @@ impl Forwarder {
             {
                 // A request body over the limit a layer in front set (`http_body_util::Limited`).
                 Err(_) | Ok(Err(_))
-                    if body_failed
+                    if body_state
                         .as_ref()
-                        .is_some_and(|(_, too_large)| too_large.load(Ordering::Relaxed)) =>
+                        .is_some_and(|b| b.too_large.load(Ordering::Relaxed)) =>
                 {
                     return Err(GatewayError::PayloadTooLarge)
                 }
                 // A request body the browser broke (malformed chunking, cut off) fails the
                 // upstream call too: it is the browser's fault, not the upstream's.
                 Err(_) | Ok(Err(_))
-                    if body_failed
+                    if body_state
                         .as_ref()
-                        .is_some_and(|(failed, _)| failed.load(Ordering::Relaxed)) =>
+                        .is_some_and(|b| b.failed.load(Ordering::Relaxed)) =>
                 {
                     return Err(GatewayError::bad_param(
                         "body",
                         "the request body is malformed or was cut off",
                     ))
+                }
+                // Time ran out while the gateway waited for more of the browser's body
+                // (nginx's `client_body_timeout`): the browser's fault, not the upstream's.
+                // An upstream that stopped reading leaves the body unpolled, not waiting.
+                Err(_)
+                    if body_state.as_ref().is_some_and(|b| {
+                        !b.complete.load(Ordering::Relaxed) && b.waiting.load(Ordering::Relaxed)
+                    }) =>
+                {
+                    return Err(GatewayError::RequestTimeout)
                 }
                 Err(_) => return Err(GatewayError::UpstreamTimeout),
                 Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(describe(&e))),
@@ -333,24 +343,34 @@ struct Replay {
 
 /// The browser's request body on its way upstream, recording whether reading it failed
 /// (hyper reports a malformed chunked body, or a browser that went away mid-upload, as a
-/// body error), so that the failed upstream call it causes is attributed to the browser.
+/// body error) and whether it was read to its end, so that a failed or timed-out upstream
+/// call it causes is attributed to the browser.
 struct BrowserBody {
     inner: Body,
-    failed: Arc<AtomicBool>,
-    /// A length limit cut the body.
-    too_large: Arc<AtomicBool>,
+    state: Arc<BodyState>,
+}
+
+/// What became of a [`BrowserBody`].
+#[derive(Default)]
+struct BodyState {
+    /// Reading it failed.
+    failed: AtomicBool,
+    /// A length limit cut it.
+    too_large: AtomicBool,
+    /// It was read to its end.
+    complete: AtomicBool,
+    /// The last read found no data yet: the gateway waits for the browser.
+    waiting: AtomicBool,
 }
 
 impl BrowserBody {
-    fn wrap(inner: Body) -> (Body, Arc<AtomicBool>, Arc<AtomicBool>) {
-        let failed = Arc::new(AtomicBool::new(false));
-        let too_large = Arc::new(AtomicBool::new(false));
+    fn wrap(inner: Body) -> (Body, Arc<BodyState>) {
+        let state = Arc::new(BodyState::default());
         let body = Body::new(Self {
             inner,
-            failed: failed.clone(),
-            too_large: too_large.clone(),
+            state: state.clone(),
         });
-        (body, failed, too_large)
+        (body, state)
     }
 }
 
@@ -375,11 +395,21 @@ impl http_body::Body for BrowserBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(e))) = &polled {
-            if is_length_limit(e) {
-                self.too_large.store(true, Ordering::Relaxed);
+        self.state
+            .waiting
+            .store(polled.is_pending(), Ordering::Relaxed);
+        match &polled {
+            Poll::Ready(Some(Err(e))) => {
+                if is_length_limit(e) {
+                    self.state.too_large.store(true, Ordering::Relaxed);
+                }
+                self.state.failed.store(true, Ordering::Relaxed);
             }
-            self.failed.store(true, Ordering::Relaxed);
+            Poll::Ready(None) => self.state.complete.store(true, Ordering::Relaxed),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => {
+                self.state.complete.store(true, Ordering::Relaxed);
+            }
+            _ => {}
         }
         polled
     }
