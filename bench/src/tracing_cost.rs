@@ -58,8 +58,10 @@ pub fn exported() -> (u64, u64) {
 
 /// The static part of the binary's export filter (the gateway's spans down to DEBUG,
 /// events from INFO) while tracing is on; nothing while it is off.
+/// As the binary, nothing when nothing can be exported (sampling 0, no trusted client trace
+/// context: `portcullis::telemetry::exports_nothing`).
 fn export_wanted(meta: &tracing::Metadata<'_>) -> bool {
-    if !EXPORT_ON.load(Ordering::SeqCst) {
+    if !EXPORT_ON.load(Ordering::SeqCst) || portcullis::telemetry::exports_nothing(false) {
         return false;
     }
     if meta.is_span() && meta.target().starts_with("portcullis") {

@@ -251,7 +251,11 @@ pub fn init(json: bool, telemetry: &TelemetryConfig) -> Result<TelemetryGuard, S
                     .with_location(false)
                     .with_threads(false)
                     .with_tracked_inactivity(false)
-                    .with_filter(ExportFilter);
+                    .with_filter(ExportFilter {
+                        nothing: portcullis::telemetry::exports_nothing(
+                            telemetry.trust_incoming_trace_context,
+                        ),
+                    });
                 (Some(layer), Some(provider), runtime, None)
             }
             Err(e) => (None, None, None, Some(e)),
@@ -269,11 +273,17 @@ pub fn init(json: bool, telemetry: &TelemetryConfig) -> Result<TelemetryGuard, S
 /// What the OpenTelemetry layer sees: the gateway's spans down to `DEBUG` (including the
 /// token crate's), other crates' spans from `INFO`, events from `INFO` (they become span
 /// events, like log lines); and nothing inside a trace the sampler dropped
-/// ([`portcullis::telemetry::in_unsampled_trace`]), where only the request span is built.
+/// ([`portcullis::telemetry::in_unsampled_trace`]). When no span can ever be exported
+/// (sampling ratio 0 and no trusted client trace context,
+/// [`portcullis::telemetry::exports_nothing`]), every callsite is disabled once, so the
+/// layer costs nothing per request.
 ///
 /// `bench/src/tracing_cost.rs` mirrors it, so that `proxy-bench --tracing` measures it.
 #[derive(Debug, Clone, Copy)]
-struct ExportFilter;
+struct ExportFilter {
+    /// Nothing is ever exported: disable every callsite.
+    nothing: bool,
+}
 
 impl ExportFilter {
     /// The static part: whether spans or events of this callsite are ever exported.
@@ -289,12 +299,12 @@ impl ExportFilter {
 
 impl<S> Filter<S> for ExportFilter {
     fn enabled(&self, meta: &Metadata<'_>, _: &Context<'_, S>) -> bool {
-        Self::wanted(meta) && !portcullis::telemetry::in_unsampled_trace()
+        !self.nothing && Self::wanted(meta) && !portcullis::telemetry::in_unsampled_trace()
     }
 
     fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
         // "Sometimes": the sampling part is decided per call.
-        if Self::wanted(meta) {
+        if !self.nothing && Self::wanted(meta) {
             Interest::sometimes()
         } else {
             Interest::never()
@@ -302,7 +312,11 @@ impl<S> Filter<S> for ExportFilter {
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {
-        Some(LevelFilter::DEBUG)
+        Some(if self.nothing {
+            LevelFilter::OFF
+        } else {
+            LevelFilter::DEBUG
+        })
     }
 }
 
@@ -408,7 +422,7 @@ mod tests {
                 .with(
                     tracing_opentelemetry::layer()
                         .with_tracer(provider.tracer("test"))
-                        .with_filter(ExportFilter),
+                        .with_filter(ExportFilter { nothing: false }),
                 );
             tracing::subscriber::with_default(subscriber, || {
                 let request = tracing::info_span!(target: "portcullis::telemetry", "request");
@@ -461,7 +475,8 @@ mod tests {
             opentelemetry_sdk::propagation::TraceContextPropagator::new(),
         );
         portcullis::telemetry::set_exporting(true);
-        for decides_first in [false, true] {
+        // (middleware decides first, the filter knows nothing can be exported)
+        for (decides_first, nothing) in [(false, false), (true, false), (true, true)] {
             portcullis::telemetry::set_drops_new_traces(decides_first);
             let provider = SdkTracerProvider::builder()
                 .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
@@ -477,7 +492,7 @@ mod tests {
                 .with(
                     tracing_opentelemetry::layer()
                         .with_tracer(provider.tracer("test"))
-                        .with_filter(ExportFilter),
+                        .with_filter(ExportFilter { nothing }),
                 );
             let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
             let app = {
@@ -525,6 +540,46 @@ mod tests {
             let traceparent = traceparent.expect("a traceparent for the upstream");
             assert!(traceparent.ends_with("-00"), "{traceparent}");
         }
+    }
+
+    /// Sampling ratio 0 with no trusted client trace context: nothing can ever be exported,
+    /// so the filter disables every callsite once (the per-span cost of tracing off), while
+    /// the sampling-0 middleware still gives upstreams a `traceparent` (flags `00`).
+    #[test]
+    fn a_layer_that_can_export_nothing_builds_no_span_at_all() {
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(Sampler::AlwaysOn)
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::sink)
+                    .with_filter(tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(provider.tracer("test"))
+                    .with_filter(ExportFilter { nothing: true }),
+            );
+        tracing::subscriber::with_default(subscriber, || {
+            // Even a sampler that keeps everything gets nothing: the layer never sees a span.
+            let request = tracing::info_span!(target: "portcullis::telemetry", "request");
+            assert!(!request.context().span().span_context().is_valid());
+            // Debug spans of the gateway, wanted for export otherwise, are not even created.
+            let child = tracing::debug_span!(target: "portcullis::gateway", "upstream");
+            assert!(child.is_disabled());
+        });
+        // And with a filter that can export, the same spans are built.
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("test"))
+                .with_filter(ExportFilter { nothing: false }),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let child = tracing::debug_span!(target: "portcullis::gateway", "upstream");
+            assert!(child.context().span().span_context().is_valid());
+        });
     }
 
     #[test]

@@ -56,7 +56,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::log_safe::untrusted;
 
-pub use portcullis_token::trace_context::{inject, TRACEPARENT, TRACESTATE};
+pub use portcullis_token::trace_context::{inject, UnsampledTrace, TRACEPARENT, TRACESTATE};
 
 /// Name of the request duration histogram (seconds).
 pub const REQUEST_DURATION: &str = "portcullis_request_duration_seconds";
@@ -100,50 +100,29 @@ fn drops_new_traces() -> bool {
     DROPS_NEW_TRACES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// An unsampled trace context for a request whose trace is dropped before it starts:
-/// `parent`'s trace id when it has a valid one (the trace continues, unsampled), else a new
-/// random one; a new random span id; flags `00`.
-fn unsampled_context(parent: &opentelemetry::Context) -> opentelemetry::Context {
-    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
-    let parent_sc = parent.span().span_context().clone();
-    let trace_id = if parent_sc.is_valid() {
-        parent_sc.trace_id()
-    } else {
-        TraceId::from_bytes(nonzero(rand::random()))
-    };
-    let span_id = SpanId::from_bytes(nonzero(rand::random()));
-    let sc = SpanContext::new(
-        trace_id,
-        span_id,
-        TraceFlags::default(),
-        false,
-        TraceState::default(),
-    );
-    opentelemetry::Context::new().with_remote_span_context(sc)
-}
-
-/// All-zero ids are invalid (W3C Trace Context §3.2.2.3); a random draw of zeros becomes 1.
-fn nonzero<const N: usize>(mut bytes: [u8; N]) -> [u8; N] {
-    if bytes.iter().all(|b| *b == 0) {
-        bytes[N - 1] = 1;
-    }
-    bytes
-}
-
-/// Whether the current OpenTelemetry context belongs to a trace the sampler dropped (a
-/// valid span context without the `sampled` flag).
+/// Whether the current task runs in a trace the sampler dropped: a request dropped before
+/// its span existed (an [`UnsampledTrace`] scope, see [`set_drops_new_traces`]), or a
+/// current OpenTelemetry context with a valid span context without the `sampled` flag.
 ///
 /// For the OpenTelemetry layer's filter: spans and events inside a dropped trace are never
-/// exported, so the layer need not see them. Filtering them out keeps a request of an
-/// unsampled trace down to its one request span (which carries the sampling decision and
-/// the `traceparent` propagated with flags `00`): no span data is built, no field formatted,
-/// no event recorded for its children. Costs one thread-local read.
+/// exported, so the layer need not see them. Filtering them out means no span data is
+/// built, no field formatted, no event recorded for them. Costs two thread-local reads.
 pub fn in_unsampled_trace() -> bool {
-    opentelemetry::Context::map_current(|cx| {
-        let span = cx.span();
-        let sc = span.span_context();
-        sc.is_valid() && !sc.is_sampled()
-    })
+    UnsampledTrace::current().is_some()
+        || opentelemetry::Context::map_current(|cx| {
+            let span = cx.span();
+            let sc = span.span_context();
+            sc.is_valid() && !sc.is_sampled()
+        })
+}
+
+/// Whether no span can ever be exported: the sampler keeps no new trace (sampling ratio 0,
+/// [`set_drops_new_traces`]) and no client's trace context is trusted, so no request can
+/// have a sampled parent. The binary's export filter then disables every callsite once,
+/// and tracing costs what it costs when off, plus the `traceparent` (flags `00`) written
+/// for upstreams and the IdP.
+pub fn exports_nothing(trust_incoming_trace_context: bool) -> bool {
+    drops_new_traces() && !trust_incoming_trace_context
 }
 
 /// The route pattern a frontend's router matched and the frontend's name, carried out on the
@@ -151,8 +130,34 @@ pub fn in_unsampled_trace() -> bool {
 /// see `MatchedPath` itself).
 #[derive(Debug, Clone)]
 pub(crate) struct MatchedRoute {
-    route: Option<MatchedPath>,
+    route: Option<RouteLabel>,
     frontend: Arc<str>,
+}
+
+/// A route pattern (`http.route`): as axum's router matched it, or as the gateway's direct
+/// dispatch of proxied routes names it (the same pattern the router would have matched).
+/// Both are `Arc<str>` inside: no allocation per request.
+#[derive(Debug, Clone)]
+pub(crate) enum RouteLabel {
+    Matched(MatchedPath),
+    Pattern(Arc<str>),
+}
+
+impl RouteLabel {
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Matched(m) => m.as_str(),
+            Self::Pattern(p) => p,
+        }
+    }
+}
+
+/// Puts the matched route pattern and the frontend's name on `response` for
+/// [`RequestTelemetry::middleware`].
+pub(crate) fn mark(response: &mut Response, route: Option<RouteLabel>, frontend: Arc<str>) {
+    response
+        .extensions_mut()
+        .insert(MatchedRoute { route, frontend });
 }
 
 /// Inner middleware of each frontend's router: puts the matched route pattern and the
@@ -161,9 +166,7 @@ pub(crate) async fn mark_route(frontend: Arc<str>, request: Request, next: Next)
     // `MatchedPath` is an `Arc<str>`: no allocation per request.
     let route = request.extensions().get::<MatchedPath>().cloned();
     let mut response = next.run(request).await;
-    response
-        .extensions_mut()
-        .insert(MatchedRoute { route, frontend });
+    mark(&mut response, route.map(RouteLabel::Matched), frontend);
     response
 }
 
@@ -187,44 +190,64 @@ impl RequestTelemetry {
     /// route matched. Its attributes beyond what log lines need (`server.address`, the
     /// status, the late route, the name) are written only when the trace is sampled.
     pub async fn middleware(self, request: Request, next: Next) -> Response {
+        self.around(request, |request| next.run(request)).await
+    }
+
+    /// [`RequestTelemetry::middleware`] around any handler: `inner` serves the request inside
+    /// the request span (for servers that call the gateway without a router, see
+    /// [`crate::Gateway::handle`]).
+    pub async fn around<F, Fut>(self, request: Request, inner: F) -> Response
+    where
+        F: FnOnce(Request) -> Fut,
+        Fut: std::future::Future<Output = Response>,
+    {
         let started = Instant::now();
         let early_route = request.extensions().get::<MatchedPath>().cloned();
         let method = histograms::method_label(request.method());
         // Sampling ratio 0: unless a trusted parent was sampled, the trace is dropped here,
-        // before the span exists; the request runs in an unsampled context of its own, which
-        // keeps the OpenTelemetry layer away from it and its children (`in_unsampled_trace`).
+        // before the span exists; the request runs in an unsampled trace of its own
+        // (`UnsampledTrace`), which keeps the OpenTelemetry layer away from it and its
+        // children (`in_unsampled_trace`) and still reaches upstreams as `traceparent`.
         let dropped = (exporting() && drops_new_traces())
             .then(|| {
-                let parent = if self.trust_incoming_trace_context {
-                    opentelemetry::global::get_text_map_propagator(|p| {
-                        p.extract(&HeaderExtractor(request.headers()))
-                    })
-                } else {
-                    opentelemetry::Context::new()
-                };
-                let parent_sampled = parent.span().span_context().is_sampled();
-                (!parent_sampled).then(|| unsampled_context(&parent))
+                if !self.trust_incoming_trace_context {
+                    return Some(UnsampledTrace::new(None));
+                }
+                let parent = opentelemetry::global::get_text_map_propagator(|p| {
+                    p.extract(&HeaderExtractor(request.headers()))
+                });
+                let parent = parent.span().span_context().clone();
+                (!parent.is_sampled()).then(|| {
+                    UnsampledTrace::new(parent.is_valid().then(|| parent.trace_id().to_bytes()))
+                })
             })
             .flatten();
-        let attached = dropped.clone().map(opentelemetry::Context::attach);
-        let span = tracing::info_span!(
-            "request",
-            otel.kind = "server",
-            otel.status_code = Empty,
-            http.request.method = method,
-            http.request.method_original = Empty,
-            url.path = %untrusted(request.uri().path()),
-            http.route = early_route.as_ref().map(MatchedPath::as_str),
-            server.address = Empty,
-            server.port = Empty,
-            http.response.status_code = Empty,
-            error.type = Empty,
-            portcullis.error.origin = Empty,
-            portcullis.frontend = Empty,
-        );
+        // (In a block: the closure borrows the request, which must not live across an await.)
+        let span = {
+            let new_span = || {
+                tracing::info_span!(
+                    "request",
+                    otel.kind = "server",
+                    otel.status_code = Empty,
+                    http.request.method = method,
+                    http.request.method_original = Empty,
+                    url.path = %untrusted(request.uri().path()),
+                    http.route = early_route.as_ref().map(MatchedPath::as_str),
+                    server.address = Empty,
+                    server.port = Empty,
+                    http.response.status_code = Empty,
+                    error.type = Empty,
+                    portcullis.error.origin = Empty,
+                    portcullis.frontend = Empty,
+                )
+            };
+            match dropped {
+                Some(trace) => trace.sync_scope(new_span),
+                None => new_span(),
+            }
+        };
         // The sampler decides when the OpenTelemetry span starts (here, after the parent is
         // set); an unsampled request skips everything below that only feeds the export.
-        drop(attached);
         let sampled = dropped.is_none() && exporting() && !span.is_disabled() && {
             if self.trust_incoming_trace_context {
                 let parent = opentelemetry::global::get_text_map_propagator(|p| {
@@ -261,20 +284,16 @@ impl RequestTelemetry {
             None
         };
         let mut response = match dropped {
-            Some(cx) => {
-                opentelemetry::trace::FutureExt::with_context(
-                    next.run(request).instrument(span),
-                    cx,
-                )
-                .await
-            }
-            None => next.run(request).instrument(span).await,
+            Some(trace) => trace.scope(inner(request).instrument(span)).await,
+            None => inner(request).instrument(span).await,
         };
         // Behind frontend selection the route is only known once the frontend's router ran.
         let marked = response.extensions_mut().remove::<MatchedRoute>();
         let late = early_route.is_none();
-        let route = early_route.or_else(|| marked.as_ref().and_then(|m| m.route.clone()));
-        let route = route.as_ref().map(MatchedPath::as_str);
+        let route = early_route
+            .map(RouteLabel::Matched)
+            .or_else(|| marked.as_ref().and_then(|m| m.route.clone()));
+        let route = route.as_ref().map(RouteLabel::as_str);
         let status = response.status();
         if let Some(span) = kept {
             if late {
