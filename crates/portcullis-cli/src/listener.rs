@@ -28,8 +28,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
+use axum::extract::Request;
 use axum::http::StatusCode;
-use axum::Router;
+use axum::response::Response;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -67,11 +68,39 @@ impl Draining {
     }
 }
 
+/// What the listener serves: an axum `Router`, or any other service from [`Request`] to
+/// [`Response`] that cannot fail (the public listener calls `Gateway::handle` directly).
+pub trait App:
+    tower::Service<
+        Request,
+        Response = Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> App for S where
+    S: tower::Service<
+            Request,
+            Response = Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Serves `app` on `listener` until `signal` resolves, then drains (see the module docs).
 /// `tls` terminates TLS (ALPN `h2`, `http/1.1`).
-pub async fn serve(
+pub async fn serve<A: App>(
     listener: TcpListener,
-    app: Router,
+    app: A,
     tls: Option<TlsAcceptor>,
     limits: &Limits,
     draining: Draining,
@@ -206,8 +235,8 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 /// What one accepted connection needs.
-struct Connection {
-    app: Router,
+struct Connection<A> {
+    app: A,
     admission: Arc<Admission>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     tls: Option<TlsAcceptor>,
@@ -216,7 +245,7 @@ struct Connection {
     peer: SocketAddr,
 }
 
-impl Connection {
+impl<A: App> Connection<A> {
     async fn run(
         self,
         tcp: TcpStream,

@@ -259,14 +259,26 @@ pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<(), Strin
     ));
     // Each frontend's CORS (`[server.cors]`, `[frontends.cors]`) is part of its router, so a
     // reload replaces it with the rest.
-    let app = gateway
-        .router(fallback)
-        // The request span (path only: query strings hold authorization codes and states),
-        // the trace context and the request duration histogram.
-        .layer(axum::middleware::from_fn({
-            let telemetry = cfg.telemetry.request();
-            move |request, next| telemetry.middleware(request, next)
-        }));
+    // The gateway is called directly, not through a router (`Gateway::handle`), inside the
+    // request span (path only: query strings hold authorization codes and states), the
+    // trace context and the request duration histogram.
+    gateway.set_default_fallback(fallback, Vec::new());
+    let app = {
+        let gateway = gateway.clone();
+        let telemetry = cfg.telemetry.request();
+        tower::service_fn(move |request: axum::extract::Request| {
+            let gateway = gateway.clone();
+            async move {
+                let response = telemetry
+                    .around(
+                        request,
+                        |request| async move { gateway.handle(request).await },
+                    )
+                    .await;
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        })
+    };
     // Limits and shutdown (crate::listener, crate::limits): checked by the listener before
     // the router runs, so that a body over the limit and a draining /readyz are answered
     // before anything else.

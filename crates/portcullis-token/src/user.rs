@@ -290,8 +290,9 @@ impl UserTokenManager {
             }
         }
         tracing::Span::current().record("token.cache", "miss");
-        self.obtain(store, session, params, Mode::IfNeeded { buffer })
-            .await
+        // Boxed: the refresh (single flight, lease, IdP call) is the cold path and its
+        // future is large; inline, every cache hit's future would carry its size.
+        Box::pin(self.obtain(store, session, params, Mode::IfNeeded { buffer })).await
     }
 
     /// Force a refresh after an API answered 401 with `stale`. Single-flighted: if another

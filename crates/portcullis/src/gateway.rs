@@ -99,6 +99,114 @@ struct Compiled {
     frontend: Frontend,
     router: Router,
     fallback: Option<Router>,
+    /// The frontend's proxied routes, served without its router (`None`: every request goes
+    /// through the router; see [`DirectRoutes`]).
+    direct: Option<Arc<DirectRoutes>>,
+}
+
+/// A frontend's proxied routes, dispatched without its axum router: the request a route
+/// prefix takes goes straight to [`api`], with what the router's layers would add (the
+/// navigation error page, the matched route for telemetry). Proxied calls are the hot path,
+/// and the router's matching, boxed layers and handler adapters cost more per request than
+/// the forwarding decisions themselves (`bench/RESULTS.md`, run 8).
+///
+/// It takes exactly the requests the router would send to a proxied route: a path equal to
+/// a route prefix, or below it (`{prefix}/…`), longest prefix first, and never one of the
+/// frontend's management endpoints (which the router matches first, being static paths). A
+/// frontend with CORS or local APIs is left to its router.
+struct DirectRoutes {
+    frontend: Frontend,
+    name: Arc<str>,
+    anti_forgery_header: axum::http::HeaderName,
+    /// Exact paths of the management endpoints.
+    reserved: Vec<String>,
+    /// Longest prefix first.
+    routes: Vec<DirectRoute>,
+}
+
+struct DirectRoute {
+    route: Arc<Route>,
+    /// The router's three patterns for the prefix: `{p}`, `{p}/`, `{p}/{*rest}` (the
+    /// `http.route` of the request).
+    patterns: [Arc<str>; 3],
+}
+
+impl DirectRoutes {
+    fn new(fe: &Frontend, local_apis: &[(String, Router)]) -> Option<Self> {
+        let s = fe.settings();
+        let local_prefixes: Vec<String> = local_apis.iter().map(|(p, _)| p.clone()).collect();
+        if !local_apis.is_empty() || crate::cors::Cors::for_frontend(s, &local_prefixes).is_some() {
+            return None;
+        }
+        let mut routes: Vec<DirectRoute> = fe
+            .routes()
+            .routes()
+            .iter()
+            .map(|route| {
+                let p = &route.settings.path;
+                DirectRoute {
+                    route: route.clone(),
+                    patterns: [
+                        Arc::from(p.as_str()),
+                        Arc::from(format!("{p}/")),
+                        Arc::from(format!("{p}/{{*rest}}")),
+                    ],
+                }
+            })
+            .collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.route.settings.path.len()));
+        Some(Self {
+            frontend: fe.clone(),
+            name: fe.name().into(),
+            anti_forgery_header: s.anti_forgery.header_name().clone(),
+            reserved: management_paths(s),
+            routes,
+        })
+    }
+
+    /// The route that takes `path` and the pattern it matched, as the router would match.
+    fn find(&self, path: &str) -> Option<(&Arc<Route>, &Arc<str>)> {
+        if self.reserved.iter().any(|r| r == path) {
+            return None;
+        }
+        self.routes.iter().find_map(|r| {
+            let rest = path.strip_prefix(r.route.settings.path.as_str())?;
+            match rest.as_bytes() {
+                [] => Some((&r.route, &r.patterns[0])),
+                [b'/'] => Some((&r.route, &r.patterns[1])),
+                [b'/', ..] => Some((&r.route, &r.patterns[2])),
+                _ => None,
+            }
+        })
+    }
+
+    /// Serves a request [`DirectRoutes::find`] matched, as the router's layers would.
+    async fn serve(&self, route: Arc<Route>, pattern: Arc<str>, request: Request) -> Response {
+        let navigation = crate::error::is_navigation(request.headers(), &self.anti_forgery_header);
+        // Boxed once here: a proxied call's future is several KiB, and every layer above
+        // (telemetry, the listener's service, hyper's dispatcher) would otherwise hold and
+        // move a copy of it; `memmove` was the largest user-space cost (bench run 8).
+        let response = Box::pin(api(State(self.frontend.clone()), route, request)).await;
+        let mut response = crate::error::render_if_navigation(navigation, response);
+        crate::telemetry::mark(
+            &mut response,
+            Some(crate::telemetry::RouteLabel::Pattern(pattern)),
+            self.name.clone(),
+        );
+        response
+    }
+}
+
+/// The exact paths of a frontend's management endpoints (relative to its prefix).
+fn management_paths(s: &GatewaySettings) -> Vec<String> {
+    let base = &s.base_path;
+    let mut paths: Vec<String> = bff::MANAGEMENT_ENDPOINTS
+        .iter()
+        .map(|e| join_path(base, e))
+        .collect();
+    paths.push(s.callback_path.clone());
+    paths.push(s.signed_out_callback_path.clone());
+    paths
 }
 
 impl std::fmt::Debug for Gateway {
@@ -302,6 +410,22 @@ impl Gateway {
         fallback: Option<Router>,
         local_apis: Vec<(String, Router)>,
     ) -> Router {
+        self.set_default_fallback(fallback, local_apis);
+        Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .fallback(dispatch)
+            .with_state(self.clone())
+    }
+
+    /// Sets what [`Gateway::handle`] serves besides the management endpoints and routes on
+    /// the default frontend: its fallback (typically the SPA) and its local APIs (see
+    /// [`Gateway::router_with_local_apis`], which calls this). Kept across reloads.
+    pub fn set_default_fallback(
+        &self,
+        fallback: Option<Router>,
+        local_apis: Vec<(String, Router)>,
+    ) {
         {
             let mut extras = self.extras();
             extras.fallback = fallback.clone();
@@ -317,10 +441,12 @@ impl Gateway {
                 frontend: c.frontend.clone(),
                 router: c.router.clone(),
                 fallback: c.fallback.clone(),
+                direct: c.direct.clone(),
             })
             .collect();
         frontends[0] = Compiled {
             router: frontend_router(&default.frontend, fallback.clone(), &local_apis),
+            direct: DirectRoutes::new(&default.frontend, &local_apis).map(Arc::new),
             frontend: default.frontend.clone(),
             fallback,
         };
@@ -329,11 +455,32 @@ impl Gateway {
             selector: current.selector.clone(),
             trust_forwarded: current.trust_forwarded,
         }));
-        Router::new()
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(readyz))
-            .fallback(dispatch)
-            .with_state(self.clone())
+    }
+
+    /// Serves one request exactly as [`Gateway::router`]'s router does (`/healthz`,
+    /// `/readyz`, then the known-host check, frontend selection and the frontend), without a
+    /// router around it: for servers that call the gateway directly, as the binary's listener
+    /// does. Set the default frontend's fallback first ([`Gateway::set_default_fallback`]).
+    ///
+    /// `/healthz` and `/readyz` answer `GET` and `HEAD`; other methods get 405 with
+    /// `Allow: GET,HEAD`, as the router's would.
+    pub async fn handle(&self, request: Request) -> Response {
+        let probe = match request.uri().path() {
+            "/healthz" => Some(false),
+            "/readyz" => Some(true),
+            _ => None,
+        };
+        match probe {
+            None => dispatch(State(self.clone()), request).await,
+            Some(_) if !matches!(*request.method(), Method::GET | Method::HEAD) => {
+                let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
+                r
+            }
+            Some(false) => "ok".into_response(),
+            Some(true) => readyz(State(self.clone())).await,
+        }
     }
 }
 
@@ -386,6 +533,7 @@ fn compile(
     );
     let mut compiled = vec![Compiled {
         router: frontend_router(&default_frontend, default_fallback.clone(), local_apis),
+        direct: DirectRoutes::new(&default_frontend, local_apis).map(Arc::new),
         frontend: default_frontend,
         fallback: default_fallback,
     }];
@@ -402,6 +550,7 @@ fn compile(
         );
         compiled.push(Compiled {
             router: frontend_router(&frontend, spec.fallback.clone(), &[]),
+            direct: DirectRoutes::new(&frontend, &[]).map(Arc::new),
             frontend,
             fallback: spec.fallback,
         });
@@ -422,6 +571,9 @@ fn frontend_router(
 ) -> Router {
     let s = fe.settings();
     let base = &s.base_path;
+    // Every exact path here is in `bff::MANAGEMENT_ENDPOINTS` (or is the callback or
+    // signed-out path), so that the direct dispatch of proxied routes leaves them to this
+    // router.
     let mut router = Router::new()
         .route(&join_path(base, "/login"), get(bff::login::login))
         .route(
@@ -494,7 +646,7 @@ fn frontend_router(
 
 /// Known-host check, frontend selection and path mapping; then the frontend's router.
 async fn dispatch(State(gw): State<Gateway>, mut request: Request) -> Response {
-    let (router, prefix_len) = {
+    let (router, direct, prefix_len) = {
         let snap = gw.inner.snapshot.load();
         let headers = request.headers();
         let mut hosts = headers.get_all(header::HOST).iter();
@@ -534,8 +686,10 @@ async fn dispatch(State(gw): State<Gateway>, mut request: Request) -> Response {
             }
         }
         let (index, prefix) = snap.selector.select(host, request.uri().path());
+        let compiled = &snap.frontends[index];
         (
-            snap.frontends[index].router.clone(),
+            compiled.router.clone(),
+            compiled.direct.clone(),
             prefix.map_or(0, str::len),
         )
     };
@@ -567,6 +721,12 @@ async fn dispatch(State(gw): State<Gateway>, mut request: Request) -> Response {
         match Uri::from_parts(parts) {
             Ok(u) => *request.uri_mut() = u,
             Err(_) => return GatewayError::BadRequestTarget.into_response(),
+        }
+    }
+    if let Some(direct) = &direct {
+        if let Some((route, pattern)) = direct.find(request.uri().path()) {
+            let (route, pattern) = (route.clone(), pattern.clone());
+            return direct.serve(route, pattern, request).await;
         }
     }
     match router.oneshot(request).await {
@@ -735,7 +895,7 @@ async fn api_inner(
                 None
             }
             Err(TokenFailure::SessionEnded(reason)) => {
-                return end_session(gw, session, &reason).await
+                return Box::pin(end_session(gw, session, &reason)).await
             }
             Err(TokenFailure::Unavailable(_) | TokenFailure::Rejected(_))
                 if policy == TokenPolicy::UserOrNone =>
@@ -750,15 +910,18 @@ async fn api_inner(
         },
         (TokenPolicy::UserOrNone, None) => None,
         (TokenPolicy::Exchange, Some(session)) => {
-            match gw
-                .tokens()
-                .exchanged_token(session, &route.settings)
-                .instrument(token_span.clone())
-                .await
+            // Boxed (as below): keeps the less common policies' futures out of the size of
+            // every proxied request's future.
+            match Box::pin(
+                gw.tokens()
+                    .exchanged_token(session, &route.settings)
+                    .instrument(token_span.clone()),
+            )
+            .await
             {
                 Ok(t) => Some(t),
                 Err(TokenFailure::SessionEnded(reason)) => {
-                    return end_session(gw, session, &reason).await
+                    return Box::pin(end_session(gw, session, &reason)).await
                 }
                 Err(TokenFailure::Unavailable(e)) => return Err(e),
                 Err(TokenFailure::Rejected(reason)) => {
@@ -768,11 +931,12 @@ async fn api_inner(
             }
         }
         (TokenPolicy::Client, _) | (TokenPolicy::UserOrClient, None) => {
-            match gw
-                .tokens()
-                .client_token(&route.settings)
-                .instrument(token_span.clone())
-                .await
+            match Box::pin(
+                gw.tokens()
+                    .client_token(&route.settings)
+                    .instrument(token_span.clone()),
+            )
+            .await
             {
                 Ok(t) => Some(t),
                 Err(TokenFailure::Unavailable(e)) => return Err(e),
@@ -806,14 +970,24 @@ async fn api_inner(
             Box::pin(gw.sessions().clone().wait_until_ended(s.key().to_owned()))
                 as crate::proxy::SessionEnd
         });
-        forwarder
-            .forward_upgrade(route, request, token.as_ref(), &ctx, session_end)
-            .instrument(upstream_span.clone())
-            .await?
+        Box::pin(
+            forwarder
+                .forward_upgrade(route, request, token.as_ref(), &ctx, session_end)
+                .instrument(upstream_span.clone()),
+        )
+        .await?
     } else {
-        crate::proxy::dpop::forward(forwarder, route, request, token.as_ref(), &ctx)
-            .instrument(upstream_span.clone())
-            .await?
+        // Boxed: the upstream call's future is the largest part of this one (see
+        // `DirectRoutes::serve`).
+        Box::pin(crate::proxy::dpop::forward(
+            forwarder,
+            route,
+            request,
+            token.as_ref(),
+            &ctx,
+        ))
+        .instrument(upstream_span.clone())
+        .await?
     };
     upstream_span.record("http.response.status_code", response.status().as_u16());
     crate::telemetry::observe_stage(&route.settings.path, "upstream", started.elapsed());

@@ -190,6 +190,11 @@ impl Sessions {
         if !self.store.polls_changes() {
             return;
         }
+        // Boxed: keeps this rarely large future out of every lookup's (see `lookup_key`).
+        Box::pin(self.poll_and_apply(cache)).await;
+    }
+
+    async fn poll_and_apply(&self, cache: &SessionCache) {
         let _serial = self.poll_lock.lock().await;
         match self.store.poll_changes().await {
             Ok(changes) => {
@@ -223,7 +228,7 @@ impl Sessions {
                     tracing::Span::current().record("session.cache", "hit");
                     return Ok(Lookup::Active(hit));
                 }
-                cache.invalidate(key).await;
+                Box::pin(cache.invalidate(key)).await;
             }
         }
         if self.cache.is_some() {
@@ -233,7 +238,9 @@ impl Sessions {
             "session.cache",
             if self.cache.is_some() { "miss" } else { "off" },
         );
-        self.lookup_key_fresh(key).await
+        // Boxed: a store read is the cold path behind the cache, and its future is large;
+        // inline, every request's future (and each copy of it) would carry its size.
+        Box::pin(self.lookup_key_fresh(key)).await
     }
 
     /// Loads a session from the store, bypassing (and refreshing) the cache.
@@ -373,17 +380,24 @@ impl Sessions {
         updated.renewed = now;
         updated.expires = new_expiry;
         updated.version = session.record.version + 1;
-        match self.store.update(&updated, session.record.version).await? {
-            CasOutcome::Updated => {
-                Arc::make_mut(session).record = updated;
-                // The next read refills the cache from the store.
-                self.forget(&session.record.key).await;
+        // Boxed: the write is the rare case (rate-limited above); inline, its future would
+        // make every request's larger.
+        Box::pin(async move {
+            match self.store.update(&updated, session.record.version).await? {
+                CasOutcome::Updated => {
+                    Arc::make_mut(session).record = updated;
+                    // The next read refills the cache from the store.
+                    self.forget(&session.record.key).await;
+                }
+                // Someone else wrote (a refresh, another request sliding): their write wins;
+                // the next request slides again if still needed.
+                CasOutcome::Conflict | CasOutcome::Missing => {
+                    self.forget(&session.record.key).await;
+                }
             }
-            // Someone else wrote (a refresh, another request sliding): their write wins; the
-            // next request slides again if still needed.
-            CasOutcome::Conflict | CasOutcome::Missing => self.forget(&session.record.key).await,
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     /// Replaces the ticket of a session (compare-and-set on the version).

@@ -396,7 +396,12 @@ impl TokenService {
             .users
             .get_access_token(&store, session.key(), &params, route.refresh_before_expiry)
             .await;
-        self.failed_user_token(session, result).await
+        match result {
+            Ok(token) => Ok(token),
+            // Boxed: the failure path (which may end the session) stays out of the future
+            // every proxied request builds.
+            Err(e) => Box::pin(self.failed_user_token(session, Err(e))).await,
+        }
     }
 
     /// Maps a user-token failure and, when it is final, deletes the session at once, whatever
