@@ -17,6 +17,11 @@
 //!                    └───────────────────────────────────────┘
 //!                      every failure of a browser navigation → HTML page (error.rs)
 //! ```
+//! A request under a route prefix goes straight to [`api`] ([`DirectRoutes`], the hot path;
+//! the frontend's router would send it there too), everything else through the frontend's
+//! router. [`Gateway::handle`] is the whole of it without a router around it, for the
+//! binary's listener; [`Gateway::router`] the same as an axum `Router`.
+//!
 //! Every proxied route goes through [`api`], which checks anti-forgery before anything else;
 //! the only way around it is a route whose settings say `anti_forgery: false`, which the
 //! configuration calls out loudly.
@@ -118,10 +123,45 @@ struct DirectRoutes {
     frontend: Frontend,
     name: Arc<str>,
     anti_forgery_header: axum::http::HeaderName,
-    /// Exact paths of the management endpoints.
-    reserved: Vec<String>,
-    /// Longest prefix first.
+    matcher: PrefixMatcher,
+    /// In the order of `matcher`'s prefixes.
     routes: Vec<DirectRoute>,
+}
+
+/// Matches a request path to a route prefix as the frontend's router matches the patterns
+/// `{p}`, `{p}/` and `{p}/{*rest}` beside the management endpoints' exact paths: a static
+/// path wins over a wildcard, and a longer prefix over a shorter one.
+#[derive(Debug)]
+struct PrefixMatcher {
+    /// Exact paths of the management endpoints: left to the router.
+    reserved: Vec<String>,
+    /// Route prefixes, longest first.
+    prefixes: Vec<String>,
+}
+
+impl PrefixMatcher {
+    /// `prefixes` in any order; [`PrefixMatcher::find`] answers indexes into the sorted list
+    /// ([`PrefixMatcher::prefixes`]).
+    fn new(reserved: Vec<String>, mut prefixes: Vec<String>) -> Self {
+        prefixes.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        Self { reserved, prefixes }
+    }
+
+    /// `(prefix index, pattern index)`: 0 for `{p}`, 1 for `{p}/`, 2 for `{p}/{*rest}`.
+    fn find(&self, path: &str) -> Option<(usize, usize)> {
+        if self.reserved.iter().any(|r| r == path) {
+            return None;
+        }
+        self.prefixes.iter().enumerate().find_map(|(i, p)| {
+            let rest = path.strip_prefix(p.as_str())?;
+            match rest.as_bytes() {
+                [] => Some((i, 0)),
+                [b'/'] => Some((i, 1)),
+                [b'/', ..] => Some((i, 2)),
+                _ => None,
+            }
+        })
+    }
 }
 
 struct DirectRoute {
@@ -138,10 +178,15 @@ impl DirectRoutes {
         if !local_apis.is_empty() || crate::cors::Cors::for_frontend(s, &local_prefixes).is_some() {
             return None;
         }
-        let mut routes: Vec<DirectRoute> = fe
-            .routes()
-            .routes()
+        let all = fe.routes().routes();
+        let matcher = PrefixMatcher::new(
+            management_paths(s),
+            all.iter().map(|r| r.settings.path.clone()).collect(),
+        );
+        let routes = matcher
+            .prefixes
             .iter()
+            .filter_map(|p| all.iter().find(|r| &r.settings.path == p))
             .map(|route| {
                 let p = &route.settings.path;
                 DirectRoute {
@@ -154,30 +199,20 @@ impl DirectRoutes {
                 }
             })
             .collect();
-        routes.sort_by_key(|r| std::cmp::Reverse(r.route.settings.path.len()));
         Some(Self {
             frontend: fe.clone(),
             name: fe.name().into(),
             anti_forgery_header: s.anti_forgery.header_name().clone(),
-            reserved: management_paths(s),
+            matcher,
             routes,
         })
     }
 
     /// The route that takes `path` and the pattern it matched, as the router would match.
     fn find(&self, path: &str) -> Option<(&Arc<Route>, &Arc<str>)> {
-        if self.reserved.iter().any(|r| r == path) {
-            return None;
-        }
-        self.routes.iter().find_map(|r| {
-            let rest = path.strip_prefix(r.route.settings.path.as_str())?;
-            match rest.as_bytes() {
-                [] => Some((&r.route, &r.patterns[0])),
-                [b'/'] => Some((&r.route, &r.patterns[1])),
-                [b'/', ..] => Some((&r.route, &r.patterns[2])),
-                _ => None,
-            }
-        })
+        let (i, pattern) = self.matcher.find(path)?;
+        let r = self.routes.get(i)?;
+        Some((&r.route, &r.patterns[pattern]))
     }
 
     /// Serves a request [`DirectRoutes::find`] matched, as the router's layers would.
@@ -1033,4 +1068,92 @@ fn with_clear(gw: &Frontend, mut r: Response, clear: bool) -> Response {
         );
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The direct dispatch must take exactly the requests the frontend's router sends to a
+    /// proxied route, and with the same pattern: a request it took that the router would have
+    /// given to a management endpoint, or the reverse, would change what the gateway does.
+    /// Checked against axum's own router over nested, overlapping and look-alike prefixes and
+    /// paths at every boundary.
+    #[tokio::test]
+    async fn direct_dispatch_matches_exactly_what_the_router_matches() {
+        let prefixes = [
+            "/api",
+            "/api/admin",
+            "/api/adminx",
+            "/apix",
+            "/v1.0",
+            "/bff",
+            "/a/b/c",
+        ];
+        let reserved = vec![
+            "/bff/login".to_owned(),
+            "/bff/user".to_owned(),
+            "/signin-oidc".to_owned(),
+        ];
+        let matcher = PrefixMatcher::new(
+            reserved.clone(),
+            prefixes.iter().map(|p| (*p).to_owned()).collect(),
+        );
+        let mut router: Router = Router::new();
+        for r in &reserved {
+            router = router.route(r, any(|| async { "reserved" }));
+        }
+        for (i, p) in matcher.prefixes.iter().enumerate() {
+            for (j, pattern) in [p.clone(), format!("{p}/"), format!("{p}/{{*rest}}")]
+                .into_iter()
+                .enumerate()
+            {
+                let body = format!("{i}:{j}");
+                router = router.route(&pattern, any(move || async move { body }));
+            }
+        }
+        let router = router.fallback(|| async { "fallback" });
+        let suffixes = [
+            "",
+            "/",
+            "//",
+            "/x",
+            "x",
+            "/x/",
+            "/x/y",
+            "%2f",
+            "/%2e%2e/",
+            ";a",
+            "/;a",
+            "-",
+            ".json",
+            "/login",
+            "/user",
+            "/admin",
+            "/adminx/1",
+        ];
+        let mut paths: Vec<String> = vec!["/".into(), "/signin-oidc".into(), "/other".into()];
+        for p in prefixes.iter().chain(["/bff/login", "/b", "/a/b"].iter()) {
+            for s in suffixes {
+                paths.push(format!("{p}{s}"));
+            }
+        }
+        for path in paths {
+            let request = Request::builder().uri(&path).body(Body::empty()).unwrap();
+            let response = router.clone().oneshot(request).await.unwrap();
+            let bytes = axum::body::to_bytes(response.into_body(), 1024)
+                .await
+                .unwrap();
+            let routed = String::from_utf8(bytes.to_vec()).unwrap();
+            let direct = matcher
+                .find(&path)
+                .map_or("router".to_owned(), |(i, j)| format!("{i}:{j}"));
+            let expected = match routed.as_str() {
+                "reserved" | "fallback" => "router",
+                taken => taken,
+            };
+            assert_eq!(direct, expected, "path {path}");
+        }
+    }
 }
