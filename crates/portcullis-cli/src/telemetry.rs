@@ -390,6 +390,24 @@ mod tests {
     use super::*;
     use opentelemetry::trace::TraceContextExt as _;
 
+    /// As `init` builds it: a log formatter at `info` beside the OpenTelemetry layer.
+    fn subscriber(
+        provider: &SdkTracerProvider,
+        filter: ExportFilter,
+    ) -> impl tracing::Subscriber + Send + Sync {
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::sink)
+                    .with_filter(tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(provider.tracer("test"))
+                    .with_filter(filter),
+            )
+    }
+
     fn raw(endpoint: Option<&str>, ratio: Option<f64>) -> RawTelemetry {
         RawTelemetry {
             otlp_endpoint: endpoint.map(str::to_owned),
@@ -412,18 +430,7 @@ mod tests {
                     ratio,
                 ))))
                 .build();
-            // As `init` builds it: a log formatter at `info` beside the OpenTelemetry layer.
-            let subscriber = tracing_subscriber::registry()
-                .with(
-                    tracing_subscriber::fmt::layer()
-                        .with_writer(std::io::sink)
-                        .with_filter(tracing_subscriber::EnvFilter::new("info")),
-                )
-                .with(
-                    tracing_opentelemetry::layer()
-                        .with_tracer(provider.tracer("test"))
-                        .with_filter(ExportFilter { nothing: false }),
-                );
+            let subscriber = subscriber(&provider, ExportFilter { nothing: false });
             tracing::subscriber::with_default(subscriber, || {
                 let request = tracing::info_span!(target: "portcullis::telemetry", "request");
                 assert!(
@@ -483,17 +490,7 @@ mod tests {
                     0.0,
                 ))))
                 .build();
-            let subscriber = tracing_subscriber::registry()
-                .with(
-                    tracing_subscriber::fmt::layer()
-                        .with_writer(std::io::sink)
-                        .with_filter(tracing_subscriber::EnvFilter::new("info")),
-                )
-                .with(
-                    tracing_opentelemetry::layer()
-                        .with_tracer(provider.tracer("test"))
-                        .with_filter(ExportFilter { nothing }),
-                );
+            let subscriber = subscriber(&provider, ExportFilter { nothing });
             let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
             let app = {
                 let seen = seen.clone();
@@ -551,17 +548,7 @@ mod tests {
         let provider = SdkTracerProvider::builder()
             .with_sampler(Sampler::AlwaysOn)
             .build();
-        let subscriber = tracing_subscriber::registry()
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::sink)
-                    .with_filter(tracing_subscriber::EnvFilter::new("info")),
-            )
-            .with(
-                tracing_opentelemetry::layer()
-                    .with_tracer(provider.tracer("test"))
-                    .with_filter(ExportFilter { nothing: true }),
-            );
+        let subscriber = subscriber(&provider, ExportFilter { nothing: true });
         tracing::subscriber::with_default(subscriber, || {
             // Even a sampler that keeps everything gets nothing: the layer never sees a span.
             let request = tracing::info_span!(target: "portcullis::telemetry", "request");

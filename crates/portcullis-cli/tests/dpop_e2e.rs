@@ -306,34 +306,17 @@ async fn dpop_bound_tokens_from_login_refresh_and_client_credentials_prove_the_k
 /// the route's `timeout` with a 408.
 #[tokio::test]
 async fn dpop_route_body_that_trickles_gets_408_at_the_route_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let s = stack(300, &dpop_oidc()).await;
     // Warm up: the client token is fetched once (the IdP call is not part of the timing).
     let browser = Browser::new();
     let warm = browser.get_csrf(&s.gw.url("/machine-quick/warm")).await;
     assert_eq!(warm.status(), 200);
-    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.gw.port))
-        .await
-        .unwrap();
-    tcp.write_all(
-        b"POST /machine-quick/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nX-CSRF: 1\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\nonly ten b",
-    )
-    .await
-    .unwrap();
-    let started = std::time::Instant::now();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(8),
-        tcp.read_to_end(&mut answer),
-    )
-    .await;
-    let answer = String::from_utf8_lossy(&answer);
+    let (answer, waited) = trickled_body(s.gw.port, "/machine-quick/upload").await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(
         answer.to_ascii_lowercase().contains("connection: close"),
         "{answer}"
     );
-    let waited = started.elapsed();
     assert!(
         waited >= std::time::Duration::from_millis(900)
             && waited < std::time::Duration::from_secs(5),

@@ -378,22 +378,12 @@ timeout = "1s"
     let stack = stack("", routes).await;
     let gw = &stack.gw;
     let good = GoodClient::start(gw);
-    let mut tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
-    tcp.write_all(
-        b"POST /quick/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nX-CSRF: 1\r\nContent-Length: 1000\r\n\r\nonly ten b",
-    )
-    .await
-    .unwrap();
-    let started = Instant::now();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(8), tcp.read_to_end(&mut answer)).await;
-    let answer = String::from_utf8_lossy(&answer);
+    let (answer, waited) = trickled_body(gw.port, "/quick/upload").await;
     assert_eq!(status_of(&answer), 408, "{answer}");
     assert!(
         answer.to_ascii_lowercase().contains("connection: close"),
         "{answer}"
     );
-    let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
         "answered after {waited:?}; the route timeout is 1 s"

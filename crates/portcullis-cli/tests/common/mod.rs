@@ -946,6 +946,27 @@ pub async fn raw_request(port: u16, request: &str) -> String {
     text.split("\r\n\r\n").next().unwrap_or_default().to_owned()
 }
 
+/// Sends a `POST {path}` that declares a 1000-byte body and sends 10 bytes of it, then waits
+/// (at most 8 s) for the gateway to answer and close: what it answered, and how long after
+/// the head it did.
+pub async fn trickled_body(port: u16, path: &str) -> (String, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-CSRF: 1\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\nonly ten b"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(8), tcp.read_to_end(&mut answer)).await;
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        started.elapsed(),
+    )
+}
+
 /// Every secret value the test IdP handed out (`GET /__test/issued`).
 #[derive(Debug, Clone, Default)]
 pub struct Issued {
