@@ -828,3 +828,42 @@ async fn harness_restarts_the_gateway_on_another_port_when_its_port_was_taken() 
     assert_eq!(r.status(), StatusCode::OK);
     drop(taken);
 }
+
+/// `/healthz` and `/readyz` keep their own `route` label in the request metrics (and their
+/// span name): they are routes, not "unmatched" requests.
+#[tokio::test]
+async fn probes_keep_their_route_label_in_request_metrics() {
+    let admin_port = free_port();
+    let token = "admin-token-for-tests-0123456789";
+    let gw = on_free_port(|port| async move {
+        let config = default_config(
+            port,
+            "http://127.0.0.1:1",
+            "http://127.0.0.1:1",
+            &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken = \"{token}\"\n"),
+        );
+        Gateway::try_start(port, &config).await
+    })
+    .await;
+    for path in ["/healthz", "/readyz"] {
+        reqwest::get(gw.url(path)).await.unwrap();
+    }
+    let metrics = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for route in ["/healthz", "/readyz"] {
+        assert!(
+            metrics.lines().any(
+                |l| l.starts_with("portcullis_request_duration_seconds_count{")
+                    && l.contains(&format!("route=\"{route}\""))
+            ),
+            "no request metric with route={route}:\n{metrics}"
+        );
+    }
+}

@@ -501,11 +501,11 @@ impl Gateway {
     /// `Allow: GET,HEAD`, as the router's would.
     pub async fn handle(&self, request: Request) -> Response {
         let probe = match request.uri().path() {
-            "/healthz" => Some(false),
-            "/readyz" => Some(true),
+            "/healthz" => Some("/healthz"),
+            "/readyz" => Some("/readyz"),
             _ => None,
         };
-        match probe {
+        let mut response = match probe {
             None => dispatch(State(self.clone()), request).await,
             Some(_) if !matches!(*request.method(), Method::GET | Method::HEAD) => {
                 let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
@@ -513,9 +513,14 @@ impl Gateway {
                     .insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
                 r
             }
-            Some(false) => "ok".into_response(),
-            Some(true) => readyz(State(self.clone())).await,
+            Some("/healthz") => "ok".into_response(),
+            Some(_) => readyz(State(self.clone())).await,
+        };
+        if let Some(route) = probe {
+            // The router's `MatchedPath` for them: their own `http.route`, not "unmatched".
+            crate::telemetry::mark_unfronted(&mut response, route);
         }
+        response
     }
 }
 
