@@ -829,6 +829,38 @@ async fn harness_restarts_the_gateway_on_another_port_when_its_port_was_taken() 
     drop(taken);
 }
 
+/// HTTP/2 HEAD: a response to HEAD has no content (RFC 9110 §9.3.2), and an HTTP/2 client
+/// treats DATA on a HEAD response as a stream error (RFC 9113 §8.1.1). The probes and a
+/// proxied route's own error answers (anti-forgery refused here, as the navigation's HTML
+/// page) must send none, as the router did by emptying HEAD bodies.
+#[tokio::test]
+async fn head_over_http2_gets_no_body_from_probes_or_proxied_route_errors() {
+    let gw = on_free_port(|port| async move {
+        let config = default_config(port, "http://127.0.0.1:1", "http://127.0.0.1:1", "");
+        Gateway::try_start(port, &config).await
+    })
+    .await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for path in ["/healthz", "/readyz", "/api/x", "/api"] {
+        let r = h2
+            .head(gw.url(path))
+            .header("sec-fetch-mode", "navigate")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2, "{path}");
+        let status = r.status();
+        let body = r.bytes().await;
+        assert!(
+            body.as_ref().is_ok_and(|b| b.is_empty()),
+            "HEAD {path} ({status}) over HTTP/2: {body:?}"
+        );
+    }
+}
+
 /// `/healthz` and `/readyz` keep their own `route` label in the request metrics (and their
 /// span name): they are routes, not "unmatched" requests.
 #[tokio::test]
