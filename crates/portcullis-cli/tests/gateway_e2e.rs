@@ -828,3 +828,74 @@ async fn harness_restarts_the_gateway_on_another_port_when_its_port_was_taken() 
     assert_eq!(r.status(), StatusCode::OK);
     drop(taken);
 }
+
+/// HTTP/2 HEAD: a response to HEAD has no content (RFC 9110 §9.3.2), and an HTTP/2 client
+/// treats DATA on a HEAD response as a stream error (RFC 9113 §8.1.1). The probes and a
+/// proxied route's own error answers (anti-forgery refused here, as the navigation's HTML
+/// page) must send none, as the router did by emptying HEAD bodies.
+#[tokio::test]
+async fn head_over_http2_gets_no_body_from_probes_or_proxied_route_errors() {
+    let gw = on_free_port(|port| async move {
+        let config = default_config(port, "http://127.0.0.1:1", "http://127.0.0.1:1", "");
+        Gateway::try_start(port, &config).await
+    })
+    .await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for path in ["/healthz", "/readyz", "/api/x", "/api"] {
+        let r = h2
+            .head(gw.url(path))
+            .header("sec-fetch-mode", "navigate")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2, "{path}");
+        let status = r.status();
+        let body = r.bytes().await;
+        assert!(
+            body.as_ref().is_ok_and(|b| b.is_empty()),
+            "HEAD {path} ({status}) over HTTP/2: {body:?}"
+        );
+    }
+}
+
+/// `/healthz` and `/readyz` keep their own `route` label in the request metrics (and their
+/// span name): they are routes, not "unmatched" requests.
+#[tokio::test]
+async fn probes_keep_their_route_label_in_request_metrics() {
+    let admin_port = free_port();
+    let token = "admin-token-for-tests-0123456789";
+    let gw = on_free_port(|port| async move {
+        let config = default_config(
+            port,
+            "http://127.0.0.1:1",
+            "http://127.0.0.1:1",
+            &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken = \"{token}\"\n"),
+        );
+        Gateway::try_start(port, &config).await
+    })
+    .await;
+    for path in ["/healthz", "/readyz"] {
+        reqwest::get(gw.url(path)).await.unwrap();
+    }
+    let metrics = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for route in ["/healthz", "/readyz"] {
+        assert!(
+            metrics.lines().any(
+                |l| l.starts_with("portcullis_request_duration_seconds_count{")
+                    && l.contains(&format!("route=\"{route}\""))
+            ),
+            "no request metric with route={route}:\n{metrics}"
+        );
+    }
+}

@@ -499,13 +499,18 @@ impl Gateway {
     ///
     /// `/healthz` and `/readyz` answer `GET` and `HEAD`; other methods get 405 with
     /// `Allow: GET,HEAD`, as the router's would.
+    ///
+    /// A response to `HEAD` has its body removed (after `Content-Length` is set from it), as
+    /// the router's routes do: HTTP/1 drops it anyway, but HTTP/2 would send it as DATA,
+    /// which a client takes for a protocol error (RFC 9113 §8.1.1).
     pub async fn handle(&self, request: Request) -> Response {
         let probe = match request.uri().path() {
-            "/healthz" => Some(false),
-            "/readyz" => Some(true),
+            "/healthz" => Some("/healthz"),
+            "/readyz" => Some("/readyz"),
             _ => None,
         };
-        match probe {
+        let head = request.method() == Method::HEAD;
+        let mut response = match probe {
             None => dispatch(State(self.clone()), request).await,
             Some(_) if !matches!(*request.method(), Method::GET | Method::HEAD) => {
                 let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
@@ -513,9 +518,24 @@ impl Gateway {
                     .insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
                 r
             }
-            Some(false) => "ok".into_response(),
-            Some(true) => readyz(State(self.clone())).await,
+            Some("/healthz") => "ok".into_response(),
+            Some(_) => readyz(State(self.clone())).await,
+        };
+        if let Some(route) = probe {
+            // The router's `MatchedPath` for them: their own `http.route`, not "unmatched".
+            crate::telemetry::mark_unfronted(&mut response, route);
         }
+        if head {
+            if !response.headers().contains_key(header::CONTENT_LENGTH) {
+                if let Some(len) = http_body::Body::size_hint(response.body()).exact() {
+                    response
+                        .headers_mut()
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                }
+            }
+            *response.body_mut() = Body::empty();
+        }
+        response
     }
 }
 

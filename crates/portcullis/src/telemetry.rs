@@ -131,7 +131,8 @@ pub fn exports_nothing(trust_incoming_trace_context: bool) -> bool {
 #[derive(Debug, Clone)]
 pub(crate) struct MatchedRoute {
     route: Option<RouteLabel>,
-    frontend: Arc<str>,
+    /// `None` for what no frontend serves (`/healthz`, `/readyz`).
+    frontend: Option<Arc<str>>,
 }
 
 /// A route pattern (`http.route`): as axum's router matched it, or as the gateway's direct
@@ -155,9 +156,19 @@ impl RouteLabel {
 /// Puts the matched route pattern and the frontend's name on `response` for
 /// [`RequestTelemetry::middleware`].
 pub(crate) fn mark(response: &mut Response, route: Option<RouteLabel>, frontend: Arc<str>) {
-    response
-        .extensions_mut()
-        .insert(MatchedRoute { route, frontend });
+    response.extensions_mut().insert(MatchedRoute {
+        route,
+        frontend: Some(frontend),
+    });
+}
+
+/// Puts the route pattern of a request no frontend serves (`/healthz`, `/readyz`) on
+/// `response`, as the router's `MatchedPath` gave it.
+pub(crate) fn mark_unfronted(response: &mut Response, route: &'static str) {
+    response.extensions_mut().insert(MatchedRoute {
+        route: Some(RouteLabel::Pattern(Arc::from(route))),
+        frontend: None,
+    });
 }
 
 /// Inner middleware of each frontend's router: puts the matched route pattern and the
@@ -299,8 +310,8 @@ impl RequestTelemetry {
             if late {
                 span.record("http.route", route);
             }
-            if let Some(m) = &marked {
-                span.record("portcullis.frontend", &*m.frontend);
+            if let Some(frontend) = marked.as_ref().and_then(|m| m.frontend.as_deref()) {
+                span.record("portcullis.frontend", frontend);
             }
             span.record("http.response.status_code", status.as_u16());
             if status.is_server_error() {
