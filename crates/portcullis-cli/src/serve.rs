@@ -219,7 +219,9 @@ pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<(), Strin
         Ok(m) if par_required && m.pushed_authorization_request_endpoint.is_none() => {
             return Err("oidc.par = \"required\" but the identity provider advertises no pushed_authorization_request_endpoint".into());
         }
-        Ok(_) => {}
+        Ok(_) => {
+            tokio::spawn(warn_unsupported_acr(gateway.clone()));
+        }
     }
     if let Some(admin) = &cfg.admin {
         let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -301,6 +303,50 @@ pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<(), Strin
     reloader.abort();
     tracing::info!("portcullis stopped");
     Ok(())
+}
+
+/// Logs (`warn`) each route whose `require_acr` lists a value the identity provider does not
+/// advertise in `acr_values_supported` (OpenID Connect Discovery §3): its step-up challenge
+/// asks for every listed value, and the login refuses values the IdP does not support, so
+/// the route's step-up logins would fail. Nothing when the IdP advertises no list. Run in
+/// the background at start and after each reload (another frontend's IdP may be slow).
+async fn warn_unsupported_acr(gateway: Gateway) {
+    for frontend in gateway.frontends() {
+        let ruled = frontend
+            .settings()
+            .routes
+            .iter()
+            .any(|r| !r.access.require_acr.is_empty());
+        if !ruled {
+            continue;
+        }
+        // The frontend's own identity provider (cached discovery; a failure was logged by
+        // whoever fetched it, and the next login retries).
+        let Ok(metadata) = frontend.provider().metadata().await else {
+            continue;
+        };
+        let Some(supported) = &metadata.acr_values_supported else {
+            continue;
+        };
+        for route in &frontend.settings().routes {
+            let unsupported: Vec<&str> = route
+                .access
+                .require_acr
+                .iter()
+                .filter(|v| !supported.contains(v))
+                .map(String::as_str)
+                .collect();
+            if !unsupported.is_empty() {
+                tracing::warn!(
+                    frontend = frontend.name(),
+                    route = %route.path,
+                    unsupported = ?unsupported,
+                    acr_values_supported = ?supported,
+                    "route's require_acr lists values the identity provider does not advertise; its step-up logins will be refused"
+                );
+            }
+        }
+    }
 }
 
 /// The settings a reload cannot change (listener, its limits and TLS, store, keys, admin
@@ -440,7 +486,10 @@ async fn reload(
         axum::Router::new().fallback(|| async { axum::http::StatusCode::NOT_FOUND })
     });
     match gateway.reload(settings, Some(fallback), frontends).await {
-        Ok(()) => *spa_routers = next_routers,
+        Ok(()) => {
+            *spa_routers = next_routers;
+            tokio::spawn(warn_unsupported_acr(gateway.clone()));
+        }
         Err(errors) => {
             for e in &errors {
                 tracing::error!(error = %e, "configuration reload refused");

@@ -691,3 +691,54 @@ async fn step_up_login_beside_a_configured_acr_values_sends_it_once_and_passes()
         StatusCode::OK
     );
 }
+
+/// A route whose `require_acr` names a value the IdP does not advertise can never be
+/// stepped up to (the login refuses unsupported `acr_values`): the gateway says so at start,
+/// once per such route, naming the route and the values; a route the IdP can satisfy gets
+/// no warning.
+#[tokio::test]
+async fn route_requiring_an_acr_the_idp_does_not_advertise_is_warned_about_at_start() {
+    let extra = r#"
+[[routes]]
+path = "/hw-api"
+upstream = "http://127.0.0.1:9"
+token = "user"
+require_acr = ["urn:example:hardware-key", "urn:example:mfa"]
+"#;
+    let s = on_free_port(|port| async move {
+        let origin = format!("http://127.0.0.1:{port}");
+        let idp = Idp::start_raw(&json!({
+            "clients": [Idp::default_client(&[origin])],
+            "acr_values": [PWD, MFA],
+        }))
+        .await;
+        let api = Api::start(&idp.issuer).await;
+        let routes = format!("{}{extra}", routes(&api.url, "http://127.0.0.1:9", "1h"));
+        let config = default_config(port, &idp.issuer, &api.url, &routes);
+        let gw = Gateway::try_start(port, &config).await?;
+        Ok((idp, api, gw))
+    })
+    .await;
+    let gw = &s.2;
+    // Checked in the background right after start: wait for it (bounded).
+    let warned = || -> Vec<String> {
+        gw.logs()
+            .into_iter()
+            .filter(|l| l.contains("does not advertise"))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while warned().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let warnings = warned();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("/hw-api"), "{}", warnings[0]);
+    assert!(
+        warnings[0].contains("urn:example:hardware-key"),
+        "{}",
+        warnings[0]
+    );
+    assert!(!warnings[0].contains("/mfa-api"), "{}", warnings[0]);
+}
