@@ -216,16 +216,16 @@ impl DirectRoutes {
     }
 
     /// Serves a request [`DirectRoutes::find`] matched, as the router's layers would.
-    async fn serve(&self, route: Arc<Route>, pattern: Arc<str>, request: Request) -> Response {
+    async fn serve(&self, route: &Route, pattern: &Arc<str>, request: Request) -> Response {
         let navigation = crate::error::is_navigation(request.headers(), &self.anti_forgery_header);
         // Boxed once here: a proxied call's future is several KiB, and every layer above
         // (telemetry, the listener's service, hyper's dispatcher) would otherwise hold and
         // move a copy of it; `memmove` was the largest user-space cost (bench run 8).
-        let response = Box::pin(api(State(self.frontend.clone()), route, request)).await;
+        let response = Box::pin(api(&self.frontend, route, request)).await;
         let mut response = crate::error::render_if_navigation(navigation, response);
         crate::telemetry::mark(
             &mut response,
-            Some(crate::telemetry::RouteLabel::Pattern(pattern)),
+            Some(crate::telemetry::RouteLabel::Pattern(pattern.clone())),
             self.name.clone(),
         );
         response
@@ -449,7 +449,9 @@ impl Gateway {
         Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
-            .fallback(dispatch)
+            .fallback(|State(gw): State<Gateway>, request: Request| async move {
+                dispatch(&gw, request).await
+            })
             .with_state(self.clone())
     }
 
@@ -511,7 +513,7 @@ impl Gateway {
         };
         let head = request.method() == Method::HEAD;
         let mut response = match probe {
-            None => dispatch(State(self.clone()), request).await,
+            None => dispatch(self, request).await,
             Some(_) if !matches!(*request.method(), Method::GET | Method::HEAD) => {
                 let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
                 r.headers_mut()
@@ -668,7 +670,13 @@ fn frontend_router(
             format!("{path}/{{*rest}}"),
         ] {
             let r = route.clone();
-            router = router.route(&pattern, any(move |state, req| api(state, r.clone(), req)));
+            router = router.route(
+                &pattern,
+                any(move |State(fe): State<Frontend>, req: Request| {
+                    let r = r.clone();
+                    async move { api(&fe, &r, req).await }
+                }),
+            );
         }
     }
     let router = match fallback {
@@ -700,9 +708,11 @@ fn frontend_router(
 }
 
 /// Known-host check, frontend selection and path mapping; then the frontend's router.
-async fn dispatch(State(gw): State<Gateway>, mut request: Request) -> Response {
-    let (router, direct, prefix_len) = {
-        let snap = gw.inner.snapshot.load();
+async fn dispatch(gw: &Gateway, mut request: Request) -> Response {
+    // One reference to the snapshot for the whole request (its frontend's router is used
+    // only when the direct dispatch does not take the request).
+    let snap = gw.inner.snapshot.load_full();
+    let (index, prefix_len) = {
         let headers = request.headers();
         let mut hosts = headers.get_all(header::HOST).iter();
         let (first, second) = (hosts.next(), hosts.next());
@@ -741,13 +751,9 @@ async fn dispatch(State(gw): State<Gateway>, mut request: Request) -> Response {
             }
         }
         let (index, prefix) = snap.selector.select(host, request.uri().path());
-        let compiled = &snap.frontends[index];
-        (
-            compiled.router.clone(),
-            compiled.direct.clone(),
-            prefix.map_or(0, str::len),
-        )
+        (index, prefix.map_or(0, str::len))
     };
+    let compiled = &snap.frontends[index];
     if prefix_len > 0 {
         let uri = request.uri();
         let rest = &uri.path()[prefix_len..];
@@ -778,13 +784,12 @@ async fn dispatch(State(gw): State<Gateway>, mut request: Request) -> Response {
             Err(_) => return GatewayError::BadRequestTarget.into_response(),
         }
     }
-    if let Some(direct) = &direct {
+    if let Some(direct) = &compiled.direct {
         if let Some((route, pattern)) = direct.find(request.uri().path()) {
-            let (route, pattern) = (route.clone(), pattern.clone());
             return direct.serve(route, pattern, request).await;
         }
     }
-    match router.oneshot(request).await {
+    match compiled.router.clone().oneshot(request).await {
         Ok(r) => r,
         Err(never) => match never {},
     }
@@ -805,12 +810,12 @@ async fn readyz(State(gw): State<Gateway>) -> Response {
 /// The peer address comes from `ConnectInfo` when the server provides it; a router served
 /// without it (in-process, or by a library user's own server) still works, only without
 /// `X-Forwarded-For`.
-async fn api(State(gw): State<Frontend>, route: Arc<Route>, request: Request) -> Response {
+async fn api(gw: &Frontend, route: &Route, request: Request) -> Response {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ci| ci.0);
-    match api_inner(&gw, peer, &route, request).await {
+    match api_inner(gw, peer, route, request).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }

@@ -137,11 +137,13 @@ pub(crate) struct MatchedRoute {
 
 /// A route pattern (`http.route`): as axum's router matched it, or as the gateway's direct
 /// dispatch of proxied routes names it (the same pattern the router would have matched).
-/// Both are `Arc<str>` inside: no allocation per request.
+/// No allocation per request.
 #[derive(Debug, Clone)]
 pub(crate) enum RouteLabel {
     Matched(MatchedPath),
     Pattern(Arc<str>),
+    /// A fixed path of the gateway's own (`/healthz`, `/readyz`).
+    Fixed(&'static str),
 }
 
 impl RouteLabel {
@@ -149,6 +151,7 @@ impl RouteLabel {
         match self {
             Self::Matched(m) => m.as_str(),
             Self::Pattern(p) => p,
+            Self::Fixed(p) => p,
         }
     }
 }
@@ -166,7 +169,7 @@ pub(crate) fn mark(response: &mut Response, route: Option<RouteLabel>, frontend:
 /// `response`, as the router's `MatchedPath` gave it.
 pub(crate) fn mark_unfronted(response: &mut Response, route: &'static str) {
     response.extensions_mut().insert(MatchedRoute {
-        route: Some(RouteLabel::Pattern(Arc::from(route))),
+        route: Some(RouteLabel::Fixed(route)),
         frontend: None,
     });
 }
