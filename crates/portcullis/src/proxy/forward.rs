@@ -14,6 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use portcullis_token::ManagedToken;
 
+use super::coalesce::{self, Gathered};
 use super::routes::Route;
 use crate::error::GatewayError;
 
@@ -223,7 +224,24 @@ impl Forwarder {
         }
         strip_hop_by_hop(&mut parts.headers);
         strip_own_cookies(&mut parts.headers, ctx.own_cookie_names);
-        Ok(Response::from_parts(parts, Body::new(body)))
+        if !coalesce::worth_gathering(&parts.headers, &body) {
+            return Ok(Response::from_parts(parts, Body::new(body)));
+        }
+        // A small streamed body that is already here goes out with its head, whole.
+        let body = match coalesce::gather(body).await {
+            Ok(Gathered::Whole(bytes)) => {
+                coalesce::set_length(&mut parts.headers, bytes.len());
+                Body::from(bytes)
+            }
+            Ok(Gathered::Streamed(body)) => Body::new(body),
+            // Nothing went to the browser yet: a clean 502 instead of a cut response.
+            Err(e) => {
+                return Err(GatewayError::UpstreamUnavailable(format!(
+                    "the response body broke off: {e}"
+                )))
+            }
+        };
+        Ok(Response::from_parts(parts, body))
     }
 }
 

@@ -19,6 +19,7 @@
 //! [`portcullis_token::ManagedToken`] for exactly this request; the pooled client has no
 //! default headers, so one user's token can never ride on another user's request.
 
+mod coalesce;
 pub mod dpop;
 mod forward;
 mod routes;

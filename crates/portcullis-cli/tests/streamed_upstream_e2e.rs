@@ -1,0 +1,158 @@
+//! Streamed upstream bodies (no `Content-Length`) through the real binary, from real Node
+//! upstreams (`testing/upstream/framing.mjs`): a small body that arrives with its head is sent
+//! to the browser whole, with `Content-Length`, in one write; a body that keeps coming, an
+//! event stream and a large body stay streamed; a body that breaks off before its head went
+//! out is a 502, one that breaks off later is a cut response, never a complete-looking one.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::StatusCode;
+use tokio::process::Command;
+
+const BODY: &str = r#"{"message":"streamed hello","items":[1,2,3]}"#;
+
+/// A Node upstream started with `framing.mjs` and these arguments; returns its URL.
+async fn node_upstream(args: &[&str]) -> (Proc, String) {
+    let mut cmd = Command::new("node");
+    cmd.current_dir(repo_root())
+        .args([
+            "testing/upstream/framing.mjs",
+            "--port",
+            "0",
+            "--body",
+            BODY,
+        ])
+        .args(args);
+    let proc = Proc::spawn("upstream", cmd).await;
+    let port = proc.ready["port"].as_u64().expect("port in READY");
+    (proc, format!("http://127.0.0.1:{port}"))
+}
+
+fn route(path: &str, upstream: &str) -> String {
+    format!("\n[[routes]]\npath = \"{path}\"\nupstream = \"{upstream}\"\ntoken = \"none\"\n")
+}
+
+fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    r.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+#[tokio::test]
+async fn small_chunked_body_goes_out_whole_but_streams_stay_streams() {
+    let port = free_port();
+    let idp = Idp::start(&[format!("http://127.0.0.1:{port}")], IdpOptions::default()).await;
+    let (_whole, whole) = node_upstream(&["--framing", "chunked"]).await;
+    let (_slow, slow) = node_upstream(&["--framing", "streamed", "--end-delay-ms", "600"]).await;
+    let (_sse, sse) = node_upstream(&[
+        "--framing",
+        "chunked",
+        "--content-type",
+        "text/event-stream",
+    ])
+    .await;
+    // 45 bytes × 1000: well past the 16 KiB a body may hold to be sent whole.
+    let (_large, large) = node_upstream(&["--framing", "chunked", "--repeat", "1000"]).await;
+    let extra = [
+        route("/whole", &whole),
+        route("/slow", &slow),
+        route("/sse", &sse),
+        route("/large", &large),
+    ]
+    .concat();
+    let mut gw = Gateway::start(port, &default_config(port, &idp.issuer, &whole, &extra)).await;
+    let b = Browser::new();
+
+    // Head, data and terminating chunk in one segment: sent whole, with Content-Length.
+    for _ in 0..3 {
+        let r = b.get_csrf(&gw.url("/whole/x")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(header(&r, "content-length"), Some(&*BODY.len().to_string()));
+        assert_eq!(header(&r, "transfer-encoding"), None);
+        assert_eq!(header(&r, "content-type"), Some("application/json"));
+        assert_eq!(r.bytes().await.unwrap(), BODY.as_bytes());
+    }
+
+    // The terminating chunk comes 600 ms after the data: the data must not wait for it.
+    let start = Instant::now();
+    let mut r = b.get_csrf(&gw.url("/slow/x")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "transfer-encoding"), Some("chunked"));
+    let first = r.chunk().await.unwrap().expect("a first chunk");
+    let first_after = start.elapsed();
+    assert!(
+        first_after < Duration::from_millis(400),
+        "the first chunk took {first_after:?}: a body that keeps coming was held back"
+    );
+    let mut got = first.to_vec();
+    while let Some(more) = r.chunk().await.unwrap() {
+        got.extend_from_slice(&more);
+    }
+    assert_eq!(got, BODY.as_bytes());
+    assert!(start.elapsed() >= Duration::from_millis(550));
+
+    // An event stream is never held, even when it ends at once.
+    let r = b.get_csrf(&gw.url("/sse/x")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "transfer-encoding"), Some("chunked"));
+    assert_eq!(header(&r, "content-length"), None);
+    assert_eq!(r.bytes().await.unwrap(), BODY.as_bytes());
+
+    // Past the limit: streamed, intact.
+    let r = b.get_csrf(&gw.url("/large/x")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "transfer-encoding"), Some("chunked"));
+    assert_eq!(r.bytes().await.unwrap(), BODY.repeat(1000).as_bytes());
+
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_body_that_breaks_off_is_502_before_the_head_and_a_cut_response_after() {
+    let port = free_port();
+    let idp = Idp::start(&[format!("http://127.0.0.1:{port}")], IdpOptions::default()).await;
+    let (_early, early) = node_upstream(&["--framing", "broken", "--end-delay-ms", "0"]).await;
+    let (_late, late) = node_upstream(&["--framing", "broken", "--end-delay-ms", "300"]).await;
+    let extra = [route("/early", &early), route("/late", &late)].concat();
+    let mut gw = Gateway::start(port, &default_config(port, &idp.issuer, &early, &extra)).await;
+    let b = Browser::new();
+
+    // Broken within the moment the gateway waits for a streamed body: nothing went out yet,
+    // so the browser gets a 502. (The upstream closes right after its write; should the
+    // machine stall it past that moment, the response is a cut one instead: never a
+    // complete-looking one. One of three attempts must be the 502.)
+    let mut bad_gateway = 0;
+    for _ in 0..3 {
+        let r = b.get_csrf(&gw.url("/early/x")).await;
+        if r.status() == StatusCode::BAD_GATEWAY {
+            bad_gateway += 1;
+            let text = r.text().await.unwrap();
+            assert!(!text.contains("streamed"), "{text}");
+        } else {
+            assert_eq!(r.status(), StatusCode::OK);
+            assert!(r.bytes().await.is_err(), "a broken body looked complete");
+        }
+    }
+    assert!(bad_gateway > 0, "no attempt got its 502");
+
+    // Broken after the head went out: the browser must see a failed body, not a short one
+    // that looks complete.
+    let r = b.get_csrf(&gw.url("/late/x")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.bytes().await.is_err(),
+        "a body the upstream broke off reached the browser as if complete"
+    );
+
+    let logs = gw.logs();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("the response body broke off")),
+        "no log line names the broken upstream body:\n{}",
+        logs.join("\n")
+    );
+    gw.stop().await;
+}
