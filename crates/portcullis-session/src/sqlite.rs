@@ -208,7 +208,7 @@ enum EventSource {
     /// `inotify` crate's event stream), which flags it readable when events are queued
     /// (edge-triggered `epoll`): a poll with nothing queued since the last one makes no system
     /// call; a poll after a write drains the queue.
-    Registered(inotify::EventStream<[u8; 4096]>),
+    Registered(inotify::EventStream<Vec<u8>>),
     /// Not registered (no runtime with I/O at connect, or that runtime has shut down): one
     /// non-blocking `read` per poll.
     Plain(inotify::Inotify),
@@ -222,7 +222,7 @@ impl EventSource {
         let source = if tokio::runtime::Handle::try_current().is_ok() {
             // Registering panics in a runtime built without I/O: plain reads then.
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                inotify.into_event_stream([0u8; 4096])
+                inotify.into_event_stream(vec![0u8; 4096])
             })) {
                 Ok(Ok(stream)) => Self::Registered(stream),
                 Ok(Err(_)) | Err(_) => Self::Plain(inotify::Inotify::init()?),
