@@ -22,14 +22,12 @@
 //! very next request. Cheap when nothing changed, and no query then:
 //!
 //! - On Linux, an inotify watch on the database's directory reports every write to the
-//!   database file and its write-ahead log (and their creation, removal or renaming), and
-//!   the call reads the log only after such an event. The watch is registered with the I/O
-//!   driver of the tokio runtime that connected the store, which flags it readable as events
-//!   are queued: a call with nothing queued makes no system call, one after an event drains
-//!   the queue. So a write is seen once that runtime's driver has taken its event; in the
-//!   gateway, an idle thread of the main runtime waits in `epoll_wait` and takes it as it is
-//!   queued, microseconds after the write. (Without a runtime with I/O at connect, or once
-//!   that runtime has shut down, each call drains the watch with one non-blocking `read`.)
+//!   database file and its write-ahead log (and their creation, removal or renaming); the
+//!   call drains it with one non-blocking `read` and reads the log only after such an event.
+//!   That `read` is what makes the next request see the write: a watch registered with a
+//!   tokio runtime's I/O driver instead would only see events that driver has taken, which
+//!   the runtime that connected the store (the gateway's main runtime, while requests are
+//!   served by connection workers) does only when one of its threads is idle in `epoll_wait`.
 //! - Elsewhere (or when inotify cannot be set up), the call compares the length and
 //!   modification time of both files with those seen at the last log read (two `stat` calls)
 //!   and reads the log when they differ.
@@ -173,10 +171,10 @@ struct WatchState {
 
 /// The change signal of [`SessionStore::poll_changes`].
 enum Detector {
-    /// inotify on the database's directory.
+    /// inotify on the database's directory: one non-blocking `read` per poll.
     #[cfg(target_os = "linux")]
     Events {
-        inotify: EventSource,
+        inotify: inotify::Inotify,
         /// File names that count: the database and its write-ahead log.
         names: [std::ffi::OsString; 2],
         /// When the last event that counts was drained.
@@ -197,91 +195,6 @@ impl std::fmt::Debug for Detector {
             #[cfg(target_os = "linux")]
             Self::Events { .. } => f.write_str("Detector::Events"),
             Self::Metadata { .. } => f.write_str("Detector::Metadata"),
-        }
-    }
-}
-
-/// The inotify descriptor of [`Detector::Events`].
-#[cfg(target_os = "linux")]
-enum EventSource {
-    /// Registered with the I/O driver of the tokio runtime that connected the store (the
-    /// `inotify` crate's event stream), which flags it readable when events are queued
-    /// (edge-triggered `epoll`): a poll with nothing queued since the last one makes no system
-    /// call; a poll after a write drains the queue.
-    Registered(inotify::EventStream<Vec<u8>>),
-    /// Not registered (no runtime with I/O at connect, or that runtime has shut down): one
-    /// non-blocking `read` per poll.
-    Plain(inotify::Inotify),
-}
-
-#[cfg(target_os = "linux")]
-impl EventSource {
-    /// A new inotify instance watching `dir` for `mask`.
-    fn watch(dir: &std::path::Path, mask: inotify::WatchMask) -> std::io::Result<Self> {
-        let inotify = inotify::Inotify::init()?;
-        let source = if tokio::runtime::Handle::try_current().is_ok() {
-            // Registering panics in a runtime built without I/O: plain reads then.
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                inotify.into_event_stream(vec![0u8; 4096])
-            })) {
-                Ok(Ok(stream)) => Self::Registered(stream),
-                Ok(Err(_)) | Err(_) => Self::Plain(inotify::Inotify::init()?),
-            }
-        } else {
-            Self::Plain(inotify)
-        };
-        match &source {
-            Self::Registered(stream) => stream.watches().add(dir, mask)?,
-            Self::Plain(inotify) => inotify.watches().add(dir, mask)?,
-        };
-        Ok(source)
-    }
-
-    /// Drains the queued events into `on_event` (mask and file name); `Err` when the watch
-    /// broke.
-    fn drain(
-        &mut self,
-        on_event: &mut dyn FnMut(inotify::EventMask, Option<&std::ffi::OsStr>),
-    ) -> Result<(), ()> {
-        match self {
-            Self::Registered(stream) => {
-                use futures_util::Stream;
-                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-                loop {
-                    match std::pin::Pin::new(&mut *stream).poll_next(&mut cx) {
-                        // Nothing queued (any more): the next event flags it again.
-                        std::task::Poll::Pending => return Ok(()),
-                        std::task::Poll::Ready(Some(Ok(event))) => {
-                            on_event(event.mask, event.name.as_deref());
-                        }
-                        // The runtime that registered it is gone (or the descriptor
-                        // failed): plain reads from now on.
-                        std::task::Poll::Ready(Some(Err(_)) | None) => break,
-                    }
-                }
-                let Ok(fresh) = inotify::Inotify::init() else {
-                    return Err(());
-                };
-                let Self::Registered(stream) = std::mem::replace(self, Self::Plain(fresh)) else {
-                    return Err(());
-                };
-                *self = Self::Plain(stream.into_inotify());
-                self.drain(on_event)
-            }
-            Self::Plain(inotify) => {
-                let mut buffer = [0u8; 4096];
-                loop {
-                    match inotify.read_events(&mut buffer) {
-                        Ok(events) => {
-                            for event in events {
-                                on_event(event.mask, event.name);
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-                        Err(_) => return Err(()),
-                    }
-                }
-            }
         }
     }
 }
@@ -313,7 +226,10 @@ impl Detector {
                 | inotify::WatchMask::MOVED_TO
                 | inotify::WatchMask::DELETE_SELF
                 | inotify::WatchMask::MOVE_SELF;
-            match EventSource::watch(&dir, mask) {
+            match inotify::Inotify::init().and_then(|i| {
+                i.watches().add(&dir, mask)?;
+                Ok(i)
+            }) {
                 Ok(inotify) => {
                     return Self::Events {
                         inotify,
@@ -344,19 +260,31 @@ impl Detector {
             } => {
                 let mut changed = false;
                 let mut lost = false;
-                let drained = inotify.drain(&mut |mask, name| {
-                    if mask.intersects(
-                        inotify::EventMask::IGNORED
-                            | inotify::EventMask::DELETE_SELF
-                            | inotify::EventMask::MOVE_SELF
-                            | inotify::EventMask::UNMOUNT,
-                    ) {
-                        lost = true;
+                let mut buffer = [0u8; 4096];
+                loop {
+                    match inotify.read_events(&mut buffer) {
+                        Ok(events) => {
+                            for event in events {
+                                let mask = event.mask;
+                                if mask.intersects(
+                                    inotify::EventMask::IGNORED
+                                        | inotify::EventMask::DELETE_SELF
+                                        | inotify::EventMask::MOVE_SELF
+                                        | inotify::EventMask::UNMOUNT,
+                                ) {
+                                    lost = true;
+                                }
+                                changed |= mask.contains(inotify::EventMask::Q_OVERFLOW)
+                                    || event.name.is_some_and(|n| names.iter().any(|m| m == n));
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(_) => {
+                            lost = true;
+                            break;
+                        }
                     }
-                    changed |= mask.contains(inotify::EventMask::Q_OVERFLOW)
-                        || name.is_some_and(|n| names.iter().any(|m| m == n));
-                });
-                lost |= drained.is_err();
+                }
                 if lost {
                     // The directory went away or the watch broke: metadata from now on.
                     tracing::warn!(
@@ -874,13 +802,6 @@ mod tests {
         }
     }
 
-    /// Lets this (single-threaded) test runtime's I/O driver take the inotify events queued
-    /// so far: `yield_now` resumes the task only after the driver was polled. In the gateway,
-    /// an idle thread of the main runtime waits in `epoll_wait` and takes them as they come.
-    async fn driver_takes_events() {
-        tokio::task::yield_now().await;
-    }
-
     /// Every write of another connection (another process: `portcullis sessions end`) is
     /// reported by the very next poll, write after write with no pause between them, by both
     /// change signals; a poll right after one that read the log does not read it again.
@@ -901,18 +822,11 @@ mod tests {
             };
         } else {
             assert!(
-                matches!(
-                    watch.state.lock().await.detector,
-                    Detector::Events {
-                        inotify: EventSource::Registered(_),
-                        ..
-                    }
-                ),
-                "inotify is available on Linux, registered with the runtime"
+                matches!(watch.state.lock().await.detector, Detector::Events { .. }),
+                "inotify is available on Linux"
             );
         }
         gateway.create(&record("k", 1)).await.unwrap();
-        driver_takes_events().await;
         let _ = gateway.poll_changes().await.unwrap();
         let read_at = watch.state.lock().await.read_at;
         assert!(gateway.poll_changes().await.unwrap().is_empty());
@@ -927,7 +841,6 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(outcome, CasOutcome::Updated);
-            driver_takes_events().await;
             assert_eq!(
                 gateway.poll_changes().await.unwrap(),
                 vec![Invalidation::Key("k".into())],
@@ -935,7 +848,6 @@ mod tests {
             );
         }
         assert!(cli.delete("k").await.unwrap().is_some());
-        driver_takes_events().await;
         assert_eq!(
             gateway.poll_changes().await.unwrap(),
             vec![Invalidation::Key("k".into())]
@@ -950,28 +862,46 @@ mod tests {
         every_write_is_reported_by_the_next_poll(false).await;
     }
 
-    /// A store outlives the runtime that connected it (a library user's setup runtime): its
-    /// inotify descriptor falls back to plain reads, and every write is still seen.
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn inotify_signal_outlives_the_runtime_that_registered_it() {
+    /// A write of another process is reported by the very next poll, whatever the runtime
+    /// that connected the store is doing meanwhile: here, a setup runtime that no thread
+    /// drives any more, or whose only thread is busy (the gateway's main runtime serving a
+    /// reload while a connection worker serves the request). Nothing but that runtime would
+    /// take the write's inotify event if the watch waited for its I/O driver.
+    fn a_write_is_seen_by_the_next_poll_while_the_connecting_runtime(busy: bool) {
         let dir = std::env::temp_dir().join(format!(
-            "portcullis-sqlite-outlive-{}-{}",
+            "portcullis-sqlite-idle-{}-{}",
             std::process::id(),
             uuid::Uuid::new_v4().simple()
         ));
         let url = format!("sqlite://{}", dir.join("sessions.db").display());
-        let runtime = || {
+        let setup = if busy {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
                 .build()
                 .unwrap()
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
         };
-        let first = runtime();
-        let gateway = first.block_on(SqliteStore::connect(&url)).unwrap();
-        drop(first);
-        runtime().block_on(async {
+        let gateway = setup.block_on(SqliteStore::connect(&url)).unwrap();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (started, running) = std::sync::mpsc::channel::<()>();
+        if busy {
+            // Holds the runtime's only worker thread until the end of the test.
+            setup.spawn(async move {
+                started.send(()).unwrap();
+                let _ = released.recv();
+            });
+            running.recv().unwrap();
+        }
+        let serving = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        serving.block_on(async {
             let cli = SqliteStore::connect(&url).await.unwrap();
             cli.create(&record("k", 1)).await.unwrap();
             let _ = gateway.poll_changes().await.unwrap();
@@ -987,17 +917,21 @@ mod tests {
                     "write {version} seen by the next poll"
                 );
             }
-            let watch = gateway.watch.clone().unwrap();
-            assert!(matches!(
-                watch.state.lock().await.detector,
-                Detector::Events {
-                    inotify: EventSource::Plain(_),
-                    ..
-                }
-            ));
         });
+        drop(release);
         drop(gateway);
+        drop(setup);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_write_is_seen_by_the_next_poll_while_the_connecting_runtime_is_not_driven() {
+        a_write_is_seen_by_the_next_poll_while_the_connecting_runtime(false);
+    }
+
+    #[test]
+    fn a_write_is_seen_by_the_next_poll_while_the_connecting_runtime_is_busy() {
+        a_write_is_seen_by_the_next_poll_while_the_connecting_runtime(true);
     }
 
     #[tokio::test]

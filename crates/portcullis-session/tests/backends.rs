@@ -51,13 +51,6 @@ async fn connect_picks_postgres_and_redis_by_scheme() {
     );
 }
 
-/// Lets this single-threaded test runtime's I/O driver take the inotify events queued so far
-/// (`yield_now` resumes the task after the driver was polled); in the gateway, an idle thread
-/// of the main runtime takes them as they come.
-async fn driver_takes_events() {
-    tokio::task::yield_now().await;
-}
-
 /// Another process (the CLI) ending a session on the same SQLite file is reported by
 /// `poll_changes`; nothing is reported when nothing changed, and the report comes once.
 #[tokio::test]
@@ -81,7 +74,6 @@ async fn sqlite_poll_changes_reports_what_another_process_changed() {
         sid: None,
     };
     assert_eq!(cli.delete_matching(&filter).await.unwrap().len(), 1);
-    driver_takes_events().await;
     assert_eq!(
         gateway.poll_changes().await.unwrap(),
         vec![Invalidation::Key(a.key.clone())]
@@ -102,7 +94,6 @@ async fn sqlite_poll_changes_reports_what_another_process_changed() {
     gateway.create(&a).await.unwrap();
     let _ = gateway.poll_changes().await.unwrap();
     cli.create(&a2).await.unwrap();
-    driver_takes_events().await;
     let changes = gateway.poll_changes().await.unwrap();
     assert!(
         changes.contains(&Invalidation::Key(a.key.clone())),
