@@ -2,6 +2,7 @@
 // A resource server that requires DPoP (RFC 9449 §7), for Portcullis' DPoP tests.
 //
 //   node testing/upstream/dpop-api.mjs --port <P> --issuer <idp issuer> [--no-nonce] [--quiet]
+//                                      [--broken-challenge]
 //
 // Prints `READY {"port":<port>}` once listening. Every path but /__stats needs:
 //   Authorization: DPoP <access token>   the IdP's JWT access token (signature via the issuer's
@@ -15,6 +16,7 @@
 //                                        thumbprint equal to the token's cnf.jkt.
 // A proof without the current nonce is answered 401 with
 //   WWW-Authenticate: DPoP error="use_dpop_nonce"  and  DPoP-Nonce: <nonce>
+// (with --broken-challenge: that head, half a JSON body, and the connection dropped)
 // and every other failure 401 with WWW-Authenticate: DPoP error="invalid_dpop_proof" (or
 // invalid_token) and a JSON body naming the check. A Bearer token is refused.
 // Success echoes {"ok", "method", "path", "query", "htu", "sub", "jkt", "body"} as JSON.
@@ -34,6 +36,7 @@ const { values: args } = parseArgs({
     port: { type: 'string', default: '0' },
     issuer: { type: 'string' },
     'no-nonce': { type: 'boolean', default: false },
+    'broken-challenge': { type: 'boolean', default: false },
     quiet: { type: 'boolean', default: false },
   },
   strict: true,
@@ -134,6 +137,17 @@ const server = http.createServer(async (req, res) => {
       if (e.error === 'use_dpop_nonce') {
         stats.nonce_challenges += 1;
         log('nonce challenge:', e.message);
+        if (args['broken-challenge']) {
+          // The challenge's head, then half a body and a dropped connection.
+          res.writeHead(401, {
+            'content-type': 'application/json',
+            'www-authenticate': 'DPoP error="use_dpop_nonce"',
+            'dpop-nonce': nonce,
+          });
+          res.write('{"error":"use_d');
+          setImmediate(() => res.destroy());
+          return;
+        }
         return send(res, 401, { error: e.error, reason: e.message }, {
           'www-authenticate': 'DPoP error="use_dpop_nonce", error_description="Resource server requires nonce in DPoP proof"',
           'dpop-nonce': nonce,

@@ -72,10 +72,15 @@ struct DpopStack {
 
 /// IdP + DPoP API + gateway; `oidc` is the `[oidc]` body after `issuer`.
 async fn stack(access_token_ttl: u64, oidc: &str) -> DpopStack {
+    stack_with(access_token_ttl, oidc, &[]).await
+}
+
+/// [`stack`] with extra options for the DPoP API (`testing/upstream/dpop-api.mjs`).
+async fn stack_with(access_token_ttl: u64, oidc: &str, api_options: &[&str]) -> DpopStack {
     on_free_port(|port| async move {
         let origin = format!("http://127.0.0.1:{port}");
         let idp = Idp::start_raw(&idp_config(&origin, access_token_ttl)).await;
-        let api = DpopApi::start(&idp.issuer).await;
+        let api = DpopApi::start_with(&idp.issuer, api_options).await;
         let config = format!(
             r#"
 [server]
@@ -335,6 +340,27 @@ async fn dpop_route_body_that_trickles_gets_408_at_the_route_timeout() {
     assert_eq!(r.status(), 200);
     assert_eq!(json_of(r).await["body"], "a whole body");
     let stats = s.api.stats().await;
+    assert_eq!(stats["failures"], json!([]), "{stats}");
+}
+
+/// The fault: a small upstream body without Content-Length is read before its head goes to
+/// the browser, and one that breaks off then is a 502. A DPoP nonce challenge whose body
+/// broke off became that 502, and the request was never sent again with the nonce. A nonce
+/// challenge is answered by the retry, whatever its body.
+#[tokio::test]
+async fn dpop_nonce_challenge_whose_body_breaks_off_is_still_retried_with_the_nonce() {
+    let s = stack_with(300, &dpop_oidc(), &["--broken-challenge"]).await;
+    let browser = Browser::new();
+    let r = browser
+        .get_csrf(&s.gw.url("/machine/broken-challenge"))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(json_of(r).await["ok"], true);
+    let stats = s.api.stats().await;
+    assert!(
+        stats["nonce_challenges"].as_u64().unwrap() >= 1,
+        "the API never challenged: {stats}"
+    );
     assert_eq!(stats["failures"], json!([]), "{stats}");
 }
 

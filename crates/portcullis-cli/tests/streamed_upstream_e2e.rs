@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 const BODY: &str = r#"{"message":"streamed hello","items":[1,2,3]}"#;
@@ -31,6 +32,30 @@ async fn node_upstream(args: &[&str]) -> (Proc, String) {
     let proc = Proc::spawn("upstream", cmd).await;
     let port = proc.ready["port"].as_u64().expect("port in READY");
     (proc, format!("http://127.0.0.1:{port}"))
+}
+
+/// A raw HTTP/1 upstream on 127.0.0.1: reads each request's head, writes `response` as given
+/// and closes the connection. Returns its URL.
+async fn raw_upstream(response: &'static [u8]) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = socket.write_all(response).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}")
 }
 
 fn route(path: &str, upstream: &str) -> String {
@@ -75,6 +100,14 @@ async fn small_chunked_body_goes_out_whole_but_streams_stay_streams() {
         assert_eq!(header(&r, "content-type"), Some("application/json"));
         assert_eq!(r.bytes().await.unwrap(), BODY.as_bytes());
     }
+
+    // HEAD: nothing to gather, and no length the upstream did not state (a made-up
+    // `Content-Length: 0` would misstate the GET's).
+    let r = b
+        .send(b.http.head(gw.url("/whole/x")).header("x-csrf", "1"))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "content-length"), None);
 
     // The terminating chunk comes 600 ms after the data: the data must not wait for it.
     let start = Instant::now();
@@ -123,9 +156,9 @@ async fn upstream_body_that_breaks_off_is_502_before_the_head_and_a_cut_response
     // Broken within the moment the gateway waits for a streamed body: nothing went out yet,
     // so the browser gets a 502. (The upstream closes right after its write; should the
     // machine stall it past that moment, the response is a cut one instead: never a
-    // complete-looking one. One of three attempts must be the 502.)
+    // complete-looking one. One of five attempts must be the 502.)
     let mut bad_gateway = 0;
-    for _ in 0..3 {
+    for _ in 0..5 {
         let r = b.get_csrf(&gw.url("/early/x")).await;
         if r.status() == StatusCode::BAD_GATEWAY {
             bad_gateway += 1;
@@ -154,5 +187,38 @@ async fn upstream_body_that_breaks_off_is_502_before_the_head_and_a_cut_response
         "no log line names the broken upstream body:\n{}",
         logs.join("\n")
     );
+    gw.stop().await;
+}
+
+/// The faults: an upstream answer with both `Content-Length: 3` and `Transfer-Encoding:
+/// chunked` reached the browser with `Content-Length: 3` and a body cut to 3 bytes (RFC 9112
+/// §6.3: Transfer-Encoding wins and a proxy removes the Content-Length); an HTTP/1.0
+/// upstream's status line was passed on to the browser.
+#[tokio::test]
+async fn upstream_framing_and_version_are_not_passed_on_to_the_browser() {
+    let port = free_port();
+    let idp = Idp::start(&[format!("http://127.0.0.1:{port}")], IdpOptions::default()).await;
+    let both = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\
+          Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let old = raw_upstream(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nold server").await;
+    let extra = [route("/both", &both), route("/old", &old)].concat();
+    let mut gw = Gateway::start(port, &default_config(port, &idp.issuer, &both, &extra)).await;
+    let b = Browser::new();
+
+    let r = b.get_csrf(&gw.url("/both/x")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "content-length"), Some("5"));
+    assert_eq!(header(&r, "transfer-encoding"), None);
+    assert_eq!(r.bytes().await.unwrap(), &b"hello"[..]);
+
+    let r = b.get_csrf(&gw.url("/old/x")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    assert_eq!(header(&r, "content-length"), Some("10"));
+    assert_eq!(r.bytes().await.unwrap(), &b"old server"[..]);
+
     gw.stop().await;
 }

@@ -502,7 +502,8 @@ impl Gateway {
     /// `/healthz` and `/readyz` answer `GET` and `HEAD`; other methods get 405 with
     /// `Allow: GET,HEAD`, as the router's would.
     ///
-    /// A response to `HEAD` has its body removed (after `Content-Length` is set from it), as
+    /// A response to `HEAD` has its body removed (after `Content-Length` is set from a body
+    /// that has bytes; an upstream's answer keeps the length it stated, or none), as
     /// the router's routes do: HTTP/1 drops it anyway, but HTTP/2 would send it as DATA,
     /// which a client takes for a protocol error (RFC 9113 §8.1.1).
     pub async fn handle(&self, request: Request) -> Response {
@@ -528,8 +529,13 @@ impl Gateway {
             crate::telemetry::mark_unfronted(&mut response, route);
         }
         if head {
+            // Only from a body that has bytes: an upstream's answer to HEAD has none, and a
+            // `Content-Length: 0` would misstate the length its GET has.
             if !response.headers().contains_key(header::CONTENT_LENGTH) {
-                if let Some(len) = http_body::Body::size_hint(response.body()).exact() {
+                if let Some(len) = http_body::Body::size_hint(response.body())
+                    .exact()
+                    .filter(|&n| n > 0)
+                {
                     response
                         .headers_mut()
                         .insert(header::CONTENT_LENGTH, HeaderValue::from(len));

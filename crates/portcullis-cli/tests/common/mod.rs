@@ -1202,14 +1202,21 @@ pub struct DpopApi {
 
 impl DpopApi {
     pub async fn start(issuer: &str) -> DpopApi {
+        Self::start_with(issuer, &[]).await
+    }
+
+    /// With extra command-line options (`--broken-challenge`, `--no-nonce`).
+    pub async fn start_with(issuer: &str, options: &[&str]) -> DpopApi {
         let mut cmd = Command::new("node");
-        cmd.current_dir(repo_root()).args([
-            "testing/upstream/dpop-api.mjs",
-            "--port",
-            "0",
-            "--issuer",
-            issuer,
-        ]);
+        cmd.current_dir(repo_root())
+            .args([
+                "testing/upstream/dpop-api.mjs",
+                "--port",
+                "0",
+                "--issuer",
+                issuer,
+            ])
+            .args(options);
         let proc = Proc::spawn("dpop-api", cmd).await;
         let port = proc.ready["port"].as_u64().unwrap();
         DpopApi {

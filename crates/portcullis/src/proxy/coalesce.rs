@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{header, HeaderMap, HeaderValue};
+use http::{header, HeaderMap, HeaderValue, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -35,6 +35,10 @@ pub const COALESCE_WINDOW: Duration = Duration::from_millis(1);
 /// streamed from its first frame.
 pub const COALESCE_LIMIT: usize = 16 * 1024;
 
+/// The most frames a body may arrive in to be sent whole: bounds the memory held while
+/// waiting when an upstream sends tiny (or empty) chunks.
+pub const COALESCE_FRAMES: usize = 64;
+
 /// What [`gather`] made of an upstream body.
 pub enum Gathered {
     /// The whole body, read within the window: send it with `Content-Length`.
@@ -43,10 +47,14 @@ pub enum Gathered {
     Streamed(Prefetched),
 }
 
-/// Whether a response with these headers and body is worth gathering: a body that has not
-/// ended, without `Content-Length`, and not an event stream.
-pub fn worth_gathering(headers: &HeaderMap, body: &Incoming) -> bool {
-    !body.is_end_stream()
+/// Whether a response with this status and headers, whose body has not `ended` yet, is worth
+/// gathering: no `Content-Length`, not an event stream, and a status that may have a body at
+/// all (never 1xx, 204 or 304, which must not get a `Content-Length` either, RFC 9110 §8.6).
+pub fn worth_gathering(status: StatusCode, headers: &HeaderMap, ended: bool) -> bool {
+    !ended
+        && !status.is_informational()
+        && status != StatusCode::NO_CONTENT
+        && status != StatusCode::NOT_MODIFIED
         && !headers.contains_key(header::CONTENT_LENGTH)
         && !is_event_stream(headers)
 }
@@ -64,7 +72,8 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Reads `body` for at most [`COALESCE_WINDOW`] and [`COALESCE_LIMIT`] bytes.
+/// Reads `body` for at most [`COALESCE_WINDOW`], [`COALESCE_LIMIT`] bytes and
+/// [`COALESCE_FRAMES`] frames.
 ///
 /// # Errors
 ///
@@ -88,7 +97,7 @@ pub async fn gather(mut body: Incoming) -> Result<Gathered, hyper::Error> {
                     }
                     frames.push(frame);
                     // Trailers cannot travel with Content-Length: stream them.
-                    if trailers || size > COALESCE_LIMIT {
+                    if trailers || size > COALESCE_LIMIT || frames.len() >= COALESCE_FRAMES {
                         return Ok(Gathered::Streamed(Prefetched::new(frames, body)));
                     }
                 }
@@ -201,6 +210,27 @@ mod tests {
             assert!(!is_event_stream(&headers(&[("content-type", ct)])), "{ct}");
         }
         assert!(!is_event_stream(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn only_unframed_bodies_of_statuses_with_a_body_are_gathered() {
+        let json = headers(&[("content-type", "application/json")]);
+        assert!(worth_gathering(StatusCode::OK, &json, false));
+        assert!(worth_gathering(StatusCode::UNAUTHORIZED, &json, false));
+        assert!(!worth_gathering(StatusCode::OK, &json, true), "ended");
+        let framed = headers(&[("content-length", "5")]);
+        assert!(!worth_gathering(StatusCode::OK, &framed, false));
+        // An HTTP/2 upstream may send an empty DATA frame after a 204's or 304's head: no
+        // Content-Length may be made up for those.
+        for status in [
+            StatusCode::CONTINUE,
+            StatusCode::NO_CONTENT,
+            StatusCode::NOT_MODIFIED,
+        ] {
+            assert!(!worth_gathering(status, &json, false), "{status}");
+        }
+        let events = headers(&[("content-type", "text/event-stream")]);
+        assert!(!worth_gathering(StatusCode::OK, &events, false));
     }
 
     #[test]

@@ -222,9 +222,27 @@ impl Forwarder {
         if let (Some(url), Some(token)) = (&dpop_url, token) {
             token.remember_dpop_nonce(url, &parts.headers);
         }
+        // Both framings in one answer: the chunked one is the body's real length (RFC 9112
+        // §6.3: a proxy removes the Content-Length), else the browser would be told a length
+        // the body does not have.
+        if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
         strip_hop_by_hop(&mut parts.headers);
         strip_own_cookies(&mut parts.headers, ctx.own_cookie_names);
-        if !coalesce::worth_gathering(&parts.headers, &body) {
+        // The browser's connection has its own protocol version (an HTTP/1.0 upstream's
+        // status line is not passed on).
+        parts.version = http::Version::HTTP_11;
+        // A DPoP nonce challenge is answered by sending the request again, whatever its body.
+        let nonce_challenge = dpop_url.is_some()
+            && portcullis_token::dpop::is_nonce_challenge(parts.status, &parts.headers);
+        if nonce_challenge
+            || !coalesce::worth_gathering(
+                parts.status,
+                &parts.headers,
+                http_body::Body::is_end_stream(&body),
+            )
+        {
             return Ok(Response::from_parts(parts, Body::new(body)));
         }
         // A small streamed body that is already here goes out with its head, whole.
