@@ -9,6 +9,9 @@
 //! browser connection is served by its worker's runtime, and the upstream client keeps a
 //! pool per thread (see `portcullis::proxy::Forwarder`), so the upstream connection's task
 //! runs on the same runtime as well. This is nginx's model (a worker per core), with tokio.
+//! Opt-in (`server.workers = N`): the price is that a worker that loses its CPU stalls every
+//! connection it owns, which shows as tail latency on a host shared with other busy
+//! processes ([`default_count`]).
 //!
 //! Everything else (the accept loop, background tasks, the admin listener, reloads) stays on
 //! the main runtime. Work a request starts (a token refresh, a store call) runs on the
@@ -92,9 +95,17 @@ impl Workers {
     }
 }
 
-/// The default number of workers: one per CPU the process may run on.
+/// The default number of workers: none, so the main (work-stealing) runtime serves
+/// connections.
+///
+/// Pinned workers spend a few percent less CPU per request, but a worker that loses its CPU
+/// (another busy process on the host, a scheduler slice) stalls every connection it owns
+/// until it runs again, where the work-stealing runtime lets another thread take them over:
+/// with two workers on two CPUs shared with a load generator, p99 was 2.5–4.3 ms against
+/// 1.6–1.8 ms for the work-stealing runtime and 1.2–1.3 ms for nginx (`bench/RESULTS.md`,
+/// run 9). `server.workers = N` chooses the pinned model for hosts the gateway has to itself.
 pub fn default_count() -> usize {
-    thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    0
 }
 
 #[cfg(test)]

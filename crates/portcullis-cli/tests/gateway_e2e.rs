@@ -151,6 +151,46 @@ async fn login_user_api_logout_against_a_real_idp() {
 /// tokens of every route policy, a rotated refresh token, ID tokens, a code whose login
 /// failed, a logout token) is compared, value by value, with the gateway's debug logs and
 /// with every header and body the browser received from the gateway.
+/// The pinned connection workers (`server.workers = N`, opt-in since the work-stealing
+/// runtime became the default) serve logins and proxied calls: several browsers, so their
+/// connections land on both workers, each calling the API in turn on its keep-alive
+/// connection; a chunked answer (the Node API's) goes through each worker's own upstream pool.
+#[tokio::test]
+async fn pinned_connection_workers_serve_logins_and_proxied_calls() {
+    let stack = Stack::start_edited(IdpOptions::default(), |config| {
+        config.replacen(
+            "data_dir = \"data\"\n",
+            "data_dir = \"data\"\nworkers = 2\n",
+            1,
+        )
+    })
+    .await;
+    let gw = &stack.gw;
+    let browsers: Vec<(Browser, &str)> = ["alice", "bob", "alice"]
+        .into_iter()
+        .map(|user| (Browser::new(), user))
+        .collect();
+    for (b, user) in &browsers {
+        b.login(gw, user).await;
+    }
+    for _ in 0..3 {
+        for (b, user) in &browsers {
+            let r = b.get_csrf(&gw.url("/api/whoami")).await;
+            assert_eq!(r.status(), StatusCode::OK);
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["sub"], *user);
+        }
+    }
+    // Two threads named after the workers (Linux shows the first 15 bytes of a name).
+    let pid = gw.proc.as_ref().unwrap().child.id().unwrap();
+    let workers = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("portcullis-work"))
+        .count();
+    assert_eq!(workers, 2, "connection worker threads of the gateway");
+}
+
 #[tokio::test]
 async fn issued_tokens_and_codes_never_reach_logs_or_browser() {
     let stack = Stack::start_config(
