@@ -8,12 +8,13 @@
 //! the upstream connection has decoded it, with a round of task wake-ups in between. Every
 //! such response then costs the gateway an extra `writev`, and the browser an extra read.
 //!
-//! [`gather`] reads such a body for at most [`COALESCE_WINDOW`] and up to [`COALESCE_LIMIT`]
-//! bytes before the head goes out. A body that ends within both is sent whole, with
-//! `Content-Length` (a proxy may change the framing: `Transfer-Encoding` is hop-by-hop,
-//! RFC 9112 §6.1); anything else is streamed as before, starting with the frames already
-//! read. `text/event-stream` is never held. nginx's `proxy_buffering` does the same for the
-//! same reason.
+//! [`gather`] reads such a body for at most [`COALESCE_WINDOW`], [`COALESCE_LIMIT`] bytes and
+//! [`COALESCE_FRAMES`] frames before the head goes out. A body that ends within all three is
+//! sent whole, with `Content-Length` (a proxy may change the framing: `Transfer-Encoding` is
+//! hop-by-hop, RFC 9112 §6.1); anything else is streamed as before, starting with the frames
+//! already read. Never held ([`worth_gathering`]): `text/event-stream`, 1xx, 204 and 304
+//! answers; the caller also skips DPoP nonce challenges, which it answers by sending the
+//! request again. nginx's `proxy_buffering` does the same for the same reason.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
