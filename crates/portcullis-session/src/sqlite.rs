@@ -802,6 +802,28 @@ mod tests {
         }
     }
 
+    /// Updates record `k` through `cli` to each of `versions` (from `versions.start - 1`);
+    /// after each, `gateway`'s next poll must report `k`.
+    async fn each_update_is_seen_by_the_next_poll(
+        gateway: &SqliteStore,
+        cli: &SqliteStore,
+        versions: std::ops::Range<u64>,
+        context: &str,
+    ) {
+        for version in versions {
+            let outcome = cli
+                .update(&record("k", version), version - 1)
+                .await
+                .unwrap();
+            assert_eq!(outcome, CasOutcome::Updated);
+            assert_eq!(
+                gateway.poll_changes().await.unwrap(),
+                vec![Invalidation::Key("k".into())],
+                "write {version} seen by the next poll ({context})"
+            );
+        }
+    }
+
     /// Every write of another connection (another process: `portcullis sessions end`) is
     /// reported by the very next poll, write after write with no pause between them, by both
     /// change signals; a poll right after one that read the log does not read it again.
@@ -835,18 +857,13 @@ mod tests {
             read_at,
             "no write, no log read"
         );
-        for version in 2..12u64 {
-            let outcome = cli
-                .update(&record("k", version), version - 1)
-                .await
-                .unwrap();
-            assert_eq!(outcome, CasOutcome::Updated);
-            assert_eq!(
-                gateway.poll_changes().await.unwrap(),
-                vec![Invalidation::Key("k".into())],
-                "write {version} seen by the next poll (metadata: {metadata})"
-            );
-        }
+        each_update_is_seen_by_the_next_poll(
+            &gateway,
+            &cli,
+            2..12,
+            &format!("metadata: {metadata}"),
+        )
+        .await;
         assert!(cli.delete("k").await.unwrap().is_some());
         assert_eq!(
             gateway.poll_changes().await.unwrap(),
@@ -905,18 +922,8 @@ mod tests {
             let cli = SqliteStore::connect(&url).await.unwrap();
             cli.create(&record("k", 1)).await.unwrap();
             let _ = gateway.poll_changes().await.unwrap();
-            for version in 2..5u64 {
-                let outcome = cli
-                    .update(&record("k", version), version - 1)
-                    .await
-                    .unwrap();
-                assert_eq!(outcome, CasOutcome::Updated);
-                assert_eq!(
-                    gateway.poll_changes().await.unwrap(),
-                    vec![Invalidation::Key("k".into())],
-                    "write {version} seen by the next poll"
-                );
-            }
+            each_update_is_seen_by_the_next_poll(&gateway, &cli, 2..5, &format!("busy: {busy}"))
+                .await;
         });
         drop(release);
         drop(gateway);
