@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use reqwest::StatusCode;
-use tokio::process::Command;
 
 /// Far below the upstream's 5 ms plus the ~40 ms delayed-ACK timer, far above the 5 ms plus a
 /// loopback round trip through the gateway on a busy debug build.
@@ -27,23 +26,17 @@ const MEDIAN_LIMIT: Duration = Duration::from_millis(20);
 const REQUESTS: usize = 20;
 const BODY: &str = r#"{"message":"chunked hello","items":[1,2,3]}"#;
 
-/// The Node upstream answering every request with `BODY` in the given framing.
-async fn framing_upstream(framing: &str) -> (Proc, String) {
-    let mut cmd = Command::new("node");
-    cmd.current_dir(repo_root()).args([
-        "testing/upstream/framing.mjs",
-        "--port",
-        "0",
+/// The Node upstream streaming `BODY`: the data at once, the terminating chunk 5 ms later.
+async fn streamed_upstream() -> (Proc, String) {
+    framing_upstream(&[
         "--framing",
-        framing,
+        "streamed",
         "--end-delay-ms",
         "5",
         "--body",
         BODY,
-    ]);
-    let proc = Proc::spawn("upstream", cmd).await;
-    let port = proc.ready["port"].as_u64().expect("port in READY");
-    (proc, format!("http://127.0.0.1:{port}"))
+    ])
+    .await
 }
 
 /// Sequential authenticated GETs on the browser's one keep-alive connection; returns the
@@ -96,7 +89,7 @@ fn one_connection_client(
 async fn chunked_upstream_adds_no_nagle_delay() {
     let port = free_port();
     let idp = Idp::start(&[format!("http://127.0.0.1:{port}")], IdpOptions::default()).await;
-    let (_upstream, upstream_url) = framing_upstream("streamed").await;
+    let (_upstream, upstream_url) = streamed_upstream().await;
     let mut gw = Gateway::start(port, &default_config(port, &idp.issuer, &upstream_url, "")).await;
 
     let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
@@ -117,7 +110,7 @@ async fn chunked_upstream_adds_no_nagle_delay_over_tls() {
     let port = free_port();
     let origin = format!("https://127.0.0.1:{port}");
     let idp = Idp::start(std::slice::from_ref(&origin), IdpOptions::default()).await;
-    let (_upstream, upstream_url) = framing_upstream("streamed").await;
+    let (_upstream, upstream_url) = streamed_upstream().await;
     let dir = temp_dir("gw-tls-latency");
     make_certificates(&dir);
     let config = default_config(port, &idp.issuer, &upstream_url, "")

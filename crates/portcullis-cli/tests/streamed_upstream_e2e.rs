@@ -13,25 +13,12 @@ use std::time::{Duration, Instant};
 use common::*;
 use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
 
 const BODY: &str = r#"{"message":"streamed hello","items":[1,2,3]}"#;
 
-/// A Node upstream started with `framing.mjs` and these arguments; returns its URL.
-async fn node_upstream(args: &[&str]) -> (Proc, String) {
-    let mut cmd = Command::new("node");
-    cmd.current_dir(repo_root())
-        .args([
-            "testing/upstream/framing.mjs",
-            "--port",
-            "0",
-            "--body",
-            BODY,
-        ])
-        .args(args);
-    let proc = Proc::spawn("upstream", cmd).await;
-    let port = proc.ready["port"].as_u64().expect("port in READY");
-    (proc, format!("http://127.0.0.1:{port}"))
+/// `framing.mjs` answering `BODY`, with these options.
+async fn node_upstream(options: &[&str]) -> (Proc, String) {
+    framing_upstream(&[&["--body", BODY], options].concat()).await
 }
 
 /// A raw HTTP/1 upstream on 127.0.0.1: reads each request's head, writes `response` as given

@@ -1192,6 +1192,19 @@ pub fn make_certificates(dir: &std::path::Path) {
     );
 }
 
+/// A Node upstream of another stack (`testing/upstream/framing.mjs`, plain `node:http`)
+/// started with `options` (`--framing`, `--body`, `--end-delay-ms`, ...); returns the process
+/// and its URL.
+pub async fn framing_upstream(options: &[&str]) -> (Proc, String) {
+    let mut cmd = Command::new("node");
+    cmd.current_dir(repo_root())
+        .args(["testing/upstream/framing.mjs", "--port", "0"])
+        .args(options);
+    let proc = Proc::spawn("upstream", cmd).await;
+    let port = proc.ready["port"].as_u64().expect("port in READY");
+    (proc, format!("http://127.0.0.1:{port}"))
+}
+
 /// The DPoP-verifying resource server (`testing/upstream/dpop-api.mjs`): checks the proof
 /// (signature, `htm`, `htu`, `ath`, `jti` replay), the `cnf.jkt` binding, and demands a nonce;
 /// `stats()` is what it saw.
