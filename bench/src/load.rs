@@ -229,3 +229,127 @@ pub fn clock_ticks_per_sec() -> u64 {
             .unwrap_or(100)
     })
 }
+
+/// Like [`run_measuring`], with `wrk` (a separate process, `-t1`, one keep-alive connection
+/// per `concurrency`) as the load generator instead of this process: `wrk` sends `path` to
+/// `addr` with `headers` for `warmup` (not measured), then again for `duration`, measured.
+/// wrk does not check bodies; any non-2xx/3xx answer or socket error is an error.
+/// `cpus`: run wrk under `taskset -c cpus`.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_wrk(
+    wrk: &std::path::Path,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, String)],
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+    pid: Option<u32>,
+    cpus: Option<&str>,
+) -> Result<Measured, String> {
+    let run = |d: Duration| {
+        let mut cmd = match cpus {
+            Some(c) => {
+                let mut cmd = tokio::process::Command::new("taskset");
+                cmd.arg("-c").arg(c).arg(wrk);
+                cmd
+            }
+            None => tokio::process::Command::new(wrk),
+        };
+        cmd.arg("-t1")
+            .arg(format!("-c{concurrency}"))
+            .arg(format!("-d{}s", wrk_seconds(d)))
+            .arg("--latency");
+        for (name, value) in headers {
+            cmd.arg("-H").arg(format!("{name}: {value}"));
+        }
+        cmd.arg(format!("http://{addr}{path}"));
+        cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+        cmd
+    };
+    if !warmup.is_zero() {
+        run(warmup)
+            .output()
+            .await
+            .map_err(|e| format!("{}: {e}", wrk.display()))?;
+    }
+    let start = Instant::now();
+    let cpu = tokio::spawn(cpu_during(start, start + duration, pid));
+    let out = run(duration)
+        .output()
+        .await
+        .map_err(|e| format!("{}: {e}", wrk.display()))?;
+    let (cpu, steal_pct) = cpu.await.ok().unwrap_or_default();
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!("wrk failed: {text}"));
+    }
+    for bad in ["Non-2xx or 3xx responses", "Socket errors"] {
+        if let Some(line) = text.lines().find(|l| l.contains(bad)) {
+            return Err(format!("wrk: {}", line.trim()));
+        }
+    }
+    let requests: u64 = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("wrk: no request count in {text}"))?;
+    if requests == 0 {
+        return Err("no request completed in the measured window".into());
+    }
+    let pct = |p: &str| {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(p))
+            .and_then(|v| parse_wrk_duration_us(v.trim()))
+            .ok_or_else(|| format!("wrk: no {p} latency in {text}"))
+    };
+    Ok(Measured {
+        requests,
+        // wrk counts what completed within its own window: whole seconds.
+        rps: requests as f64 / wrk_seconds(duration) as f64,
+        p50_us: pct("50%")?,
+        p99_us: pct("99%")?,
+        cpu_us_per_req: cpu.map(|c| c.as_secs_f64() * 1e6 / requests as f64),
+        steal_pct,
+    })
+}
+
+/// wrk's `-d` takes whole seconds: `d` rounded up, at least 1.
+fn wrk_seconds(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000).max(1) as u64
+}
+
+/// `"612.00us"`, `"1.23ms"`, `"2.00s"` → microseconds.
+fn parse_wrk_duration_us(v: &str) -> Option<u64> {
+    let (num, scale) = if let Some(n) = v.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1e3)
+    } else if let Some(n) = v.strip_suffix('m') {
+        (n, 60e6)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1e6)
+    } else {
+        return None;
+    };
+    num.trim()
+        .parse::<f64>()
+        .ok()
+        .map(|n| (n * scale).round() as u64)
+}
+
+#[cfg(test)]
+mod wrk_tests {
+    use super::parse_wrk_duration_us;
+
+    #[test]
+    fn wrk_latency_units_are_read_as_microseconds() {
+        assert_eq!(parse_wrk_duration_us("612.00us"), Some(612));
+        assert_eq!(parse_wrk_duration_us("1.23ms"), Some(1230));
+        assert_eq!(parse_wrk_duration_us("2.00s"), Some(2_000_000));
+        assert_eq!(parse_wrk_duration_us("1.50m"), Some(90_000_000));
+        assert_eq!(parse_wrk_duration_us("fast"), None);
+    }
+}

@@ -169,6 +169,17 @@ struct Args {
     /// work-stealing runtime serves connections). Default: the gateway's default.
     #[arg(long)]
     gateway_workers: Option<usize>,
+    /// `--vs-nginx`: also measure `hyper-floor` (next to this binary), the smallest proxy on
+    /// the gateway's HTTP stack (hyper server, `hyper_util`'s pooled client, no checks), on a
+    /// two-thread work-stealing runtime (`floor`) and on one current-thread runtime
+    /// (`floor-1`): what the stack costs before the gateway does anything.
+    #[arg(long)]
+    floor: bool,
+    /// `--vs-nginx`: drive the many-connection load with this `wrk` (a separate process,
+    /// `-t1`, `--concurrency` connections, one session's cookie) instead of this process's
+    /// load generator. The one-connection latency window stays in process.
+    #[arg(long)]
+    wrk: Option<PathBuf>,
 }
 
 /// The access token every benchmark session holds: JWT-sized, so tickets and the forwarded

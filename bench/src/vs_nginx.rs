@@ -19,8 +19,8 @@
 //!   answers 401 to a wrong token. The in-process upstream counts requests with and without
 //!   the session's token.
 //!
-//! Per round, for each framing, nginx then the gateway: 32 connections (closed loop) for the
-//! warm-up + measured window, then one connection for a short sequential window (the latency
+//! Per round, for each framing, nginx then the gateway: 32 connections (closed loop; this
+//! process's load generator, or `wrk` with `--wrk`) for the warm-up + measured window, then one connection for a short sequential window (the latency
 //! a single browser sees, where a Nagle stall shows as ~40 ms). `cpu_us_per_req` is the CPU
 //! time (user + system, from `/proc/<pid>/stat`) of the proxy process only, per request.
 
@@ -71,6 +71,10 @@ impl Framing {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Proxy {
     Nginx,
+    /// `hyper-floor`, work-stealing runtime with two threads (the gateway's default shape).
+    Floor,
+    /// `hyper-floor --threads 0`: one current-thread runtime (the shape of `workers = 1`).
+    FloorOne,
     Gateway,
 }
 
@@ -78,8 +82,14 @@ impl Proxy {
     fn name(self) -> &'static str {
         match self {
             Self::Nginx => "nginx",
+            Self::Floor => "floor",
+            Self::FloorOne => "floor-1",
             Self::Gateway => "gateway",
         }
+    }
+    /// Whether it sends the session's token upstream.
+    fn sends_token(self) -> bool {
+        self != Self::Nginx
     }
 }
 
@@ -287,7 +297,11 @@ struct Setup {
     gateway_pid: u32,
     nginx_addr: SocketAddr,
     nginx_pid: u32,
+    /// `hyper-floor` with two threads and with one (address, pid), with `--floor`.
+    floors: Option<[(SocketAddr, u32); 2]>,
     cookies: Vec<HeaderValue>,
+    /// CPUs for everything but the proxy, with `--pin`.
+    other_cpus: Option<String>,
 }
 
 /// Runs the comparison; returns `Ok(false)` when a check failed after measuring.
@@ -458,8 +472,39 @@ async fn run_in(
         pid: nginx_pid,
     };
 
+    let mut floor_procs = Vec::new();
+    let mut floors = Vec::new();
+    if args.floor {
+        let floor_bin = std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("hyper-floor");
+        for threads in ["2", "0"] {
+            let mut cmd = command(&floor_bin, proxy_cpus.as_deref());
+            cmd.args(["--listen", "127.0.0.1:0", "--threads", threads])
+                .arg("--route")
+                .arg(format!("/cl={cl_addr}"))
+                .arg("--route")
+                .arg(format!("/chunked={chunked_addr}"))
+                .arg("--authorization")
+                .arg(&bearer);
+            let (proc, ready) = spawn_ready(
+                &format!("hyper-floor --threads {threads} ({})", floor_bin.display()),
+                cmd,
+                &dir.join(format!("floor-{threads}.log")),
+            )
+            .await?;
+            let port = ready["port"]
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+                .ok_or("hyper-floor: no port in READY")?;
+            floors.push((SocketAddr::from(([127, 0, 0, 1], port)), proc.pid));
+            floor_procs.push(proc);
+        }
+    }
+
     lines.push(format!(
-        "# proxy-bench --vs-nginx concurrency={} duration={} warmup={} rounds={} cores={} pin={} upstream_body_bytes={} sealed_ticket_bytes={ticket_bytes}",
+        "# proxy-bench --vs-nginx load={} concurrency={} duration={} warmup={} rounds={} cores={} pin={} upstream_body_bytes={} sealed_ticket_bytes={ticket_bytes}",
+        args.wrk.as_ref().map_or_else(|| "in-process".to_owned(), |w| format!("wrk ({})", w.display())),
         args.concurrency,
         humantime::format_duration(args.duration),
         humantime::format_duration(args.warmup),
@@ -482,13 +527,20 @@ async fn run_in(
         gateway_pid: gateway.pid,
         nginx_addr,
         nginx_pid: nginx.pid,
+        floors: floors.try_into().ok(),
         cookies,
+        other_cpus: other_cpus.clone(),
+    };
+    let proxies: &[Proxy] = if setup.floors.is_some() {
+        &[Proxy::Nginx, Proxy::Floor, Proxy::FloorOne, Proxy::Gateway]
+    } else {
+        &[Proxy::Nginx, Proxy::Gateway]
     };
     let mut rows = Vec::new();
     let mut outcome = Ok(());
     'rounds: for round in 1..=args.rounds {
         for framing in [Framing::Length, Framing::Chunked] {
-            for proxy in [Proxy::Nginx, Proxy::Gateway] {
+            for &proxy in proxies {
                 match scenario(args, &setup, round, framing, proxy).await {
                     Ok(row) => {
                         lines.push(row_line(&row));
@@ -509,6 +561,9 @@ async fn run_in(
     };
     gateway.stop().await;
     nginx.stop().await;
+    for f in floor_procs {
+        f.stop().await;
+    }
     node.stop().await;
     outcome?;
     let direct = direct?;
@@ -560,6 +615,8 @@ async fn scenario(
 ) -> Result<Row, String> {
     let (addr, pid) = match proxy {
         Proxy::Nginx => (s.nginx_addr, s.nginx_pid),
+        Proxy::Floor => s.floors.ok_or("no hyper-floor")?[0],
+        Proxy::FloorOne => s.floors.ok_or("no hyper-floor")?[1],
         Proxy::Gateway => (s.gateway_addr, s.gateway_pid),
     };
     eprintln!(
@@ -568,15 +625,38 @@ async fn scenario(
         proxy.name()
     );
     let path = framing.path();
-    let load = load::run_measuring(
-        addr,
-        templates(addr, path, &s.cookies, args.concurrency)?,
-        UPSTREAM_BODY,
-        args.warmup,
-        args.duration,
-        Some(pid),
-    )
-    .await
+    let load = match &args.wrk {
+        None => {
+            load::run_measuring(
+                addr,
+                templates(addr, path, &s.cookies, args.concurrency)?,
+                UPSTREAM_BODY,
+                args.warmup,
+                args.duration,
+                Some(pid),
+            )
+            .await
+        }
+        Some(wrk) => {
+            let cookie = s.cookies[0].to_str().map_err(|e| e.to_string())?;
+            load::run_wrk(
+                wrk,
+                addr,
+                path,
+                &[
+                    ("Accept", "application/json".into()),
+                    ("X-CSRF", "1".into()),
+                    ("Cookie", cookie.to_owned()),
+                ],
+                args.concurrency,
+                args.warmup,
+                args.duration,
+                Some(pid),
+                s.other_cpus.as_deref(),
+            )
+            .await
+        }
+    }
     .map_err(|e| format!("{} {}: {e}", proxy.name(), framing.name()))?;
     let sequential = load::run_measuring(
         addr,
@@ -591,7 +671,7 @@ async fn scenario(
     if framing == Framing::Length {
         check_upstream(
             &s.upstream,
-            proxy == Proxy::Gateway,
+            proxy.sends_token(),
             &format!("{} {}", proxy.name(), framing.name()),
         )?;
     }
@@ -667,7 +747,7 @@ fn summarize(
 ) {
     lines.push(String::new());
     lines.push(format!(
-        "summary: medians over {rounds} round(s); cpu = proxy process only; ratios = gateway / nginx in the same round"
+        "summary: medians over {rounds} round(s); cpu = proxy process only; ratios = proxy / nginx in the same round"
     ));
     lines.push(format!(
         "{:<8} {:<8} {:>8} {:>8} {:>8} {:>11} {:>12} {:>11} {:>11}",
@@ -682,7 +762,7 @@ fn summarize(
         "cpu_ratio"
     ));
     for framing in [Framing::Length, Framing::Chunked] {
-        for proxy in [Proxy::Nginx, Proxy::Gateway] {
+        for proxy in [Proxy::Nginx, Proxy::Floor, Proxy::FloorOne, Proxy::Gateway] {
             let mine: Vec<&Row> = rows
                 .iter()
                 .filter(|r| r.framing == framing && r.proxy == proxy)
@@ -693,7 +773,7 @@ fn summarize(
             let m = |f: &dyn Fn(&Row) -> f64| median(mine.iter().map(|r| f(r)).collect());
             let cpu: Vec<f64> = mine.iter().filter_map(|r| r.load.cpu_us_per_req).collect();
             let cpu = (!cpu.is_empty()).then(|| median(cpu));
-            let (rps_ratio, cpu_ratio) = if proxy == Proxy::Gateway {
+            let (rps_ratio, cpu_ratio) = if proxy != Proxy::Nginx {
                 let mut rr = Vec::new();
                 let mut cr = Vec::new();
                 for r in &mine {
