@@ -234,6 +234,7 @@ pub fn clock_ticks_per_sec() -> u64 {
 /// per `concurrency`) as the load generator instead of this process: `wrk` sends `path` to
 /// `addr` with `headers` for `warmup` (not measured), then again for `duration`, measured.
 /// wrk does not check bodies; any non-2xx/3xx answer or socket error is an error.
+/// `script`: a wrk Lua script (`-s`), e.g. [`wrk_cookie_script`]'s.
 /// `cpus`: run wrk under `taskset -c cpus`.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_wrk(
@@ -241,6 +242,7 @@ pub async fn run_wrk(
     addr: SocketAddr,
     path: &str,
     headers: &[(&str, String)],
+    script: Option<&std::path::Path>,
     concurrency: usize,
     warmup: Duration,
     duration: Duration,
@@ -262,6 +264,9 @@ pub async fn run_wrk(
             .arg("--latency");
         for (name, value) in headers {
             cmd.arg("-H").arg(format!("{name}: {value}"));
+        }
+        if let Some(script) = script {
+            cmd.arg("-s").arg(script);
         }
         cmd.arg(format!("http://{addr}{path}"));
         cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
@@ -314,6 +319,23 @@ pub async fn run_wrk(
         cpu_us_per_req: cpu.map(|c| c.as_secs_f64() * 1e6 / requests as f64),
         steal_pct,
     })
+}
+
+/// A wrk Lua script that sends each request with the next of `cookies` (round robin), so
+/// the load spreads over as many sessions as the in-process load generator's.
+pub fn wrk_cookie_script(cookies: &[http::HeaderValue]) -> String {
+    let mut s = String::from("local cookies = {\n");
+    for c in cookies {
+        // Cookie values are visible ASCII without quotes or backslashes (RFC 6265 §4.1.1).
+        s.push_str(&format!(
+            "  \"{}\",\n",
+            String::from_utf8_lossy(c.as_bytes())
+        ));
+    }
+    s.push_str(
+        "}\nlocal i = 0\nrequest = function()\n  i = i % #cookies + 1\n  wrk.headers[\"Cookie\"] = cookies[i]\n  return wrk.format()\nend\n",
+    );
+    s
 }
 
 /// wrk's `-d` takes whole seconds: `d` rounded up, at least 1.

@@ -176,8 +176,8 @@ struct Args {
     #[arg(long)]
     floor: bool,
     /// `--vs-nginx`: drive the many-connection load with this `wrk` (a separate process,
-    /// `-t1`, `--concurrency` connections, one session's cookie) instead of this process's
-    /// load generator. The one-connection latency window stays in process.
+    /// `-t1`, `--concurrency` connections, the sessions' cookies in turn, one per request)
+    /// instead of this process's load generator. The one-connection latency window stays in process.
     #[arg(long)]
     wrk: Option<PathBuf>,
 }

@@ -302,6 +302,8 @@ struct Setup {
     cookies: Vec<HeaderValue>,
     /// CPUs for everything but the proxy, with `--pin`.
     other_cpus: Option<String>,
+    /// `--wrk`'s Lua script: each request with the next session's cookie.
+    wrk_script: std::path::PathBuf,
 }
 
 /// Runs the comparison; returns `Ok(false)` when a check failed after measuring.
@@ -530,7 +532,10 @@ async fn run_in(
         floors: floors.try_into().ok(),
         cookies,
         other_cpus: other_cpus.clone(),
+        wrk_script: dir.join("sessions.lua"),
     };
+    std::fs::write(&setup.wrk_script, load::wrk_cookie_script(&setup.cookies))
+        .map_err(|e| format!("{}: {e}", setup.wrk_script.display()))?;
     let proxies: &[Proxy] = if setup.floors.is_some() {
         &[Proxy::Nginx, Proxy::Floor, Proxy::FloorOne, Proxy::Gateway]
     } else {
@@ -638,7 +643,6 @@ async fn scenario(
             .await
         }
         Some(wrk) => {
-            let cookie = s.cookies[0].to_str().map_err(|e| e.to_string())?;
             load::run_wrk(
                 wrk,
                 addr,
@@ -646,8 +650,8 @@ async fn scenario(
                 &[
                     ("Accept", "application/json".into()),
                     ("X-CSRF", "1".into()),
-                    ("Cookie", cookie.to_owned()),
                 ],
+                Some(&s.wrk_script),
                 args.concurrency,
                 args.warmup,
                 args.duration,

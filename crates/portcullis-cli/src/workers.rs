@@ -9,9 +9,10 @@
 //! browser connection is served by its worker's runtime, and the upstream client keeps a
 //! pool per thread (see `portcullis::proxy::Forwarder`), so the upstream connection's task
 //! runs on the same runtime as well. This is nginx's model (a worker per core), with tokio.
-//! Opt-in (`server.workers = N`): the price is that a worker that loses its CPU stalls every
-//! connection it owns, which shows as tail latency on a host shared with other busy
-//! processes ([`default_count`]).
+//! On by default, one worker per CPU but one ([`default_count`]); `server.workers = 0`
+//! serves connections on the work-stealing runtime instead. The price of a worker is that if
+//! it loses its CPU it stalls every connection it owns, which shows as tail latency on a host
+//! shared with other busy processes: hence one CPU left to the rest.
 //!
 //! Everything else (the accept loop, background tasks, the admin listener, reloads) stays on
 //! the main runtime. Work a request starts (a token refresh, a store call) runs on the
@@ -95,17 +96,26 @@ impl Workers {
     }
 }
 
-/// The default number of workers: none, so the main (work-stealing) runtime serves
-/// connections.
+/// The default number of workers: one per CPU but one (at least one), from
+/// `std::thread::available_parallelism`; 1 on a 2-CPU host.
 ///
-/// Pinned workers spend a few percent less CPU per request, but a worker that loses its CPU
-/// (another busy process on the host, a scheduler slice) stalls every connection it owns
-/// until it runs again, where the work-stealing runtime lets another thread take them over:
-/// with two workers on two CPUs shared with a load generator, p99 was 2.5–4.3 ms against
-/// 1.6–1.8 ms for the work-stealing runtime and 1.2–1.3 ms for nginx (`bench/RESULTS.md`,
-/// run 9). `server.workers = N` chooses the pinned model for hosts the gateway has to itself.
+/// Measured on a 2-CPU host against nginx with `wrk` (`bench/RESULTS.md`, run 10), one
+/// worker beat the work-stealing runtime on every figure: 27–31 µs of CPU per request
+/// against 36–38, 0.79–0.90× nginx's req/s against 0.67–0.73×, p99 1.8–2.2 ms against
+/// 2.2–4.5 ms (nginx: 1.3–2.1). The work-stealing runtime wakes its idle threads to look for
+/// work a request's tasks have just made, and on a host with spare CPU (an outside load
+/// generator, real browsers) most of those searches find none. Two workers on two CPUs lost
+/// on p99 (4.3–4.5 ms): a worker that loses its CPU to another busy process stalls every
+/// connection it owns. The CPU left over runs the main runtime (accept loop, token
+/// refreshes started in the background, the admin listener) and whatever shares the host.
+/// `server.workers = 0` chooses the work-stealing runtime.
 pub fn default_count() -> usize {
-    0
+    default_for(thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+}
+
+/// [`default_count`] for a host with `cpus` CPUs.
+fn default_for(cpus: usize) -> usize {
+    cpus.saturating_sub(1).max(1)
 }
 
 #[cfg(test)]
@@ -139,6 +149,14 @@ mod tests {
                 "portcullis-worker-1"
             ]
         );
+    }
+
+    #[test]
+    fn default_leaves_one_cpu_to_the_rest_and_keeps_at_least_one_worker() {
+        assert_eq!(default_for(1), 1);
+        assert_eq!(default_for(2), 1);
+        assert_eq!(default_for(8), 7);
+        assert!(default_count() >= 1);
     }
 
     #[test]

@@ -147,20 +147,30 @@ async fn login_user_api_logout_against_a_real_idp() {
     assert_no_secret_leaks(idp, &logs, &b.seen()).await;
 }
 
-/// Every secret the IdP hands out in a full session life (the authorization code, access
-/// tokens of every route policy, a rotated refresh token, ID tokens, a code whose login
-/// failed, a logout token) is compared, value by value, with the gateway's debug logs and
-/// with every header and body the browser received from the gateway.
-/// The pinned connection workers (`server.workers = N`, opt-in since the work-stealing
-/// runtime became the default) serve logins and proxied calls: several browsers, so their
-/// connections land on both workers, each calling the API in turn on its keep-alive
-/// connection; a chunked answer (the Node API's) goes through each worker's own upstream pool.
+/// Two pinned connection workers (`server.workers = 2`; the default is one per CPU but one)
+/// serve logins and proxied calls: several browsers, so their connections land on both
+/// workers, each calling the API in turn on its keep-alive connection; a chunked answer (the
+/// Node API's) goes through each worker's own upstream pool.
 #[tokio::test]
 async fn pinned_connection_workers_serve_logins_and_proxied_calls() {
+    assert_eq!(serve_logins_and_calls_with_workers(2).await, 2);
+}
+
+/// `server.workers = 0`: the work-stealing runtime serves every connection (no worker thread
+/// is started), logins and proxied calls alike.
+#[tokio::test]
+async fn work_stealing_runtime_serves_logins_and_proxied_calls_when_workers_is_0() {
+    assert_eq!(serve_logins_and_calls_with_workers(0).await, 0);
+}
+
+/// Starts the stack with `server.workers = workers`, logs three browsers in and has each
+/// call the API three times on its keep-alive connection; returns the number of connection
+/// worker threads the gateway process runs.
+async fn serve_logins_and_calls_with_workers(workers: usize) -> usize {
     let stack = Stack::start_edited(IdpOptions::default(), |config| {
         config.replacen(
             "data_dir = \"data\"\n",
-            "data_dir = \"data\"\nworkers = 2\n",
+            &format!("data_dir = \"data\"\nworkers = {workers}\n"),
             1,
         )
     })
@@ -181,16 +191,19 @@ async fn pinned_connection_workers_serve_logins_and_proxied_calls() {
             assert_eq!(body["sub"], *user);
         }
     }
-    // Two threads named after the workers (Linux shows the first 15 bytes of a name).
+    // Threads named after the workers (Linux shows the first 15 bytes of a name).
     let pid = gw.proc.as_ref().unwrap().child.id().unwrap();
-    let workers = std::fs::read_dir(format!("/proc/{pid}/task"))
+    std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
         .filter(|name| name.starts_with("portcullis-work"))
-        .count();
-    assert_eq!(workers, 2, "connection worker threads of the gateway");
+        .count()
 }
 
+/// Every secret the IdP hands out in a full session life (the authorization code, access
+/// tokens of every route policy, a rotated refresh token, ID tokens, a code whose login
+/// failed, a logout token) is compared, value by value, with the gateway's debug logs and
+/// with every header and body the browser received from the gateway.
 #[tokio::test]
 async fn issued_tokens_and_codes_never_reach_logs_or_browser() {
     let stack = Stack::start_config(
