@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Gateway vs nginx, Content-Length and chunked upstreams: builds the release binaries and runs
-# `proxy-bench --vs-nginx` (see bench/README.md). Self-contained and bounded: installs nginx
-# with apt-get if it is missing, needs Node.js (a test dependency), listens on 127.0.0.1 only,
-# and takes about 1.5 minutes after the build with the defaults below.
+# `proxy-bench --vs-nginx --floor` (see bench/README.md), the load driven by wrk. Self-contained
+# and bounded: installs nginx and wrk with apt-get if they are missing, needs Node.js (a test
+# dependency), listens on 127.0.0.1 only, and takes about 2 minutes after the build with the
+# defaults below.
 #
 #   bash bench/run.sh                      # 3 rounds, 32 connections, 3 s per scenario
 #   bash bench/run.sh --rounds 5 --pin     # extra options go to proxy-bench
 #
-# Environment: CARGO_TARGET_DIR (default ~/.cache/portcullis-target), NGINX (nginx binary).
+# Environment: CARGO_TARGET_DIR (default ~/.cache/portcullis-target), NGINX (nginx binary),
+# WRK (wrk binary), LOAD=in-process (proxy-bench's own load generator instead of wrk).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -23,6 +25,19 @@ if [ ! -x "$NGINX" ]; then
         || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx
     NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 fi
+WRK_ARGS=()
+if [ "${LOAD:-wrk}" != in-process ]; then
+    WRK="${WRK:-$(command -v wrk || echo /usr/bin/wrk)}"
+    if [ ! -x "$WRK" ]; then
+        echo "run.sh: wrk not found; installing it with apt-get" >&2
+        SUDO=""
+        if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk
+        WRK="$(command -v wrk || echo /usr/bin/wrk)"
+    fi
+    WRK_ARGS=(--wrk "$WRK")
+fi
 command -v node >/dev/null || { echo "run.sh: node (Node.js) is required for the chunked upstream" >&2; exit 69; }
 command -v taskset >/dev/null || echo "run.sh: taskset missing; --pin will not work" >&2
 
@@ -34,9 +49,11 @@ for a in "$@"; do
     case "$a" in --rounds|--rounds=*) ROUNDS=() ;; esac
 done
 
-# A hard upper bound on the run itself (the defaults need ~90 s).
+# A hard upper bound on the run itself (the defaults need ~130 s).
 timeout 600 "$CARGO_TARGET_DIR/release/proxy-bench" --vs-nginx \
     --portcullis-bin "$CARGO_TARGET_DIR/release/portcullis" \
     --nginx-bin "$NGINX" \
+    --floor \
+    ${WRK_ARGS[@]+"${WRK_ARGS[@]}"} \
     "${ROUNDS[@]}" \
     "$@"
