@@ -15,14 +15,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/portcullis-target}"
 
+# apt_install PACKAGE [FALLBACK]: installs PACKAGE (or FALLBACK if PACKAGE fails) with apt-get.
+apt_install() {
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$1" \
+        || { [ -n "${2:-}" ] && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$2"; }
+}
+
 NGINX="${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}"
 if [ ! -x "$NGINX" ]; then
     echo "run.sh: nginx not found; installing nginx-light (or nginx) with apt-get" >&2
-    SUDO=""
-    if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light \
-        || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx
+    apt_install nginx-light nginx
     NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 fi
 WRK_ARGS=()
@@ -30,10 +35,7 @@ if [ "${LOAD:-wrk}" != in-process ]; then
     WRK="${WRK:-$(command -v wrk || echo /usr/bin/wrk)}"
     if [ ! -x "$WRK" ]; then
         echo "run.sh: wrk not found; installing it with apt-get" >&2
-        SUDO=""
-        if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-        $SUDO apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk
+        apt_install wrk
         WRK="$(command -v wrk || echo /usr/bin/wrk)"
     fi
     WRK_ARGS=(--wrk "$WRK")
