@@ -279,7 +279,8 @@ pub async fn run_wrk(
             .map_err(|e| format!("{}: {e}", wrk.display()))?;
     }
     let start = Instant::now();
-    let cpu = tokio::spawn(cpu_during(start, start + duration, pid));
+    let window = Duration::from_secs(wrk_seconds(duration));
+    let cpu = tokio::spawn(cpu_during(start, start + window, pid));
     let out = run(duration)
         .output()
         .await
@@ -313,7 +314,7 @@ pub async fn run_wrk(
     Ok(Measured {
         requests,
         // wrk counts what completed within its own window: whole seconds.
-        rps: requests as f64 / wrk_seconds(duration) as f64,
+        rps: requests as f64 / window.as_secs_f64(),
         p50_us: pct("50%")?,
         p99_us: pct("99%")?,
         cpu_us_per_req: cpu.map(|c| c.as_secs_f64() * 1e6 / requests as f64),
@@ -365,6 +366,18 @@ fn parse_wrk_duration_us(v: &str) -> Option<u64> {
 #[cfg(test)]
 mod wrk_tests {
     use super::parse_wrk_duration_us;
+
+    #[test]
+    fn wrk_script_sends_every_sessions_cookie_in_turn() {
+        let cookies = [
+            http::HeaderValue::from_static("__Host-bff=a1"),
+            http::HeaderValue::from_static("__Host-bff=b2"),
+        ];
+        let script = super::wrk_cookie_script(&cookies);
+        assert!(script.contains("\"__Host-bff=a1\",\n  \"__Host-bff=b2\","));
+        assert!(script.contains("i = i % #cookies + 1"));
+        assert!(script.contains("wrk.headers[\"Cookie\"] = cookies[i]"));
+    }
 
     #[test]
     fn wrk_latency_units_are_read_as_microseconds() {

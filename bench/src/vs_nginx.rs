@@ -18,10 +18,14 @@
 //! - The Node upstream answers with `res.writeHead(200)` + `res.end(body)`, i.e. chunked; it
 //!   answers 401 to a wrong token. The in-process upstream counts requests with and without
 //!   the session's token.
+//! - With `--floor`, `hyper-floor` (`src/bin/hyper-floor.rs`) stands beside them twice (two
+//!   work-stealing threads, one current thread): the gateway's HTTP stack with none of its
+//!   checks, forwarding the session's token.
 //!
-//! Per round, for each framing, nginx then the gateway: 32 connections (closed loop; this
-//! process's load generator, or `wrk` with `--wrk`) for the warm-up + measured window, then one connection for a short sequential window (the latency
-//! a single browser sees, where a Nagle stall shows as ~40 ms). `cpu_us_per_req` is the CPU
+//! Per round, for each framing, nginx, the floors, then the gateway: 32 connections (closed
+//! loop; this process's load generator, or `wrk` with `--wrk`) for the warm-up + measured
+//! window, then one connection for a short sequential window (the latency a single browser
+//! sees, where a Nagle stall shows as ~40 ms). `cpu_us_per_req` is the CPU
 //! time (user + system, from `/proc/<pid>/stat`) of the proxy process only, per request.
 
 use std::collections::BTreeMap;
@@ -71,7 +75,7 @@ impl Framing {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Proxy {
     Nginx,
-    /// `hyper-floor`, work-stealing runtime with two threads (the gateway's default shape).
+    /// `hyper-floor`, work-stealing runtime with two threads (the shape of `workers = 0`).
     Floor,
     /// `hyper-floor --threads 0`: one current-thread runtime (the shape of `workers = 1`).
     FloorOne,
@@ -302,8 +306,8 @@ struct Setup {
     cookies: Vec<HeaderValue>,
     /// CPUs for everything but the proxy, with `--pin`.
     other_cpus: Option<String>,
-    /// `--wrk`'s Lua script: each request with the next session's cookie.
-    wrk_script: std::path::PathBuf,
+    /// With `--wrk`: its Lua script, each request with the next session's cookie.
+    wrk_script: Option<std::path::PathBuf>,
 }
 
 /// Runs the comparison; returns `Ok(false)` when a check failed after measuring.
@@ -532,10 +536,12 @@ async fn run_in(
         floors: floors.try_into().ok(),
         cookies,
         other_cpus: other_cpus.clone(),
-        wrk_script: dir.join("sessions.lua"),
+        wrk_script: args.wrk.as_ref().map(|_| dir.join("sessions.lua")),
     };
-    std::fs::write(&setup.wrk_script, load::wrk_cookie_script(&setup.cookies))
-        .map_err(|e| format!("{}: {e}", setup.wrk_script.display()))?;
+    if let Some(script) = &setup.wrk_script {
+        std::fs::write(script, load::wrk_cookie_script(&setup.cookies))
+            .map_err(|e| format!("{}: {e}", script.display()))?;
+    }
     let proxies: &[Proxy] = if setup.floors.is_some() {
         &[Proxy::Nginx, Proxy::Floor, Proxy::FloorOne, Proxy::Gateway]
     } else {
@@ -651,7 +657,7 @@ async fn scenario(
                     ("Accept", "application/json".into()),
                     ("X-CSRF", "1".into()),
                 ],
-                Some(&s.wrk_script),
+                s.wrk_script.as_deref(),
                 args.concurrency,
                 args.warmup,
                 args.duration,
