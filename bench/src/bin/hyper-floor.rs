@@ -11,8 +11,9 @@
 //! ```
 //!
 //! `--threads 0` runs one current-thread runtime (the shape of the gateway's
-//! `server.workers = 1`); `N` > 0, a work-stealing runtime with `N` threads (the gateway's
-//! default shape is 2 on a 2-CPU machine). Prints `READY {"port":N}` once listening.
+//! `server.workers = 1`, its default on a 2-CPU machine); `N` > 0, a work-stealing runtime
+//! with `N` threads (the shape of `server.workers = 0` on an `N`-CPU machine). Prints
+//! `READY {"port":N}` once listening.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
