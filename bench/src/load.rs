@@ -230,12 +230,23 @@ pub fn clock_ticks_per_sec() -> u64 {
     })
 }
 
-/// Like [`run_measuring`], with `wrk` (a separate process, `-t1`, one keep-alive connection
-/// per `concurrency`) as the load generator instead of this process: `wrk` sends `path` to
-/// `addr` with `headers` for `warmup` (not measured), then again for `duration`, measured.
-/// wrk does not check bodies; any non-2xx/3xx answer or socket error is an error.
-/// `script`: a wrk Lua script (`-s`), e.g. [`wrk_cookie_script`]'s.
-/// `cpus`: run wrk under `taskset -c cpus`.
+/// Like [`run_measuring`], with `wrk` (a separate process, `-t1`, `concurrency` keep-alive
+/// connections) as the load generator instead of this process: `wrk` sends `GET path` to
+/// `addr` with `headers` for `warmup` (not measured; its own fresh connections), then again
+/// for `duration`, measured. wrk's `-d` takes whole seconds: both are rounded up (500 ms
+/// becomes 1 s), and `rps` is the request count over that whole-second window.
+///
+/// - `script`: a wrk Lua script file (`-s`), e.g. one written from [`wrk_cookie_script`].
+/// - `pid`: the process whose CPU time is measured over the window (`None`: this one, not
+///   wrk). `cpu_us_per_req` is in µs, `p50_us`/`p99_us` are wrk's latency percentiles in µs.
+/// - `cpus`: run wrk under `taskset -c cpus`.
+///
+/// wrk does not read bodies; the caller checks what reached the upstream.
+///
+/// # Errors
+/// A message when wrk cannot be started or exits non-zero (with its stderr), reports
+/// non-2xx/3xx answers or socket errors, prints no request count or percentiles, or
+/// completed no request.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_wrk(
     wrk: &std::path::Path,
@@ -272,11 +283,22 @@ pub async fn run_wrk(
         cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
         cmd
     };
+    let failed = |out: &std::process::Output| {
+        format!(
+            "wrk failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
     if !warmup.is_zero() {
-        run(warmup)
+        let out = run(warmup)
             .output()
             .await
             .map_err(|e| format!("{}: {e}", wrk.display()))?;
+        if !out.status.success() {
+            return Err(failed(&out));
+        }
     }
     let start = Instant::now();
     let window = Duration::from_secs(wrk_seconds(duration));
@@ -286,10 +308,10 @@ pub async fn run_wrk(
         .await
         .map_err(|e| format!("{}: {e}", wrk.display()))?;
     let (cpu, steal_pct) = cpu.await.ok().unwrap_or_default();
-    let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        return Err(format!("wrk failed: {text}"));
+        return Err(failed(&out));
     }
+    let text = String::from_utf8_lossy(&out.stdout);
     for bad in ["Non-2xx or 3xx responses", "Socket errors"] {
         if let Some(line) = text.lines().find(|l| l.contains(bad)) {
             return Err(format!("wrk: {}", line.trim()));
@@ -322,21 +344,27 @@ pub async fn run_wrk(
     })
 }
 
-/// A wrk Lua script that sends each request with the next of `cookies` (round robin), so
-/// the load spreads over as many sessions as the in-process load generator's.
-pub fn wrk_cookie_script(cookies: &[http::HeaderValue]) -> String {
+/// The source of a wrk Lua script (for a file given to `-s`) that sends each request with
+/// the next of `cookies` as its `Cookie` header (round robin), so the load spreads over as
+/// many sessions as the in-process load generator's. Each value is a Lua long string
+/// (`[==[…]==]`), so any header value is taken literally; `None` when `cookies` is empty or a
+/// value contains `]==]`.
+pub fn wrk_cookie_script(cookies: &[http::HeaderValue]) -> Option<String> {
+    if cookies.is_empty() {
+        return None;
+    }
     let mut s = String::from("local cookies = {\n");
     for c in cookies {
-        // Cookie values are visible ASCII without quotes or backslashes (RFC 6265 §4.1.1).
-        s.push_str(&format!(
-            "  \"{}\",\n",
-            String::from_utf8_lossy(c.as_bytes())
-        ));
+        let value = String::from_utf8_lossy(c.as_bytes());
+        if value.contains("]==]") {
+            return None;
+        }
+        s.push_str(&format!("  [==[{value}]==],\n"));
     }
     s.push_str(
         "}\nlocal i = 0\nrequest = function()\n  i = i % #cookies + 1\n  wrk.headers[\"Cookie\"] = cookies[i]\n  return wrk.format()\nend\n",
     );
-    s
+    Some(s)
 }
 
 /// wrk's `-d` takes whole seconds: `d` rounded up, at least 1.
@@ -373,10 +401,16 @@ mod wrk_tests {
             http::HeaderValue::from_static("__Host-bff=a1"),
             http::HeaderValue::from_static("__Host-bff=b2"),
         ];
-        let script = super::wrk_cookie_script(&cookies);
-        assert!(script.contains("\"__Host-bff=a1\",\n  \"__Host-bff=b2\","));
+        let script = super::wrk_cookie_script(&cookies).unwrap_or_default();
+        assert!(script.contains("  [==[__Host-bff=a1]==],\n  [==[__Host-bff=b2]==],\n"));
         assert!(script.contains("i = i % #cookies + 1"));
         assert!(script.contains("wrk.headers[\"Cookie\"] = cookies[i]"));
+        // A quoted cookie value (RFC 6265 allows DQUOTEs) stays one literal string.
+        let quoted = [http::HeaderValue::from_static("a=\"b\\c\"")];
+        assert!(super::wrk_cookie_script(&quoted)
+            .unwrap_or_default()
+            .contains("[==[a=\"b\\c\"]==]"));
+        assert!(super::wrk_cookie_script(&[]).is_none());
     }
 
     #[test]

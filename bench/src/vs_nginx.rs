@@ -539,8 +539,9 @@ async fn run_in(
         wrk_script: args.wrk.as_ref().map(|_| dir.join("sessions.lua")),
     };
     if let Some(script) = &setup.wrk_script {
-        std::fs::write(script, load::wrk_cookie_script(&setup.cookies))
-            .map_err(|e| format!("{}: {e}", script.display()))?;
+        let source = load::wrk_cookie_script(&setup.cookies)
+            .ok_or("no session cookie that a wrk script can carry")?;
+        std::fs::write(script, source).map_err(|e| format!("{}: {e}", script.display()))?;
     }
     let proxies: &[Proxy] = if setup.floors.is_some() {
         &[Proxy::Nginx, Proxy::Floor, Proxy::FloorOne, Proxy::Gateway]
@@ -649,6 +650,9 @@ async fn scenario(
             .await
         }
         Some(wrk) => {
+            // wrk does not read bodies: the Content-Length upstream's own count proves every
+            // request counted reached it (checked below).
+            let _ = s.upstream.take_counts();
             load::run_wrk(
                 wrk,
                 addr,
@@ -668,6 +672,18 @@ async fn scenario(
         }
     }
     .map_err(|e| format!("{} {}: {e}", proxy.name(), framing.name()))?;
+    if args.wrk.is_some() && framing == Framing::Length {
+        let (with, without) = s.upstream.take_counts();
+        let seen = if proxy.sends_token() { with } else { without };
+        if seen < load.requests {
+            return Err(format!(
+                "{} {}: wrk counted {} answers but the upstream saw {seen} such requests ({with} with the session token, {without} without)",
+                proxy.name(),
+                framing.name(),
+                load.requests
+            ));
+        }
+    }
     let sequential = load::run_measuring(
         addr,
         templates(addr, path, &s.cookies, 1)?,

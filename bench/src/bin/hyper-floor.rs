@@ -3,7 +3,9 @@
 //! pooled client (what the gateway uses, with the same runtime shapes), and nothing else: no
 //! cookie, no session, no token look-up, no header hygiene, no span, no metric. It strips the
 //! route prefix, sets one `Authorization` header, reads the upstream's body whole and answers
-//! with it (`Content-Length`). A path under no route gets 404; an upstream failure, 502.
+//! with it (`Content-Length`). A path under no route (or a route's bare prefix) gets 404; an
+//! upstream failure, 502. For `GET` only: a request body is not forwarded, and there is no
+//! timeout; enough for the benchmark, not a proxy to use.
 //!
 //! ```text
 //! hyper-floor --route /cl=127.0.0.1:UP [--route /x=ADDR ...] [--listen 127.0.0.1:0]

@@ -48,9 +48,9 @@ pub struct Limits {
     /// finish; then the process exits anyway.
     pub shutdown_grace: Duration,
     /// Connection worker threads, each with a single-threaded runtime that serves its
-    /// connections from accept to close (see [`crate::workers`]); default: one per CPU but
-    /// one, at least one ([`crate::workers::default_count`]); `0`: connections are served by
-    /// the main (work-stealing) runtime.
+    /// connections from accept to close (see [`crate::workers`]); default: 1 on hosts with up
+    /// to two CPUs, else 0 ([`crate::workers::default_count`]); `0`: connections are served
+    /// by the main (work-stealing) runtime.
     pub workers: usize,
 }
 

@@ -9,10 +9,11 @@
 //! browser connection is served by its worker's runtime, and the upstream client keeps a
 //! pool per thread (see `portcullis::proxy::Forwarder`), so the upstream connection's task
 //! runs on the same runtime as well. This is nginx's model (a worker per core), with tokio.
-//! On by default, one worker per CPU but one ([`default_count`]); `server.workers = 0`
-//! serves connections on the work-stealing runtime instead. The price of a worker is that if
-//! it loses its CPU it stalls every connection it owns, which shows as tail latency on a host
-//! shared with other busy processes: hence one CPU left to the rest.
+//! On by default on hosts with up to two CPUs (one worker, [`default_count`]);
+//! `server.workers = 0` serves connections on the work-stealing runtime instead. The price of
+//! a worker is that if it loses its CPU it stalls every connection it owns, which shows as
+//! tail latency on a host shared with other busy processes, and that a connection never
+//! moves to another worker.
 //!
 //! Everything else (the accept loop, background tasks, the admin listener, reloads) stays on
 //! the main runtime. Work a request starts (a token refresh, a store call) runs on the
@@ -96,8 +97,11 @@ impl Workers {
     }
 }
 
-/// The default number of workers: one per CPU but one (at least one), from
-/// `std::thread::available_parallelism`; 1 on a 2-CPU host.
+/// The default number of workers, a thread count: 1 on a host with at most two CPUs, else 0
+/// (the work-stealing runtime serves connections). The CPU count is
+/// `std::thread::available_parallelism` (it follows the process's CPU affinity and a cgroup
+/// CPU quota, rounded down, but not CPU shares or a Kubernetes CPU request); 1 when it cannot
+/// be read.
 ///
 /// Measured on a 2-CPU host against nginx with `wrk` (`bench/RESULTS.md`, run 10), one
 /// worker beat the work-stealing runtime on every figure: 27–31 µs of CPU per request
@@ -106,16 +110,23 @@ impl Workers {
 /// work a request's tasks have just made, and on a host with spare CPU (an outside load
 /// generator, real browsers) most of those searches find none. Two workers on two CPUs lost
 /// on p99 (4.3–4.5 ms): a worker that loses its CPU to another busy process stalls every
-/// connection it owns. The CPU left over runs the main runtime (accept loop, token
-/// refreshes started in the background, the admin listener) and whatever shares the host.
-/// `server.workers = 0` chooses the work-stealing runtime.
+/// connection it owns.
+///
+/// Larger hosts keep the work-stealing runtime until they are measured: a connection stays on
+/// its worker, so a few multiplexed connections (an HTTP/2 front proxy) would be confined to
+/// as many cores, and a pod whose CPU request is far below its node's CPU count would start a
+/// worker per node CPU. `server.workers = N` chooses N workers on any host.
 pub fn default_count() -> usize {
     default_for(thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
 }
 
 /// [`default_count`] for a host with `cpus` CPUs.
 fn default_for(cpus: usize) -> usize {
-    cpus.saturating_sub(1).max(1)
+    if cpus <= 2 {
+        1
+    } else {
+        0
+    }
 }
 
 #[cfg(test)]
@@ -152,11 +163,11 @@ mod tests {
     }
 
     #[test]
-    fn default_leaves_one_cpu_to_the_rest_and_keeps_at_least_one_worker() {
+    fn default_is_one_worker_up_to_two_cpus_and_the_work_stealing_runtime_above() {
         assert_eq!(default_for(1), 1);
         assert_eq!(default_for(2), 1);
-        assert_eq!(default_for(8), 7);
-        assert!(default_count() >= 1);
+        assert_eq!(default_for(3), 0);
+        assert_eq!(default_for(64), 0);
     }
 
     #[test]

@@ -147,7 +147,7 @@ async fn login_user_api_logout_against_a_real_idp() {
     assert_no_secret_leaks(idp, &logs, &b.seen()).await;
 }
 
-/// Two pinned connection workers (`server.workers = 2`; the default is one per CPU but one)
+/// Two pinned connection workers (`server.workers = 2`; the default is 1 up to two CPUs)
 /// serve logins and proxied calls: several browsers, so their connections land on both
 /// workers, each calling the API in turn on its keep-alive connection; a chunked answer (the
 /// Node API's) goes through each worker's own upstream pool.
