@@ -2,14 +2,16 @@
 //! going on. One browser, one keep-alive connection, one request at a time, through the real
 //! binary, to a real Node upstream that streams its answer with `Transfer-Encoding: chunked`
 //! (`testing/upstream/framing.mjs --framing streamed`: `res.writeHead(200)` + `res.write(body)`,
-//! then `res.end()` 5 ms later).
+//! then `res.end()` 15 ms later).
 //!
 //! A gateway socket with Nagle's algorithm on holds back the last small write of a streamed
 //! body (the terminating chunk) until the browser ACKs the previous segment, which a browser
-//! delays by ~40 ms: every such response then takes ~45 ms instead of ~6 ms. The median over
-//! 20 sequential requests must stay far below that. (A body that ends in the same segment as
-//! its head is sent whole, in one write, by `portcullis::proxy`'s coalescing: the upstream
-//! ends its body late here so that the gateway really streams it.)
+//! delays by ~40 ms: every such response then takes ~55 ms instead of ~16 ms. The median over
+//! 20 sequential requests must stay far below that. (A body that ends within ~2 ms of its
+//! head is sent whole, in one write, by `portcullis::proxy`'s coalescing: the upstream ends
+//! its body 15 ms late here so that the gateway really streams it. A gateway thread
+//! descheduled for longer than that on a loaded machine finds the whole body and rightly
+//! sends it whole; such answers are not timed, and at least 15 of the 20 must be streamed.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
@@ -20,19 +22,21 @@ use std::time::{Duration, Instant};
 use common::*;
 use reqwest::StatusCode;
 
-/// Far below the upstream's 5 ms plus the ~40 ms delayed-ACK timer, far above the 5 ms plus a
-/// loopback round trip through the gateway on a busy debug build.
-const MEDIAN_LIMIT: Duration = Duration::from_millis(20);
+/// Far below the upstream's 15 ms plus the ~40 ms delayed-ACK timer, far above the 15 ms plus
+/// a loopback round trip through the gateway on a busy debug build.
+const MEDIAN_LIMIT: Duration = Duration::from_millis(32);
 const REQUESTS: usize = 20;
+/// Answers of the 20 that must have been streamed (chunked) for the test to mean anything.
+const STREAMED_AT_LEAST: usize = 15;
 const BODY: &str = r#"{"message":"chunked hello","items":[1,2,3]}"#;
 
-/// The Node upstream streaming `BODY`: the data at once, the terminating chunk 5 ms later.
+/// The Node upstream streaming `BODY`: the data at once, the terminating chunk 15 ms later.
 async fn streamed_upstream() -> (Proc, String) {
     framing_upstream(&[
         "--framing",
         "streamed",
         "--end-delay-ms",
-        "5",
+        "15",
         "--body",
         BODY,
     ])
@@ -40,7 +44,8 @@ async fn streamed_upstream() -> (Proc, String) {
 }
 
 /// Sequential authenticated GETs on the browser's one keep-alive connection; returns the
-/// median and the largest latency. Every answer must be the upstream's body, chunked.
+/// median and the largest latency of the streamed (chunked) answers. Every answer must be
+/// the upstream's body, and at least `STREAMED_AT_LEAST` of them streamed.
 async fn sequential_latency(b: &Browser, url: &str) -> (Duration, Duration) {
     // Warm up: connection, session cache, upstream pool.
     for _ in 0..3 {
@@ -53,19 +58,26 @@ async fn sequential_latency(b: &Browser, url: &str) -> (Duration, Duration) {
         let start = Instant::now();
         let r = b.get_csrf(url).await;
         assert_eq!(r.status(), StatusCode::OK);
-        assert_eq!(
-            r.headers()
-                .get("transfer-encoding")
-                .and_then(|v| v.to_str().ok()),
-            Some("chunked"),
-            "the response must be streamed (chunked) for this test to mean anything"
-        );
+        let streamed = r
+            .headers()
+            .get("transfer-encoding")
+            .and_then(|v| v.to_str().ok())
+            == Some("chunked");
         let body = r.bytes().await.unwrap();
-        times.push(start.elapsed());
+        let elapsed = start.elapsed();
         assert_eq!(body, BODY.as_bytes());
+        if streamed {
+            times.push(elapsed);
+        }
     }
+    assert!(
+        times.len() >= STREAMED_AT_LEAST,
+        "only {} of {REQUESTS} answers were streamed (chunked); the test needs at least \
+         {STREAMED_AT_LEAST} to mean anything",
+        times.len()
+    );
     times.sort();
-    (times[REQUESTS / 2], times[REQUESTS - 1])
+    (times[times.len() / 2], times[times.len() - 1])
 }
 
 /// A client that keeps at most one idle connection: every request reuses the same one.
